@@ -1,0 +1,194 @@
+"""Entity descriptions: which table is which entity, its key, the columns of its
+search document and the columns whose changes alone need no sync.
+
+The defaults describe the marketplace schema in DESIGN.md. Another schema is a
+TOML file named by PROCQUEUE_ENTITIES_FILE (see examples/entities.toml), never code.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from procqueue.errors import ConfigError
+
+#: Search field types an entity may use, and the Elasticsearch mapping of each.
+FIELD_MAPPINGS: dict[str, dict[str, Any]] = {
+    "keyword": {"type": "keyword"},
+    "text": {"type": "text", "fields": {"raw": {"type": "keyword", "ignore_above": 256}}},
+    "long": {"type": "long"},
+    "integer": {"type": "integer"},
+    "double": {"type": "double"},
+    "boolean": {"type": "boolean"},
+    "date": {"type": "date"},
+    "url": {"type": "keyword", "index": False},
+}
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One synced table."""
+
+    name: str  # task prefix and lock namespace: "listing" -> listing:update
+    table: str  # schema-qualified: "public.listings"
+    index: str  # Elasticsearch alias: "listings" -> listings_v1
+    fields: Mapping[str, str]  # document column -> type in FIELD_MAPPINGS
+    primary_key: str = "id"
+    image_columns: tuple[str, ...] = ()
+    ignored_columns: tuple[str, ...] = ()
+    queue: str = "sync"
+
+    @property
+    def schema_name(self) -> str:
+        return self.table.split(".", 1)[0]
+
+    @property
+    def table_name(self) -> str:
+        return self.table.split(".", 1)[1]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column the queue reads or watches, for existence checks."""
+        names = [self.primary_key, *self.fields, *self.image_columns, *self.ignored_columns]
+        return tuple(dict.fromkeys(names))
+
+    def task_name(self, operation: str) -> str:
+        return f"{self.name}:{operation}"
+
+    def mappings(self) -> dict[str, Any]:
+        properties = {column: FIELD_MAPPINGS[kind] for column, kind in self.fields.items()}
+        return {"dynamic": "strict", "properties": properties}
+
+    def validate(self) -> None:
+        where = f"entity {self.name!r}"
+        if not _NAME.match(self.name):
+            raise ConfigError(f"{where}: name must be lower-case letters, digits and _")
+        if not re.match(r"^[A-Za-z_][\w]*\.[A-Za-z_][\w]*$", self.table):
+            raise ConfigError(f"{where}: table must be schema-qualified, like public.listings")
+        if not re.match(r"^[a-z0-9][a-z0-9_\-]*$", self.index):
+            raise ConfigError(f"{where}: index {self.index!r} is not a valid index name")
+        unknown = sorted(set(self.fields.values()) - FIELD_MAPPINGS.keys())
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown field type(s) {unknown}; use one of {sorted(FIELD_MAPPINGS)}"
+            )
+        both = sorted(set(self.fields) & set(self.ignored_columns))
+        if both:
+            raise ConfigError(
+                f"{where}: {both} are both document fields and ignored columns; a document "
+                "field must be synced when it changes, so remove it from one list"
+            )
+
+
+INVENTORY = Entity(
+    name="inventory",
+    table="public.inventory_items",
+    index="inventory_items",
+    fields={
+        "id": "keyword",
+        "user_id": "keyword",
+        "name": "text",
+        "category": "keyword",
+        "description": "text",
+        "condition": "keyword",
+        "estimated_value": "double",
+        "main_image_url": "url",
+        "additional_image_urls": "url",
+        "created_at": "date",
+    },
+    image_columns=("main_image_url", "additional_image_urls"),
+    ignored_columns=("updated_at",),
+)
+
+LISTING = Entity(
+    name="listing",
+    table="public.listings",
+    index="listings",
+    fields={
+        "id": "keyword",
+        "user_id": "keyword",
+        "title": "text",
+        "description": "text",
+        "category": "keyword",
+        "budget": "double",
+        "location": "text",
+        "status": "keyword",
+        "main_image_url": "url",
+        "additional_image_urls": "url",
+        "inventory_item_id": "keyword",
+        "created_at": "date",
+    },
+    image_columns=("main_image_url", "additional_image_urls"),
+    ignored_columns=("view_count", "updated_at"),
+)
+
+DEFAULT_ENTITIES: tuple[Entity, ...] = (INVENTORY, LISTING)
+
+
+def entity_from_mapping(raw: Mapping[str, Any]) -> Entity:
+    try:
+        entity = Entity(
+            name=raw["name"],
+            table=raw["table"],
+            index=raw["index"],
+            fields=dict(raw["fields"]),
+            primary_key=raw.get("primary_key", "id"),
+            image_columns=tuple(raw.get("image_columns", ())),
+            ignored_columns=tuple(raw.get("ignored_columns", ())),
+            queue=raw.get("queue", "sync"),
+        )
+    except KeyError as missing:
+        raise ConfigError(f"entity {raw.get('name', '?')!r} is missing the key {missing}") from None
+    entity.validate()
+    return entity
+
+
+def load_entities(path: Path | None) -> tuple[Entity, ...]:
+    """The default entities, or those described in a TOML file."""
+    if path is None:
+        return DEFAULT_ENTITIES
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read entities file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"entities file {path} is not valid TOML: {error}") from None
+    entities = tuple(entity_from_mapping(item) for item in raw.get("entity", []))
+    if not entities:
+        raise ConfigError(f"entities file {path} describes no [[entity]]")
+    _check_unique(entities)
+    return entities
+
+
+def _check_unique(entities: Sequence[Entity]) -> None:
+    for attribute in ("name", "table", "index"):
+        values = [getattr(entity, attribute) for entity in entities]
+        duplicates = sorted({value for value in values if values.count(value) > 1})
+        if duplicates:
+            raise ConfigError(f"two entities share the {attribute} {duplicates[0]!r}")
+
+
+@dataclass(frozen=True)
+class EntityRegistry:
+    """The configured entities, looked up by name."""
+
+    entities: tuple[Entity, ...] = field(default=DEFAULT_ENTITIES)
+
+    def get(self, name: str) -> Entity:
+        for entity in self.entities:
+            if entity.name == name:
+                return entity
+        known = ", ".join(entity.name for entity in self.entities)
+        raise ConfigError(f"unknown entity {name!r}; configured entities: {known}")
+
+    def by_table_or_name(self, key: str) -> Entity:
+        for entity in self.entities:
+            if key in (entity.name, entity.table, entity.table_name, entity.index):
+                return entity
+        return self.get(key)

@@ -1,0 +1,238 @@
+"""`procqueue migrate`: install Procrastinate's schema in its own Postgres
+schema, apply our numbered migrations, re-create the trigger functions and
+attach the triggers to the configured tables. All in one transaction, under an
+advisory lock so that two concurrent runs do not interleave.
+
+The plan is a list of steps computed from what the database already has; the
+same steps are either executed or printed (`--print-sql`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import LiteralString, cast
+
+import psycopg
+import procrastinate
+from procrastinate import schema as procrastinate_schema
+from psycopg import sql
+
+from procqueue.entities import Entity
+from procqueue.errors import MigrationError
+from procqueue.paths import MIGRATIONS_DIR, SQL_DIR, TRIGGERS_DIR
+from procqueue.queries import query
+
+PROCRASTINATE_SCHEMA = "procrastinate"
+PROCRASTINATE_RECORD = "procrastinate"
+MIGRATE_LOCK_KEY = 0x70726F63  # "proc"
+
+BOOTSTRAP_SQL = """\
+CREATE SCHEMA IF NOT EXISTS procqueue;
+CREATE TABLE IF NOT EXISTS procqueue.schema_migrations (
+    name text PRIMARY KEY,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON SCHEMA procqueue FROM PUBLIC;
+REVOKE ALL ON procqueue.schema_migrations FROM PUBLIC;
+"""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One piece of SQL, and the name to record once it ran (None: not recorded)."""
+
+    description: str
+    sql: str
+    record_as: str | None = None
+    checksum: str = ""
+
+
+def checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def procrastinate_steps(installed: str | None) -> list[Step]:
+    """Install Procrastinate's schema, or upgrade it with its own migrations."""
+    current = procrastinate.__version__
+    record = PROCRASTINATE_RECORD
+    if installed is None:
+        schema_sql = procrastinate_schema.SchemaManager.get_schema()
+        return [
+            Step(
+                f"Procrastinate {current} schema in schema {PROCRASTINATE_SCHEMA}",
+                _in_procrastinate_schema(schema_sql, create=True),
+                record_as=record,
+                checksum=current,
+            )
+        ]
+    if _version_key(installed) >= _version_key(current):
+        return []
+    steps = []
+    migrations = resources.files("procrastinate.sql") / "migrations"
+    for item in sorted(migrations.iterdir(), key=lambda entry: entry.name):
+        if not item.name.endswith(".sql"):
+            continue
+        version = item.name.split("_", 1)[0]
+        if _version_key(installed) < _version_key(version) <= _version_key(current):
+            steps.append(
+                Step(
+                    f"Procrastinate migration {item.name}",
+                    _in_procrastinate_schema(item.read_text(encoding="utf-8"), create=False),
+                )
+            )
+    steps.append(Step(f"Procrastinate now at {current}", "", record_as=record, checksum=current))
+    return steps
+
+
+def _in_procrastinate_schema(body: str, *, create: bool) -> str:
+    head = f"CREATE SCHEMA IF NOT EXISTS {PROCRASTINATE_SCHEMA};\n" if create else ""
+    return (
+        f"{head}SET LOCAL search_path TO {PROCRASTINATE_SCHEMA};\n"
+        f"{body}\nSET LOCAL search_path TO DEFAULT;\n"
+    )
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
+    files = sorted(directory.glob("*.sql"))
+    names = [file.name for file in files]
+    if not all(re.match(r"^\d{4}_[a-z0-9_]+\.sql$", name) for name in names):
+        raise MigrationError(f"migration files must be named NNNN_description.sql: {names}")
+    return files
+
+
+def our_migration_steps(applied: dict[str, str]) -> list[Step]:
+    steps = []
+    for path in migration_files():
+        text = path.read_text(encoding="utf-8")
+        digest = checksum(text)
+        if path.name in applied:
+            if applied[path.name] != digest:
+                raise MigrationError(
+                    f"migration {path.name} was edited after it was applied; migrations "
+                    "are append-only: restore it and put the change in a new file"
+                )
+            continue
+        steps.append(Step(f"migration {path.name}", text, record_as=path.name, checksum=digest))
+    return steps
+
+
+def repeatable_steps() -> list[Step]:
+    """SQL re-applied by every run: CREATE OR REPLACE functions and fix-ups."""
+    paths = [*sorted(SQL_DIR.glob("*.sql")), *sorted(TRIGGERS_DIR.glob("*.sql"))]
+    return [
+        Step(f"{path.relative_to(SQL_DIR)}", path.read_text(encoding="utf-8")) for path in paths
+    ]
+
+
+def attach_trigger_sql(entity: Entity) -> str:
+    arguments = [entity.name, entity.primary_key, entity.queue, *entity.ignored_columns]
+    return sql.SQL(
+        "CREATE OR REPLACE TRIGGER procqueue_sync\n"
+        "    AFTER INSERT OR UPDATE OR DELETE ON {schema}.{table}\n"
+        "    FOR EACH ROW EXECUTE FUNCTION procqueue.enqueue_entity_sync({arguments});\n"
+    ).format(
+        schema=sql.Identifier(entity.schema_name),
+        table=sql.Identifier(entity.table_name),
+        arguments=sql.SQL(", ").join(sql.Literal(argument) for argument in arguments),
+    ).as_string(None)
+
+
+def attach_steps(entities: Sequence[Entity]) -> list[Step]:
+    return [Step(f"triggers on {entity.table}", attach_trigger_sql(entity)) for entity in entities]
+
+
+def check_tables(conn: psycopg.Connection, entities: Sequence[Entity]) -> None:
+    """Fail clearly when a configured table or column does not exist."""
+    for entity in entities:
+        row = conn.execute(query("missing_table"), {"table": entity.table}).fetchone()
+        if row is None or row[0]:
+            raise MigrationError(
+                f"table {entity.table} (entity {entity.name!r}) does not exist: create it "
+                "before running `procqueue migrate`, or fix PROCQUEUE_ENTITIES_FILE"
+            )
+        existing = {
+            name for (name,) in conn.execute(query("table_columns"), {"table": entity.table})
+        }
+        missing = [column for column in entity.columns if column not in existing]
+        if missing:
+            raise MigrationError(
+                f"table {entity.table} (entity {entity.name!r}) has no column(s) "
+                f"{', '.join(missing)}: add them or fix PROCQUEUE_ENTITIES_FILE"
+            )
+
+
+def plan(conn: psycopg.Connection, entities: Sequence[Entity]) -> list[Step]:
+    """Every step still to run against this database."""
+    conn.execute(cast(LiteralString, BOOTSTRAP_SQL))
+    applied = dict(conn.execute(query("applied_migrations")).fetchall())
+    check_tables(conn, entities)
+    return [
+        *procrastinate_steps(applied.get(PROCRASTINATE_RECORD)),
+        *our_migration_steps(applied),
+        *repeatable_steps(),
+        *attach_steps(entities),
+    ]
+
+
+def plan_from_scratch(entities: Sequence[Entity]) -> list[Step]:
+    """Every step for an empty database, without connecting to one."""
+    return [
+        Step("bookkeeping", BOOTSTRAP_SQL),
+        *procrastinate_steps(None),
+        *our_migration_steps({}),
+        *repeatable_steps(),
+        *attach_steps(entities),
+    ]
+
+
+def render(steps: Sequence[Step]) -> str:
+    """The steps as one SQL script, suitable for `supabase db push`."""
+    parts = ["BEGIN;\n"]
+    for step in steps:
+        parts.append(f"\n-- {step.description}\n{step.sql}")
+        if step.record_as:
+            parts.append(
+                "INSERT INTO procqueue.schema_migrations (name, checksum) VALUES "
+                f"('{step.record_as}', '{step.checksum}') ON CONFLICT (name) DO UPDATE "
+                "SET checksum = EXCLUDED.checksum, applied_at = now();\n"
+            )
+    parts.append("\nCOMMIT;\n")
+    return "".join(parts)
+
+
+def migrate(dsn: str, entities: Sequence[Entity], *, print_only: bool = False) -> list[Step]:
+    """Apply (or, with print_only, only compute) the pending steps. Idempotent."""
+    try:
+        with psycopg.connect(dsn, application_name="procqueue-migrate") as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATE_LOCK_KEY])
+            steps = plan(conn, entities)
+            if print_only:
+                conn.rollback()
+                return steps
+            for step in steps:
+                if step.sql:
+                    conn.execute(cast(LiteralString, step.sql))
+                if step.record_as:
+                    conn.execute(
+                        query("record_migration"),
+                        {"name": step.record_as, "checksum": step.checksum},
+                    )
+        return steps
+    except psycopg.OperationalError as error:
+        raise MigrationError(f"cannot connect to the database: {_first_line(error)}") from None
+    except psycopg.Error as error:
+        raise MigrationError(f"migration failed: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,0 +1,1 @@
+"""Thin clients for the outside services jobs write to."""
