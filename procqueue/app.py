@@ -8,66 +8,25 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import procrastinate
-from elasticsearch import AsyncElasticsearch
-from procrastinate import JobContext
-from psycopg_pool import AsyncConnectionPool
 
-from procqueue.entities import Entity, EntityRegistry, load_entities
+from procqueue.entities import EntityRegistry, load_entities
 from procqueue.middleware import EnforceTimeout, RecordFailures
 from procqueue.migrate import PROCRASTINATE_SCHEMA
-from procqueue.processors.sync import sync_entity
+from procqueue.processors import sync
 from procqueue.retry import BackoffRetry
+from procqueue.runtime import ProcqueueApp, Services
 from procqueue.settings import Settings, get_settings
-from procqueue.sinks.search import SearchIndex, make_client
 
 logger = logging.getLogger(__name__)
 
-SYNC_OPERATIONS = ("create", "update", "delete")
+Registrar = Callable[[ProcqueueApp, BackoffRetry], None]
 
-
-@dataclass
-class Services:
-    """What jobs talk to, created once per app and shared by every job."""
-
-    settings: Settings
-    entities: EntityRegistry
-    _client: AsyncElasticsearch | None = field(default=None, repr=False)
-
-    @property
-    def search(self) -> SearchIndex:
-        if self._client is None:
-            self._client = make_client(self.settings)
-        return SearchIndex(self._client, self.settings.index_prefix)
-
-    def secrets(self) -> tuple[str, ...]:
-        """Values that must never reach a log line or an error record."""
-        values = [self.settings.dsn]
-        password = _password_of(self.settings.dsn)
-        if password:
-            values.append(password)
-        if self.settings.elasticsearch_api_key:
-            values.append(self.settings.elasticsearch_api_key.get_secret_value())
-        return tuple(values)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-
-class ProcqueueApp(procrastinate.App):
-    """A Procrastinate App that also carries the services its jobs use."""
-
-    services: Services
-
-
-def _password_of(dsn: str) -> str | None:
-    return urlsplit(dsn).password
+#: Each job family registers its tasks; add a family by adding its module here.
+REGISTRARS: tuple[Registrar, ...] = (sync.register,)
 
 
 async def _use_queue_schema(conn: Any) -> None:
@@ -91,7 +50,7 @@ def make_connector(settings: Settings) -> procrastinate.PsycopgConnector:
     )
 
 
-def worker_options(settings: Settings, services: Services) -> dict[str, Any]:
+def worker_options(settings: Settings) -> dict[str, Any]:
     if not settings.use_listen_notify:
         logger.warning(
             "DATABASE_URL uses port 6543 (Supabase transaction pooler), where LISTEN/NOTIFY "
@@ -104,35 +63,20 @@ def worker_options(settings: Settings, services: Services) -> dict[str, Any]:
         "listen_notify": settings.use_listen_notify,
         "fetch_job_polling_interval": settings.polling_interval,
         "worker_middleware": [
-            RecordFailures(services.secrets()),
+            RecordFailures(settings.secret_values()),
             EnforceTimeout(settings.job_timeout),
         ],
     }
 
 
-def register_sync_tasks(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> None:
-    """`<entity>:create|update|delete`: one processor registered under three names."""
-
-    async def sync(context: JobContext, id: str) -> str:
-        connector = context.app.connector
-        pool: AsyncConnectionPool[Any] = connector.pool  # type: ignore[attr-defined]
-        return await sync_entity(pool, app.services.search, entity, id)
-
-    for operation in SYNC_OPERATIONS:
-        app.task(
-            name=entity.task_name(operation), queue=entity.queue, pass_context=True, retry=retry
-        )(sync)
-
-
 def build_app(settings: Settings) -> ProcqueueApp:
     entities = EntityRegistry(load_entities(settings.entities_file))
-    services = Services(settings=settings, entities=entities)
     app = ProcqueueApp(connector=make_connector(settings))
-    app.services = services
-    app.worker_defaults = worker_options(settings, services)  # type: ignore[assignment]
+    app.services = Services(settings=settings, entities=entities)
+    app.worker_defaults = worker_options(settings)  # type: ignore[assignment]
     retry = BackoffRetry(settings.max_retries, settings.retry_backoff, settings.retry_backoff_max)
-    for entity in entities.entities:
-        register_sync_tasks(app, entity, retry)
+    for register in REGISTRARS:
+        register(app, retry)
     return app
 
 

@@ -1,57 +1,19 @@
-"""The `procqueue` command."""
+"""The `procqueue` command: queue operations for Supabase + Procrastinate."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from procqueue import __version__
-from procqueue.entities import load_entities
+from procqueue.commands import migrate, worker
 from procqueue.errors import ProcqueueError
-from procqueue.settings import get_settings
 
-Command = Callable[[argparse.Namespace], int]
-
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from procqueue import migrate
-
-    if args.from_scratch:
-        entities = load_entities(args.entities_file)
-        print(migrate.render(migrate.plan_from_scratch(entities)), end="")
-        return 0
-    settings = get_settings()
-    entities = load_entities(settings.entities_file)
-    steps = migrate.migrate(settings.dsn, entities, print_only=args.print_sql)
-    if args.print_sql:
-        print(migrate.render(steps), end="")
-        return 0
-    recorded = [step.record_as for step in steps if step.record_as]
-    print(f"applied: {', '.join(recorded) if recorded else 'nothing new'}; triggers attached to "
-          f"{', '.join(entity.table for entity in entities)}")
-    return 0
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from procqueue.app import build_app
-
-    settings = get_settings()
-    if args.concurrency:
-        settings = settings.model_copy(update={"concurrency": args.concurrency})
-    app = build_app(settings)
-
-    async def run() -> None:
-        async with app.open_async():
-            try:
-                await app.run_worker_async(queues=args.queue or None, name=args.name)
-            finally:
-                await app.services.aclose()
-
-    asyncio.run(run())
-    return 0
+#: Each command group adds its parsers; add a group by adding its module here.
+COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (migrate.register, worker.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,35 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"procqueue {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    migrate = commands.add_parser(
-        "migrate", help="install the queue and attach the triggers (idempotent)"
-    )
-    migrate.add_argument(
-        "--print-sql", action="store_true", help="print the pending SQL instead of running it"
-    )
-    migrate.add_argument(
-        "--from-scratch",
-        action="store_true",
-        help="print the SQL for an empty database without connecting (for supabase db push)",
-    )
-    migrate.add_argument(
-        "--entities-file", type=_path, default=None, help="with --from-scratch: entity config"
-    )
-    migrate.set_defaults(handler=cmd_migrate)
-
-    worker = commands.add_parser("worker", help="run a worker (procrastinate worker shortcut)")
-    worker.add_argument("--concurrency", type=int, default=None, help="jobs run at once")
-    worker.add_argument("--queue", action="append", help="only these queues (repeatable)")
-    worker.add_argument("--name", default=None, help="worker name shown in logs")
-    worker.set_defaults(handler=cmd_worker)
+    for register in COMMAND_GROUPS:
+        register(commands)
     return parser
-
-
-def _path(value: str) -> object:
-    from pathlib import Path
-
-    return Path(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handler: Command = args.handler
+    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
     except ProcqueueError as error:

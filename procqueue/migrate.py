@@ -17,8 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import LiteralString, cast
 
-import psycopg
 import procrastinate
+import psycopg
 from procrastinate import schema as procrastinate_schema
 from psycopg import sql
 
@@ -136,15 +136,19 @@ def repeatable_steps() -> list[Step]:
 
 def attach_trigger_sql(entity: Entity) -> str:
     arguments = [entity.name, entity.primary_key, entity.queue, *entity.ignored_columns]
-    return sql.SQL(
-        "CREATE OR REPLACE TRIGGER procqueue_sync\n"
-        "    AFTER INSERT OR UPDATE OR DELETE ON {schema}.{table}\n"
-        "    FOR EACH ROW EXECUTE FUNCTION procqueue.enqueue_entity_sync({arguments});\n"
-    ).format(
-        schema=sql.Identifier(entity.schema_name),
-        table=sql.Identifier(entity.table_name),
-        arguments=sql.SQL(", ").join(sql.Literal(argument) for argument in arguments),
-    ).as_string(None)
+    return (
+        sql.SQL(
+            "CREATE OR REPLACE TRIGGER procqueue_sync\n"
+            "    AFTER INSERT OR UPDATE OR DELETE ON {schema}.{table}\n"
+            "    FOR EACH ROW EXECUTE FUNCTION procqueue.enqueue_entity_sync({arguments});\n"
+        )
+        .format(
+            schema=sql.Identifier(entity.schema_name),
+            table=sql.Identifier(entity.table_name),
+            arguments=sql.SQL(", ").join(sql.Literal(argument) for argument in arguments),
+        )
+        .as_string(None)
+    )
 
 
 def attach_steps(entities: Sequence[Entity]) -> list[Step]:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -51,12 +53,17 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr) -> SecretStr:
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme not in ("postgres", "postgresql"):
+        text = value.get_secret_value()
+        looks_like_url = "://" in text
+        if looks_like_url and urlsplit(text).scheme not in ("postgres", "postgresql"):
+            raise ValueError("must be a postgresql:// connection string")
+        try:
+            conninfo_to_dict(text)
+        except psycopg.ProgrammingError:
             raise ValueError(
-                "must be a postgresql:// connection string "
+                "is not a valid Postgres connection string "
                 "(Supabase: Project Settings > Database > Connection string)"
-            )
+            ) from None
         return value
 
     @field_validator("elasticsearch_url")
@@ -73,7 +80,18 @@ class Settings(BaseSettings):
     @property
     def uses_transaction_pooler(self) -> bool:
         """Supabase's transaction pooler (Supavisor, port 6543) cannot LISTEN."""
-        return urlsplit(self.dsn).port == SUPABASE_TRANSACTION_POOLER_PORT
+        port = conninfo_to_dict(self.dsn).get("port")
+        return str(port) == str(SUPABASE_TRANSACTION_POOLER_PORT)
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Values that must never reach a log line, a job's args or an error record."""
+        values = [self.dsn, conninfo_to_dict(self.dsn).get("password")]
+        values += [
+            value.get_secret_value()
+            for value in self.__dict__.values()
+            if isinstance(value, SecretStr)
+        ]
+        return tuple(sorted({str(value) for value in values if value}, key=len, reverse=True))
 
     @property
     def use_listen_notify(self) -> bool:

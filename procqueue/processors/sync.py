@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 import psycopg
+from procrastinate import JobContext
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -20,15 +21,20 @@ from procqueue.documents import document_from_row
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
 from procqueue.queries import query, query_with
+from procqueue.retry import BackoffRetry
+from procqueue.runtime import ProcqueueApp
 from procqueue.sinks.search import SearchIndex
 
+SYNC_OPERATIONS = ("create", "update", "delete")
 LOCK_RETRY_SECONDS = (0.002, 0.01, 0.05)
 
 
-def read_row_query(entity: Entity) -> sql.Composed:
+def entity_query(name: str, entity: Entity) -> sql.Composed:
+    """A named query over an entity's table, reading its key and document columns."""
+    columns = dict.fromkeys([entity.primary_key, *entity.fields])
     return query_with(
-        "read_entity_row",
-        columns=sql.SQL(", ").join(sql.Identifier(column) for column in entity.fields),
+        name,
+        columns=sql.SQL(", ").join(sql.Identifier(column) for column in columns),
         schema=entity.schema_name,
         table=entity.table_name,
         primary_key=entity.primary_key,
@@ -52,7 +58,7 @@ async def read_current_row(
             attempt += 1
         try:
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(read_row_query(entity), params)
+            await cursor.execute(entity_query("read_entity_row", entity), params)
             return await cursor.fetchone()
         except (psycopg.errors.DataError, psycopg.errors.SyntaxErrorOrAccessRuleViolation) as err:
             raise PermanentError(
@@ -70,3 +76,19 @@ async def sync_entity(
         return "deleted"
     await search.put(entity, entity_id, document_from_row(entity, row))
     return "indexed"
+
+
+def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+    """`<entity>:create|update|delete` for every entity: one processor, three names."""
+    for entity in app.services.entities.entities:
+        _register_entity(app, entity, retry)
+
+
+def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> None:
+    async def sync(context: JobContext, id: str) -> str:
+        return await sync_entity(app.pool, app.services.search, entity, id)
+
+    for operation in SYNC_OPERATIONS:
+        app.task(
+            name=entity.task_name(operation), queue=entity.queue, pass_context=True, retry=retry
+        )(sync)

@@ -5,8 +5,11 @@
 -- try_lock_entity: take an entity's sync key exclusively, without waiting
 SELECT pg_try_advisory_xact_lock(procqueue.sync_lock_key(%(entity)s, %(id)s)) AS locked;
 
--- read_entity_row: the current row of one entity, document columns only
+-- read_entity_row: the current row of one entity, key and document columns
 SELECT {columns} FROM {schema}.{table} WHERE {primary_key} = %(id)s;
+
+-- read_entity_rows: every row of an entity's table, key and document columns
+SELECT {columns} FROM {schema}.{table} ORDER BY {primary_key};
 
 -- insert_job_error: record a failed attempt of a job
 INSERT INTO procqueue.job_errors

@@ -1,0 +1,46 @@
+"""`procqueue migrate`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from procqueue import migrate
+from procqueue.entities import load_entities
+from procqueue.settings import get_settings
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.from_scratch:
+        entities = load_entities(args.entities_file)
+        print(migrate.render(migrate.plan_from_scratch(entities)), end="")
+        return 0
+    settings = get_settings()
+    entities = load_entities(settings.entities_file)
+    steps = migrate.migrate(settings.dsn, entities, print_only=args.print_sql)
+    if args.print_sql:
+        print(migrate.render(steps), end="")
+        return 0
+    recorded = [step.record_as for step in steps if step.record_as]
+    tables = ", ".join(entity.table for entity in entities)
+    print(f"applied: {', '.join(recorded) if recorded else 'nothing new'}; triggers on {tables}")
+    return 0
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "migrate", help="install the queue and attach the triggers (idempotent)"
+    )
+    parser.add_argument(
+        "--print-sql", action="store_true", help="print the pending SQL instead of running it"
+    )
+    parser.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="print the SQL for an empty database without connecting (for supabase db push)",
+    )
+    parser.add_argument(
+        "--entities-file", type=Path, default=None, help="with --from-scratch: entity config"
+    )
+    parser.set_defaults(handler=run)

@@ -1,0 +1,35 @@
+"""`procqueue worker`: the same as `procrastinate --app=procqueue.app.app worker`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from procqueue.app import build_app
+from procqueue.settings import get_settings
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if args.concurrency:
+        settings = settings.model_copy(update={"concurrency": args.concurrency})
+    app = build_app(settings)
+
+    async def work() -> None:
+        async with app.open_async():
+            try:
+                await app.run_worker_async(queues=args.queue or None, name=args.name)
+            finally:
+                await app.services.aclose()
+
+    asyncio.run(work())
+    return 0
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("worker", help="run a worker")
+    parser.add_argument("--concurrency", type=int, default=None, help="jobs run at once")
+    parser.add_argument("--queue", action="append", help="only this queue (repeatable)")
+    parser.add_argument("--name", default=None, help="worker name shown in logs")
+    parser.set_defaults(handler=run)

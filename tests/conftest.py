@@ -1,0 +1,76 @@
+"""Test servers: real Postgres and an Elasticsearch-API server.
+
+- Postgres: PROCQUEUE_TEST_DATABASE_URL (an admin DSN), else the server on
+  127.0.0.1:5432, else a throwaway pgserver. Each test module gets a fresh
+  database with the sample schema and `procqueue migrate` applied.
+- Elasticsearch: ELASTICSEARCH_URL if set (a real cluster works), else the
+  noida-db ES-API server on a free loopback port. Each module gets its own
+  index prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from procqueue.app import build_app
+from procqueue.entities import DEFAULT_ENTITIES
+from procqueue.local import local_postgres, local_search, scratch_database
+from procqueue.migrate import migrate
+from procqueue.runtime import ProcqueueApp
+from procqueue.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def admin_dsn() -> Iterator[str]:
+    with local_postgres(os.environ.get("PROCQUEUE_TEST_DATABASE_URL")) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def es_url() -> Iterator[str]:
+    with local_search(os.environ.get("ELASTICSEARCH_URL")) as url:
+        yield url
+
+
+def _module_slug(request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"[^a-z0-9]+", "_", request.module.__name__.rsplit(".", 1)[-1].lower())
+    return f"pq_{name[:30]}_{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def database(admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database for this module: sample schema, then `procqueue migrate`."""
+    with scratch_database(admin_dsn, _module_slug(request)) as dsn:
+        migrate(dsn, DEFAULT_ENTITIES)
+        yield dsn
+
+
+def make_settings(database: str, es_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database,
+        "elasticsearch_url": es_url,
+        "index_prefix": f"t{uuid.uuid4().hex[:8]}_",
+        "retry_backoff": 0,
+        "polling_interval": 0.5,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture(scope="module")
+def settings(database: str, es_url: str) -> Settings:
+    return make_settings(database, es_url)
+
+
+@pytest.fixture(scope="module")
+async def app(settings: Settings) -> AsyncIterator[ProcqueueApp]:
+    application = build_app(settings)
+    async with application.open_async():
+        yield application
+    await application.services.aclose()

@@ -1,0 +1,76 @@
+"""A loopback TCP proxy the tests put between the worker and a server, to cut
+the connection (outage) or hold it open without answering (a hung server),
+the same way against the ES-API emulator or a real Elasticsearch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from urllib.parse import urlsplit
+
+
+class TcpProxy:
+    def __init__(self, target_url: str) -> None:
+        parts = urlsplit(target_url)
+        self.target_host = parts.hostname or "127.0.0.1"
+        self.target_port = parts.port or 80
+        self.scheme = parts.scheme
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def go_down(self) -> None:
+        """Refuse new connections and cut open ones, like a server that died."""
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    async def come_back(self) -> None:
+        self._flowing.set()
+        if self.server is None:
+            await self.start()
+
+    def stall(self) -> None:
+        """Accept requests but never answer them."""
+        self._flowing.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(up_writer)
+        pumps = [
+            asyncio.create_task(self._pump(reader, up_writer)),
+            asyncio.create_task(self._pump(up_reader, writer)),
+        ]
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for task in pumps:
+            task.cancel()
+        for w in (writer, up_writer):
+            w.close()
+            self._writers.discard(w)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                await self._flowing.wait()
+                writer.write(data)
+                await writer.drain()

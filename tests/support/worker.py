@@ -1,0 +1,81 @@
+"""Helpers to run workers and read what they produced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import psycopg
+from elasticsearch import helpers
+
+from procqueue.documents import document_from_row
+from procqueue.entities import Entity
+from procqueue.processors.sync import entity_query
+from procqueue.runtime import ProcqueueApp
+
+QUIET: dict[str, Any] = {"install_signal_handlers": False}
+
+
+async def drain(app: ProcqueueApp, **options: Any) -> None:
+    """Run a worker until no job is left to run now."""
+    await app.run_worker_async(wait=False, listen_notify=False, **{**QUIET, **options})
+
+
+@contextlib.asynccontextmanager
+async def running_worker(app: ProcqueueApp, **options: Any) -> AsyncIterator[asyncio.Task[None]]:
+    """A worker waiting for jobs (LISTEN/NOTIFY) for the duration of the block."""
+    task = asyncio.create_task(app.run_worker_async(wait=True, **{**QUIET, **options}))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 20.0, interval: float = 0.05
+) -> None:
+    """Wait until `check()` is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def job_counts(dsn: str) -> dict[str, int]:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT status::text, count(*) FROM procrastinate.procrastinate_jobs GROUP BY 1"
+            )
+        ).fetchall()
+    return {status: count for status, count in rows}
+
+
+async def indexed_documents(app: ProcqueueApp, entity: Entity) -> dict[str, dict[str, Any]]:
+    """Every document in the entity's index, by id."""
+    search = app.services.search
+    alias = search.alias(entity)
+    if not await search.client.indices.exists_alias(name=alias):
+        return {}
+    await search.client.indices.refresh(index=alias)
+    return {
+        hit["_id"]: hit["_source"]
+        async for hit in helpers.async_scan(
+            search.client, index=alias, query={"query": {"match_all": {}}}
+        )
+    }
+
+
+async def table_documents(dsn: str, entity: Entity) -> dict[str, dict[str, Any]]:
+    """What the index should hold: a document for every row of the table."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = conn.cursor(row_factory=psycopg.rows.dict_row)
+        await cursor.execute(entity_query("read_entity_rows", entity))
+        rows = await cursor.fetchall()
+    return {str(row[entity.primary_key]): document_from_row(entity, row) for row in rows}
