@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import procrastinate
-from elasticsearch import AsyncElasticsearch
 from psycopg_pool import AsyncConnectionPool
 
 from procqueue.entities import EntityRegistry
@@ -20,18 +19,18 @@ class Services:
 
     settings: Settings
     entities: EntityRegistry
-    _client: AsyncElasticsearch | None = field(default=None, repr=False)
+    _search: SearchIndex | None = field(default=None, repr=False)
 
     @property
     def search(self) -> SearchIndex:
-        if self._client is None:
-            self._client = make_client(self.settings)
-        return SearchIndex(self._client, self.settings.index_prefix)
+        if self._search is None:
+            self._search = SearchIndex(make_client(self.settings), self.settings.index_prefix)
+        return self._search
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        if self._search is not None:
+            await self._search.client.close()
+            self._search = None
 
 
 class ProcqueueApp(procrastinate.App):

@@ -1,0 +1,81 @@
+"""Invariant 2: after the queue drains, the index equals the table, under
+concurrent writers, a worker running ten jobs at once, and coalescing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import psycopg
+
+from procqueue.entities import INVENTORY, LISTING
+from procqueue.runtime import ProcqueueApp
+from tests.support.worker import drain, indexed_documents, running_worker, table_documents
+
+WRITERS = 4
+OPERATIONS_PER_WRITER = 150
+USER_ID = "00000000-0000-4000-8000-0000000000c1"
+
+
+async def random_writer(dsn: str, seed: int, items: list[str], listings: list[str]) -> None:
+    rng = random.Random(seed)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for step in range(OPERATIONS_PER_WRITER):
+            action = rng.random()
+            if action < 0.25 or not items:
+                item_id = str(uuid.uuid4())
+                await conn.execute(
+                    "INSERT INTO inventory_items (id, user_id, name, estimated_value) "
+                    "VALUES (%s, %s, %s, %s)",
+                    [item_id, USER_ID, f"item {seed}-{step}", rng.randint(1, 999)],
+                )
+                items.append(item_id)
+                listing_id = str(uuid.uuid4())
+                await conn.execute(
+                    "INSERT INTO listings (id, user_id, title, inventory_item_id) "
+                    "VALUES (%s, %s, %s, %s)",
+                    [listing_id, USER_ID, f"listing {seed}-{step}", item_id],
+                )
+                listings.append(listing_id)
+            elif action < 0.75:
+                # Several writers hit the same few rows: a hot set of ten.
+                target = rng.choice(listings[:10] if rng.random() < 0.5 else listings)
+                async with conn.transaction():
+                    await conn.execute(
+                        "UPDATE listings SET title = %s, budget = %s, status = %s WHERE id = %s",
+                        [
+                            f"t {seed}-{step}",
+                            rng.randint(1, 5000),
+                            rng.choice(["active", "inactive", "sold"]),
+                            target,
+                        ],
+                    )
+                    await conn.execute(
+                        "UPDATE inventory_items SET estimated_value = %s WHERE id = %s",
+                        [rng.randint(1, 999), rng.choice(items)],
+                    )
+            elif action < 0.9:
+                await conn.execute("DELETE FROM listings WHERE id = %s", [rng.choice(listings)])
+            else:
+                # Deleting an item also updates its listings (ON DELETE SET NULL).
+                await conn.execute("DELETE FROM inventory_items WHERE id = %s", [rng.choice(items)])
+
+
+async def test_index_converges_to_table_under_concurrent_writers(
+    app: ProcqueueApp, database: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute("INSERT INTO auth.users (id) VALUES (%s)", [USER_ID])
+    items: list[str] = []
+    listings: list[str] = []
+    async with running_worker(app, concurrency=10):
+        await asyncio.gather(
+            *(random_writer(database, seed, items, listings) for seed in range(WRITERS))
+        )
+    await drain(app, concurrency=10)
+
+    for entity in (INVENTORY, LISTING):
+        expected = await table_documents(database, entity)
+        assert expected, f"the writers left no {entity.name} rows"
+        assert await indexed_documents(app, entity) == expected

@@ -1,0 +1,192 @@
+"""Invariant 1 under failure: an Elasticsearch outage, killed database
+connections and a hung request delay a sync, never drop it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from procqueue.app import build_app
+from procqueue.entities import LISTING
+from procqueue.runtime import ProcqueueApp
+from tests.conftest import make_settings
+from tests.support.proxy import TcpProxy
+from tests.support.worker import (
+    eventually,
+    indexed_documents,
+    job_counts,
+    running_worker,
+    table_documents,
+)
+
+USER_ID = "00000000-0000-4000-8000-0000000000f1"
+# Every app of this module writes the same indexes, whichever server URL it uses.
+INDEX_PREFIX = f"t{uuid.uuid4().hex[:8]}_"
+
+
+@pytest.fixture(scope="module")
+async def db(database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
+    await conn.execute("INSERT INTO auth.users (id) VALUES (%s)", [USER_ID])
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def proxy(es_url: str) -> AsyncIterator[TcpProxy]:
+    tcp_proxy = TcpProxy(es_url)
+    await tcp_proxy.start()
+    yield tcp_proxy
+    await tcp_proxy.go_down()
+
+
+@contextlib.asynccontextmanager
+async def app_with(database: str, es_url: str, **overrides: Any) -> AsyncIterator[ProcqueueApp]:
+    app = build_app(make_settings(database, es_url, index_prefix=INDEX_PREFIX, **overrides))
+    async with app.open_async():
+        yield app
+    await app.services.aclose()
+
+
+async def insert_listings(db: psycopg.AsyncConnection[Any], count: int, title: str) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    for listing_id in ids:
+        await db.execute(
+            "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, %s)",
+            [listing_id, USER_ID, title],
+        )
+    return ids
+
+
+async def queue_is_done(database: str) -> bool:
+    counts = await job_counts(database)
+    return not counts.get("todo") and not counts.get("doing")
+
+
+async def index_matches_table(app: ProcqueueApp, database: str) -> bool:
+    return await indexed_documents(app, LISTING) == await table_documents(database, LISTING)
+
+
+async def error_rows(database: str, where: str = "true") -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cursor = await conn.execute(
+            "SELECT job_id, error_type, message, transient, final FROM procqueue.job_errors "
+            f"WHERE {where} ORDER BY id"  # type: ignore[arg-type]
+        )
+        return await cursor.fetchall()
+
+
+async def test_elasticsearch_outage_delays_sync_and_then_converges(
+    database: str, db: psycopg.AsyncConnection[Any], proxy: TcpProxy
+) -> None:
+    async with app_with(
+        database, proxy.url, max_retries=20, retry_backoff=0.05, retry_backoff_max=0.5
+    ) as app:
+        await proxy.go_down()
+        errors_before = len(await error_rows(database))
+        await insert_listings(db, 20, "written during the outage")
+        async with running_worker(app):
+            # Jobs fail and are rescheduled while Elasticsearch is away...
+            async def retried() -> bool:
+                return len(await error_rows(database)) >= errors_before + 20
+
+            await eventually(retried)
+            assert all(row[3] and not row[4] for row in await error_rows(database))
+            # ...and every change lands once it is back.
+            await proxy.come_back()
+            await eventually(lambda: queue_is_done(database))
+        assert "failed" not in await job_counts(database)
+        assert await index_matches_table(app, database)
+
+
+async def test_job_failing_past_its_retries_is_failed_with_its_reason(
+    database: str, db: psycopg.AsyncConnection[Any], proxy: TcpProxy
+) -> None:
+    async with app_with(database, proxy.url, max_retries=2, retry_backoff=0) as app:
+        await proxy.go_down()
+        [listing_id] = await insert_listings(db, 1, "never reaches the index")
+        async with running_worker(app):
+            await eventually(lambda: queue_is_done(database))
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        job = await (
+            await conn.execute(
+                "SELECT id, status::text, attempts FROM procrastinate.procrastinate_jobs "
+                "WHERE lock = %s",
+                [f"listing:{listing_id}"],
+            )
+        ).fetchone()
+    assert job is not None
+    job_id, status, attempts = job
+    assert (status, attempts) == ("failed", 3)
+    rows = await error_rows(database, f"job_id = {int(job_id)}")
+    assert [row[4] for row in rows] == [False, False, True]  # only the last is final
+    assert "Elasticsearch unreachable" in rows[-1][2]
+    # Retrying the failed job by hand once Elasticsearch is back syncs the row.
+    await proxy.come_back()
+    async with app_with(database, proxy.url) as app:
+        await app.job_manager.retry_job_by_id_async(job_id, retry_at=None)  # type: ignore[arg-type]
+        async with running_worker(app):
+            await eventually(lambda: queue_is_done(database))
+        assert await index_matches_table(app, database)
+
+
+async def test_worker_recovers_when_its_database_connections_are_killed(
+    database: str, db: psycopg.AsyncConnection[Any], es_url: str
+) -> None:
+    # A long polling interval: only LISTEN/NOTIFY can make jobs run promptly.
+    async with app_with(database, es_url, polling_interval=600) as app:
+        async with running_worker(app):
+            await insert_listings(db, 10, "before the kill")
+            await eventually(lambda: index_matches_table(app, database))
+
+            writer = asyncio.create_task(insert_listings(db, 60, "around the kill"))
+            killed = await (
+                await db.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = 'procqueue-worker'"
+                )
+            ).fetchone()
+            assert killed is not None and killed[0] >= 2  # the pool and the LISTEN connection
+            await writer
+            # The worker is idle now; with a 600 s polling interval only a
+            # re-established LISTEN can make it pick these up in time.
+            await eventually(lambda: queue_is_done(database), timeout=60)
+            await insert_listings(db, 10, "after the kill")
+            await eventually(lambda: queue_is_done(database), timeout=60)
+            await eventually(lambda: index_matches_table(app, database))
+
+    assert "failed" not in await job_counts(database)
+
+
+async def test_job_running_past_the_timeout_is_cancelled_and_retried(
+    database: str, db: psycopg.AsyncConnection[Any], proxy: TcpProxy
+) -> None:
+    async with app_with(
+        database, proxy.url, job_timeout=0.5, elasticsearch_timeout=60, retry_backoff=0.2
+    ) as app:
+        await app.services.search.ensure_index(LISTING)
+        proxy.stall()  # Elasticsearch accepts the request and never answers
+        [listing_id] = await insert_listings(db, 1, "slow")
+        async with running_worker(app):
+
+            async def timed_out() -> bool:
+                rows = await error_rows(database, "error_type LIKE '%JobTimeout'")
+                return bool(rows)
+
+            await eventually(timed_out)
+            [row, *_] = await error_rows(database, "error_type LIKE '%JobTimeout'")
+            assert row[3] is True  # transient: it will be retried
+            assert "longer than 0.5 s" in row[2]
+            await proxy.come_back()
+            await eventually(lambda: queue_is_done(database))
+        found = await app.services.search.client.get(
+            index=app.services.search.alias(LISTING), id=listing_id
+        )
+    assert "failed" not in await job_counts(database)
+    assert found["_source"]["title"] == "slow"
