@@ -56,7 +56,9 @@ def local_postgres(preferred: str | None = None) -> Iterator[str]:
             "pip install 'procqueue[local]' or set DATABASE_URL"
         ) from missing
     data_dir = tempfile.mkdtemp(prefix="procqueue-pg-")
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    server = pgserver.get_server(  # type: ignore[attr-defined]
+        data_dir, cleanup_mode="stop"
+    )
     try:
         yield server.get_uri()
     finally:
@@ -142,22 +144,22 @@ def database_dsn(admin_dsn: str, name: str) -> str:
     """The DSN of database `name` on the server of `admin_dsn`."""
     params = psycopg.conninfo.conninfo_to_dict(admin_dsn)
     params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
+    return psycopg.conninfo.make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
 
 def install_sample_schema(dsn: str) -> None:
     from procqueue.paths import SAMPLE_SCHEMA_FILE
 
     with psycopg.connect(dsn) as conn:
-        conn.execute(SAMPLE_SCHEMA_FILE.read_text(encoding="utf-8"))  # type: ignore[arg-type]
+        conn.execute(SAMPLE_SCHEMA_FILE.read_text(encoding="utf-8"))
 
 
 @contextlib.contextmanager
 def scratch_database(admin_dsn: str, name: str, *, keep: bool = False) -> Iterator[str]:
     """A new database with the sample schema, dropped afterwards unless `keep`."""
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
-        admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
     dsn = database_dsn(admin_dsn, name)
     install_sample_schema(dsn)
     try:
@@ -165,4 +167,4 @@ def scratch_database(admin_dsn: str, name: str, *, keep: bool = False) -> Iterat
     finally:
         if not keep:
             with psycopg.connect(admin_dsn, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

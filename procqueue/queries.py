@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from typing import LiteralString, cast
 
 from psycopg import sql
 
@@ -26,7 +25,7 @@ def _all_queries() -> dict[str, str]:
 
 def query(name: str) -> sql.SQL:
     """A named query with no identifiers to fill in."""
-    return sql.SQL(cast(LiteralString, _all_queries()[name]))
+    return sql.SQL(_all_queries()[name])
 
 
 def query_with(name: str, **identifiers: str | sql.Composable) -> sql.Composed:

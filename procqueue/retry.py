@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from procrastinate import BaseRetryStrategy, RetryDecision
 from procrastinate.jobs import Job
@@ -27,4 +28,5 @@ class BackoffRetry(BaseRetryStrategy):
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
         if not self.will_retry(exception, job.attempts):
             return None
-        return RetryDecision(retry_in={"seconds": self.delay(job.attempts)})
+        retry_at = datetime.now(UTC) + timedelta(seconds=self.delay(job.attempts))
+        return RetryDecision(retry_at=retry_at)

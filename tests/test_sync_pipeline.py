@@ -152,7 +152,8 @@ async def test_burst_of_updates_coalesces_into_one_job(
         )
     pending = await (
         await db.execute(
-            "SELECT count(*) FROM procrastinate.procrastinate_jobs WHERE lock = %s AND status = 'todo'",
+            "SELECT count(*) FROM procrastinate.procrastinate_jobs "
+            "WHERE lock = %s AND status = 'todo'",
             [f"listing:{listing_id}"],
         )
     ).fetchone()

@@ -8,6 +8,7 @@ from typing import Any
 
 from procqueue import migrate
 from procqueue.entities import load_entities
+from procqueue.local import install_sample_schema
 from procqueue.settings import get_settings
 
 
@@ -18,7 +19,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     settings = get_settings()
     entities = load_entities(settings.entities_file)
-    steps = migrate.migrate(settings.dsn, entities, print_only=args.print_sql)
+    if args.sample_schema:
+        install_sample_schema(settings.dsn)
+    steps = migrate.migrate(
+        settings.dsn,
+        entities,
+        print_only=args.print_sql,
+        notifications_table=settings.notifications_table,
+    )
     if args.print_sql:
         print(migrate.render(steps), end="")
         return 0
@@ -42,5 +50,10 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--entities-file", type=Path, default=None, help="with --from-scratch: entity config"
+    )
+    parser.add_argument(
+        "--sample-schema",
+        action="store_true",
+        help="first create the sample marketplace tables if missing (demo, docker compose)",
     )
     parser.set_defaults(handler=run)

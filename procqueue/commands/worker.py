@@ -19,7 +19,8 @@ def run(args: argparse.Namespace) -> int:
     async def work() -> None:
         async with app.open_async():
             try:
-                await app.run_worker_async(queues=args.queue or None, name=args.name)
+                queues: list[str] = args.queue or []
+                await app.run_worker_async(queues=queues, name=args.name)
             finally:
                 await app.services.aclose()
 

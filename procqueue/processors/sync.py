@@ -59,7 +59,8 @@ async def read_current_row(
         try:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(entity_query("read_entity_row", entity), params)
-            return await cursor.fetchone()
+            row: dict[str, Any] | None = await cursor.fetchone()
+            return row
         except (psycopg.errors.DataError, psycopg.errors.SyntaxErrorOrAccessRuleViolation) as err:
             raise PermanentError(
                 f"cannot read {entity.table} row {entity_id!r}: {err.diag.message_primary}"

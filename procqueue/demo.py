@@ -1,0 +1,118 @@
+"""The local demo: `./scripts/demo` runs this.
+
+Brings up Postgres (DATABASE_URL, else the server on 127.0.0.1:5432, else a
+throwaway pgserver) and an Elasticsearch-API server (ELASTICSEARCH_URL, else a
+local one), applies the sample schema and the migrations, seeds sample rows and
+runs a worker until Ctrl-C. `--check` stops once the seeded rows are indexed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+from procqueue.app import build_app
+from procqueue.entities import DEFAULT_ENTITIES
+from procqueue.failures import redact
+from procqueue.local import (
+    env,
+    install_sample_schema,
+    local_postgres,
+    local_search,
+    scratch_database,
+)
+from procqueue.migrate import migrate
+from procqueue.paths import REPO_DIR
+from procqueue.settings import Settings, load_settings
+
+SEED_FILE = REPO_DIR / "examples" / "seed.sql"
+logger = logging.getLogger("procqueue.demo")
+
+
+@contextlib.contextmanager
+def demo_database() -> Iterator[str]:
+    configured = env("DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    with local_postgres() as admin, scratch_database(admin, "procqueue_demo") as dsn:
+        yield dsn
+
+
+def seed(dsn: str, seed_file: Path = SEED_FILE) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.execute(seed_file.read_text(encoding="utf-8"))
+
+
+async def count_indexed(settings: Settings) -> dict[str, int]:
+    app = build_app(settings)
+    search = app.services.search
+    counts = {}
+    try:
+        for entity in DEFAULT_ENTITIES:
+            alias = search.alias(entity)
+            if await search.client.indices.exists_alias(name=alias):
+                await search.client.indices.refresh(index=alias)
+                counts[entity.index] = (await search.client.count(index=alias))["count"]
+    finally:
+        await app.services.aclose()
+    return counts
+
+
+async def run_worker(settings: Settings, *, until_idle: bool) -> None:
+    app = build_app(settings)
+    async with app.open_async():
+        try:
+            await app.run_worker_async(wait=not until_idle)
+        finally:
+            await app.services.aclose()
+
+
+def instructions(dsn: str, settings: Settings) -> str:
+    return f"""
+procqueue demo is running.
+  Postgres:       {redact(dsn)}
+  Elasticsearch:  {settings.elasticsearch_url}
+Try, in another terminal:
+  psql "{dsn}" -c \\
+    "UPDATE listings SET title = 'Yeni başlık' WHERE id = (SELECT id FROM listings LIMIT 1)"
+  curl -s '{settings.elasticsearch_url}/listings/_search?q=title:Yeni&pretty'
+  psql "{dsn}" -c \\
+    "SELECT task_name, status, count(*) FROM procrastinate.procrastinate_jobs GROUP BY 1, 2"
+Ctrl-C stops the demo.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="procqueue-demo", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="stop once the seed is indexed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+
+    with demo_database() as dsn, local_search(env("ELASTICSEARCH_URL")) as es_url:
+        settings = load_settings(database_url=dsn, elasticsearch_url=es_url)
+        install_sample_schema(dsn)
+        migrate(dsn, DEFAULT_ENTITIES)
+        seed(dsn)
+        logger.info("schema, queue and sample rows are in place")
+        if args.check:
+            asyncio.run(run_worker(settings, until_idle=True))
+            counts = asyncio.run(count_indexed(settings))
+            print(f"indexed: {counts}")
+            return 0 if counts and all(counts.values()) else 1
+        print(instructions(dsn, settings))
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_worker(settings, until_idle=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""docker-compose.yml cannot run here (no Docker engine): check that every
+command and environment variable it gives our image exists in the code."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from procqueue.cli import build_parser
+from procqueue.paths import REPO_DIR
+from procqueue.settings import Settings
+
+COMPOSE = yaml.safe_load((REPO_DIR / "docker-compose.yml").read_text())
+OUR_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if "build" in spec}
+
+
+def settings_env_names() -> set[str]:
+    names = set()
+    for field_name, field in Settings.model_fields.items():
+        names.add(f"PROCQUEUE_{field_name.upper()}")
+        alias = field.validation_alias
+        names.update(getattr(alias, "choices", []) if alias else [])
+    return {str(name) for name in names}
+
+
+def test_compose_has_the_production_like_services() -> None:
+    services = COMPOSE["services"]
+    assert services["db"]["image"].startswith("supabase/postgres:15")
+    assert services["elasticsearch"]["image"].split(":")[-1].startswith("8.")
+    assert services["elasticsearch"]["environment"]["discovery.type"] == "single-node"
+    assert {"migrate", "worker"} <= set(OUR_SERVICES)
+    assert services["migrate"]["restart"] == "no"
+    assert services["worker"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(OUR_SERVICES))
+def test_every_command_exists(name: str) -> None:
+    command: list[str] = OUR_SERVICES[name]["command"]
+    if command[0] == "procqueue":
+        build_parser().parse_args(command[1:])  # exits (fails the test) on an unknown command
+    else:
+        assert command[0] == "procrastinate"
+        app_path = next(arg.split("=", 1)[1] for arg in command if arg.startswith("--app="))
+        module, attribute = app_path.rsplit(".", 1)
+        assert hasattr(importlib.import_module(module), "__getattr__") or hasattr(
+            importlib.import_module(module), attribute
+        )
+
+
+@pytest.mark.parametrize("name", sorted(OUR_SERVICES))
+def test_every_environment_variable_is_a_setting(name: str) -> None:
+    environment: dict[str, Any] = OUR_SERVICES[name]["environment"]
+    unknown = set(environment) - settings_env_names()
+    assert not unknown, f"{name} sets variables no setting reads: {sorted(unknown)}"
+
+
+def test_compose_settings_validate() -> None:
+    environment = OUR_SERVICES["worker"]["environment"]
+    values = {key: str(value).replace("${POSTGRES_PASSWORD:-change-me}", "pw")
+              for key, value in environment.items()}  # fmt: skip
+    fields = {
+        (f.validation_alias.choices[0] if f.validation_alias else f"PROCQUEUE_{n.upper()}"): n  # type: ignore[union-attr]
+        for n, f in Settings.model_fields.items()
+    }
+    settings = Settings(**{fields[key]: value for key, value in values.items()})
+    assert settings.elasticsearch_url == "http://elasticsearch:9200"
+    assert settings.use_listen_notify
+
+
+def test_image_installs_the_checkout() -> None:
+    dockerfile = (REPO_DIR / "Dockerfile").read_text()
+    assert "pip install -e /app" in dockerfile
+    assert Path(REPO_DIR / "examples" / "sample_schema.sql").exists()

@@ -1,0 +1,144 @@
+"""Settings: defaults, one clear line for a bad setting, secrets kept out of errors,
+and Supabase's transaction pooler detected."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from procqueue.app import worker_options
+from procqueue.entities import DEFAULT_ENTITIES, load_entities
+from procqueue.errors import ConfigError
+from procqueue.settings import load_settings
+
+DSN = "postgresql://postgres:s3cr3t-pw@db.example.supabase.co:5432/postgres"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("DATABASE_URL", "ELASTICSEARCH_URL", "PROCQUEUE_CONCURRENCY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_match_the_design() -> None:
+    settings = load_settings(database_url=DSN)
+    assert settings.concurrency == 10
+    assert settings.job_timeout == 30
+    assert settings.max_retries == 3
+    assert settings.use_listen_notify
+
+
+def test_settings_come_from_the_environment_and_dotenv(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text(f"DATABASE_URL={DSN}\nPROCQUEUE_JOB_TIMEOUT=12\n")
+    monkeypatch.setenv("PROCQUEUE_CONCURRENCY", "7")
+    settings = load_settings()
+    assert (settings.concurrency, settings.job_timeout, settings.dsn) == (7, 12, DSN)
+
+
+def test_missing_database_url_is_one_clear_line() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value) == (
+        "setting DATABASE_URL is missing: set it in the environment or in .env"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("PROCQUEUE_CONCURRENCY", "lots", "setting CONCURRENCY is invalid"),
+        ("PROCQUEUE_CONCURRENCY", "0", "greater than or equal to 1"),
+        ("ELASTICSEARCH_URL", "localhost:9200", "http:// or https://"),
+    ],
+)
+def test_malformed_setting_names_the_setting_and_the_problem(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", DSN)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=expected) as error:
+        load_settings()
+    assert "\n" not in str(error.value)
+
+
+def test_malformed_database_url_does_not_echo_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://root:s3cr3t-pw@localhost/db")
+    with pytest.raises(ConfigError, match="DATABASE_URL is invalid") as error:
+        load_settings()
+    assert "s3cr3t-pw" not in str(error.value)
+
+
+def test_cli_prints_one_line_and_exits_2_on_bad_settings(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "procqueue.cli", "worker"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PROCQUEUE_CONCURRENCY": "x"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "procqueue: error: setting DATABASE_URL is missing: set it in the environment or in .env"
+    ]
+
+
+def test_secret_values_cover_the_dsn_and_its_password() -> None:
+    secrets = load_settings(database_url=DSN, elasticsearch_api_key="k3y").secret_values()
+    assert {"s3cr3t-pw", DSN, "k3y"} <= set(secrets)
+
+
+def test_transaction_pooler_warns_and_falls_back_to_polling(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pooler = "postgresql://postgres.ref:pw@aws-0-eu-central-1.pooler.supabase.com:6543/postgres"
+    settings = load_settings(database_url=pooler)
+    with caplog.at_level(logging.WARNING):
+        options = worker_options(settings)
+    assert options["listen_notify"] is False
+    assert "6543" in caplog.text and "session pooler (port 5432)" in caplog.text
+    assert "pw@" not in caplog.text
+    session = load_settings(database_url=pooler.replace(":6543", ":5432"))
+    assert worker_options(session)["listen_notify"] is True
+
+
+def test_entities_file_configures_other_schemas(tmp_path: Path) -> None:
+    config = tmp_path / "entities.toml"
+    config.write_text(
+        '[[entity]]\nname = "product"\ntable = "shop.products"\nindex = "products"\n'
+        'primary_key = "sku"\nignored_columns = ["hits"]\n'
+        '[entity.fields]\nsku = "keyword"\ntitle = "text"\n'
+    )
+    [product] = load_entities(config)
+    assert (product.table_name, product.primary_key, product.ignored_columns) == (
+        "products", "sku", ("hits",)
+    )  # fmt: skip
+    assert load_entities(None) == DEFAULT_ENTITIES
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('[[entity]]\nname = "x"\n', "missing the key 'table'"),
+        (
+            '[[entity]]\nname="x"\ntable="t"\nindex="x"\n[entity.fields]\na="text"\n',
+            "schema-qualified",
+        ),
+        (
+            '[[entity]]\nname="x"\ntable="s.t"\nindex="x"\n[entity.fields]\na="blob"\n',
+            "unknown field type",
+        ),
+        ("not toml =", "not valid TOML"),
+    ],
+)
+def test_bad_entities_file_is_a_clear_error(tmp_path: Path, body: str, expected: str) -> None:
+    config = tmp_path / "entities.toml"
+    config.write_text(body)
+    with pytest.raises(ConfigError, match=expected):
+        load_entities(config)

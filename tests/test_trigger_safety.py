@@ -1,0 +1,166 @@
+"""Invariants 4 and 7: the user's write never fails because of the queue, and
+Supabase's API roles can enqueue through the trigger but not touch the queue."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from procqueue.entities import INVENTORY, LISTING
+from procqueue.runtime import ProcqueueApp
+from tests.support.worker import drain, indexed_documents, job_counts, table_documents
+
+USER_ID = "00000000-0000-4000-8000-0000000000d1"
+QUEUE_TABLES = [
+    "procrastinate.procrastinate_jobs",
+    "procrastinate.procrastinate_events",
+    "procrastinate.procrastinate_workers",
+    "procqueue.job_errors",
+    "procqueue.schema_migrations",
+]
+
+
+@pytest.fixture(scope="module")
+async def db(database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
+    await conn.execute("INSERT INTO auth.users (id) VALUES (%s)", [USER_ID])
+    yield conn
+    await conn.close()
+
+
+@pytest.mark.parametrize("role", ["authenticated", "anon"])
+async def test_api_role_can_write_listings_and_that_enqueues(
+    role: str, database: str, db: psycopg.AsyncConnection[Any]
+) -> None:
+    listing_id = str(uuid.uuid4())
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        await conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]
+        await conn.execute(
+            "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'from the API')",
+            [listing_id, USER_ID],
+        )
+        await conn.execute("UPDATE listings SET title = 'edited' WHERE id = %s", [listing_id])
+        await conn.commit()
+    job = await (
+        await db.execute(
+            "SELECT task_name FROM procrastinate.procrastinate_jobs WHERE lock = %s",
+            [f"listing:{listing_id}"],
+        )
+    ).fetchone()
+    assert job == ("listing:create",)
+
+
+@pytest.mark.parametrize("role", ["authenticated", "anon"])
+@pytest.mark.parametrize("table", QUEUE_TABLES)
+async def test_api_role_cannot_read_or_write_queue_tables(
+    role: str, table: str, database: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(f"SELECT * FROM {table} LIMIT 1")  # type: ignore[arg-type]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(f"DELETE FROM {table}")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("role", ["authenticated", "anon"])
+async def test_api_role_cannot_enqueue_directly(role: str, database: str) -> None:
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("SELECT procqueue.add_job('listing:delete', '{}'::jsonb)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(
+                "INSERT INTO procrastinate.procrastinate_jobs (queue_name, task_name) "
+                "VALUES ('sync', 'listing:delete')"
+            )
+
+
+async def test_queue_schemas_are_not_public(db: psycopg.AsyncConnection[Any]) -> None:
+    rows = await (
+        await db.execute(
+            "SELECT DISTINCT table_schema FROM information_schema.tables "
+            "WHERE table_name LIKE 'procrastinate%%' OR table_name = 'job_errors'"
+        )
+    ).fetchall()
+    assert {schema for (schema,) in rows} == {"procrastinate", "procqueue"}
+
+
+async def test_trigger_function_is_security_definer_with_fixed_search_path(
+    db: psycopg.AsyncConnection[Any],
+) -> None:
+    row = await (
+        await db.execute(
+            "SELECT prosecdef, proconfig FROM pg_proc "
+            "WHERE oid = 'procqueue.enqueue_entity_sync'::regproc"
+        )
+    ).fetchone()
+    assert row is not None
+    secdef, config = row
+    assert secdef is True
+    assert any(setting.startswith("search_path=") for setting in config)
+
+
+ODD_LISTINGS: list[dict[str, Any]] = [
+    {"title": "nulls", "description": None, "budget": None, "main_image_url": None},
+    {"title": "empty arrays", "additional_image_urls": []},
+    {
+        "title": "huge array",
+        "additional_image_urls": [f"https://x.test/{n}.png" for n in range(5000)],
+    },
+    {"title": "1 MB description", "description": "ü" * 1_000_000},
+    {"title": "unicode ✓ 🚲 ğüşiöç İ ı العربية 中文", "location": "İzmir\u200b"},
+    {"title": "not cloudinary", "main_image_url": "ftp://example.org/a b.png?x='1'"},
+    {"title": "odd urls", "additional_image_urls": ["", " ", "res.cloudinary.com", "%%%"]},
+    {"title": "quotes ' \" \\ ; --", "description": "'); DROP TABLE listings; --"},
+]
+
+
+@pytest.mark.parametrize("values", ODD_LISTINGS, ids=lambda values: values["title"][:16])
+async def test_odd_rows_never_make_the_write_fail(
+    values: dict[str, Any], database: str, db: psycopg.AsyncConnection[Any]
+) -> None:
+    listing_id = str(uuid.uuid4())
+    columns = ["id", "user_id", *values]
+    placeholders = ", ".join(["%s"] * len(columns))
+    await db.execute(
+        f"INSERT INTO listings ({', '.join(columns)}) VALUES ({placeholders})",  # type: ignore[arg-type]
+        [listing_id, USER_ID, *values.values()],
+    )
+    await db.execute(
+        "UPDATE listings SET title = title || ' (edited)', additional_image_urls = '{}' "
+        "WHERE id = %s",
+        [listing_id],
+    )
+    await db.execute(
+        "INSERT INTO inventory_items (user_id, name, description, additional_image_urls) "
+        "VALUES (%s, %s, %s, %s)",
+        [
+            USER_ID,
+            values["title"],
+            values.get("description"),
+            values.get("additional_image_urls", []),
+        ],
+    )
+    await db.execute("DELETE FROM listings WHERE id = %s", [listing_id])
+    assert (await job_counts(database)).get("todo", 0) >= 1
+
+
+async def test_odd_rows_are_indexed_as_they_are(
+    app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any]
+) -> None:
+    for values in ODD_LISTINGS:
+        columns = ["user_id", *values]
+        placeholders = ", ".join(["%s"] * len(columns))
+        await db.execute(
+            f"INSERT INTO listings ({', '.join(columns)}) VALUES ({placeholders})",  # type: ignore[arg-type]
+            [USER_ID, *values.values()],
+        )
+    await drain(app)
+    assert "failed" not in await job_counts(database)
+    for entity in (INVENTORY, LISTING):
+        assert await indexed_documents(app, entity) == await table_documents(database, entity)
