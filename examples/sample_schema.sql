@@ -77,3 +77,35 @@ GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
 GRANT ALL ON ALL TABLES IN SCHEMA public TO anon, authenticated, service_role;
 GRANT USAGE ON SCHEMA auth TO authenticated, service_role;
 GRANT SELECT ON auth.users TO authenticated, service_role;
+
+-- Supabase's auth.users keeps what a user sets with auth.updateUser({ data })
+-- in raw_user_meta_data; procqueue reads the notification locale from
+-- raw_user_meta_data->>'locale' ('tr' or 'en'). The stand-in gets the column.
+ALTER TABLE auth.users ADD COLUMN IF NOT EXISTS raw_user_meta_data jsonb DEFAULT '{}';
+
+-- The marketplace's own rule (the user's, not procqueue's): when a moderator
+-- moves a listing from pending_approval to active or rejected, its owner gets
+-- a LISTING_APPROVED / LISTING_REJECTED notification. procqueue's trigger on
+-- notifications then enqueues its email and push jobs.
+CREATE OR REPLACE FUNCTION public.notify_listing_review()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = public, pg_temp
+AS $$
+BEGIN
+    IF OLD.status = 'pending_approval' AND NEW.status IN ('active', 'rejected')
+            AND NEW.user_id IS NOT NULL THEN
+        INSERT INTO public.notifications (recipient_user_id, type, data)
+        VALUES (
+            NEW.user_id,
+            CASE NEW.status WHEN 'active' THEN 'LISTING_APPROVED' ELSE 'LISTING_REJECTED' END,
+            jsonb_build_object('listing_id', NEW.id, 'listing_title', NEW.title)
+        );
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE OR REPLACE TRIGGER listing_review_notification
+    AFTER UPDATE OF status ON public.listings
+    FOR EACH ROW EXECUTE FUNCTION public.notify_listing_review();

@@ -18,29 +18,37 @@ CREATE FUNCTION procqueue.add_job(
     run_at timestamptz DEFAULT NULL
 )
     RETURNS bigint
-    LANGUAGE sql
+    LANGUAGE plpgsql  -- plpgsql caches its plan; a non-inlined SQL function re-plans per call
     SECURITY DEFINER
     SET search_path = procrastinate, pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+DECLARE
+    job_id bigint;
+BEGIN
     INSERT INTO procrastinate.procrastinate_jobs
         (queue_name, task_name, lock, queueing_lock, args, scheduled_at)
-    VALUES (queue_name, task_name, job_lock, queueing_lock, args, run_at)
+    VALUES (add_job.queue_name, add_job.task_name, add_job.job_lock, add_job.queueing_lock,
+            add_job.args, add_job.run_at)
     ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING
-    RETURNING id;
+    RETURNING id INTO job_id;
+    RETURN job_id;
+END;
 $$;
 
 -- Writers of an entity hold this key shared until they commit; a sync job takes
 -- it exclusively before reading the row, so it never reads a state older than a
 -- write whose job was coalesced into it. 1024 buckets per entity bound the
--- number of locks one statement can take.
+-- number of locks one statement can take. Inlinable (no SET clause): every name
+-- in it is schema-qualified instead.
 CREATE FUNCTION procqueue.sync_lock_key(entity text, entity_id text)
     RETURNS bigint
     LANGUAGE sql
     IMMUTABLE
     PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT (hashtext('procqueue:' || entity)::bigint << 32) | (hashtext(entity_id) & 1023)::bigint;
+    SELECT (pg_catalog.hashtext('procqueue:' OPERATOR(pg_catalog.||) entity)::bigint << 32)
+        | (pg_catalog.hashtext(entity_id) & 1023)::bigint;
 $$;
 
 -- Every failed attempt of a job, with its reason (Procrastinate keeps none).

@@ -14,9 +14,10 @@ from typing import Any
 import procrastinate
 
 from procqueue.entities import EntityRegistry, load_entities
-from procqueue.middleware import EnforceTimeout, RecordFailures
+from procqueue.middleware import worker_middleware
 from procqueue.migrate import PROCRASTINATE_SCHEMA
-from procqueue.processors import sync
+from procqueue.monitoring import maintenance
+from procqueue.processors import images, notifications, sync
 from procqueue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp, Services
 from procqueue.settings import Settings, get_settings
@@ -26,7 +27,12 @@ logger = logging.getLogger(__name__)
 Registrar = Callable[[ProcqueueApp, BackoffRetry], None]
 
 #: Each job family registers its tasks; add a family by adding its module here.
-REGISTRARS: tuple[Registrar, ...] = (sync.register,)
+REGISTRARS: tuple[Registrar, ...] = (
+    sync.register,
+    images.register,
+    notifications.register,
+    maintenance.register,
+)
 
 
 async def _use_queue_schema(conn: Any) -> None:
@@ -62,10 +68,9 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "concurrency": settings.concurrency,
         "listen_notify": settings.use_listen_notify,
         "fetch_job_polling_interval": settings.polling_interval,
-        "worker_middleware": [
-            RecordFailures(settings.secret_values()),
-            EnforceTimeout(settings.job_timeout),
-        ],
+        "update_heartbeat_interval": settings.heartbeat_interval,
+        "stalled_worker_timeout": settings.stalled_timeout,
+        "worker_middleware": worker_middleware(settings),
     }
 
 

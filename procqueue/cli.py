@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from procqueue import __version__
-from procqueue.commands import migrate, worker
+from procqueue.commands import health, images, jobs, metrics, migrate, worker
 from procqueue.errors import ProcqueueError
+from procqueue.monitoring.logs import configure_logging
 
 #: Each command group adds its parsers; add a group by adding its module here.
-COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (migrate.register, worker.register)
+COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
+    migrate.register,
+    worker.register,
+    health.register,
+    jobs.register,
+    metrics.register,
+    images.register,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose=args.verbose)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

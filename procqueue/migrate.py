@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import LiteralString, cast
 
 import procrastinate
 import psycopg
@@ -24,6 +23,7 @@ from psycopg import sql
 
 from procqueue.entities import Entity
 from procqueue.errors import MigrationError
+from procqueue.images import DEFAULT_GRACE_SECONDS, IMAGES_QUEUE
 from procqueue.paths import MIGRATIONS_DIR, SQL_DIR, TRIGGERS_DIR
 from procqueue.queries import query
 
@@ -151,8 +151,73 @@ def attach_trigger_sql(entity: Entity) -> str:
     )
 
 
-def attach_steps(entities: Sequence[Entity]) -> list[Step]:
-    return [Step(f"triggers on {entity.table}", attach_trigger_sql(entity)) for entity in entities]
+def attach_image_trigger_sql(entity: Entity, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> str:
+    """The image cleanup trigger (sql/triggers/image_cleanup.sql) on an entity's table,
+    or its removal when the entity has no image columns (any more)."""
+    table = sql.SQL("{schema}.{table}").format(
+        schema=sql.Identifier(entity.schema_name), table=sql.Identifier(entity.table_name)
+    )
+    if not entity.image_columns:
+        statement = sql.SQL("DROP TRIGGER IF EXISTS procqueue_image_cleanup ON {table};\n")
+        return statement.format(table=table).as_string(None)
+    arguments = [entity.name, IMAGES_QUEUE, f"{grace_seconds:.3f}", *entity.image_columns]
+    return (
+        sql.SQL(
+            "CREATE OR REPLACE TRIGGER procqueue_image_cleanup\n"
+            "    AFTER UPDATE OF {columns} OR DELETE ON {table}\n"
+            "    FOR EACH ROW EXECUTE FUNCTION procqueue.enqueue_image_cleanup({arguments});\n"
+        )
+        .format(
+            columns=sql.SQL(", ").join(sql.Identifier(column) for column in entity.image_columns),
+            table=table,
+            arguments=sql.SQL(", ").join(sql.Literal(argument) for argument in arguments),
+        )
+        .as_string(None)
+    )
+
+
+def attach_steps(
+    entities: Sequence[Entity], image_grace_seconds: float = DEFAULT_GRACE_SECONDS
+) -> list[Step]:
+    return [
+        Step(
+            f"triggers on {entity.table}",
+            attach_trigger_sql(entity) + attach_image_trigger_sql(entity, image_grace_seconds),
+        )
+        for entity in entities
+    ]
+
+
+DEFAULT_NOTIFICATIONS_TABLE = "public.notifications"
+NOTIFICATION_COLUMNS = ("id", "recipient_user_id", "type", "data")
+
+
+def notification_trigger_steps(
+    table: str | None, conn: psycopg.Connection | None = None
+) -> list[Step]:
+    """Attach the notification trigger to `table` ("": notifications off). With a
+    connection, a missing table is skipped (the schema has no notifications) and
+    a table without the expected columns is an error."""
+    if not table:
+        return []
+    if conn is not None:
+        row = conn.execute(query("missing_table"), {"table": table}).fetchone()
+        if row is None or row[0]:
+            return [Step(f"no table {table}: no notification trigger attached", "")]
+        existing = {name for (name,) in conn.execute(query("table_columns"), {"table": table})}
+        missing = [column for column in NOTIFICATION_COLUMNS if column not in existing]
+        if missing:
+            raise MigrationError(
+                f"notifications table {table} has no column(s) {', '.join(missing)}: add "
+                "them or point PROCQUEUE_NOTIFICATIONS_TABLE at the right table"
+            )
+    schema_name, table_name = table.split(".", 1) if "." in table else ("public", table)
+    statement = sql.SQL(
+        "CREATE OR REPLACE TRIGGER procqueue_notify\n"
+        "    AFTER INSERT ON {schema}.{table}\n"
+        "    FOR EACH ROW EXECUTE FUNCTION procqueue.enqueue_notification_delivery();\n"
+    ).format(schema=sql.Identifier(schema_name), table=sql.Identifier(table_name))
+    return [Step(f"notification trigger on {table}", statement.as_string(None))]
 
 
 def check_tables(conn: psycopg.Connection, entities: Sequence[Entity]) -> None:
@@ -175,27 +240,38 @@ def check_tables(conn: psycopg.Connection, entities: Sequence[Entity]) -> None:
             )
 
 
-def plan(conn: psycopg.Connection, entities: Sequence[Entity]) -> list[Step]:
+def plan(
+    conn: psycopg.Connection,
+    entities: Sequence[Entity],
+    notifications_table: str | None = DEFAULT_NOTIFICATIONS_TABLE,
+    image_grace_seconds: float = DEFAULT_GRACE_SECONDS,
+) -> list[Step]:
     """Every step still to run against this database."""
-    conn.execute(cast(LiteralString, BOOTSTRAP_SQL))
-    applied = dict(conn.execute(query("applied_migrations")).fetchall())
+    conn.execute(BOOTSTRAP_SQL)
+    applied: dict[str, str] = dict(conn.execute(query("applied_migrations")).fetchall())
     check_tables(conn, entities)
     return [
         *procrastinate_steps(applied.get(PROCRASTINATE_RECORD)),
         *our_migration_steps(applied),
         *repeatable_steps(),
-        *attach_steps(entities),
+        *attach_steps(entities, image_grace_seconds),
+        *notification_trigger_steps(notifications_table, conn),
     ]
 
 
-def plan_from_scratch(entities: Sequence[Entity]) -> list[Step]:
+def plan_from_scratch(
+    entities: Sequence[Entity],
+    notifications_table: str | None = DEFAULT_NOTIFICATIONS_TABLE,
+    image_grace_seconds: float = DEFAULT_GRACE_SECONDS,
+) -> list[Step]:
     """Every step for an empty database, without connecting to one."""
     return [
         Step("bookkeeping", BOOTSTRAP_SQL),
         *procrastinate_steps(None),
         *our_migration_steps({}),
         *repeatable_steps(),
-        *attach_steps(entities),
+        *attach_steps(entities, image_grace_seconds),
+        *notification_trigger_steps(notifications_table),
     ]
 
 
@@ -214,18 +290,25 @@ def render(steps: Sequence[Step]) -> str:
     return "".join(parts)
 
 
-def migrate(dsn: str, entities: Sequence[Entity], *, print_only: bool = False) -> list[Step]:
+def migrate(
+    dsn: str,
+    entities: Sequence[Entity],
+    *,
+    print_only: bool = False,
+    notifications_table: str | None = DEFAULT_NOTIFICATIONS_TABLE,
+    image_grace_seconds: float = DEFAULT_GRACE_SECONDS,
+) -> list[Step]:
     """Apply (or, with print_only, only compute) the pending steps. Idempotent."""
     try:
         with psycopg.connect(dsn, application_name="procqueue-migrate") as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATE_LOCK_KEY])
-            steps = plan(conn, entities)
+            steps = plan(conn, entities, notifications_table, image_grace_seconds)
             if print_only:
                 conn.rollback()
                 return steps
             for step in steps:
                 if step.sql:
-                    conn.execute(cast(LiteralString, step.sql))
+                    conn.execute(step.sql)
                 if step.record_as:
                     conn.execute(
                         query("record_migration"),

@@ -6,14 +6,22 @@ into a ConfigError whose single line names the setting and the problem.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from procqueue.errors import ConfigError
@@ -50,6 +58,68 @@ class Settings(BaseSettings):
     listen_notify: bool | None = None
     entities_file: Path | None = None
 
+    # Failures and queue health (docs/operations.md).
+    sentry_dsn: SecretStr | None = Field(default=None, validation_alias=_env("SENTRY_DSN"))
+    environment: str = Field(default="production", validation_alias=_env("ENVIRONMENT"))
+    log_format: Literal["text", "json"] = "text"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    stalled_timeout: float = Field(default=30.0, gt=0)
+    maintenance_tasks: bool = True
+    rescue_interval: int = Field(default=15, ge=1, le=60)
+    prune_cron: str = "*/10 * * * *"
+    prune_succeeded_after: timedelta = timedelta(days=7)
+    prune_failed_after: timedelta = timedelta(days=30)
+    prune_batch_size: int = Field(default=500, ge=1, le=100_000)
+    health_lag_degraded: float = Field(default=60.0, ge=0)
+    health_lag_unhealthy: float = Field(default=600.0, ge=0)
+    health_failure_rate_degraded: float = Field(default=0.05, ge=0, le=1)
+    health_failure_rate_unhealthy: float = Field(default=0.5, ge=0, le=1)
+    health_min_runs: int = Field(default=20, ge=1)
+    health_min_workers: int = Field(default=1, ge=0)
+    health_window: timedelta = timedelta(hours=1)
+
+    # Notifications (docs/notifications.md). Empty notifications_table: no trigger.
+    notifications_table: str = Field(
+        default="public.notifications", pattern=r"^([A-Za-z_]\w*\.[A-Za-z_]\w*)?$"
+    )
+    push_tokens_table: str = Field(
+        default="public.push_tokens", pattern=r"^[A-Za-z_]\w*\.[A-Za-z_]\w*$"
+    )
+    default_locale: str = Field(default="tr", pattern=r"^(tr|en)$")
+    notification_templates_dir: Path | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_security: str = Field(default="starttls", pattern=r"^(plain|starttls|tls)$")
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_sender: str | None = None
+    smtp_timeout: float = Field(default=10.0, gt=0)
+    fcm_project_id: str | None = None
+    fcm_service_account_file: Path | None = None
+    fcm_service_account_json: SecretStr | None = None
+    fcm_token_uri: str | None = None
+    fcm_base_url: str = "https://fcm.googleapis.com"
+    fcm_timeout: float = Field(default=10.0, gt=0)
+
+    # Cloudinary image cleanup (docs/images.md). CLOUDINARY_URL is read as the SDK
+    # reads it (cloudinary://key:secret@cloud); the separate variables win over it.
+    cloudinary_url: SecretStr | None = Field(default=None, validation_alias=_env("CLOUDINARY_URL"))
+    cloudinary_cloud_name: str | None = Field(
+        default=None, validation_alias=_env("CLOUDINARY_CLOUD_NAME")
+    )
+    cloudinary_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("CLOUDINARY_API_KEY")
+    )
+    cloudinary_api_secret: SecretStr | None = Field(
+        default=None, validation_alias=_env("CLOUDINARY_API_SECRET")
+    )
+    cloudinary_upload_prefix: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    cloudinary_domains: str = ""  # custom delivery domains, comma-separated
+    cloudinary_batch_size: int = Field(default=100, ge=1, le=100)
+    cloudinary_timeout: float = Field(default=10.0, gt=0)
+    image_cleanup_grace: float = Field(default=600.0, ge=0, le=30 * 86400)
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr) -> SecretStr:
@@ -65,6 +135,25 @@ class Settings(BaseSettings):
                 "(Supabase: Project Settings > Database > Connection string)"
             ) from None
         return value
+
+    @field_validator("cloudinary_url")
+    @classmethod
+    def _check_cloudinary_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _cloudinary_url_parts(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _fill_cloudinary_from_url(self) -> Settings:
+        if self.cloudinary_url is not None:
+            cloud, key, secret, prefix = _cloudinary_url_parts(
+                self.cloudinary_url.get_secret_value()
+            )
+            self.cloudinary_cloud_name = self.cloudinary_cloud_name or cloud
+            self.cloudinary_api_key = self.cloudinary_api_key or SecretStr(key)
+            self.cloudinary_api_secret = self.cloudinary_api_secret or SecretStr(secret)
+            self.cloudinary_upload_prefix = self.cloudinary_upload_prefix or prefix
+        return self
 
     @field_validator("elasticsearch_url")
     @classmethod
@@ -100,12 +189,25 @@ class Settings(BaseSettings):
         return not self.uses_transaction_pooler
 
 
+def _cloudinary_url_parts(text: str) -> tuple[str, str, str, str | None]:
+    """(cloud, api key, api secret, upload prefix) of cloudinary://key:secret@cloud."""
+    parts = urlsplit(text.strip())
+    if parts.scheme != "cloudinary" or not (parts.username and parts.password and parts.hostname):
+        raise ValueError(
+            "must look like cloudinary://<api_key>:<api_secret>@<cloud_name> "
+            "(Cloudinary console: Dashboard > API environment variable)"
+        )
+    prefix = parse_qs(parts.query).get("upload_prefix", [None])[0]
+    return parts.hostname, unquote(parts.username), unquote(parts.password), prefix
+
+
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     name = "_".join(str(part) for part in first["loc"]).upper() or "settings"
     if first["type"] == "missing":
         return f"setting {name} is missing: set it in the environment or in .env"
-    received = "" if "database_url" in name.lower() else f" (got {first.get('input')!r})"
+    secret = any(word in name.lower() for word in ("database_url", "secret", "cloudinary_url"))
+    received = "" if secret else f" (got {first.get('input')!r})"
     return f"setting {name} is invalid: {first['msg']}{received}"
 
 

@@ -58,6 +58,8 @@ def make_settings(database: str, es_url: str, **overrides: Any) -> Settings:
         "index_prefix": f"t{uuid.uuid4().hex[:8]}_",
         "retry_backoff": 0,
         "polling_interval": 0.5,
+        # No periodic maintenance jobs in job counts; tests that need them turn them on.
+        "maintenance_tasks": False,
     }
     values.update(overrides)
     return load_settings(**values)

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
         entities,
         print_only=args.print_sql,
         notifications_table=settings.notifications_table,
+        image_grace_seconds=settings.image_cleanup_grace,
     )
     if args.print_sql:
         print(migrate.render(steps), end="")

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from procqueue.app import build_app
+from procqueue.monitoring.server import start_worker_metrics_server
 from procqueue.settings import get_settings
 
 
@@ -15,6 +16,8 @@ def run(args: argparse.Namespace) -> int:
     if args.concurrency:
         settings = settings.model_copy(update={"concurrency": args.concurrency})
     app = build_app(settings)
+    if settings.metrics_port:
+        start_worker_metrics_server(settings.metrics_port)
 
     async def work() -> None:
         async with app.open_async():

@@ -1,0 +1,65 @@
+"""Shared set-up for the benchmarks: a scratch database with the sample schema
+and the queue, and an Elasticsearch-API server (ELASTICSEARCH_URL, else local).
+
+Every benchmark prints ratios measured side by side in the same run, because
+this machine is shared and noisy and the ES-API emulator is not Elasticsearch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from procqueue.entities import DEFAULT_ENTITIES
+from procqueue.local import env, local_postgres, local_search, scratch_database
+from procqueue.migrate import migrate
+from procqueue.settings import Settings, load_settings
+
+USER_ID = "00000000-0000-4000-8000-00000000be01"
+
+
+@dataclass(frozen=True)
+class Environment:
+    dsn: str
+    es_url: str
+
+    def settings(self, **overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "database_url": self.dsn,
+            "elasticsearch_url": self.es_url,
+            "index_prefix": f"bench{uuid.uuid4().hex[:6]}_",
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+
+@contextlib.contextmanager
+def environment(name: str) -> Iterator[Environment]:
+    with (
+        local_postgres(env("PROCQUEUE_TEST_DATABASE_URL")) as admin,
+        scratch_database(admin, f"pq_bench_{name}") as dsn,
+        local_search(env("ELASTICSEARCH_URL")) as es_url,
+    ):
+        migrate(dsn, DEFAULT_ENTITIES)
+        import psycopg
+
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO auth.users (id) VALUES (%s)", [USER_ID])
+        yield Environment(dsn, es_url)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary_ms(values: Sequence[float]) -> str:
+    return (
+        f"p50 {percentile(values, 0.5) * 1000:.1f} ms, p95 {percentile(values, 0.95) * 1000:.1f} ms"
+        f", p99 {percentile(values, 0.99) * 1000:.1f} ms, mean {statistics.fmean(values) * 1000:.1f}"
+        f" ms (n={len(values)})"
+    )

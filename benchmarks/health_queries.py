@@ -1,0 +1,166 @@
+"""Health SQL on a big history: each health query's time with 1,000,000 finished
+jobs retained (plus a waiting backlog, running jobs and workers), with the
+indexes of migration 0006 and, for the ratio, without them. Also: how long
+building those indexes takes on that table, and one prune batch.
+
+    .venv/bin/python -m benchmarks.health_queries [--jobs 1000000] [--backlog 10000] [--runs 20]
+
+Target (issue 6): every health query well under 100 ms (p95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, LiteralString, cast
+
+import psycopg
+
+from benchmarks.common import percentile
+from procqueue.entities import DEFAULT_ENTITIES
+from procqueue.local import env, local_postgres, scratch_database
+from procqueue.migrate import MIGRATIONS_DIR, migrate
+from procqueue.queries import query
+
+FILL_SQL = Path(__file__).with_name("health_fill.sql")
+BUDGET_MS = 100.0
+
+QUERIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "queue_health": ("SELECT * FROM procqueue.queue_stats()", {}),
+    "task_health (1 h)": ("SELECT * FROM procqueue.task_stats(interval '1 hour')", {}),
+    "worker_health": ("SELECT * FROM procqueue.worker_stats()", {}),
+    "storage_health": ("SELECT * FROM procqueue.storage_health", {}),
+    "failed jobs (CLI, 50)": ("failed_jobs", {"task": None, "limit": 50}),
+}
+INFO_QUERIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "task_stats (1 day)": ("SELECT * FROM procqueue.task_stats(interval '1 day')", {}),
+}
+
+
+def index_statements() -> list[str]:
+    """The CREATE INDEX statements of migration 0006, as written there."""
+    text = (MIGRATIONS_DIR / "0006_health.sql").read_text(encoding="utf-8")
+    return re.findall(r"CREATE INDEX .*?;", text, flags=re.DOTALL)
+
+
+def index_names() -> list[str]:
+    return [re.search(r"CREATE INDEX (\w+)", sql)[1] for sql in index_statements()]  # type: ignore[index]
+
+
+def timed(action: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def run_query(conn: psycopg.Connection[Any], text: str, params: dict[str, Any]) -> None:
+    statement = query(text) if " " not in text else cast(LiteralString, text)
+    conn.execute(statement, params).fetchall()
+
+
+def measure(
+    conn: psycopg.Connection[Any], queries: dict[str, tuple[str, dict[str, Any]]], runs: int
+) -> dict[str, list[float]]:
+    results = {}
+    for name, (text, params) in queries.items():
+        for _ in range(2):
+            run_query(conn, text, params)
+        results[name] = [timed(lambda t=text, p=params: run_query(conn, t, p)) for _ in range(runs)]
+    return results
+
+
+def fill(conn: psycopg.Connection[Any], jobs: int, backlog: int) -> float:
+    conn.execute(cast(LiteralString, f"SET bench.jobs = '{int(jobs)}'"))
+    conn.execute(cast(LiteralString, f"SET bench.backlog = '{int(backlog)}'"))
+    started = time.perf_counter()
+    conn.execute(cast(LiteralString, FILL_SQL.read_text(encoding="utf-8")))
+    conn.execute("VACUUM ANALYZE procrastinate.procrastinate_jobs")
+    conn.execute("VACUUM ANALYZE procrastinate.procrastinate_events")
+    conn.execute("VACUUM ANALYZE procqueue.job_errors")
+    return time.perf_counter() - started
+
+
+def counts(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM procrastinate.procrastinate_jobs),"
+        " (SELECT count(*) FROM procrastinate.procrastinate_events),"
+        " (SELECT count(*) FROM procqueue.job_errors)"
+    ).fetchone()
+    assert row is not None
+    return f"{row[0]:,} jobs, {row[1]:,} events, {row[2]:,} error rows"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--backlog", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+
+    with (
+        local_postgres(env("PROCQUEUE_TEST_DATABASE_URL")) as admin,
+        scratch_database(admin, "pq_bench_health") as dsn,
+    ):
+        migrate(dsn, DEFAULT_ENTITIES)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            seconds = fill(conn, args.jobs, args.backlog)
+            print(f"filled in {seconds:.1f} s: {counts(conn)}")
+            print(
+                f"\nwith migration 0006's indexes ({args.runs} runs each, "
+                f"budget {BUDGET_MS:g} ms)"
+            )
+            with_indexes = measure(conn, {**QUERIES, **INFO_QUERIES}, args.runs)
+            for name, values in with_indexes.items():
+                p50, p95 = percentile(values, 0.5) * 1000, percentile(values, 0.95) * 1000
+                info = "  (informational: a day-long window)" if name in INFO_QUERIES else ""
+                print(
+                    f"  {name:24} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  "
+                    f"p95/budget {p95 / BUDGET_MS:5.2f}{info}"
+                )
+
+            for name in index_names():
+                conn.execute(cast(LiteralString, f"DROP INDEX procrastinate.{name}"))
+            conn.execute("ANALYZE procrastinate.procrastinate_jobs")
+            conn.execute("ANALYZE procrastinate.procrastinate_events")
+            naive_runs = max(3, args.runs // 4)
+            print(f"\nwithout them ({naive_runs} runs each)")
+            without = measure(conn, QUERIES, naive_runs)
+            for name, values in without.items():
+                p50 = percentile(values, 0.5) * 1000
+                ratio = percentile(values, 0.5) / percentile(with_indexes[name], 0.5)
+                print(f"  {name:24} p50 {p50:7.1f} ms  without/with {ratio:7.1f}x")
+
+            print("\nbuilding the indexes on this history (what `procqueue migrate` costs once)")
+            for statement, name in zip(index_statements(), index_names(), strict=True):
+                built = timed(lambda s=statement: conn.execute(cast(LiteralString, s)))
+                print(f"  {name:32} {built:6.2f} s")
+            conn.execute("ANALYZE procrastinate.procrastinate_events")
+
+            cutoff = datetime.now(UTC) - timedelta(days=6, hours=12)
+            params: dict[str, Any] = {
+                "status": "succeeded",
+                "cutoff": cutoff,
+                "batch_size": 500,
+                "after_at": datetime.min.replace(tzinfo=UTC),
+                "after_id": 0,
+            }
+            batches = []
+            for _ in range(10):
+                started = time.perf_counter()
+                row = conn.execute(query("prune_finished_jobs"), params).fetchone()
+                batches.append(time.perf_counter() - started)
+                assert row is not None and row[0] == 500
+                params.update(after_at=row[2], after_id=row[3])
+            print(
+                f"\nprune: 10 batches of 500 succeeded jobs (with events and error rows): "
+                f"p50 {percentile(batches, 0.5) * 1000:.1f} ms, "
+                f"max {max(batches) * 1000:.1f} ms per batch (each its own transaction)"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Sustained sync throughput: 20,000 single-row transactions (each enqueues one
+`listing:create` job), drained by one worker with concurrency 10, against
+Procrastinate's own throughput for a no-op task drained the same way in the
+same run.
+
+    .venv/bin/python -m benchmarks.sync_throughput [--rows 20000] [--concurrency 10]
+
+Target (issue 2): sync throughput / no-op throughput >= 0.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import psycopg
+
+from benchmarks.common import USER_ID, environment
+from procqueue.app import build_app
+from procqueue.runtime import ProcqueueApp
+from procqueue.settings import Settings
+
+
+async def insert_rows(dsn: str, rows: int) -> float:
+    """`rows` single-row transactions, as users would make them."""
+    started = time.perf_counter()
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for number in range(rows):
+            await conn.execute(
+                "INSERT INTO listings (user_id, title, budget) VALUES (%s, %s, %s)",
+                [USER_ID, f"listing {number}", number],
+            )
+    return time.perf_counter() - started
+
+
+async def drain(app: ProcqueueApp, concurrency: int) -> float:
+    started = time.perf_counter()
+    await app.run_worker_async(
+        wait=False, concurrency=concurrency, listen_notify=False, install_signal_handlers=False
+    )
+    return time.perf_counter() - started
+
+
+def noop_app(settings: Settings) -> ProcqueueApp:
+    app = build_app(settings)
+
+    @app.task(name="bench:noop", queue="bench")
+    async def noop(n: int) -> None:
+        return None
+
+    return app
+
+
+async def run(rows: int, concurrency: int) -> None:
+    with environment("throughput") as env:
+        settings = env.settings(concurrency=concurrency)
+        insert_seconds = await insert_rows(env.dsn, rows)
+        sync_app = build_app(settings)
+        async with sync_app.open_async():
+            await sync_app.services.search.ensure_index(sync_app.services.entities.get("listing"))
+            sync_seconds = await drain(sync_app, concurrency)
+            documents = await sync_app.services.search.client.count(
+                index=sync_app.services.search.alias(sync_app.services.entities.get("listing"))
+            )
+            await sync_app.services.aclose()
+
+        with psycopg.connect(env.dsn) as conn:
+            conn.execute(
+                "SELECT procqueue.add_job('bench:noop', jsonb_build_object('n', g), 'bench') "
+                "FROM generate_series(1, %s) AS g",
+                [rows],
+            )
+        bench_app = noop_app(settings)
+        async with bench_app.open_async():
+            noop_seconds = await drain(bench_app, concurrency)
+
+        with psycopg.connect(env.dsn) as conn:
+            states = dict(conn.execute(
+                "SELECT status::text, count(*) FROM procrastinate.procrastinate_jobs GROUP BY 1"
+            ).fetchall())  # fmt: skip
+    sync_rate, noop_rate = rows / sync_seconds, rows / noop_seconds
+    print(f"{rows} single-row transactions written in {insert_seconds:.1f} s")
+    print(f"sync jobs:  {sync_rate:.0f} jobs/s ({sync_seconds:.1f} s), documents: {documents}")
+    print(f"no-op jobs: {noop_rate:.0f} jobs/s ({noop_seconds:.1f} s)")
+    print(f"ratio sync / no-op: {sync_rate / noop_rate:.2f} (target >= 0.7); job states: {states}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=10)
+    args = parser.parse_args()
+    asyncio.run(run(args.rows, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()

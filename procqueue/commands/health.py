@@ -1,0 +1,139 @@
+"""`procqueue health`: the queue's health as a table or JSON; the exit code is the
+verdict (0 healthy, 1 degraded, 2 unhealthy), so it serves as a cron or
+Kubernetes probe."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from procqueue.commands.output import human_bytes, table
+from procqueue.monitoring.health import (
+    Snapshot,
+    Status,
+    Verdict,
+    as_json,
+    evaluate,
+    read_snapshot_from,
+)
+from procqueue.settings import Settings, get_settings
+
+
+def render(snapshot: Snapshot, verdict: Verdict) -> str:
+    window = int(snapshot.window.total_seconds())
+    parts = [
+        "Queues",
+        table(
+            [
+                "queue",
+                "waiting",
+                "running",
+                "scheduled",
+                "retrying",
+                "failed 1h",
+                "failed 1d",
+                "lag s",
+                "done/min 5m",
+                "done/min 60m",
+            ],
+            [
+                [
+                    q.queue_name,
+                    q.waiting,
+                    q.running,
+                    q.scheduled,
+                    q.retry_scheduled,
+                    q.failed_last_hour,
+                    q.failed_last_day,
+                    q.lag_seconds,
+                    q.finished_per_minute_5m,
+                    q.finished_per_minute_60m,
+                ]
+                for q in snapshot.queues
+            ],
+        ),
+        f"\nTasks (last {window} s)",
+        table(
+            ["task", "runs", "ok", "failed", "retries", "failure rate", "p50 s", "p95 s", "max s"],
+            [
+                [
+                    t.task_name,
+                    t.runs,
+                    t.succeeded,
+                    t.failed,
+                    t.retries,
+                    None if t.failure_rate is None else f"{t.failure_rate:.1%}",
+                    t.p50_seconds,
+                    t.p95_seconds,
+                    t.max_seconds,
+                ]
+                for t in snapshot.tasks
+            ],
+        ),
+        "\nWorkers",
+        table(
+            ["worker", "heartbeat age s", "jobs", "healthy"],
+            [
+                [w.worker_id, w.heartbeat_age_seconds, w.jobs_in_hand, "yes" if w.healthy else "NO"]
+                for w in snapshot.workers
+            ],
+        ),
+        "\nStorage",
+        table(
+            ["table", "heap", "indexes", "total", "dead tuples"],
+            [
+                [
+                    f"{s.schema_name}.{s.table_name}",
+                    human_bytes(s.table_bytes),
+                    human_bytes(s.index_bytes),
+                    human_bytes(s.total_bytes),
+                    s.dead_tuples,
+                ]
+                for s in snapshot.tables
+            ],
+        ),
+        f"\nstatus: {verdict.status.name.lower()}",
+        *[f"  - {reason}" for reason in verdict.reasons],
+    ]
+    return "\n".join(parts)
+
+
+def check(settings: Settings, *, as_json_output: bool) -> int:
+    try:
+        snapshot = asyncio.run(read_snapshot_from(settings.dsn, settings))
+    except psycopg.OperationalError as error:
+        reason = f"cannot reach the database: {str(error).strip().splitlines()[0]}"
+        verdict: dict[str, Any] = {"status": "unhealthy", "reasons": [reason]}
+        print(json.dumps(verdict) if as_json_output else f"status: unhealthy\n  - {reason}")
+        return int(Status.UNHEALTHY)
+    result = evaluate(snapshot, settings)
+    if as_json_output:
+        print(json.dumps(as_json(snapshot, result), default=str, indent=2))
+    else:
+        print(render(snapshot, result))
+    return int(result.status)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if args.window:
+        settings = settings.model_copy(update={"health_window": timedelta(seconds=args.window)})
+    return check(settings, as_json_output=args.json)
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "health",
+        help="queue health; exit 0 healthy, 1 degraded, 2 unhealthy",
+        description=__doc__,
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--window", type=float, default=None, help="seconds of task history (default: setting)"
+    )
+    parser.set_defaults(handler=run)

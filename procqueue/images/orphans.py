@@ -1,0 +1,39 @@
+"""The dry run: assets the queue has seen removed that no row references now.
+
+Read from the `images:cleanup` jobs still in Procrastinate's table (any status),
+checked with the same orphan check the job runs. Nothing is deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+from procqueue.entities import Entity
+from procqueue.images import CLEANUP_TASK
+from procqueue.images.references import find_referenced
+from procqueue.images.urls import Asset, DeliveryConfig, explain
+from procqueue.queries import query
+
+
+@dataclass(frozen=True)
+class Orphan:
+    asset: Asset
+    job_id: int  # the latest cleanup job that carried it
+    job_status: str  # todo: not yet handled; succeeded: deleted (or already gone)
+
+
+async def find_orphans(
+    dsn: str, entities: Sequence[Entity], delivery: DeliveryConfig
+) -> list[Orphan]:
+    async with await psycopg.AsyncConnection.connect(dsn, application_name="procqueue-cli") as conn:
+        cursor = await conn.execute(query("image_cleanup_jobs"), {"task_name": CLEANUP_TASK})
+        latest: dict[Asset, tuple[int, str]] = {}
+        for job_id, status, url in await cursor.fetchall():
+            found = explain(url, delivery)
+            if isinstance(found, Asset):
+                latest[found] = (int(job_id), str(status))
+        referenced = await find_referenced(conn, entities, sorted(latest), delivery)
+    return [Orphan(asset, *latest[asset]) for asset in sorted(latest) if asset not in referenced]

@@ -1,0 +1,1 @@
+"""Queue health: SQL snapshots, Prometheus metrics, Sentry alerts, logs, maintenance."""

@@ -1,0 +1,197 @@
+"""Read the health functions of migration 0006 and judge the queue from them.
+
+`read_snapshot` runs the four health queries on one connection; `evaluate`
+turns a snapshot into a verdict (healthy / degraded / unhealthy, with reasons)
+using the thresholds in the settings. The CLI, `/healthz` and the Prometheus
+gauges all read the same snapshot.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from procqueue.queries import query
+from procqueue.settings import Settings
+
+
+class Status(enum.IntEnum):
+    """The verdict; its value is the `procqueue health` exit code."""
+
+    HEALTHY = 0
+    DEGRADED = 1
+    UNHEALTHY = 2
+
+
+@dataclass(frozen=True)
+class QueueHealth:
+    queue_name: str
+    waiting: int
+    running: int
+    scheduled: int
+    retry_scheduled: int
+    failed_last_hour: int
+    failed_last_day: int
+    lag_seconds: float
+    finished_per_minute_5m: float
+    finished_per_minute_60m: float
+
+
+@dataclass(frozen=True)
+class TaskHealth:
+    task_name: str
+    runs: int
+    succeeded: int
+    failed: int
+    retries: int
+    aborted: int
+    success_rate: float | None
+    failure_rate: float | None
+    p50_seconds: float | None
+    p95_seconds: float | None
+    max_seconds: float | None
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    worker_id: int
+    last_heartbeat: datetime
+    heartbeat_age_seconds: float
+    jobs_in_hand: int
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class TableHealth:
+    schema_name: str
+    table_name: str
+    table_bytes: int
+    index_bytes: int
+    total_bytes: int
+    live_tuples: int | None
+    dead_tuples: int | None
+    last_vacuum: datetime | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    queues: list[QueueHealth]
+    tasks: list[TaskHealth]
+    workers: list[WorkerHealth]
+    tables: list[TableHealth]
+    window: timedelta
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Status
+    reasons: list[str] = field(default_factory=list)
+
+
+async def _rows(
+    conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(query(name), params or {})
+    return await cursor.fetchall()
+
+
+async def read_snapshot(conn: psycopg.AsyncConnection[Any], settings: Settings) -> Snapshot:
+    """Every health view, read in one repeatable-read snapshot of the database."""
+    stalled_after = timedelta(seconds=settings.stalled_timeout)
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        queues = await _rows(conn, "health_queues")
+        tasks = await _rows(conn, "health_tasks", {"since": settings.health_window})
+        workers = await _rows(conn, "health_workers", {"stalled_after": stalled_after})
+        tables = await _rows(conn, "health_storage")
+    return Snapshot(
+        queues=[QueueHealth(**row) for row in queues],
+        tasks=[TaskHealth(**row) for row in tasks],
+        workers=[WorkerHealth(**row) for row in workers],
+        tables=[TableHealth(**row) for row in tables],
+        window=settings.health_window,
+    )
+
+
+async def read_snapshot_from(dsn: str, settings: Settings) -> Snapshot:
+    async with await psycopg.AsyncConnection.connect(
+        dsn, application_name="procqueue-health"
+    ) as conn:
+        return await read_snapshot(conn, settings)
+
+
+def _worse(current: Status, new: Status) -> Status:
+    return max(current, new)
+
+
+def evaluate(snapshot: Snapshot, settings: Settings) -> Verdict:
+    """Judge the queue: no healthy worker, lag and task failure rates."""
+    status = Status.HEALTHY
+    reasons: list[str] = []
+    healthy_workers = sum(1 for worker in snapshot.workers if worker.healthy)
+    if healthy_workers < settings.health_min_workers:
+        status = Status.UNHEALTHY
+        reasons.append(
+            f"{healthy_workers} healthy worker(s), at least {settings.health_min_workers} "
+            "needed: start `procqueue worker` (or check why workers stopped heartbeating)"
+        )
+    stalled = [worker.worker_id for worker in snapshot.workers if not worker.healthy]
+    if stalled:
+        status = _worse(status, Status.DEGRADED)
+        reasons.append(
+            f"worker(s) {', '.join(map(str, stalled))} stopped heartbeating; their jobs "
+            "are retried by the stalled-job rescue"
+        )
+    for queue in snapshot.queues:
+        lag = queue.lag_seconds
+        if lag >= settings.health_lag_unhealthy:
+            level = Status.UNHEALTHY
+        elif lag >= settings.health_lag_degraded:
+            level = Status.DEGRADED
+        else:
+            continue
+        status = _worse(status, level)
+        reasons.append(
+            f"queue {queue.queue_name!r}: oldest waiting job has waited {lag:.0f} s "
+            f"({queue.waiting} waiting): add workers or find what slows them"
+        )
+    for task in snapshot.tasks:
+        finished = task.succeeded + task.failed
+        if task.failure_rate is None or finished < settings.health_min_runs:
+            continue
+        if task.failure_rate >= settings.health_failure_rate_unhealthy:
+            level = Status.UNHEALTHY
+        elif task.failure_rate >= settings.health_failure_rate_degraded:
+            level = Status.DEGRADED
+        else:
+            continue
+        status = _worse(status, level)
+        reasons.append(
+            f"task {task.task_name!r}: {task.failure_rate:.0%} of {finished} jobs failed "
+            f"in the last {_describe_window(snapshot.window)}: see `procqueue failed "
+            f"--task {task.task_name}`"
+        )
+    return Verdict(status, reasons)
+
+
+def _describe_window(window: timedelta) -> str:
+    seconds = int(window.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def as_json(snapshot: Snapshot, verdict: Verdict) -> dict[str, Any]:
+    """The snapshot and verdict as JSON-ready data."""
+    data = asdict(snapshot)
+    data["window_seconds"] = snapshot.window.total_seconds()
+    del data["window"]
+    return {"status": verdict.status.name.lower(), "reasons": verdict.reasons, **data}

@@ -1,0 +1,216 @@
+"""Periodic maintenance tasks: stalled-job rescue and pruning.
+
+Both run as Procrastinate periodic jobs on the `maintenance` queue (every worker
+that does not restrict its queues serves it), each with a queueing lock so
+that a busy queue never piles them up.
+
+- Rescue (every PROCQUEUE_RESCUE_INTERVAL seconds): a job still `doing` whose
+  worker has not heartbeaten for PROCQUEUE_STALLED_TIMEOUT seconds lost its
+  worker (SIGKILL, out of memory, host gone). The attempt is recorded as a
+  transient `WorkerLost` failure and the job retried now, or failed for good
+  once the retry policy is exhausted (a job that kills its worker every time
+  must not loop forever). Each lost worker is reported to Sentry once.
+- Prune (PROCQUEUE_PRUNE_CRON): succeeded jobs older than
+  PROCQUEUE_PRUNE_SUCCEEDED_AFTER, failed/cancelled/aborted ones older than
+  PROCQUEUE_PRUNE_FAILED_AFTER, with their events and error rows, in batches
+  of PROCQUEUE_PRUNE_BATCH_SIZE, each its own short transaction, for at most
+  half the job timeout per run (the rest waits for the next run).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from procrastinate import exceptions
+from procrastinate.jobs import Job, Status
+
+from procqueue.errors import TransientError
+from procqueue.middleware import record_failed_attempt
+from procqueue.monitoring import sentry
+from procqueue.queries import query
+from procqueue.retry import BackoffRetry
+from procqueue.runtime import ProcqueueApp
+
+logger = logging.getLogger(__name__)
+
+MAINTENANCE_QUEUE = "maintenance"
+RESCUE_TASK = "procqueue:rescue_stalled"
+PRUNE_TASK = "procqueue:prune"
+FINISHED_SUCCESSFULLY = ("succeeded",)
+FINISHED_UNSUCCESSFULLY = ("failed", "cancelled", "aborted")
+
+
+class WorkerLost(TransientError):
+    """The worker running the job stopped heartbeating (killed, out of memory, host lost)."""
+
+
+@dataclass
+class RescueReport:
+    retried: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    pruned_workers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PruneReport:
+    succeeded: int = 0
+    unsuccessful: int = 0
+    orphan_errors: int = 0
+    complete: bool = True
+
+
+async def rescue_stalled_jobs(app: ProcqueueApp, retry: BackoffRetry) -> RescueReport:
+    """Retry (or fail for good) every job whose worker stopped heartbeating."""
+    settings = app.services.settings
+    timeout = settings.stalled_timeout
+    report = RescueReport()
+    lost: dict[int | None, list[int]] = defaultdict(list)
+    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=timeout):
+        assert job.id is not None
+        error = WorkerLost(
+            f"worker {job.worker_id} stopped heartbeating for more than {timeout:g} s while "
+            "running this job (killed, out of memory or host lost); see that worker's logs"
+        )
+        final = not retry.will_retry(error, job.attempts)
+        if not await _settle(app, job, final):
+            continue
+        await record_failed_attempt(
+            app.pool, job, error, final=final, secrets=settings.secret_values()
+        )
+        if final:
+            report.failed.append(job.id)
+            sentry.capture_final_failure(
+                error,
+                task=job.task_name,
+                queue=job.queue,
+                job_id=job.id,
+                attempts=job.attempts + 1,
+            )
+        else:
+            report.retried.append(job.id)
+        lost[job.worker_id].append(job.id)
+    for worker_id, job_ids in lost.items():
+        sentry.capture_lost_worker(worker_id, job_ids, timeout)
+    report.pruned_workers = await app.job_manager.prune_stalled_workers(timeout)
+    if report.retried or report.failed or report.pruned_workers:
+        logger.warning(
+            "stalled-job rescue: retried %s, failed %s, pruned workers %s",
+            report.retried,
+            report.failed,
+            report.pruned_workers,
+        )
+    return report
+
+
+async def _settle(app: ProcqueueApp, job: Job, final: bool) -> bool:
+    """Retry the job now, or fail it; False if it finished on its own meanwhile."""
+    try:
+        if final:
+            await app.job_manager.finish_job(job, status=Status.FAILED, delete_job=False)
+        else:
+            await app.job_manager.retry_job(job)
+    except exceptions.ConnectorException as error:
+        logger.info("job %s was not rescued, it is no longer running: %s", job.id, error)
+        return False
+    return True
+
+
+async def _prune_status(
+    app: ProcqueueApp, status: str, cutoff: datetime, deadline: float
+) -> tuple[int, bool]:
+    """Delete the jobs of one final status that ended before `cutoff`, batch by
+    batch along the end-event index; (deleted, finished before the deadline)."""
+    batch_size = app.services.settings.prune_batch_size
+    params: dict[str, Any] = {
+        "status": status,
+        "cutoff": cutoff,
+        "batch_size": batch_size,
+        "after_at": datetime.min.replace(tzinfo=UTC),
+        "after_id": 0,
+    }
+    total = 0
+    while True:
+        async with app.pool.connection() as conn:
+            cursor = await conn.execute(query("prune_finished_jobs"), params)
+            deleted, scanned, last_at, last_id = await cursor.fetchone() or (0, 0, None, None)
+        total += deleted
+        if scanned < batch_size:
+            return total, True
+        if time.monotonic() >= deadline:
+            return total, False
+        params.update(after_at=last_at, after_id=last_id)
+
+
+async def _prune_orphan_errors(
+    app: ProcqueueApp, cutoff: datetime, deadline: float
+) -> tuple[int, bool]:
+    batch_size = app.services.settings.prune_batch_size
+    total = 0
+    while True:
+        async with app.pool.connection() as conn:
+            cursor = await conn.execute(
+                query("prune_orphan_errors"), {"cutoff": cutoff, "batch_size": batch_size}
+            )
+        total += cursor.rowcount
+        if cursor.rowcount < batch_size:
+            return total, True
+        if time.monotonic() >= deadline:
+            return total, False
+
+
+async def prune(app: ProcqueueApp, now: datetime | None = None) -> PruneReport:
+    """Delete old finished jobs (with events and errors) in short batches."""
+    settings = app.services.settings
+    now = now or datetime.now(UTC)
+    deadline = time.monotonic() + settings.job_timeout / 2
+    report = PruneReport()
+    for status in FINISHED_SUCCESSFULLY + FINISHED_UNSUCCESSFULLY:
+        successful = status in FINISHED_SUCCESSFULLY
+        age = settings.prune_succeeded_after if successful else settings.prune_failed_after
+        count, complete = await _prune_status(app, status, now - age, deadline)
+        if successful:
+            report.succeeded += count
+        else:
+            report.unsuccessful += count
+        report.complete = report.complete and complete
+    report.orphan_errors, complete = await _prune_orphan_errors(
+        app, now - settings.prune_failed_after, deadline
+    )
+    report.complete = report.complete and complete
+    logger.info(
+        "pruned %d succeeded and %d failed/cancelled/aborted jobs, %d orphan error rows%s",
+        report.succeeded,
+        report.unsuccessful,
+        report.orphan_errors,
+        "" if report.complete else " (time budget used up; the next run goes on)",
+    )
+    return report
+
+
+def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+    """The two periodic tasks; PROCQUEUE_MAINTENANCE_TASKS=false leaves them out."""
+    settings = app.services.settings
+    if not settings.maintenance_tasks:
+        return
+
+    async def rescue_stalled(timestamp: int) -> dict[str, list[int]]:
+        report = await rescue_stalled_jobs(app, retry)
+        return {"retried": report.retried, "failed": report.failed}
+
+    async def prune_old_jobs(timestamp: int) -> dict[str, int]:
+        report = await prune(app)
+        return {"succeeded": report.succeeded, "unsuccessful": report.unsuccessful}
+
+    rescue = app.task(
+        name=RESCUE_TASK, queue=MAINTENANCE_QUEUE, priority=100, queueing_lock=RESCUE_TASK
+    )(rescue_stalled)
+    app.periodic(cron=f"* * * * * */{settings.rescue_interval}", periodic_id="rescue")(rescue)
+    pruner = app.task(
+        name=PRUNE_TASK, queue=MAINTENANCE_QUEUE, priority=100, queueing_lock=PRUNE_TASK
+    )(prune_old_jobs)
+    app.periodic(cron=settings.prune_cron, periodic_id="prune")(pruner)

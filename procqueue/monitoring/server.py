@@ -1,0 +1,132 @@
+"""`/metrics` and `/healthz` over HTTP, as Starlette routes.
+
+`health_routes(source)` gives the two routes for any Starlette app (the
+dashboard mounts them); `create_app(settings)` is the standalone app served by
+`procqueue metrics`. Each request reads one health snapshot from Postgres; if
+Postgres does not answer, `/metrics` still serves the process's own metrics
+with `procqueue_health_up 0` and `/healthz` answers 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, start_http_server
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from procqueue.monitoring.health import (
+    Snapshot,
+    Status,
+    Verdict,
+    as_json,
+    evaluate,
+    read_snapshot,
+)
+from procqueue.monitoring.metrics import render_metrics
+from procqueue.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+UP_METRIC = (
+    "# HELP procqueue_health_up Whether the health SQL answered for this scrape.\n"
+    "# TYPE procqueue_health_up gauge\n"
+    "procqueue_health_up {value}\n"
+)
+
+
+class HealthSource:
+    """Reads health snapshots through a small connection pool."""
+
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool[Any] | None = None) -> None:
+        self.settings = settings
+        self._own_pool = pool is None
+        self.pool: AsyncConnectionPool[Any] = pool or AsyncConnectionPool(
+            settings.dsn,
+            min_size=1,
+            max_size=2,
+            open=False,
+            kwargs={"application_name": "procqueue-metrics"},
+        )
+
+    async def open(self) -> None:
+        if self._own_pool:
+            await self.pool.open()
+
+    async def close(self) -> None:
+        if self._own_pool:
+            await self.pool.close()
+
+    async def read(self) -> tuple[Snapshot, Verdict] | None:
+        """A snapshot and its verdict; None (logged) when Postgres does not answer."""
+        try:
+            async with self.pool.connection(timeout=5) as conn:
+                snapshot = await read_snapshot(conn, self.settings)
+        except (psycopg.Error, TimeoutError) as error:
+            logger.warning("health SQL failed: %s: %s", type(error).__name__, error)
+            return None
+        return snapshot, evaluate(snapshot, self.settings)
+
+
+def health_routes(source: HealthSource) -> list[Route]:
+    """`GET /metrics` (Prometheus text) and `GET /healthz` (JSON, 503 when unhealthy)."""
+
+    async def metrics(request: Request) -> Response:
+        read = await source.read()
+        body = render_metrics(*(read or (None, None)))
+        body += UP_METRIC.format(value=1 if read else 0).encode()
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        read = await source.read()
+        if read is None:
+            payload: dict[str, Any] = {
+                "status": "unhealthy",
+                "reasons": ["the database did not answer the health queries"],
+            }
+            code = 503
+        else:
+            snapshot, verdict = read
+            payload = as_json(snapshot, verdict)
+            code = 503 if verdict.status is Status.UNHEALTHY else 200
+        return Response(
+            json.dumps(payload, default=str), status_code=code, media_type="application/json"
+        )
+
+    return [Route("/metrics", metrics), Route("/healthz", healthz)]
+
+
+def create_app(settings: Settings) -> Starlette:
+    source = HealthSource(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await source.open()
+        try:
+            yield
+        finally:
+            await source.close()
+
+    return Starlette(routes=health_routes(source), lifespan=lifespan)
+
+
+def make_server(settings: Settings, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_app(settings), host=host, port=port, log_level="warning", lifespan="on"
+    )
+    return uvicorn.Server(config)
+
+
+def start_worker_metrics_server(port: int, host: str = "0.0.0.0") -> None:
+    """Serve this worker process's job histograms and counters (a daemon thread)."""
+    start_http_server(port, addr=host)
+    logger.info("worker metrics on http://%s:%d/metrics", host, port)

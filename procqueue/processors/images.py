@@ -1,0 +1,117 @@
+"""Image cleanup: delete the Cloudinary assets behind removed URLs, unless some
+row of some configured table still uses them.
+
+The trigger (sql/triggers/image_cleanup.sql) enqueues `images:cleanup` with the
+URLs a row lost, after a grace period. The job runs the orphan check at run
+time, over every image column of every entity, then deletes the orphans in
+batches. Deleting an asset that is already gone is harmless, so the job may
+run any number of times.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from procrastinate import BaseRetryStrategy, JobContext, RetryDecision
+from procrastinate.jobs import Job
+from psycopg_pool import AsyncConnectionPool
+
+from procqueue.entities import Entity
+from procqueue.errors import PermanentError
+from procqueue.images import CLEANUP_TASK, IMAGES_QUEUE
+from procqueue.images.references import find_referenced
+from procqueue.images.urls import Asset, parse_delivery_url
+from procqueue.retry import BackoffRetry
+from procqueue.runtime import ProcqueueApp
+from procqueue.sinks.cloudinary import CloudinaryAccount, CloudinaryDeleter, CloudinaryRateLimited
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HonourRateLimits(BaseRetryStrategy):
+    """The backoff policy, except that a rate-limited attempt runs again when the
+    service said it may (its reset time), not after the usual backoff."""
+
+    backoff: BackoffRetry
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        decision = self.backoff.get_retry_decision(exception=exception, job=job)
+        if decision is not None and isinstance(exception, CloudinaryRateLimited):
+            if exception.retry_at is not None:
+                return RetryDecision(retry_at=exception.retry_at)
+        return decision
+
+
+@dataclass
+class CleanupReport:
+    deleted: list[Asset] = field(default_factory=list)
+    already_gone: list[Asset] = field(default_factory=list)
+    kept: list[Asset] = field(default_factory=list)
+    skipped_urls: int = 0
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "deleted": len(self.deleted),
+            "already_gone": len(self.already_gone),
+            "kept": len(self.kept),
+            "skipped_urls": self.skipped_urls,
+        }
+
+
+async def cleanup_images(
+    pool: AsyncConnectionPool[Any],
+    entities: Sequence[Entity],
+    deleter: CloudinaryDeleter,
+    urls: Sequence[str],
+) -> CleanupReport:
+    """Delete the assets behind `urls` that no row references now."""
+    parsed = [parse_delivery_url(url, deleter.account.delivery) for url in urls]
+    assets = sorted({asset for asset in parsed if asset is not None})
+    report = CleanupReport(skipped_urls=parsed.count(None))
+    if not assets:
+        return report
+    async with pool.connection() as conn:
+        referenced = await find_referenced(conn, entities, assets, deleter.account.delivery)
+    report.kept = sorted(referenced)
+    for asset in report.kept:
+        logger.info("image %s is still referenced by a row: kept", asset)
+    orphans = [asset for asset in assets if asset not in referenced]
+    if orphans:
+        deletion = await deleter.delete(orphans)
+        report.deleted, report.already_gone = deletion.deleted, deletion.not_found
+    return report
+
+
+def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+    """`images:cleanup` on the `images` queue."""
+    deleters: list[CloudinaryDeleter] = []  # one per app, made on first use
+
+    def deleter() -> CloudinaryDeleter:
+        if not deleters:
+            try:
+                account = CloudinaryAccount.from_settings(app.services.settings)
+            except Exception as error:
+                raise PermanentError(str(error)) from None
+            deleters.append(CloudinaryDeleter(account))
+        return deleters[0]
+
+    @app.task(
+        name=CLEANUP_TASK, queue=IMAGES_QUEUE, pass_context=True, retry=HonourRateLimits(retry)
+    )
+    async def cleanup(
+        context: JobContext, urls: list[str], entity: str | None = None
+    ) -> dict[str, int]:
+        if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
+            raise PermanentError("images:cleanup expects args {'urls': [<delivery URL>, ...]}")
+        report = await cleanup_images(app.pool, app.services.entities.entities, deleter(), urls)
+        logger.info(
+            "images:cleanup for %s: %s",
+            entity or "?",
+            report.summary(),
+            extra={"job_id": context.job.id, "task": CLEANUP_TASK},
+        )
+        return report.summary()

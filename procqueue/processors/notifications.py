@@ -1,0 +1,99 @@
+"""`notification:<channel>` tasks on queue `notifications`: deliver one
+notification on one channel (procqueue.notifications.dispatch).
+
+Channels are built on first use. A channel with no settings at all (no SMTP
+host, no FCM key) records its notifications as skipped, with the reason; one
+whose settings are wrong (no sender, an unreadable key) fails its jobs at once
+with what to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from procrastinate import JobContext, RetryDecision
+from procrastinate.jobs import Job
+
+from procqueue.notifications.channel import Channel, UnconfiguredChannel
+from procqueue.notifications.dispatch import Dispatcher
+from procqueue.notifications.email import EmailChannel
+from procqueue.notifications.push import PushChannel
+from procqueue.notifications.templates import Templates
+from procqueue.retry import BackoffRetry
+from procqueue.runtime import ProcqueueApp
+from procqueue.settings import Settings
+from procqueue.sinks.email import SmtpConfig
+from procqueue.sinks.push import FcmClient, FcmConfig
+
+QUEUE = "notifications"
+
+
+def email_channel(settings: Settings) -> Channel:
+    if not settings.smtp_host:
+        return UnconfiguredChannel("email", "email is not configured (PROCQUEUE_SMTP_HOST unset)")
+    return EmailChannel(SmtpConfig.from_settings(settings))
+
+
+def push_channel(settings: Settings) -> Channel:
+    if not (settings.fcm_service_account_file or settings.fcm_service_account_json):
+        return UnconfiguredChannel(
+            "push", "push is not configured (PROCQUEUE_FCM_SERVICE_ACCOUNT_FILE unset)"
+        )
+    return PushChannel(FcmClient(FcmConfig.from_settings(settings)), settings.push_tokens_table)
+
+
+#: Every channel, by name (task `notification:<name>`). SMS would be one more entry.
+CHANNELS: dict[str, Callable[[Settings], Channel]] = {
+    "email": email_channel,
+    "push": push_channel,
+}
+
+
+@dataclass(frozen=True)
+class RetryAfterBackoff(BackoffRetry):
+    """BackoffRetry that waits at least what the server asked for (Retry-After),
+    up to the backoff ceiling."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        decision = super().get_retry_decision(exception=exception, job=job)
+        asked = getattr(exception, "retry_after", None)
+        if decision is None or asked is None:
+            return decision
+        wait = max(self.delay(job.attempts), min(float(asked), self.max_seconds))
+        return RetryDecision(retry_in={"milliseconds": round(wait * 1000)})
+
+
+class _LazyDispatcher:
+    """Builds the channel (and its clients and token cache) once, on first use."""
+
+    def __init__(self, settings: Settings, templates: Templates, factory: Callable[..., Channel]):
+        self._settings = settings
+        self._templates = templates
+        self._factory = factory
+        self._dispatcher: Dispatcher | None = None
+
+    def get(self) -> Dispatcher:
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(
+                self._factory(self._settings), self._templates, self._settings.notifications_table
+            )
+        return self._dispatcher
+
+
+def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+    settings = app.services.settings
+    templates = Templates(settings.default_locale, settings.notification_templates_dir)
+    strategy = RetryAfterBackoff(retry.max_retries, retry.base_seconds, retry.max_seconds)
+    for name, factory in CHANNELS.items():
+        _register_channel(app, name, _LazyDispatcher(settings, templates, factory), strategy)
+
+
+def _register_channel(
+    app: ProcqueueApp, name: str, dispatcher: _LazyDispatcher, retry: RetryAfterBackoff
+) -> None:
+    async def deliver(context: JobContext, /, **args: Any) -> str:
+        return await dispatcher.get().run(app.pool, args, context.job.id)
+
+    app.task(name=f"notification:{name}", queue=QUEUE, pass_context=True, retry=retry)(deliver)

@@ -1,0 +1,228 @@
+"""Firebase Cloud Messaging, HTTP v1 API, with the service-account OAuth2 flow.
+
+- Access tokens: google-auth signs a JWT assertion with the service account's
+  private key and exchanges it at the token endpoint (the account's token_uri,
+  or PROCQUEUE_FCM_TOKEN_URI). The token is cached until shortly before it
+  expires; one refresh at a time; a 401 from FCM drops it.
+- Sends: POST {base}/v1/projects/{project}/messages:send with aiohttp.
+
+Outcomes of a send: a message name; TargetGone for a token FCM reports as
+UNREGISTERED (404) or as an invalid registration token (400 INVALID_ARGUMENT
+naming the registration token);
+RetryLater for 429 and 5xx (with the Retry-After it asked for) and for network
+errors; PermanentError for any other refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import urllib3
+from google.auth import exceptions as google_exceptions
+from google.auth.transport.urllib3 import Request as Urllib3Request
+from google.oauth2 import service_account
+
+from procqueue.errors import ConfigError, PermanentError, TransientError
+from procqueue.notifications.errors import RetryLater, TargetGone
+from procqueue.settings import Settings
+
+FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+# Keys FCM refuses in a message's data payload.
+_RESERVED_DATA_KEYS = ("from", "notification", "message_type")
+_RESERVED_DATA_PREFIXES = ("google", "gcm")
+
+
+def load_service_account(settings: Settings) -> dict[str, Any]:
+    """The service-account key from PROCQUEUE_FCM_SERVICE_ACCOUNT_JSON or _FILE."""
+    if settings.fcm_service_account_json is not None:
+        source, text = (
+            "PROCQUEUE_FCM_SERVICE_ACCOUNT_JSON",
+            (settings.fcm_service_account_json.get_secret_value()),
+        )
+    elif settings.fcm_service_account_file is not None:
+        source = f"PROCQUEUE_FCM_SERVICE_ACCOUNT_FILE ({settings.fcm_service_account_file})"
+        try:
+            text = settings.fcm_service_account_file.read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"{source} cannot be read: {error.strerror}") from None
+    else:
+        raise ConfigError(
+            "push is not configured: set PROCQUEUE_FCM_SERVICE_ACCOUNT_FILE (or _JSON) to a "
+            "Firebase service-account key (or take 'push' out of procqueue.notification_rules)"
+        )
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"{source} is not JSON: expected a service-account key file") from None
+    if not isinstance(info, dict):
+        raise ConfigError(f"{source} is not a service-account key (a JSON object)")
+    return info
+
+
+@dataclass(frozen=True)
+class FcmConfig:
+    project_id: str
+    base_url: str
+    credentials: service_account.Credentials
+    timeout: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FcmConfig:
+        info = load_service_account(settings)
+        try:
+            credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                info, scopes=[FCM_SCOPE]
+            )
+        except (ValueError, KeyError) as error:
+            raise ConfigError(f"the FCM service-account key is unusable: {error}") from None
+        if settings.fcm_token_uri:
+            credentials = credentials.with_token_uri(settings.fcm_token_uri)
+        project_id = settings.fcm_project_id or info.get("project_id")
+        if not project_id:
+            raise ConfigError("set PROCQUEUE_FCM_PROJECT_ID: the service-account key names none")
+        return cls(
+            project_id=str(project_id),
+            base_url=settings.fcm_base_url.rstrip("/"),
+            credentials=credentials,
+            timeout=settings.fcm_timeout,
+        )
+
+
+class AccessTokens:
+    """The service account's OAuth2 access token, cached until it nearly expires."""
+
+    def __init__(self, credentials: service_account.Credentials, timeout: float) -> None:
+        self._credentials = credentials
+        self._http = urllib3.PoolManager(timeout=urllib3.Timeout(total=timeout), retries=False)
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> str:
+        async with self._lock:
+            if not self._credentials.valid:
+                await asyncio.to_thread(self._refresh)
+            return str(self._credentials.token)
+
+    def invalidate(self) -> None:
+        self._credentials.token = None
+
+    def _refresh(self) -> None:
+        try:
+            request = Urllib3Request(self._http)  # type: ignore[no-untyped-call]
+            self._credentials.refresh(request)  # type: ignore[no-untyped-call]
+        except google_exceptions.TransportError as error:
+            raise TransientError(f"FCM token endpoint unreachable: {error}; will retry") from None
+        except google_exceptions.RefreshError as error:
+            if getattr(error, "retryable", False):
+                raise TransientError(f"FCM token endpoint failed: {error}; will retry") from None
+            raise PermanentError(
+                f"the token endpoint refused the FCM service account ({error}): check the "
+                "key in PROCQUEUE_FCM_SERVICE_ACCOUNT_FILE / _JSON and its permissions"
+            ) from None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds: a number, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def data_payload(values: Mapping[str, Any]) -> dict[str, str]:
+    """FCM data is string to string, without its reserved keys."""
+    payload = {}
+    for key, value in values.items():
+        if key in _RESERVED_DATA_KEYS or key.lower().startswith(_RESERVED_DATA_PREFIXES):
+            continue
+        payload[key] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return payload
+
+
+class FcmClient:
+    """Sends one message to one device token."""
+
+    def __init__(self, config: FcmConfig) -> None:
+        self.config = config
+        self.tokens = AccessTokens(config.credentials, config.timeout)
+
+    @property
+    def send_url(self) -> str:
+        return f"{self.config.base_url}/v1/projects/{self.config.project_id}/messages:send"
+
+    async def send(
+        self, token: str, title: str, body: str, data: Mapping[str, Any], label: str
+    ) -> str:
+        """Deliver; returns FCM's message name. `label` names the token in errors."""
+        message = {
+            "message": {
+                "token": token,
+                "notification": {"title": title, "body": body},
+                "data": data_payload(data),
+            }
+        }
+        access_token = await self.tokens.get()
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.post(
+                    self.send_url,
+                    json=message,
+                    headers={"Authorization": f"Bearer {access_token}"},
+                ) as response,
+            ):
+                text = await response.text()
+                if response.status == 200:
+                    return str(json.loads(text).get("name", ""))
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                raise self._refusal(response.status, text, retry_after, label)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise RetryLater(
+                f"FCM unreachable ({type(error).__name__}: {error}); will retry"
+            ) from None
+
+    def _refusal(self, status: int, text: str, retry_after: float | None, label: str) -> Exception:
+        fcm_status, error_code, message = _parse_error(text)
+        reply = f"HTTP {status} {error_code or fcm_status}: {message}".strip()
+        # Only FCM's own verdict on the token removes it: a bare 404 (a wrong
+        # PROCQUEUE_FCM_BASE_URL, say) must not wipe every user's tokens.
+        if error_code == "UNREGISTERED":
+            return TargetGone(f"FCM says {label} is unregistered ({reply}); token removed")
+        invalid = "INVALID_ARGUMENT" in (error_code, fcm_status)
+        if status == 400 and invalid and "registration token" in message.lower():
+            return TargetGone(f"FCM says {label} is not a valid token ({reply}); token removed")
+        if status == 401:
+            self.tokens.invalidate()
+            return RetryLater(f"FCM refused the access token ({reply}); will get a new one")
+        if status == 429 or status >= 500:
+            return RetryLater(f"FCM is unavailable ({reply}); will retry", retry_after)
+        return PermanentError(f"FCM refused the message to {label} ({reply})")
+
+
+def _parse_error(text: str) -> tuple[str, str, str]:
+    """(status, FCM error code, message) of an FCM error body."""
+    try:
+        error = json.loads(text).get("error", {})
+    except (ValueError, AttributeError):
+        return "", "", text[:200]
+    if not isinstance(error, dict):
+        return "", "", text[:200]
+    codes = [
+        detail.get("errorCode", "")
+        for detail in error.get("details", [])
+        if isinstance(detail, dict) and detail.get("errorCode")
+    ]
+    return str(error.get("status", "")), codes[0] if codes else "", str(error.get("message", ""))

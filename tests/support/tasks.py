@@ -1,0 +1,53 @@
+"""Tiny tasks for the failure tests, with failures under the test's control.
+They run through the real app (build_app), middlewares and retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+
+from procrastinate import JobContext
+
+from procqueue.errors import PermanentError, TransientError
+from procqueue.retry import BackoffRetry
+from procqueue.runtime import ProcqueueApp
+
+SWITCHES_SQL = """
+CREATE TABLE IF NOT EXISTS public.test_switches (name text PRIMARY KEY, broken boolean NOT NULL);
+"""
+
+
+def register(app: ProcqueueApp) -> None:
+    settings = app.services.settings
+    retry = BackoffRetry(settings.max_retries, settings.retry_backoff, settings.retry_backoff_max)
+
+    @app.task(name="test:flaky", queue="tests", pass_context=True, retry=retry)
+    async def flaky(context: JobContext, failures: int, message: str = "upstream busy") -> str:
+        """Fails transiently `failures` times, then succeeds."""
+        if context.job.attempts < failures:
+            raise TransientError(f"{message} (attempt {context.job.attempts + 1})")
+        return "ok"
+
+    @app.task(name="test:broken", queue="tests", retry=retry)
+    async def broken(reason: str) -> None:
+        """Fails for good at once."""
+        raise PermanentError(reason)
+
+    @app.task(name="test:switch", queue="tests", retry=retry)
+    async def switch(name: str) -> str:
+        """Fails for good while its switch row says broken."""
+        async with app.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT broken FROM public.test_switches WHERE name = %s", [name]
+                )
+            ).fetchone()
+        if row and row[0]:
+            raise PermanentError(f"the partner API rejects {name!r} (switch is broken)")
+        return "ok"
+
+    @app.task(name="test:block_first", queue="tests", pass_context=True, retry=retry)
+    async def block_first(context: JobContext) -> str:
+        """Hangs on its first attempt (its worker gets killed), succeeds after."""
+        if context.job.attempts == 0:
+            await asyncio.Event().wait()
+        return "rescued"

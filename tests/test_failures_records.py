@@ -1,0 +1,163 @@
+"""Failed attempts are recorded, shown by `procqueue failed`, retried and
+cancelled by hand; logs can be JSON lines with the job's fields."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from procqueue.app import build_app
+from procqueue.monitoring.logs import JsonFormatter
+from procqueue.runtime import ProcqueueApp
+from tests.conftest import make_settings
+from tests.support import tasks
+from tests.support.history import run_cli
+from tests.support.worker import drain
+
+SECRET_KEY = "es-api-key-4b1d7c2e"
+
+
+@pytest.fixture(scope="module")
+async def app(database: str, es_url: str) -> AsyncIterator[ProcqueueApp]:
+    settings = make_settings(database, es_url, elasticsearch_api_key=SECRET_KEY)
+    application = build_app(settings)
+    tasks.register(application)
+    async with application.open_async():
+        async with application.pool.connection() as conn:
+            await conn.execute(tasks.SWITCHES_SQL)  # type: ignore[arg-type]
+        yield application
+
+
+async def job_row(dsn: str, job_id: int) -> dict[str, Any]:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        await cursor.execute(
+            "SELECT status::text, attempts FROM procrastinate.procrastinate_jobs WHERE id = %s",
+            [job_id],
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return row
+
+
+async def error_rows(dsn: str, job_id: int) -> list[dict[str, Any]]:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        await cursor.execute(
+            "SELECT * FROM procqueue.job_errors WHERE job_id = %s ORDER BY attempt", [job_id]
+        )
+        return await cursor.fetchall()
+
+
+async def test_three_failures_then_success_leave_three_error_rows(
+    app: ProcqueueApp, database: str
+) -> None:
+    job_id = await app.configure_task("test:flaky").defer_async(failures=3)
+    await drain(app, concurrency=1)
+    assert await job_row(database, job_id) == {"status": "succeeded", "attempts": 4}
+    errors = await error_rows(database, job_id)
+    assert [e["attempt"] for e in errors] == [1, 2, 3]
+    for error in errors:
+        assert error["error_type"] == "procqueue.errors.TransientError"
+        assert error["transient"] and not error["final"]
+        assert "Traceback (most recent call last)" in error["traceback"]
+        assert "in flaky" in error["traceback"]
+    assert errors[2]["message"] == "upstream busy (attempt 3)"
+
+
+async def test_exhausted_retries_mark_the_last_error_final(
+    app: ProcqueueApp, database: str
+) -> None:
+    job_id = await app.configure_task("test:flaky").defer_async(failures=99)
+    await drain(app, concurrency=1)
+    assert await job_row(database, job_id) == {"status": "failed", "attempts": 4}
+    assert [e["final"] for e in await error_rows(database, job_id)] == [False] * 3 + [True]
+
+
+async def test_permanent_failure_is_shown_by_procqueue_failed(
+    app: ProcqueueApp, database: str
+) -> None:
+    reason = f"listing 42 has no title (api key {SECRET_KEY})"
+    job_id = await app.configure_task("test:broken").defer_async(reason=reason)
+    await drain(app, concurrency=1)
+    assert await job_row(database, job_id) == {"status": "failed", "attempts": 1}
+    (error,) = await error_rows(database, job_id)
+    assert error["final"] and not error["transient"]
+    assert SECRET_KEY not in error["message"] + error["traceback"]
+
+    code, out, _ = await run_cli(database, "failed", "--task", "test:broken")
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith(str(job_id)))
+    assert "test:broken" in line and "PermanentError: listing 42 has no title" in line
+    assert SECRET_KEY not in out
+
+    code, out, _ = await run_cli(database, "failed", "--json")
+    listed = {entry["id"]: entry for entry in json.loads(out)}
+    assert listed[job_id]["error_type"] == "procqueue.errors.PermanentError"
+    assert "Traceback" in listed[job_id]["traceback"]
+
+
+async def test_retry_all_failed_succeeds_once_the_cause_is_gone(
+    app: ProcqueueApp, database: str
+) -> None:
+    async with app.pool.connection() as conn:
+        await conn.execute("INSERT INTO public.test_switches VALUES ('partner', true)")
+    job_ids = [await app.configure_task("test:switch").defer_async(name="partner") for _ in "abc"]
+    await drain(app, concurrency=1)
+    assert [(await job_row(database, j))["status"] for j in job_ids] == ["failed"] * 3
+
+    # still broken: retried, and failed again
+    code, out, _ = await run_cli(database, "retry", "--task", "test:switch")
+    assert code == 0 and "retried 3 job(s)" in out
+    await drain(app, concurrency=1)
+    assert [(await job_row(database, j))["status"] for j in job_ids] == ["failed"] * 3
+
+    async with app.pool.connection() as conn:
+        await conn.execute("UPDATE public.test_switches SET broken = false")
+    code, out, _ = await run_cli(database, "retry", "--all-failed")
+    assert code == 0
+    await drain(app, concurrency=1)
+    assert [(await job_row(database, j))["status"] for j in job_ids] == ["succeeded"] * 3
+    # each job's two failed attempts are still on record
+    assert [len(await error_rows(database, j)) for j in job_ids] == [2, 2, 2]
+
+
+async def test_retry_and_cancel_one_job(app: ProcqueueApp, database: str) -> None:
+    waiting = await app.configure_task("test:flaky").defer_async(failures=0)
+    code, out, _ = await run_cli(database, "retry", str(waiting))
+    assert code == 1 and f"job {waiting} is todo, not failed" in out
+    code, out, _ = await run_cli(database, "cancel", str(waiting))
+    assert code == 0 and "cancelled" in out
+    assert (await job_row(database, waiting))["status"] == "cancelled"
+    code, out, _ = await run_cli(database, "cancel", str(waiting))
+    assert code == 1 and "only waiting or running jobs can be cancelled" in out
+    code, out, _ = await run_cli(database, "cancel", "999999999")
+    assert code == 1 and "does not exist" in out
+
+
+async def test_json_logs_carry_job_id_task_attempt_and_duration(
+    app: ProcqueueApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = await app.configure_task("test:flaky").defer_async(failures=1)
+    with caplog.at_level(logging.INFO, logger="procqueue.middleware"):
+        await drain(app, concurrency=1)
+    formatter = JsonFormatter((SECRET_KEY,))
+    lines = [
+        json.loads(formatter.format(record))
+        for record in caplog.records
+        if getattr(record, "job_id", None) == job_id and hasattr(record, "duration")
+    ]
+    assert [(line["attempt"], line["outcome"]) for line in lines] == [
+        (1, "retried"),
+        (2, "succeeded"),
+    ]
+    for line in lines:
+        assert line["task"] == "test:flaky" and line["queue"] == "tests"
+        assert line["job_id"] == job_id and line["duration"] >= 0
+        assert line["level"] == "info" and line["message"].startswith(f"job {job_id}")
