@@ -9,6 +9,7 @@ Present row: index it. Missing row: delete the document.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import psycopg
@@ -41,30 +42,41 @@ def entity_query(name: str, entity: Entity) -> sql.Composed:
     )
 
 
-async def _try_lock(conn: psycopg.AsyncConnection[Any], params: dict[str, str]) -> bool:
-    row = await (await conn.execute(query("try_lock_entity"), params)).fetchone()
-    return bool(row and row[0])
+async def _locked_read(
+    conn: psycopg.AsyncConnection[Any], entity: Entity, params: dict[str, str]
+) -> tuple[bool, dict[str, Any] | None]:
+    """Try the entity's sync key, then read the row, in one transaction sent as one
+    pipeline. The read is its own statement, so its snapshot is taken after the
+    key is held; when the key was busy the read is thrown away."""
+    async with conn.pipeline(), conn.transaction():
+        lock = await conn.execute(query("try_lock_entity"), params)
+        read = conn.cursor(row_factory=dict_row)
+        await read.execute(entity_query("read_entity_row", entity), params)
+    locked = await lock.fetchone()
+    row: dict[str, Any] | None = await read.fetchone()
+    return bool(locked and locked[0]), row
 
 
 async def read_current_row(
     pool: AsyncConnectionPool[Any], entity: Entity, entity_id: str
 ) -> dict[str, Any] | None:
     params = {"entity": entity.name, "id": entity_id}
-    async with pool.connection() as conn, conn.transaction():
-        attempt = 0
-        while not await _try_lock(conn, params):
+    async with pool.connection() as conn:
+        for attempt in itertools.count():
+            try:
+                locked, row = await _locked_read(conn, entity, params)
+            except (
+                psycopg.errors.DataError,
+                psycopg.errors.SyntaxErrorOrAccessRuleViolation,
+            ) as err:
+                raise PermanentError(
+                    f"cannot read {entity.table} row {entity_id!r}: {err.diag.message_primary}"
+                ) from err
+            if locked:
+                return row
             # A writer of this entity has not committed yet: wait for it.
             await asyncio.sleep(LOCK_RETRY_SECONDS[min(attempt, len(LOCK_RETRY_SECONDS) - 1)])
-            attempt += 1
-        try:
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(entity_query("read_entity_row", entity), params)
-            row: dict[str, Any] | None = await cursor.fetchone()
-            return row
-        except (psycopg.errors.DataError, psycopg.errors.SyntaxErrorOrAccessRuleViolation) as err:
-            raise PermanentError(
-                f"cannot read {entity.table} row {entity_id!r}: {err.diag.message_primary}"
-            ) from err
+    raise AssertionError("unreachable")
 
 
 async def sync_entity(
