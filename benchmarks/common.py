@@ -51,6 +51,27 @@ def environment(name: str) -> Iterator[Environment]:
         yield Environment(dsn, es_url)
 
 
+def process_cpu_seconds(cmdline_part: str) -> float | None:
+    """CPU time (user + system) used so far by the process whose command line
+    contains `cmdline_part` (e.g. the ES-API server sharing this machine's cores)."""
+    import os
+    from pathlib import Path
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if cmdline_part not in cmdline:
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        return (int(fields[11]) + int(fields[12])) / ticks
+    return None
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
@@ -58,8 +79,6 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 def summary_ms(values: Sequence[float]) -> str:
-    return (
-        f"p50 {percentile(values, 0.5) * 1000:.1f} ms, p95 {percentile(values, 0.95) * 1000:.1f} ms"
-        f", p99 {percentile(values, 0.99) * 1000:.1f} ms, mean {statistics.fmean(values) * 1000:.1f}"
-        f" ms (n={len(values)})"
-    )
+    parts = [f"p{int(q * 100)} {percentile(values, q) * 1000:.1f} ms" for q in (0.5, 0.95, 0.99)]
+    parts.append(f"mean {statistics.fmean(values) * 1000:.1f} ms (n={len(values)})")
+    return ", ".join(parts)

@@ -133,30 +133,31 @@ async def run(rate: float, seconds: float) -> None:
             "PROCQUEUE_CONCURRENCY": "10",
         }
         # Index the seed first, so the measured updates overwrite like the direct path.
-        subprocess.run(
-            [sys.executable, "-c", DRAIN], env=worker_env, check=True, stderr=subprocess.DEVNULL
+        seeding = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", DRAIN, env=worker_env, stderr=subprocess.DEVNULL
         )
+        await seeding.wait()
         async with await psycopg.AsyncConnection.connect(env.dsn) as conn:
             last = await (await conn.execute(
                 "SELECT coalesce(max(id), 0) FROM procrastinate.procrastinate_jobs"
             )).fetchone()  # fmt: skip
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "procqueue.cli", "worker"],
-            env=worker_env,
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "procqueue.cli", "worker", env=worker_env,
             stderr=subprocess.DEVNULL,
-        )
+        )  # fmt: skip
         try:
             await until_worker_registered(env.dsn)
             made = await steady_updates(env.dsn, ids, rate, seconds)
             async with await psycopg.AsyncConnection.connect(env.dsn) as conn:
                 for _ in range(600):
-                    queued = await (await conn.execute(LATENCIES, [last[0] if last else 0])).fetchall()
+                    since = last[0] if last else 0
+                    queued = await (await conn.execute(LATENCIES, [since])).fetchall()
                     if len(queued) >= made:
                         break
                     await asyncio.sleep(0.1)
         finally:
             worker.terminate()
-            worker.wait()
+            await worker.wait()
         queue_latencies = [float(value) for (value,) in queued]
         direct = await direct_updates(settings, ids, rate, seconds)
     print(f"rate {rate:g} changes/s for {seconds:g} s, random gaps")

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from urllib.parse import urlsplit
 
 import psycopg
 
-from benchmarks.common import USER_ID, environment
+from benchmarks.common import USER_ID, environment, process_cpu_seconds
 from procqueue.app import build_app
 from procqueue.runtime import ProcqueueApp
 from procqueue.settings import Settings
@@ -42,6 +43,19 @@ async def drain(app: ProcqueueApp, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
+async def drain_measured(app: ProcqueueApp, concurrency: int, es_url: str) -> dict[str, float]:
+    """Wall time, this worker's CPU time and the ES-API server's CPU time."""
+    es_marker = f"--elasticsearch-port {urlsplit(es_url).port}"
+    es_before = process_cpu_seconds(es_marker) or 0.0
+    cpu_before = time.process_time()
+    wall = await drain(app, concurrency)
+    return {
+        "wall": wall,
+        "worker_cpu": time.process_time() - cpu_before,
+        "es_cpu": (process_cpu_seconds(es_marker) or 0.0) - es_before,
+    }
+
+
 def noop_app(settings: Settings) -> ProcqueueApp:
     app = build_app(settings)
 
@@ -59,10 +73,11 @@ async def run(rows: int, concurrency: int) -> None:
         sync_app = build_app(settings)
         async with sync_app.open_async():
             await sync_app.services.search.ensure_index(sync_app.services.entities.get("listing"))
-            sync_seconds = await drain(sync_app, concurrency)
-            documents = await sync_app.services.search.client.count(
-                index=sync_app.services.search.alias(sync_app.services.entities.get("listing"))
-            )
+            sync_run = await drain_measured(sync_app, concurrency, env.es_url)
+            sync_seconds = sync_run["wall"]
+            alias = sync_app.services.search.alias(sync_app.services.entities.get("listing"))
+            await sync_app.services.search.client.indices.refresh(index=alias)
+            documents = await sync_app.services.search.client.count(index=alias)
             await sync_app.services.aclose()
 
         with psycopg.connect(env.dsn) as conn:
@@ -73,7 +88,8 @@ async def run(rows: int, concurrency: int) -> None:
             )
         bench_app = noop_app(settings)
         async with bench_app.open_async():
-            noop_seconds = await drain(bench_app, concurrency)
+            noop_run = await drain_measured(bench_app, concurrency, env.es_url)
+            noop_seconds = noop_run["wall"]
 
         with psycopg.connect(env.dsn) as conn:
             states = dict(conn.execute(
@@ -81,8 +97,13 @@ async def run(rows: int, concurrency: int) -> None:
             ).fetchall())  # fmt: skip
     sync_rate, noop_rate = rows / sync_seconds, rows / noop_seconds
     print(f"{rows} single-row transactions written in {insert_seconds:.1f} s")
-    print(f"sync jobs:  {sync_rate:.0f} jobs/s ({sync_seconds:.1f} s), documents: {documents}")
-    print(f"no-op jobs: {noop_rate:.0f} jobs/s ({noop_seconds:.1f} s)")
+    for label, rate, measured in (("sync", sync_rate, sync_run), ("no-op", noop_rate, noop_run)):
+        print(
+            f"{label:5} jobs: {rate:.0f} jobs/s ({measured['wall']:.1f} s); CPU per job: worker "
+            f"{measured['worker_cpu'] / rows * 1000:.2f} ms, ES-API server "
+            f"{measured['es_cpu'] / rows * 1000:.2f} ms (same 2 cores)"
+        )
+    print(f"documents in the index: {documents['count']}")
     print(f"ratio sync / no-op: {sync_rate / noop_rate:.2f} (target >= 0.7); job states: {states}")
 
 

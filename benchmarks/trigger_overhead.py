@@ -36,7 +36,10 @@ DELETE FROM procrastinate.procrastinate_jobs;
 
 # (pgbench meta-commands, the statement on table {table})
 SCRIPTS = {
-    "insert": ("", "INSERT INTO public.{table} (user_id, title) VALUES ('" + USER_ID + "', 'bench')"),
+    "insert": (
+        "",
+        "INSERT INTO public.{table} (user_id, title) VALUES ('" + USER_ID + "', 'bench')",
+    ),
     "update": (
         "\\set n random(1, 10000)\n",
         "UPDATE public.{table} SET title = 'bench ' || :n || ' ' || random() "

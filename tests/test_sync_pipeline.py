@@ -168,7 +168,8 @@ async def test_changes_to_ignored_columns_enqueue_nothing(
 ) -> None:
     listing_id = str(uuid.uuid4())
     await db.execute(
-        "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'counted')", [listing_id, USER_ID]
+        "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'counted')",
+        [listing_id, USER_ID],
     )
     await drain(app)
 
