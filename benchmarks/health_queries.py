@@ -110,8 +110,7 @@ def main() -> None:
             seconds = fill(conn, args.jobs, args.backlog)
             print(f"filled in {seconds:.1f} s: {counts(conn)}")
             print(
-                f"\nwith migration 0006's indexes ({args.runs} runs each, "
-                f"budget {BUDGET_MS:g} ms)"
+                f"\nwith migration 0006's indexes ({args.runs} runs each, budget {BUDGET_MS:g} ms)"
             )
             with_indexes = measure(conn, {**QUERIES, **INFO_QUERIES}, args.runs)
             for name, values in with_indexes.items():
@@ -143,10 +142,10 @@ def main() -> None:
             cutoff = datetime.now(UTC) - timedelta(days=6, hours=12)
             params: dict[str, Any] = {
                 "status": "succeeded",
+                "event_type": "succeeded",
                 "cutoff": cutoff,
                 "batch_size": 500,
                 "after_at": datetime.min.replace(tzinfo=UTC),
-                "after_id": 0,
             }
             batches = []
             for _ in range(10):
@@ -154,7 +153,7 @@ def main() -> None:
                 row = conn.execute(query("prune_finished_jobs"), params).fetchone()
                 batches.append(time.perf_counter() - started)
                 assert row is not None and row[0] == 500
-                params.update(after_at=row[2], after_id=row[3])
+                params["after_at"] = row[2]
             print(
                 f"\nprune: 10 batches of 500 succeeded jobs (with events and error rows): "
                 f"p50 {percentile(batches, 0.5) * 1000:.1f} ms, "

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from procqueue.app import build_app
@@ -24,6 +25,7 @@ from procqueue.local import local_postgres, local_search, scratch_database
 from procqueue.migrate import migrate
 from procqueue.runtime import ProcqueueApp
 from procqueue.settings import Settings, load_settings
+from tests.support.worker import SELLER_ID
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +70,17 @@ def make_settings(database: str, es_url: str, **overrides: Any) -> Settings:
 @pytest.fixture(scope="module")
 def settings(database: str, es_url: str) -> Settings:
     return make_settings(database, es_url)
+
+
+@pytest.fixture(scope="module")
+async def db(database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """An autocommit connection to the module's database, with SELLER_ID as a user."""
+    conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
+    await conn.execute(
+        "INSERT INTO auth.users (id, email) VALUES (%s, 'seller@example.com')", [SELLER_ID]
+    )
+    yield conn
+    await conn.close()
 
 
 @pytest.fixture(scope="module")

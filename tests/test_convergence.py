@@ -6,16 +6,22 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from typing import Any
 
 import psycopg
 
 from procqueue.entities import INVENTORY, LISTING
 from procqueue.runtime import ProcqueueApp
-from tests.support.worker import drain, indexed_documents, running_worker, table_documents
+from tests.support.worker import (
+    SELLER_ID,
+    drain,
+    indexed_documents,
+    running_worker,
+    table_documents,
+)
 
 WRITERS = 4
 OPERATIONS_PER_WRITER = 150
-USER_ID = "00000000-0000-4000-8000-0000000000c1"
 
 
 async def random_writer(dsn: str, seed: int, items: list[str], listings: list[str]) -> None:
@@ -28,14 +34,14 @@ async def random_writer(dsn: str, seed: int, items: list[str], listings: list[st
                 await conn.execute(
                     "INSERT INTO inventory_items (id, user_id, name, estimated_value) "
                     "VALUES (%s, %s, %s, %s)",
-                    [item_id, USER_ID, f"item {seed}-{step}", rng.randint(1, 999)],
+                    [item_id, SELLER_ID, f"item {seed}-{step}", rng.randint(1, 999)],
                 )
                 items.append(item_id)
                 listing_id = str(uuid.uuid4())
                 await conn.execute(
                     "INSERT INTO listings (id, user_id, title, inventory_item_id) "
                     "VALUES (%s, %s, %s, %s)",
-                    [listing_id, USER_ID, f"listing {seed}-{step}", item_id],
+                    [listing_id, SELLER_ID, f"listing {seed}-{step}", item_id],
                 )
                 listings.append(listing_id)
             elif action < 0.75:
@@ -63,10 +69,8 @@ async def random_writer(dsn: str, seed: int, items: list[str], listings: list[st
 
 
 async def test_index_converges_to_table_under_concurrent_writers(
-    app: ProcqueueApp, database: str
+    app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any]
 ) -> None:
-    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
-        await conn.execute("INSERT INTO auth.users (id) VALUES (%s)", [USER_ID])
     items: list[str] = []
     listings: list[str] = []
     async with running_worker(app, concurrency=10):

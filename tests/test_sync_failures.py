@@ -18,6 +18,7 @@ from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support.proxy import TcpProxy
 from tests.support.worker import (
+    SELLER_ID,
     eventually,
     indexed_documents,
     job_counts,
@@ -25,17 +26,8 @@ from tests.support.worker import (
     table_documents,
 )
 
-USER_ID = "00000000-0000-4000-8000-0000000000f1"
 # Every app of this module writes the same indexes, whichever server URL it uses.
 INDEX_PREFIX = f"t{uuid.uuid4().hex[:8]}_"
-
-
-@pytest.fixture(scope="module")
-async def db(database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
-    await conn.execute("INSERT INTO auth.users (id) VALUES (%s)", [USER_ID])
-    yield conn
-    await conn.close()
 
 
 @pytest.fixture
@@ -59,7 +51,7 @@ async def insert_listings(db: psycopg.AsyncConnection[Any], count: int, title: s
     for listing_id in ids:
         await db.execute(
             "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, %s)",
-            [listing_id, USER_ID, title],
+            [listing_id, SELLER_ID, title],
         )
     return ids
 

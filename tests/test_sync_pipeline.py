@@ -5,23 +5,10 @@ from __future__ import annotations
 import uuid
 
 import psycopg
-import pytest
 
 from procqueue.entities import INVENTORY, LISTING
 from procqueue.runtime import ProcqueueApp
-from tests.support.worker import drain, indexed_documents, job_counts
-
-USER_ID = "00000000-0000-4000-8000-0000000000aa"
-
-
-@pytest.fixture(scope="module")
-async def db(database: str) -> psycopg.AsyncConnection:
-    conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
-    await conn.execute(
-        "INSERT INTO auth.users (id, email) VALUES (%s, 'seller@example.com')", [USER_ID]
-    )
-    yield conn
-    await conn.close()
+from tests.support.worker import SELLER_ID, drain, indexed_documents, job_counts
 
 
 async def document(app: ProcqueueApp, entity_alias: str, entity_id: str) -> dict | None:
@@ -39,7 +26,7 @@ async def test_inventory_create_update_delete_reach_the_index(
         "INSERT INTO inventory_items (id, user_id, name, category, estimated_value, "
         "additional_image_urls) VALUES (%s, %s, 'Bisiklet', 'sports', 120.50, "
         "'{https://res.cloudinary.com/demo/image/upload/a.jpg}')",
-        [item_id, USER_ID],
+        [item_id, SELLER_ID],
     )
     await drain(app)
     doc = await document(app, INVENTORY.index, item_id)
@@ -47,7 +34,7 @@ async def test_inventory_create_update_delete_reach_the_index(
     assert doc["name"] == "Bisiklet"
     assert doc["category"] == "sports"
     assert doc["estimated_value"] == 120.5
-    assert doc["user_id"] == USER_ID
+    assert doc["user_id"] == SELLER_ID
     assert doc["additional_image_urls"] == ["https://res.cloudinary.com/demo/image/upload/a.jpg"]
 
     await db.execute(
@@ -71,7 +58,7 @@ async def test_listing_create_update_delete_reach_the_index(
     await db.execute(
         "INSERT INTO listings (id, user_id, title, budget, location) "
         "VALUES (%s, %s, 'Satılık masa', 250, 'İzmir')",
-        [listing_id, USER_ID],
+        [listing_id, SELLER_ID],
     )
     await drain(app)
     doc = await document(app, LISTING.index, listing_id)
@@ -109,7 +96,7 @@ async def test_rolled_back_transaction_enqueues_nothing(
     before = await job_counts(database)
     async with await psycopg.AsyncConnection.connect(database) as conn:
         await conn.execute(
-            "INSERT INTO listings (user_id, title) VALUES (%s, 'never committed')", [USER_ID]
+            "INSERT INTO listings (user_id, title) VALUES (%s, 'never committed')", [SELLER_ID]
         )
         await conn.execute("UPDATE listings SET title = title || '!'")
         await conn.rollback()
@@ -122,7 +109,7 @@ async def test_committed_change_enqueues_in_the_same_transaction(
     async with await psycopg.AsyncConnection.connect(database) as conn:
         row = await (
             await conn.execute(
-                "INSERT INTO listings (user_id, title) VALUES (%s, 'x') RETURNING id", [USER_ID]
+                "INSERT INTO listings (user_id, title) VALUES (%s, 'x') RETURNING id", [SELLER_ID]
             )
         ).fetchone()
         assert row is not None
@@ -144,7 +131,7 @@ async def test_burst_of_updates_coalesces_into_one_job(
     await drain(app)
     listing_id = str(uuid.uuid4())
     await db.execute(
-        "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'v0')", [listing_id, USER_ID]
+        "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'v0')", [listing_id, SELLER_ID]
     )
     for version in range(1, 101):
         await db.execute(
@@ -169,7 +156,7 @@ async def test_changes_to_ignored_columns_enqueue_nothing(
     listing_id = str(uuid.uuid4())
     await db.execute(
         "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'counted')",
-        [listing_id, USER_ID],
+        [listing_id, SELLER_ID],
     )
     await drain(app)
 

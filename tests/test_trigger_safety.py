@@ -4,7 +4,6 @@ Supabase's API roles can enqueue through the trigger but not touch the queue."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -12,9 +11,8 @@ import pytest
 
 from procqueue.entities import INVENTORY, LISTING
 from procqueue.runtime import ProcqueueApp
-from tests.support.worker import drain, indexed_documents, job_counts, table_documents
+from tests.support.worker import SELLER_ID, drain, indexed_documents, job_counts, table_documents
 
-USER_ID = "00000000-0000-4000-8000-0000000000d1"
 QUEUE_TABLES = [
     "procrastinate.procrastinate_jobs",
     "procrastinate.procrastinate_events",
@@ -22,14 +20,6 @@ QUEUE_TABLES = [
     "procqueue.job_errors",
     "procqueue.schema_migrations",
 ]
-
-
-@pytest.fixture(scope="module")
-async def db(database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
-    await conn.execute("INSERT INTO auth.users (id) VALUES (%s)", [USER_ID])
-    yield conn
-    await conn.close()
 
 
 @pytest.mark.parametrize("role", ["authenticated", "anon"])
@@ -41,7 +31,7 @@ async def test_api_role_can_write_listings_and_that_enqueues(
         await conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]
         await conn.execute(
             "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'from the API')",
-            [listing_id, USER_ID],
+            [listing_id, SELLER_ID],
         )
         await conn.execute("UPDATE listings SET title = 'edited' WHERE id = %s", [listing_id])
         await conn.commit()
@@ -129,7 +119,7 @@ async def test_odd_rows_never_make_the_write_fail(
     placeholders = ", ".join(["%s"] * len(columns))
     await db.execute(
         f"INSERT INTO listings ({', '.join(columns)}) VALUES ({placeholders})",  # type: ignore[arg-type]
-        [listing_id, USER_ID, *values.values()],
+        [listing_id, SELLER_ID, *values.values()],
     )
     await db.execute(
         "UPDATE listings SET title = title || ' (edited)', additional_image_urls = '{}' "
@@ -140,7 +130,7 @@ async def test_odd_rows_never_make_the_write_fail(
         "INSERT INTO inventory_items (user_id, name, description, additional_image_urls) "
         "VALUES (%s, %s, %s, %s)",
         [
-            USER_ID,
+            SELLER_ID,
             values["title"],
             values.get("description"),
             values.get("additional_image_urls", []),
@@ -158,7 +148,7 @@ async def test_odd_rows_are_indexed_as_they_are(
         placeholders = ", ".join(["%s"] * len(columns))
         await db.execute(
             f"INSERT INTO listings ({', '.join(columns)}) VALUES ({placeholders})",  # type: ignore[arg-type]
-            [USER_ID, *values.values()],
+            [SELLER_ID, *values.values()],
         )
     await drain(app)
     assert "failed" not in await job_counts(database)

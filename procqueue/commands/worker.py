@@ -22,8 +22,10 @@ def run(args: argparse.Namespace) -> int:
     async def work() -> None:
         async with app.open_async():
             try:
-                queues: list[str] = args.queue or []
-                await app.run_worker_async(queues=queues, name=args.name)
+                if args.queue:
+                    await app.run_worker_async(queues=args.queue, name=args.name)
+                else:  # every queue (queues=[] would match no queue at all)
+                    await app.run_worker_async(name=args.name)
             finally:
                 await app.services.aclose()
 

@@ -128,22 +128,24 @@ async def _prune_status(
     batch_size = app.services.settings.prune_batch_size
     params: dict[str, Any] = {
         "status": status,
+        "event_type": status,  # same name; a separate parameter keeps its own type
         "cutoff": cutoff,
         "batch_size": batch_size,
         "after_at": datetime.min.replace(tzinfo=UTC),
-        "after_id": 0,
     }
     total = 0
     while True:
         async with app.pool.connection() as conn:
             cursor = await conn.execute(query("prune_finished_jobs"), params)
-            deleted, scanned, last_at, last_id = await cursor.fetchone() or (0, 0, None, None)
+            deleted, scanned, last_at = await cursor.fetchone() or (0, 0, None)
         total += deleted
         if scanned < batch_size:
             return total, True
         if time.monotonic() >= deadline:
             return total, False
-        params.update(after_at=last_at, after_id=last_id)
+        # Resume at the last time seen (>=): ties are looked at again, rows
+        # deleted are gone, so a batch never skips a job.
+        params["after_at"] = last_at
 
 
 async def _prune_orphan_errors(

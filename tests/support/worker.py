@@ -16,6 +16,8 @@ from procqueue.entities import Entity
 from procqueue.processors.sync import entity_query
 from procqueue.runtime import ProcqueueApp
 
+#: The user owning the rows tests write (inserted by the `db` fixture).
+SELLER_ID = "00000000-0000-4000-8000-0000000000aa"
 QUIET: dict[str, Any] = {"install_signal_handlers": False}
 
 
