@@ -27,6 +27,9 @@ from procqueue.runtime import ProcqueueApp
 from procqueue.settings import Settings, load_settings
 from tests.support.worker import SELLER_ID
 
+#: Fixtures of the notification tests: loopback SMTP and FCM servers, an app for both.
+pytest_plugins = ["tests.support.notifications"]
+
 
 @pytest.fixture(scope="session")
 def admin_dsn() -> Iterator[str]:

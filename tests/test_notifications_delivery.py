@@ -15,19 +15,12 @@ from procqueue.runtime import ProcqueueApp
 from tests.support.fcm_server import FcmState, unavailable
 from tests.support.notifications import (
     add_user,
-    db,
     deliver,
     deliveries,
-    fcm,
-    fcm_account,
     insert_notification,
     jobs,
-    notify_app,
-    smtp,
 )
 from tests.support.smtp_server import SmtpRecorder
-
-__all__ = ["db", "fcm", "fcm_account", "notify_app", "smtp"]  # fixtures
 
 
 async def test_the_same_jobs_run_again_deliver_nothing_twice(

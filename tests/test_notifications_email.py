@@ -15,21 +15,14 @@ from tests.support.fcm_server import FcmState
 from tests.support.notifications import (
     SENDER,
     add_user,
-    db,
     deliver,
     deliveries,
-    fcm,
-    fcm_account,
     insert_notification,
     job_errors,
     jobs,
     notification_settings,
-    notify_app,
-    smtp,
 )
 from tests.support.smtp_server import SmtpRecorder
-
-__all__ = ["db", "fcm", "fcm_account", "notify_app", "smtp"]  # fixtures
 
 
 async def email_job(db: psycopg.AsyncConnection[Any], notification_id: str) -> dict[str, Any]:

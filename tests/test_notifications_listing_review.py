@@ -12,16 +12,9 @@ from procqueue.runtime import ProcqueueApp
 from tests.support.fcm_server import FcmState
 from tests.support.notifications import (
     add_user,
-    db,
     deliver,
-    fcm,
-    fcm_account,
-    notify_app,
-    smtp,
 )
 from tests.support.smtp_server import SmtpRecorder
-
-__all__ = ["db", "fcm", "fcm_account", "notify_app", "smtp"]  # fixtures
 
 
 async def new_listing(db: psycopg.AsyncConnection[Any], owner: str, title: str) -> str:

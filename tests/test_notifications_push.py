@@ -13,22 +13,15 @@ from procqueue.runtime import ProcqueueApp
 from tests.support.fcm_server import INVALID_TOKEN, UNREGISTERED, FcmState, unavailable
 from tests.support.notifications import (
     add_user,
-    db,
     deliver,
     deliveries,
-    fcm,
-    fcm_account,
     insert_notification,
     job_errors,
     jobs,
     notification_settings,
-    notify_app,
-    smtp,
     tokens_of,
 )
 from tests.support.smtp_server import SmtpRecorder
-
-__all__ = ["db", "fcm", "fcm_account", "notify_app", "smtp"]  # fixtures
 
 
 async def push_job(db: psycopg.AsyncConnection[Any], notification_id: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Fixtures and helpers of the notification tests: a loopback SMTP server, a
+"""Fixtures (a pytest plugin, see tests/conftest.py) and helpers of the
+notification tests: a loopback SMTP server, a
 loopback FCM (token + send endpoints) with a throwaway service account, an app
 configured for both, and small readers of what the jobs left behind."""
 
@@ -106,13 +107,6 @@ async def notify_app(
     async with application.open_async():
         yield application
     await application.services.aclose()
-
-
-@pytest.fixture(scope="module")
-async def db(database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
-    yield conn
-    await conn.close()
 
 
 async def deliver(app: ProcqueueApp) -> None:
