@@ -17,7 +17,7 @@ from procqueue.entities import EntityRegistry, load_entities
 from procqueue.middleware import worker_middleware
 from procqueue.migrate import PROCRASTINATE_SCHEMA
 from procqueue.monitoring import maintenance
-from procqueue.processors import images, notifications, sync
+from procqueue.processors import bulk, images, notifications, sync
 from procqueue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp, Services
 from procqueue.settings import Settings, get_settings
@@ -29,6 +29,7 @@ Registrar = Callable[[ProcqueueApp, BackoffRetry], None]
 #: Each job family registers its tasks; add a family by adding its module here.
 REGISTRARS: tuple[Registrar, ...] = (
     sync.register,
+    bulk.register,
     images.register,
     notifications.register,
     maintenance.register,

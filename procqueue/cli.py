@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from procqueue import __version__
-from procqueue.commands import health, images, jobs, metrics, migrate, worker
+from procqueue.commands import bulk, dashboard, health, images, jobs, metrics, migrate, worker
 from procqueue.errors import ProcqueueError
 from procqueue.monitoring.logs import configure_logging
 
@@ -20,6 +20,8 @@ COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
     jobs.register,
     metrics.register,
     images.register,
+    dashboard.register,
+    bulk.register,
 )
 
 

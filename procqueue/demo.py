@@ -3,7 +3,7 @@
 Brings up Postgres (DATABASE_URL, else the server on 127.0.0.1:5432, else a
 throwaway pgserver) and an Elasticsearch-API server (ELASTICSEARCH_URL, else a
 local one), applies the sample schema and the migrations, seeds sample rows and
-runs a worker until Ctrl-C. `--check` stops once the seeded rows are indexed.
+runs a worker and the dashboard until Ctrl-C. `--check` stops once the seeded rows are indexed.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 import psycopg
 
 from procqueue.app import build_app
+from procqueue.dashboard.app import make_server
+from procqueue.dashboard.security import LOCAL_HOST, access_for
 from procqueue.entities import DEFAULT_ENTITIES
 from procqueue.failures import redact
 from procqueue.local import (
@@ -75,11 +77,28 @@ async def run_worker(settings: Settings, *, until_idle: bool) -> None:
             await app.services.aclose()
 
 
-def instructions(dsn: str, settings: Settings) -> str:
+async def run_system(settings: Settings, dashboard_port: int) -> None:
+    """A worker and the dashboard (with /metrics and /healthz) until Ctrl-C."""
+    access = access_for(settings, LOCAL_HOST, local_only=True)
+    dashboard = make_server(settings, access, LOCAL_HOST, dashboard_port)
+    app = build_app(settings)
+    async with app.open_async():
+        worker = asyncio.create_task(app.run_worker_async(install_signal_handlers=False))
+        try:
+            await dashboard.serve()  # returns on Ctrl-C
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            await app.services.aclose()
+
+
+def instructions(dsn: str, settings: Settings, dashboard_port: int) -> str:
     return f"""
 procqueue demo is running.
   Postgres:       {redact(dsn)}
   Elasticsearch:  {settings.elasticsearch_url}
+  Dashboard:      http://{LOCAL_HOST}:{dashboard_port}/   (/metrics, /healthz)
 Try, in another terminal:
   psql "{dsn}" -c \\
     "UPDATE listings SET title = 'Yeni başlık' WHERE id = (SELECT id FROM listings LIMIT 1)"
@@ -93,6 +112,7 @@ Ctrl-C stops the demo.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="procqueue-demo", description=__doc__)
     parser.add_argument("--check", action="store_true", help="stop once the seed is indexed")
+    parser.add_argument("--dashboard-port", type=int, default=8484, help="dashboard port")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)
@@ -108,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             counts = asyncio.run(count_indexed(settings))
             print(f"indexed: {counts}")
             return 0 if counts and all(counts.values()) else 1
-        print(instructions(dsn, settings))
+        print(instructions(dsn, settings, args.dashboard_port))
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_worker(settings, until_idle=False))
+            asyncio.run(run_system(settings, args.dashboard_port))
     return 0
 
 

@@ -30,6 +30,14 @@ from procqueue.queries import query
 PROCRASTINATE_SCHEMA = "procrastinate"
 PROCRASTINATE_RECORD = "procrastinate"
 MIGRATE_LOCK_KEY = 0x70726F63  # "proc"
+DEFAULT_BULK_THRESHOLD = 50
+DEFAULT_BULK_CHUNK_SIZE = 500
+#: (trigger name, event, transition tables) of the statement-level sync triggers.
+SYNC_TRIGGERS = (
+    ("procqueue_sync", "INSERT", "NEW TABLE AS procqueue_new"),
+    ("procqueue_sync_update", "UPDATE", "OLD TABLE AS procqueue_old NEW TABLE AS procqueue_new"),
+    ("procqueue_sync_delete", "DELETE", "OLD TABLE AS procqueue_old"),
+)
 
 BOOTSTRAP_SQL = """\
 CREATE SCHEMA IF NOT EXISTS procqueue;
@@ -134,21 +142,33 @@ def repeatable_steps() -> list[Step]:
     ]
 
 
-def attach_trigger_sql(entity: Entity) -> str:
-    arguments = [entity.name, entity.primary_key, entity.queue, *entity.ignored_columns]
-    return (
+def attach_trigger_sql(
+    entity: Entity,
+    bulk_threshold: int = DEFAULT_BULK_THRESHOLD,
+    bulk_chunk_size: int = DEFAULT_BULK_CHUNK_SIZE,
+) -> str:
+    """The sync trigger (sql/triggers/entity_sync.sql), once per event: PostgreSQL
+    allows transition tables only on single-event triggers."""
+    arguments = [
+        entity.name, entity.primary_key, entity.queue, str(bulk_threshold), str(bulk_chunk_size),
+        *entity.ignored_columns,
+    ]  # fmt: skip
+    statements = [
         sql.SQL(
-            "CREATE OR REPLACE TRIGGER procqueue_sync\n"
-            "    AFTER INSERT OR UPDATE OR DELETE ON {schema}.{table}\n"
-            "    FOR EACH ROW EXECUTE FUNCTION procqueue.enqueue_entity_sync({arguments});\n"
-        )
-        .format(
+            "CREATE OR REPLACE TRIGGER {name}\n"
+            "    AFTER {event} ON {schema}.{table} REFERENCING {tables}\n"
+            "    FOR EACH STATEMENT EXECUTE FUNCTION procqueue.enqueue_entity_sync({arguments});\n"
+        ).format(
+            name=sql.SQL(name),
+            event=sql.SQL(event),
+            tables=sql.SQL(tables),
             schema=sql.Identifier(entity.schema_name),
             table=sql.Identifier(entity.table_name),
             arguments=sql.SQL(", ").join(sql.Literal(argument) for argument in arguments),
         )
-        .as_string(None)
-    )
+        for name, event, tables in SYNC_TRIGGERS
+    ]
+    return "".join(statement.as_string(None) for statement in statements)
 
 
 def attach_image_trigger_sql(entity: Entity, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> str:
@@ -177,12 +197,15 @@ def attach_image_trigger_sql(entity: Entity, grace_seconds: float = DEFAULT_GRAC
 
 
 def attach_steps(
-    entities: Sequence[Entity], image_grace_seconds: float = DEFAULT_GRACE_SECONDS
+    entities: Sequence[Entity],
+    image_grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    bulk: tuple[int, int] = (DEFAULT_BULK_THRESHOLD, DEFAULT_BULK_CHUNK_SIZE),
 ) -> list[Step]:
     return [
         Step(
             f"triggers on {entity.table}",
-            attach_trigger_sql(entity) + attach_image_trigger_sql(entity, image_grace_seconds),
+            attach_trigger_sql(entity, *bulk)
+            + attach_image_trigger_sql(entity, image_grace_seconds),
         )
         for entity in entities
     ]
@@ -245,6 +268,7 @@ def plan(
     entities: Sequence[Entity],
     notifications_table: str | None = DEFAULT_NOTIFICATIONS_TABLE,
     image_grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    bulk: tuple[int, int] = (DEFAULT_BULK_THRESHOLD, DEFAULT_BULK_CHUNK_SIZE),
 ) -> list[Step]:
     """Every step still to run against this database."""
     conn.execute(BOOTSTRAP_SQL)
@@ -254,7 +278,7 @@ def plan(
         *procrastinate_steps(applied.get(PROCRASTINATE_RECORD)),
         *our_migration_steps(applied),
         *repeatable_steps(),
-        *attach_steps(entities, image_grace_seconds),
+        *attach_steps(entities, image_grace_seconds, bulk),
         *notification_trigger_steps(notifications_table, conn),
     ]
 
@@ -263,6 +287,7 @@ def plan_from_scratch(
     entities: Sequence[Entity],
     notifications_table: str | None = DEFAULT_NOTIFICATIONS_TABLE,
     image_grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    bulk: tuple[int, int] = (DEFAULT_BULK_THRESHOLD, DEFAULT_BULK_CHUNK_SIZE),
 ) -> list[Step]:
     """Every step for an empty database, without connecting to one."""
     return [
@@ -270,7 +295,7 @@ def plan_from_scratch(
         *procrastinate_steps(None),
         *our_migration_steps({}),
         *repeatable_steps(),
-        *attach_steps(entities, image_grace_seconds),
+        *attach_steps(entities, image_grace_seconds, bulk),
         *notification_trigger_steps(notifications_table),
     ]
 
@@ -297,12 +322,14 @@ def migrate(
     print_only: bool = False,
     notifications_table: str | None = DEFAULT_NOTIFICATIONS_TABLE,
     image_grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    bulk: tuple[int, int] = (DEFAULT_BULK_THRESHOLD, DEFAULT_BULK_CHUNK_SIZE),
 ) -> list[Step]:
-    """Apply (or, with print_only, only compute) the pending steps. Idempotent."""
+    """Apply (or, with print_only, only compute) the pending steps. Idempotent.
+    `bulk`: (threshold, chunk size) of the sync triggers' bulk jobs."""
     try:
         with psycopg.connect(dsn, application_name="procqueue-migrate") as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATE_LOCK_KEY])
-            steps = plan(conn, entities, notifications_table, image_grace_seconds)
+            steps = plan(conn, entities, notifications_table, image_grace_seconds, bulk)
             if print_only:
                 conn.rollback()
                 return steps

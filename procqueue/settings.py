@@ -120,6 +120,16 @@ class Settings(BaseSettings):
     cloudinary_timeout: float = Field(default=10.0, gt=0)
     image_cleanup_grace: float = Field(default=600.0, ge=0, le=30 * 86400)
 
+    # Bulk jobs, reindex and verify (docs/bulk.md). Threshold and chunk size reach
+    # the triggers through `procqueue migrate`: re-run it after changing them.
+    bulk_threshold: int = Field(default=50, ge=0, le=1_000_000)
+    bulk_chunk_size: int = Field(default=500, ge=1, le=10_000)
+
+    # Dashboard (docs/dashboard.md): the admins' sign-in secret; without it the
+    # dashboard only starts bound to 127.0.0.1 with --local-only.
+    dashboard_secret: SecretStr | None = None
+    dashboard_cookie_secure: bool = False  # True behind HTTPS: the session cookie is Secure
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr) -> SecretStr:

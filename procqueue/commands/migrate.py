@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
         print_only=args.print_sql,
         notifications_table=settings.notifications_table,
         image_grace_seconds=settings.image_cleanup_grace,
+        bulk=(settings.bulk_threshold, settings.bulk_chunk_size),
     )
     if args.print_sql:
         print(migrate.render(steps), end="")

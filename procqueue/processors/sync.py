@@ -4,12 +4,20 @@ The job carries an id, never a snapshot. The worker takes the entity's sync key
 exclusively before reading, which waits for every writer whose job was coalesced
 into this one to commit; then the row it reads is at least as new as theirs.
 Present row: index it. Missing row: delete the document.
+
+Ordering against bulk jobs (docs/bulk.md): the worker holds its entity's publish
+key shared from before the read until the write is done, a bulk job holds it
+exclusively, so reads-and-writes of one row never interleave; every write also
+carries the read's stamp from `procqueue.sync_version` as an external version,
+so a late request of an older read is refused (409) instead of applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -20,17 +28,19 @@ from psycopg_pool import AsyncConnectionPool
 
 from procqueue.documents import document_from_row
 from procqueue.entities import Entity
-from procqueue.errors import PermanentError
+from procqueue.errors import PermanentError, TransientError
 from procqueue.queries import query, query_with
 from procqueue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
-from procqueue.sinks.search import SearchIndex
+from procqueue.sinks.search import ItemFailure, SearchIndex, Write
 
 SYNC_OPERATIONS = ("create", "update", "delete")
 LOCK_RETRY_SECONDS = (0.002, 0.01, 0.05)
+READ_SAVEPOINT = sql.SQL("SAVEPOINT procqueue_read")
+RELEASE_READ_KEY = sql.SQL("ROLLBACK TO SAVEPOINT procqueue_read")
 
 
-def entity_query(name: str, entity: Entity) -> sql.Composed:
+def entity_query(name: str, entity: Entity, **extra: str | sql.Composable) -> sql.Composed:
     """A named query over an entity's table, reading its key and document columns."""
     columns = dict.fromkeys([entity.primary_key, *entity.fields])
     return query_with(
@@ -39,56 +49,103 @@ def entity_query(name: str, entity: Entity) -> sql.Composed:
         schema=entity.schema_name,
         table=entity.table_name,
         primary_key=entity.primary_key,
+        **extra,
     )
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What a read learns besides rows: its external version, and the indexes a
+    reindex is building (written too, so they miss no change)."""
+
+    version: int
+    targets: tuple[str, ...]
+
+
+async def _stamp(conn: psycopg.AsyncConnection[Any], entity: Entity) -> Stamp:
+    row = await (await conn.execute(query("sync_stamp"), {"entity": entity.name})).fetchone()
+    assert row is not None
+    return Stamp(int(row[0]), tuple(row[1]))
 
 
 async def _locked_read(
     conn: psycopg.AsyncConnection[Any], entity: Entity, params: dict[str, str]
-) -> tuple[bool, dict[str, Any] | None]:
-    """Try the entity's sync key, then read the row, in one transaction sent as one
-    pipeline. The read is its own statement, so its snapshot is taken after the
-    key is held; when the key was busy the read is thrown away."""
-    async with conn.pipeline(), conn.transaction():
+) -> tuple[bool, Stamp, dict[str, Any] | None]:
+    """Inside the caller's transaction, sent as one pipeline: hold the publish key
+    shared (until that transaction ends), try the row's sync key, stamp and read
+    the row, then give the sync key back (rolling back to a savepoint releases it),
+    so writers of the row never wait for Elasticsearch. The read is its own
+    statement: its snapshot is taken after the key is held."""
+    async with conn.pipeline():
+        await conn.execute(query("lock_publish_shared"), params)
+        await conn.execute(READ_SAVEPOINT)
         lock = await conn.execute(query("try_lock_entity"), params)
+        stamp = await conn.execute(query("sync_stamp"), params)
         read = conn.cursor(row_factory=dict_row)
         await read.execute(entity_query("read_entity_row", entity), params)
+        await conn.execute(RELEASE_READ_KEY)
     locked = await lock.fetchone()
+    stamped = await stamp.fetchone()
+    assert stamped is not None
     row: dict[str, Any] | None = await read.fetchone()
-    return bool(locked and locked[0]), row
+    return bool(locked and locked[0]), Stamp(int(stamped[0]), tuple(stamped[1])), row
 
 
-async def read_current_row(
-    pool: AsyncConnectionPool[Any], entity: Entity, entity_id: str
-) -> dict[str, Any] | None:
-    params = {"entity": entity.name, "id": entity_id}
-    async with pool.connection() as conn:
-        for attempt in itertools.count():
-            try:
-                locked, row = await _locked_read(conn, entity, params)
-            except (
-                psycopg.errors.DataError,
-                psycopg.errors.SyntaxErrorOrAccessRuleViolation,
-            ) as err:
-                raise PermanentError(
-                    f"cannot read {entity.table} row {entity_id!r}: {err.diag.message_primary}"
-                ) from err
-            if locked:
-                return row
-            # A writer of this entity has not committed yet: wait for it.
-            await asyncio.sleep(LOCK_RETRY_SECONDS[min(attempt, len(LOCK_RETRY_SECONDS) - 1)])
-    raise AssertionError("unreachable")
+def writes_for(
+    search: SearchIndex,
+    entity: Entity,
+    stamp: Stamp,
+    ids: Sequence[str],
+    rows: Mapping[str, Mapping[str, Any]],
+    only_index: str | None = None,
+) -> list[Write]:
+    """Index the rows found, delete the ids gone: in the alias and every target."""
+    indexes = [only_index] if only_index else [search.alias(entity), *stamp.targets]
+    writes = []
+    for entity_id in ids:
+        row = rows.get(entity_id)
+        document = None if row is None else document_from_row(entity, row)
+        writes += [Write(index, entity_id, document) for index in indexes]
+    return writes
+
+
+def raise_for(failures: Sequence[ItemFailure], what: str) -> None:
+    if not failures:
+        return
+    first = failures[0]
+    reason = f"Elasticsearch refused {what} in {first.write.index} ({first.status}): {first.reason}"
+    if any(failure.transient for failure in failures):
+        raise TransientError(reason)
+    raise PermanentError(reason)
 
 
 async def sync_entity(
     pool: AsyncConnectionPool[Any], search: SearchIndex, entity: Entity, entity_id: str
 ) -> str:
     """Bring one document in line with its row; returns what was done."""
-    row = await read_current_row(pool, entity, entity_id)
-    if row is None:
-        await search.remove(entity, entity_id)
-        return "deleted"
-    await search.put(entity, entity_id, document_from_row(entity, row))
-    return "indexed"
+    await search.ensure_index(entity)
+    params = {"entity": entity.name, "id": entity_id}
+    async with pool.connection() as conn:
+        for attempt in itertools.count():
+            async with conn.transaction():  # holds the publish key until written
+                try:
+                    locked, stamp, row = await _locked_read(conn, entity, params)
+                except (
+                    psycopg.errors.DataError,
+                    psycopg.errors.SyntaxErrorOrAccessRuleViolation,
+                ) as err:
+                    raise PermanentError(
+                        f"cannot read {entity.table} row {entity_id!r}: {err.diag.message_primary}"
+                    ) from err
+                if locked:
+                    rows = {} if row is None else {entity_id: row}
+                    writes = writes_for(search, entity, stamp, [entity_id], rows)
+                    failures = await search.write_versioned(writes, stamp.version)
+                    raise_for(failures, f"{entity.name} {entity_id}")
+                    return "deleted" if row is None else "indexed"
+            # A writer of this entity has not committed yet: wait for it.
+            await asyncio.sleep(LOCK_RETRY_SECONDS[min(attempt, len(LOCK_RETRY_SECONDS) - 1)])
+    raise AssertionError("unreachable")
 
 
 def register(app: ProcqueueApp, retry: BackoffRetry) -> None:

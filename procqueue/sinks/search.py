@@ -8,7 +8,8 @@ errors are translated into TransientError / PermanentError here, once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import elasticsearch
@@ -19,6 +20,43 @@ from procqueue.errors import PermanentError, TransientError
 from procqueue.settings import Settings
 
 INITIAL_VERSION = 1
+#: Per-item statuses of a versioned write that mean "done": 409 = a newer version
+#: is already there; 404 on a delete = nothing to delete.
+DONE_STATUSES = frozenset({200, 201, 409})
+
+
+@dataclass(frozen=True)
+class Write:
+    """One document to put (document) or remove (document None) in one index."""
+
+    index: str
+    entity_id: str
+    document: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """A write Elasticsearch refused, with its per-item status and reason."""
+
+    write: Write
+    status: int
+    reason: str
+
+    @property
+    def transient(self) -> bool:
+        return self.status == 429 or self.status >= 500
+
+
+def _failure(write: Write, item: Mapping[str, Any]) -> ItemFailure | None:
+    status = int(item.get("status", 500))
+    if status in DONE_STATUSES or (status == 404 and write.document is None):
+        return None
+    error = item.get("error") or {}
+    if isinstance(error, Mapping):
+        reason = f"{error.get('type', 'error')}: {error.get('reason', '')}"
+    else:
+        reason = str(error)
+    return ItemFailure(write, status, reason)
 
 
 def make_client(settings: Settings) -> AsyncElasticsearch:
@@ -101,3 +139,28 @@ class SearchIndex:
                 await self.client.delete(index=self.alias(entity), id=entity_id)
             except elasticsearch.NotFoundError:
                 pass
+
+    async def write_versioned(self, writes: Sequence[Write], version: int) -> list[ItemFailure]:
+        """One `_bulk` request: index or delete each write with `version` as its
+        external version, so an older read never overwrites a newer one (409: a
+        newer state is there = done). Returns the items Elasticsearch refused."""
+        if not writes:
+            return []
+        operations: list[Mapping[str, Any]] = []
+        for write in writes:
+            meta = {
+                "_index": write.index, "_id": write.entity_id,
+                "version": version, "version_type": "external",
+            }  # fmt: skip
+            if write.document is None:
+                operations.append({"delete": meta})
+            else:
+                operations += [{"index": meta}, write.document]
+        with translate_errors(f"a bulk write of {len(writes)} documents"):
+            response = await self.client.bulk(operations=operations)
+        failures = []
+        for write, entry in zip(writes, response["items"], strict=True):
+            failure = _failure(write, next(iter(entry.values())))
+            if failure is not None:
+                failures.append(failure)
+        return failures

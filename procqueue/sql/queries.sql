@@ -137,22 +137,21 @@ SELECT procrastinate.procrastinate_retry_job_v2(%(job_id)s, now(), NULL, NULL, N
 -- cancel_job: cancel a waiting job, or ask the worker running it to abort
 SELECT procrastinate.procrastinate_cancel_job_v1(%(job_id)s, true, false) AS id;
 
--- prune_finished_jobs: delete jobs of one final status that ended before the cutoff, one batch, walking the end events oldest first from (after_at, after_id)
+-- prune_finished_jobs: delete jobs of one final status that ended before the cutoff, one batch, walking the end-event index oldest first from after_at
 WITH candidates AS MATERIALIZED (
-    SELECT e.id, e.job_id, e.at
+    SELECT e.job_id, e.at
     FROM procrastinate.procrastinate_events AS e
-    WHERE e.type = %(status)s::text::procrastinate.procrastinate_job_event_type
+    WHERE e.type = %(event_type)s::procrastinate.procrastinate_job_event_type
       AND e.at < %(cutoff)s
       AND e.at >= %(after_at)s
-      AND (e.at, e.id) > (%(after_at)s, %(after_id)s)
-    ORDER BY e.at, e.id
+    ORDER BY e.at
     LIMIT %(batch_size)s
 ),
 doomed AS (
     SELECT j.id
     FROM candidates AS c
     JOIN procrastinate.procrastinate_jobs AS j ON j.id = c.job_id
-    WHERE j.status = %(status)s::text::procrastinate.procrastinate_job_status
+    WHERE j.status = %(status)s::procrastinate.procrastinate_job_status
       -- finished for good before the cutoff: nothing happened to it since
       AND NOT EXISTS (
           SELECT 1 FROM procrastinate.procrastinate_events AS later
@@ -172,12 +171,7 @@ errors AS (
 )
 SELECT (SELECT count(*) FROM deleted) AS deleted,
        (SELECT count(*) FROM candidates) AS scanned,
-       last.at AS last_at,
-       last.id AS last_id
-FROM (SELECT 1) AS one
-LEFT JOIN LATERAL (
-    SELECT c.at, c.id FROM candidates AS c ORDER BY c.at DESC, c.id DESC LIMIT 1
-) AS last ON true;
+       (SELECT max(c.at) FROM candidates AS c) AS last_at;
 
 -- prune_orphan_errors: delete one batch of old error rows whose job is gone
 DELETE FROM procqueue.job_errors
@@ -188,3 +182,172 @@ WHERE id IN (
     ORDER BY x.occurred_at
     LIMIT %(batch_size)s
 );
+
+-- dashboard_jobs: one page of jobs by keyset ({filters}: fixed one-line conditions; {order}: ASC or DESC)
+SELECT j.id, j.queue_name::text AS queue_name, j.task_name::text AS task_name,
+       j.status::text AS status, j.attempts, j.lock, j.args, j.scheduled_at,
+       (SELECT max(e.at) FROM procrastinate.procrastinate_events AS e
+        WHERE e.job_id = j.id) AS updated_at
+FROM procrastinate.procrastinate_jobs AS j
+WHERE {filters}
+ORDER BY j.id {order}
+LIMIT %(limit)s;
+
+-- dashboard_task_names: distinct task names, one index probe each (skip scan)
+WITH RECURSIVE names AS (
+    (SELECT j.task_name::text AS name FROM procrastinate.procrastinate_jobs AS j
+     ORDER BY j.task_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.task_name::text FROM procrastinate.procrastinate_jobs AS j
+            WHERE j.task_name > names.name ORDER BY j.task_name LIMIT 1)
+    FROM names WHERE names.name IS NOT NULL
+)
+SELECT name FROM names WHERE name IS NOT NULL;
+
+-- dashboard_queue_names: distinct queue names, one index probe each (skip scan)
+WITH RECURSIVE names AS (
+    (SELECT j.queue_name::text AS name FROM procrastinate.procrastinate_jobs AS j
+     ORDER BY j.queue_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue_name::text FROM procrastinate.procrastinate_jobs AS j
+            WHERE j.queue_name > names.name ORDER BY j.queue_name LIMIT 1)
+    FROM names WHERE names.name IS NOT NULL
+)
+SELECT name FROM names WHERE name IS NOT NULL;
+
+-- dashboard_job: one job with every column the job page shows
+SELECT j.id, j.queue_name::text AS queue_name, j.task_name::text AS task_name,
+       j.status::text AS status, j.attempts, j.priority, j.lock, j.queueing_lock,
+       j.args, j.scheduled_at, j.worker_id, j.abort_requested
+FROM procrastinate.procrastinate_jobs AS j
+WHERE j.id = %(job_id)s;
+
+-- dashboard_job_events: the event timeline of one job, oldest first
+SELECT e.type::text AS type, e.at
+FROM procrastinate.procrastinate_events AS e
+WHERE e.job_id = %(job_id)s
+ORDER BY e.at, e.id;
+
+-- dashboard_job_errors: every recorded failed attempt of one job, oldest first
+SELECT x.attempt, x.error_type, x.message, x.traceback, x.transient, x.final, x.occurred_at
+FROM procqueue.job_errors AS x
+WHERE x.job_id = %(job_id)s
+ORDER BY x.id;
+
+-- dashboard_failed_per_queue: failed jobs per queue (the failed-jobs index)
+SELECT j.queue_name::text AS queue_name, count(*) AS failed
+FROM procrastinate.procrastinate_jobs AS j
+WHERE j.status = 'failed'
+GROUP BY 1;
+
+-- dashboard_activity: attempts ended per time bucket (succeeded, retried, failed) over the last span
+SELECT b.bucket,
+       count(e.id) FILTER (WHERE e.type = 'succeeded') AS succeeded,
+       count(e.id) FILTER (WHERE e.type = 'deferred_for_retry') AS retried,
+       count(e.id) FILTER (WHERE e.type = 'failed') AS failed
+FROM generate_series(
+         date_bin(%(step)s::interval, now() - %(span)s::interval, timestamptz '2000-01-01'),
+         now(), %(step)s::interval) AS b(bucket)
+LEFT JOIN procrastinate.procrastinate_events AS e
+       ON e.type IN ('succeeded', 'deferred_for_retry', 'failed')
+      AND e.at >= b.bucket AND e.at < b.bucket + %(step)s::interval
+GROUP BY b.bucket
+ORDER BY b.bucket;
+
+-- dashboard_failure_groups: failed jobs grouped by task and the type of their last error
+SELECT j.task_name::text AS task_name,
+       coalesce(err.error_type, '') AS error_type,
+       count(*) AS jobs,
+       min(err.seen) AS first_seen,
+       max(err.seen) AS last_seen,
+       (array_agg(err.message ORDER BY j.id DESC))[1] AS last_message,
+       max(j.id) AS last_job_id
+FROM procrastinate.procrastinate_jobs AS j
+LEFT JOIN LATERAL (
+    SELECT x.error_type, x.message, x.occurred_at FROM procqueue.job_errors AS x
+    WHERE x.job_id = j.id ORDER BY x.id DESC LIMIT 1
+) AS last ON true
+CROSS JOIN LATERAL (
+    -- when no error was recorded, the time of the failed event (looked up only then)
+    SELECT last.error_type, last.message,
+           coalesce(last.occurred_at, (SELECT max(e.at) FROM procrastinate.procrastinate_events AS e
+                                       WHERE e.job_id = j.id AND e.type = 'failed')) AS seen
+) AS err
+WHERE j.status = 'failed'
+GROUP BY 1, 2
+ORDER BY last_seen DESC NULLS LAST, 1, 2;
+
+-- dashboard_lock_failed_jobs: lock failed jobs for a retry: all, or one task and last error type (empty type: no error recorded)
+SELECT j.id
+FROM procrastinate.procrastinate_jobs AS j
+WHERE j.status = 'failed'
+  AND (%(task)s::text IS NULL OR j.task_name = %(task)s)
+  AND (%(error_type)s::text IS NULL OR %(error_type)s = coalesce((
+        SELECT x.error_type FROM procqueue.job_errors AS x
+        WHERE x.job_id = j.id ORDER BY x.id DESC LIMIT 1), ''))
+  AND (%(job_id)s::bigint IS NULL OR j.id = %(job_id)s)
+ORDER BY j.id
+FOR UPDATE OF j;
+
+-- dashboard_cancel_waiting_job: cancel a job that is waiting (todo); NULL when it is not
+SELECT procrastinate.procrastinate_cancel_job_v1(%(job_id)s, false, false) AS id;
+
+-- dashboard_record_action: write one audit row (who, what, when)
+INSERT INTO procqueue.dashboard_actions (actor, remote_addr, action, target, job_ids, outcome)
+VALUES (%(actor)s, %(remote_addr)s, %(action)s, %(target)s, %(job_ids)s, %(outcome)s)
+RETURNING id;
+
+-- dashboard_audit: the newest audit rows, keyset-paged by id
+SELECT a.id, a.at, a.actor, a.remote_addr, a.action, a.target, a.job_ids, a.outcome
+FROM procqueue.dashboard_actions AS a
+WHERE (%(before)s::bigint IS NULL OR a.id < %(before)s)
+ORDER BY a.id DESC
+LIMIT %(limit)s;
+
+-- lock_publish_shared: a sync job's hold on its entity's publish key, until its write is done (docs/bulk.md)
+SELECT pg_advisory_xact_lock_shared(procqueue.sync_publish_key(%(entity)s));
+
+-- lock_publish_exclusive: a bulk job's or reindex chunk's hold on its entity's publish key
+SELECT pg_advisory_xact_lock(procqueue.sync_publish_key(%(entity)s));
+
+-- sync_stamp: the external version of this read, and the indexes a reindex is building
+SELECT nextval('procqueue.sync_version') AS version,
+       ARRAY(SELECT t.index_name FROM procqueue.search_targets AS t
+             WHERE t.entity = %(entity)s ORDER BY t.index_name) AS targets;
+
+-- read_entity_chunk: the current rows of a chunk of ids, key and document columns
+SELECT {columns} FROM {schema}.{table} WHERE {primary_key} = ANY(%(ids)s);
+
+-- read_entity_page: one keyset page of an entity's rows, in key order
+SELECT {columns} FROM {schema}.{table} {after} ORDER BY {primary_key} LIMIT %(limit)s;
+
+-- existing_entity_ids: which of these ids have a row
+SELECT {primary_key}::text AS id FROM {schema}.{table} WHERE {primary_key} = ANY(%(ids)s);
+
+-- entity_ids_after: every key after a resume point, in key order (a reindex's server-side cursor)
+SELECT {primary_key}::text AS id FROM {schema}.{table} {after} ORDER BY {primary_key};
+
+-- estimate_rows: the planner's row count of a table (cheap, for progress bars)
+SELECT greatest(reltuples, 0)::bigint AS estimate FROM pg_class WHERE oid = to_regclass(%(table)s);
+
+-- record_item_error: a document a bulk job could not write for good
+INSERT INTO procqueue.sync_item_errors (job_id, entity, entity_id, index_name, status, reason)
+VALUES (%(job_id)s, %(entity)s, %(entity_id)s, %(index_name)s, %(status)s, %(reason)s);
+
+-- enqueue_sync_job: a sync job from Python (repair, bulk retries): procqueue.add_job
+SELECT procqueue.add_job(%(task_name)s, %(args)s, %(queue_name)s, %(job_lock)s, %(queueing_lock)s,
+                         now() + make_interval(secs => %(delay)s));
+
+-- reindex_targets: the indexes being built for an entity, with their resume points
+SELECT index_name, resume_after, copied FROM procqueue.search_targets WHERE entity = %(entity)s;
+
+-- register_reindex_target: from now on every sync of the entity also writes this index
+INSERT INTO procqueue.search_targets (entity, index_name) VALUES (%(entity)s, %(index_name)s)
+ON CONFLICT (entity, index_name) DO NOTHING;
+
+-- reindex_checkpoint: remember how far a reindex copied
+UPDATE procqueue.search_targets SET resume_after = %(resume_after)s, copied = %(copied)s
+WHERE entity = %(entity)s AND index_name = %(index_name)s;
+
+-- drop_reindex_target: the index is live (or abandoned): syncs stop writing it separately
+DELETE FROM procqueue.search_targets WHERE entity = %(entity)s AND index_name = %(index_name)s;

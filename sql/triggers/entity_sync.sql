@@ -1,10 +1,21 @@
--- The one row trigger for every synced table, configured by its arguments:
+-- The one sync trigger function for every synced table: FOR EACH STATEMENT, with
+-- the statement's rows in transition tables (procqueue_new / procqueue_old). It
+-- is attached three times per table (INSERT, UPDATE, DELETE: PostgreSQL allows
+-- transition tables only on single-event triggers), configured by its arguments:
 --   TG_ARGV[0]  entity name, the task prefix ('listing' -> 'listing:update')
 --   TG_ARGV[1]  primary key column
 --   TG_ARGV[2]  queue name
---   TG_ARGV[3:] columns whose changes alone need no sync ('view_count', ...)
--- It enqueues the entity id only, never a row snapshot: the worker reads the
--- current row when it runs. Re-applied by every `procqueue migrate`.
+--   TG_ARGV[3]  bulk threshold: a statement changing more rows enqueues bulk jobs
+--   TG_ARGV[4]  bulk chunk size: ids per `<entity>:bulk` job
+--   TG_ARGV[5:] columns whose changes alone need no sync ('view_count', ...)
+-- (3 and 4 are written by `procqueue migrate` from PROCQUEUE_BULK_THRESHOLD and
+-- PROCQUEUE_BULK_CHUNK_SIZE.)
+-- Up to the threshold: one `<entity>:create|update|delete` job per changed row,
+-- coalesced on its queueing lock, after taking the row's sync key shared (at
+-- most `threshold` advisory locks). Above it: `<entity>:bulk` jobs with chunks of
+-- ids, no queueing lock and no advisory lock (a bulk job is never coalesced, so it
+-- only becomes visible once this transaction committed). Ids only, never row
+-- snapshots: the worker reads the current rows. Re-applied by every migrate.
 CREATE OR REPLACE FUNCTION procqueue.enqueue_entity_sync()
     RETURNS trigger
     LANGUAGE plpgsql
@@ -13,36 +24,51 @@ CREATE OR REPLACE FUNCTION procqueue.enqueue_entity_sync()
 AS $$
 DECLARE
     entity text := TG_ARGV[0];
-    row_data jsonb;
-    entity_id text;
-    operation text;
-    lock_name text;
+    key text := TG_ARGV[1];
+    threshold integer := CASE WHEN TG_ARGV[3] ~ '^[0-9]{1,9}$' THEN TG_ARGV[3]::integer ELSE 50 END;
+    chunk integer := CASE WHEN TG_ARGV[4] ~ '^[1-9][0-9]{0,8}$' THEN TG_ARGV[4]::integer ELSE 500 END;
+    operation text := CASE TG_OP WHEN 'INSERT' THEN 'create' WHEN 'DELETE' THEN 'delete'
+                                 ELSE 'update' END;
+    ids text[];
 BEGIN
-    IF TG_OP = 'UPDATE' THEN
-        IF (to_jsonb(OLD) - TG_ARGV[3:]) = (to_jsonb(NEW) - TG_ARGV[3:]) THEN
-            RETURN NULL;
-        END IF;
-    END IF;
-
-    IF TG_OP = 'DELETE' THEN
-        row_data := to_jsonb(OLD);
-        operation := 'delete';
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(to_jsonb(n) ->> key) INTO ids FROM procqueue_new AS n;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(to_jsonb(o) ->> key) INTO ids FROM procqueue_old AS o;
     ELSE
-        row_data := to_jsonb(NEW);
-        operation := CASE TG_OP WHEN 'INSERT' THEN 'create' ELSE 'update' END;
+        -- Changed rows: document or key columns differ (ignored columns removed).
+        SELECT array_agg(coalesce(n.id, o.id)) INTO ids
+        FROM (SELECT d ->> key AS id, d - TG_ARGV[5:] AS d
+              FROM (SELECT to_jsonb(r) AS d FROM procqueue_new AS r) AS x) AS n
+        FULL JOIN (SELECT d ->> key AS id, d - TG_ARGV[5:] AS d
+                   FROM (SELECT to_jsonb(r) AS d FROM procqueue_old AS r) AS x) AS o
+            ON n.id = o.id
+        WHERE n.d IS DISTINCT FROM o.d;
     END IF;
 
-    entity_id := row_data ->> TG_ARGV[1];
-    lock_name := entity || ':' || entity_id;
+    IF ids IS NULL THEN
+        RETURN NULL;
+    END IF;
 
-    PERFORM pg_advisory_xact_lock_shared(procqueue.sync_lock_key(entity, entity_id));
-    PERFORM procqueue.add_job(
-        task_name => entity || ':' || operation,
-        args => jsonb_build_object('id', entity_id),
-        queue_name => TG_ARGV[2],
-        job_lock => lock_name,
-        queueing_lock => lock_name
-    );
+    IF cardinality(ids) <= threshold THEN
+        -- Each row's key is taken before its job can be coalesced into a waiting one.
+        WITH locked AS MATERIALIZED (
+            SELECT one.id, pg_advisory_xact_lock_shared(procqueue.sync_lock_key(entity, one.id))
+            FROM unnest(ids) AS one (id)
+        )
+        INSERT INTO procrastinate.procrastinate_jobs
+            (queue_name, task_name, lock, queueing_lock, args)
+        SELECT TG_ARGV[2], entity || ':' || operation, entity || ':' || locked.id,
+               entity || ':' || locked.id, jsonb_build_object('id', locked.id)
+        FROM locked
+        ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING;
+    ELSE
+        INSERT INTO procrastinate.procrastinate_jobs (queue_name, task_name, args)
+        SELECT TG_ARGV[2], entity || ':bulk', jsonb_build_object('ids', jsonb_agg(part.id))
+        FROM (SELECT one.id, (one.n - 1) / chunk AS number
+              FROM unnest(ids) WITH ORDINALITY AS one (id, n)) AS part
+        GROUP BY part.number;
+    END IF;
     RETURN NULL;
 END;
 $$;

@@ -46,6 +46,7 @@ DECLARE
         ELSE 600
     END;
     removed text[];
+    batch_job bigint;
 BEGIN
     SELECT coalesce(array_agg(gone.url ORDER BY gone.url), '{}')
     INTO removed
@@ -65,12 +66,34 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    PERFORM procqueue.add_job(
-        task_name => 'images:cleanup',
-        args => jsonb_build_object('urls', to_jsonb(removed), 'entity', TG_ARGV[0]),
-        queue_name => TG_ARGV[1],
-        run_at => now() + make_interval(secs => grace)
-    );
+    -- Batched per transaction (a bulk UPDATE or DELETE gives one job per 100 URLs,
+    -- not one per row): the URLs join the job this transaction enqueued last
+    -- (remembered in a transaction-local setting) while it holds fewer than 100.
+    -- Only a job row written by this very transaction (xmin), still invisible to
+    -- workers, is ever extended; anything else makes a new job.
+    batch_job := CASE WHEN current_setting('procqueue.image_job', true) ~ '^[0-9]{1,18}$'
+                      THEN current_setting('procqueue.image_job', true)::bigint END;
+    IF batch_job IS NOT NULL THEN
+        UPDATE procrastinate.procrastinate_jobs AS job
+        SET args = jsonb_set(job.args, '{urls}', (
+            SELECT to_jsonb(array_agg(DISTINCT merged.url ORDER BY merged.url))
+            FROM (SELECT jsonb_array_elements_text(job.args -> 'urls')
+                  UNION ALL SELECT unnest(removed)) AS merged (url)))
+        WHERE job.id = batch_job
+          AND job.task_name = 'images:cleanup'
+          AND job.xmin = xid(pg_current_xact_id())
+          AND jsonb_array_length(job.args -> 'urls') < 100
+        RETURNING job.id INTO batch_job;
+    END IF;
+    IF batch_job IS NULL THEN
+        batch_job := procqueue.add_job(
+            task_name => 'images:cleanup',
+            args => jsonb_build_object('urls', to_jsonb(removed), 'entity', TG_ARGV[0]),
+            queue_name => TG_ARGV[1],
+            run_at => now() + make_interval(secs => grace)
+        );
+        PERFORM set_config('procqueue.image_job', batch_job::text, true);
+    END IF;
     RETURN NULL;
 END;
 $$;

@@ -1,0 +1,104 @@
+"""Bulk operations (docs/bulk.md), ratios measured side by side in one run:
+
+1. one UPDATE of N listings: wall time with the triggers / the same UPDATE of an
+   identical table without them (target <= 1.5);
+2. from that commit until all N documents are current (the bulk jobs drained by
+   one in-process worker, concurrency 10) / a direct `elasticsearch.helpers`
+   bulk overwriting the same N documents in the same server (target <= 2);
+   both overwrite existing documents (the emulator's slow path): like with like;
+3. `procqueue reindex` rows/s / a direct bulk of the same N documents into a
+   fresh index (both insert into an empty index).
+
+    .venv/bin/python -m benchmarks.bulk_operations [--rows 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import psycopg
+from elasticsearch import helpers
+
+from benchmarks.common import USER_ID, environment
+from procqueue.app import build_app
+from procqueue.entities import LISTING
+from procqueue.reindex import reindex_entity
+from procqueue.runtime import ProcqueueApp
+from tests.support.worker import drain, table_documents
+
+
+async def direct_bulk(app: ProcqueueApp, index: str, dsn: str) -> float:
+    documents = await table_documents(dsn, LISTING)
+    actions = ({"_index": index, "_id": key, "_source": doc} for key, doc in documents.items())
+    started = time.perf_counter()
+    await helpers.async_bulk(app.services.search.client, actions, chunk_size=500)
+    return time.perf_counter() - started
+
+
+async def run(rows: int) -> None:
+    with environment("bulk_operations") as env:
+        with psycopg.connect(env.dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO listings (user_id, title, status) SELECT %s, 'seed ' || g, 'active' "
+                "FROM generate_series(1, %s) AS g",
+                [USER_ID, rows],
+            )
+            conn.execute("CREATE TABLE listings_plain (LIKE listings INCLUDING ALL)")
+            conn.execute("INSERT INTO listings_plain SELECT * FROM listings")
+            conn.execute("DELETE FROM procrastinate.procrastinate_jobs")
+            conn.execute("VACUUM ANALYZE listings, listings_plain")
+        app = build_app(env.settings(concurrency=10))
+        async with app.open_async():
+            search = app.services.search
+            started = time.perf_counter()
+            result = await reindex_entity(env.dsn, search, LISTING, batch_size=1000)
+            reindex_s = time.perf_counter() - started
+            fresh = f"{search.alias(LISTING)}_direct"
+            await search.client.indices.create(index=fresh, mappings=LISTING.mappings())
+            direct_insert_s = await direct_bulk(app, fresh, env.dsn)
+            print(
+                f"reindex: {result.copied} rows in {reindex_s:.1f} s "
+                f"({rows / reindex_s:,.0f} rows/s)"
+                f"; direct bulk into a fresh index {direct_insert_s:.1f} s "
+                f"({rows / direct_insert_s:,.0f} rows/s) -> reindex / direct rows/s "
+                f"{direct_insert_s / reindex_s:.2f}"
+            )
+            timings = {}
+            with psycopg.connect(env.dsn, autocommit=True) as conn:
+                for table in ("listings_plain", "listings"):
+                    started = time.perf_counter()
+                    conn.execute(f"UPDATE {table} SET status = 'inactive'")
+                    timings[table] = time.perf_counter() - started
+                jobs = conn.execute(
+                    "SELECT count(*) FROM procrastinate.procrastinate_jobs"
+                ).fetchone()
+            committed = time.perf_counter()
+            print(
+                f"UPDATE of {rows} rows: with triggers {timings['listings']:.2f} s, without "
+                f"{timings['listings_plain']:.2f} s -> ratio "
+                f"{timings['listings'] / timings['listings_plain']:.2f} (target <= 1.5); "
+                f"{jobs[0] if jobs else '?'} bulk jobs"
+            )
+            await drain(app, concurrency=10)
+            queue_s = time.perf_counter() - committed
+            live = search.alias(LISTING)
+            direct_s = await direct_bulk(app, live, env.dsn)
+            print(
+                f"commit -> all {rows} documents current: {queue_s:.1f} s; direct bulk "
+                f"overwriting the same documents {direct_s:.1f} s -> ratio "
+                f"{queue_s / direct_s:.2f} (target <= 2)"
+            )
+        await app.services.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=100_000)
+    args = parser.parse_args()
+    asyncio.run(run(args.rows))
+
+
+if __name__ == "__main__":
+    main()

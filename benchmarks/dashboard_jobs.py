@@ -1,0 +1,122 @@
+"""The dashboard's job list on a big table: time of one page over HTTP (the
+real Starlette app through httpx's ASGI transport, templates included) for each
+kind of filter, with migration 0007's indexes and, for the ratio, without them.
+
+    .venv/bin/python -m benchmarks.dashboard_jobs [--jobs 100000] [--runs 30]
+
+The history is benchmarks/health_fill.sql (finished jobs with events and error
+rows, a waiting backlog, running jobs); then 1 job in 10,000 becomes the rare
+task `inventory:bulk` and 1 in 5,000 `cancelled`, spread over the whole id
+range, so rare filters have to look through old rows too.
+Target (issue 7): every page well under 100 ms (p95) at 100,000 jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import psycopg
+
+from benchmarks.common import percentile
+from benchmarks.health_queries import fill
+from procqueue.dashboard.app import create_app
+from procqueue.dashboard.security import access_for
+from procqueue.entities import DEFAULT_ENTITIES
+from procqueue.local import env, local_postgres, scratch_database
+from procqueue.migrate import migrate
+from procqueue.settings import load_settings
+
+DASHBOARD_INDEXES = (
+    "procqueue_jobs_status_id_idx",
+    "procqueue_jobs_task_id_idx",
+    "procqueue_jobs_queue_id_idx",
+    "procqueue_jobs_args_idx",
+)
+BUDGET_MS = 100.0
+
+
+def scenarios(jobs: int) -> dict[str, str]:
+    middle = jobs // 2
+    return {
+        "newest page, no filter": "/jobs",
+        "deep page (keyset, middle of the table)": f"/jobs?before={middle}",
+        "status=failed": "/jobs?status=failed",
+        "status=cancelled (rare)": "/jobs?status=cancelled",
+        "status=cancelled, deep page": f"/jobs?status=cancelled&before={middle}",
+        "task=inventory:bulk (rare)": "/jobs?task=inventory:bulk",
+        "task + status=failed": "/jobs?task=listing:update&status=failed",
+        "queue=images": "/jobs?queue=images",
+        "entity id (exists)": f"/jobs?entity={middle + 1}",
+        "entity id (no such id)": "/jobs?entity=00000000-0000-0000-0000-000000000000",
+        "job page": f"/jobs/{middle}",
+        "failures page (groups)": "/failures",
+        "overview": "/",
+    }
+
+
+async def measure(settings: Any, jobs: int, runs: int) -> dict[str, list[float]]:
+    app = create_app(settings, access_for(settings, "127.0.0.1", local_only=True))
+    timings: dict[str, list[float]] = {}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            for name, path in scenarios(jobs).items():
+                await client.get(path)  # warm the pool and the plan cache
+                samples = []
+                for _ in range(runs):
+                    started = time.perf_counter()
+                    response = await client.get(path)
+                    samples.append(time.perf_counter() - started)
+                    assert response.status_code == 200, (path, response.status_code)
+                timings[name] = samples
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--backlog", type=int, default=2_000)
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    with (
+        local_postgres(env("PROCQUEUE_TEST_DATABASE_URL")) as admin,
+        scratch_database(admin, "pq_bench_dashboard_jobs") as dsn,
+    ):
+        migrate(dsn, DEFAULT_ENTITIES)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            seconds = fill(conn, args.jobs, args.backlog)
+            conn.execute(
+                "UPDATE procrastinate.procrastinate_jobs SET task_name = 'inventory:bulk' "
+                "WHERE id % 10000 = 1"
+            )
+            conn.execute(
+                "UPDATE procrastinate.procrastinate_jobs SET status = 'cancelled' "
+                "WHERE id % 5000 = 7 AND status = 'succeeded'"
+            )
+            conn.execute("VACUUM ANALYZE procrastinate.procrastinate_jobs")
+        print(f"filled {args.jobs:,} finished jobs + {args.backlog:,} active in {seconds:.1f} s")
+        settings = load_settings(database_url=dsn, elasticsearch_url="http://127.0.0.1:9")
+        with_indexes = asyncio.run(measure(settings, args.jobs, args.runs))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for index in DASHBOARD_INDEXES:
+                conn.execute(f"DROP INDEX procrastinate.{index}")  # type: ignore[arg-type]
+        without = asyncio.run(measure(settings, args.jobs, max(3, args.runs // 5)))
+    print(f"\none page over HTTP, {args.jobs:,} jobs; p50 / p95 ms; budget p95 < {BUDGET_MS:.0f}")
+    print(f"{'page':42} {'with 0007':>18} {'without':>18} {'ratio':>7}")
+    slow = []
+    for name, samples in with_indexes.items():
+        p50, p95 = percentile(samples, 0.5) * 1000, percentile(samples, 0.95) * 1000
+        other = without[name]
+        q50, q95 = percentile(other, 0.5) * 1000, percentile(other, 0.95) * 1000
+        print(f"{name:42} {p50:8.1f} / {p95:6.1f} {q50:8.1f} / {q95:6.1f} {q50 / p50:6.1f}x")
+        if p95 > BUDGET_MS:
+            slow.append(name)
+    print("\nall pages within budget" if not slow else f"\nover budget: {', '.join(slow)}")
+
+
+if __name__ == "__main__":
+    main()

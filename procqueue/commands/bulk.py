@@ -1,0 +1,91 @@
+"""`procqueue reindex` and `procqueue verify` (docs/bulk.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from procqueue.entities import Entity, EntityRegistry, load_entities
+from procqueue.progress import Progress
+from procqueue.reindex import reindex_entity
+from procqueue.settings import Settings, get_settings
+from procqueue.sinks.search import SearchIndex, make_client
+from procqueue.verify import repair, verify_entity
+
+
+def chosen_entities(settings: Settings, which: str) -> list[Entity]:
+    registry = EntityRegistry(load_entities(settings.entities_file))
+    if which == "all":
+        return list(registry.entities)
+    return [registry.by_table_or_name(which)]
+
+
+async def _reindex(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    search = SearchIndex(make_client(settings), settings.index_prefix)
+    try:
+        for entity in chosen_entities(settings, args.entity):
+            bar = Progress(f"reindex {entity.table}", 0)
+            result = await reindex_entity(
+                settings.dsn, search, entity, batch_size=args.batch_size,
+                drop_old=args.drop_old, on_start=bar.start, on_chunk=bar.advance,
+            )  # fmt: skip
+            bar.finish()
+            old = ", ".join(result.previous) or "none"
+            print(
+                f"{entity.table}: {result.copied} rows in {result.index}, alias "
+                f"{search.alias(entity)} now points there (previous: {old}"
+                f"{', deleted' if result.dropped else ''})"
+            )
+    finally:
+        await search.client.close()
+    return 0
+
+
+async def _verify(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    search = SearchIndex(make_client(settings), settings.index_prefix)
+    drifted = False
+    try:
+        for entity in chosen_entities(settings, args.entity):
+            bar = Progress(f"verify {entity.table}", 0)
+            drift = await verify_entity(
+                settings.dsn, search, entity, batch_size=args.batch_size, on_chunk=bar.advance
+            )
+            bar.finish()
+            for kind in ("missing", "stale", "extra"):
+                for entity_id in getattr(drift, kind):
+                    print(f"{entity.name}\t{kind}\t{entity_id}")
+            print(
+                f"{entity.table}: {drift.checked_rows} rows, {drift.checked_documents} documents; "
+                f"{len(drift.missing)} missing, {len(drift.stale)} stale, {len(drift.extra)} extra"
+            )
+            if drift.drifted:
+                drifted = True
+                if args.repair:
+                    jobs = await repair(
+                        settings.dsn, entity, drift.ids, settings.bulk_threshold,
+                        settings.bulk_chunk_size,
+                    )  # fmt: skip
+                    print(f"{entity.table}: enqueued {jobs} sync job(s) for {len(drift.ids)} ids")
+    finally:
+        await search.client.close()
+    return 1 if drifted else 0
+
+
+def register(commands: Any) -> None:
+    reindex = commands.add_parser(
+        "reindex", help="rebuild an index from Postgres and swap its alias (no downtime)"
+    )
+    reindex.add_argument(
+        "entity", nargs="?", default="all", help="listings, inventory_items or all"
+    )
+    reindex.add_argument("--drop-old", action="store_true", help="delete the previous index")
+    reindex.add_argument("--batch-size", type=int, default=1000, help="rows per _bulk request")
+    reindex.set_defaults(handler=lambda args: asyncio.run(_reindex(args)))
+    verify = commands.add_parser("verify", help="compare Postgres and the index; exit 1 on drift")
+    verify.add_argument("entity", nargs="?", default="all", help="listings, inventory_items or all")
+    verify.add_argument("--repair", action="store_true", help="enqueue sync jobs for drifted ids")
+    verify.add_argument("--batch-size", type=int, default=1000, help="rows per page")
+    verify.set_defaults(handler=lambda args: asyncio.run(_verify(args)))

@@ -1,0 +1,1 @@
+"""The queue dashboard: a server-rendered web page for admins (docs/dashboard.md)."""

@@ -1,0 +1,167 @@
+"""The dashboard's Starlette app: pages, actions, static assets, and the
+`/metrics` + `/healthz` routes of procqueue.monitoring.server (reachable
+without a session), all on one small connection pool."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import psycopg
+import uvicorn
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from procqueue.commands.output import human_bytes
+from procqueue.dashboard.security import SECURITY_HEADERS, SESSION_MAX_AGE, Access
+from procqueue.dashboard.views import Dashboard
+from procqueue.failures import redact
+from procqueue.monitoring.server import HealthSource, health_routes
+from procqueue.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES_DIR = HERE / "templates"
+STATIC_DIR = HERE / "static"
+SESSION_COOKIE = "procqueue_dashboard"
+
+
+class SecurityHeaders:
+    """Adds a strict CSP and friends to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _timestamp(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _since(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return _age((datetime.now(UTC) - value).total_seconds()) + " ago"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def make_templates(settings: Settings) -> Jinja2Templates:
+    secrets = settings.secret_values()
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters.update(
+        ts=_timestamp,
+        age=_age,
+        since=_since,
+        percent=_percent,
+        bytes=human_bytes,
+        short_type=lambda value: (value or "").rsplit(".", 1)[-1] or "(no error recorded)",
+        # Defence in depth: error records are redacted when written; redact again.
+        redact=lambda value: redact(str(value), secrets) if value is not None else "",
+        compact_json=lambda value: redact(
+            json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str), secrets
+        ),
+    )
+    return Jinja2Templates(env=env)
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    # Every dashboard query is a handful of index probes; JIT compiling them
+    # would cost ~90 ms each (measured: benchmarks/dashboard_jobs.py).
+    await conn.execute("SET jit = off")
+
+
+def create_app(settings: Settings, access: Access) -> Starlette:
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.dsn,
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={"application_name": "procqueue-dashboard", "autocommit": True},
+        configure=_configure,
+    )
+    health = HealthSource(settings, pool=pool)
+    dashboard = Dashboard(settings, access, pool, health, make_templates(settings))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await pool.open()
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    return Starlette(
+        routes=[
+            *health_routes(health),
+            *dashboard.routes(),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        ],
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(
+                SessionMiddleware,
+                secret_key=access.session_key,
+                session_cookie=SESSION_COOKIE,
+                max_age=SESSION_MAX_AGE,
+                same_site="strict",
+                https_only=access.cookie_secure,
+            ),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def make_server(settings: Settings, access: Access, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_app(settings, access),
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=False,
+    )
+    return uvicorn.Server(config)

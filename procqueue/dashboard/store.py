@@ -1,0 +1,171 @@
+"""What the dashboard reads from Postgres: job pages, one job, failure groups,
+activity buckets and the audit log. Every query is a named block in
+procqueue/sql/queries.sql; this module only picks and fills them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from procqueue.queries import query, query_with
+
+Connection = psycopg.AsyncConnection[Any]
+
+#: The statuses Procrastinate gives a job.
+STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborting", "aborted")
+PAGE_SIZE = 50
+
+
+async def rows(
+    conn: Connection, statement: sql.SQL | sql.Composed, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(statement, params)
+    return await cursor.fetchall()
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """The job list's filters; empty strings mean "any"."""
+
+    status: str = ""
+    task: str = ""
+    queue: str = ""
+    entity: str = ""
+
+    def conditions(self) -> tuple[list[sql.Composable], dict[str, Any]]:
+        """One-line SQL conditions (only the filters that are set) and their parameters."""
+        conditions: list[sql.Composable] = []
+        params: dict[str, Any] = {}
+        if self.status:
+            conditions.append(sql.SQL("j.status = %(status)s"))
+            params["status"] = self.status
+        if self.task:
+            conditions.append(sql.SQL("j.task_name = %(task)s"))
+            params["task"] = self.task
+        if self.queue:
+            conditions.append(sql.SQL("j.queue_name = %(queue)s"))
+            params["queue"] = self.queue
+        if self.entity:
+            # A lock ("listings:<id>") or a bare id: jobs carry {"id": ...} or {"ids": [...]}.
+            entity_id = self.entity.rsplit(":", 1)[-1].strip()
+            conditions.append(sql.SQL("(j.args @> %(by_id)s OR j.args @> %(by_ids)s)"))
+            params["by_id"] = Jsonb({"id": entity_id})
+            params["by_ids"] = Jsonb({"ids": [entity_id]})
+        return conditions, params
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[dict[str, Any]]
+    newer: int | None  # pass as ?after= for the page of newer jobs
+    older: int | None  # pass as ?before= for the page of older jobs
+
+
+async def job_page(
+    conn: Connection,
+    filters: JobFilter,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = PAGE_SIZE,
+) -> JobPage:
+    """One page of jobs, newest first, by keyset: `before`/`after` are ids seen."""
+    conditions, params = filters.conditions()
+    if after is not None:
+        conditions.append(sql.SQL("j.id > %(after)s"))
+        params["after"] = after
+        order = sql.SQL("ASC")
+    else:
+        if before is not None:
+            conditions.append(sql.SQL("j.id < %(before)s"))
+            params["before"] = before
+        order = sql.SQL("DESC")
+    where = sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true")
+    params["limit"] = limit + 1
+    found = await rows(conn, query_with("dashboard_jobs", filters=where, order=order), params)
+    more = len(found) > limit
+    found = found[:limit]
+    if after is not None:
+        found.reverse()
+        newer = found[0]["id"] if more and found else None
+        older = found[-1]["id"] if found else None
+    else:
+        newer = found[0]["id"] if before is not None and found else None
+        older = found[-1]["id"] if more and found else None
+    return JobPage(found, newer, older)
+
+
+async def names(conn: Connection, which: str) -> list[str]:
+    """Task or queue names present in the jobs table."""
+    found = await rows(conn, query(f"dashboard_{which}_names"), {})
+    return [row["name"] for row in found]
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    job: dict[str, Any]
+    events: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+
+
+async def job_detail(conn: Connection, job_id: int) -> JobDetail | None:
+    found = await rows(conn, query("dashboard_job"), {"job_id": job_id})
+    if not found:
+        return None
+    params = {"job_id": job_id}
+    events = await rows(conn, query("dashboard_job_events"), params)
+    errors = await rows(conn, query("dashboard_job_errors"), params)
+    return JobDetail(found[0], events, errors)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    start: datetime
+    succeeded: int
+    retried: int
+    failed: int
+
+    @property
+    def attempts(self) -> int:
+        return self.succeeded + self.retried + self.failed
+
+    @property
+    def error_rate(self) -> float | None:
+        """Failed attempts (final or retried) among all finished attempts."""
+        return (self.retried + self.failed) / self.attempts if self.attempts else None
+
+
+async def activity(conn: Connection, span: timedelta, step: timedelta) -> list[Bucket]:
+    found = await rows(conn, query("dashboard_activity"), {"span": span, "step": step})
+    return [Bucket(row["bucket"], row["succeeded"], row["retried"], row["failed"]) for row in found]
+
+
+async def failed_per_queue(conn: Connection) -> dict[str, int]:
+    found = await rows(conn, query("dashboard_failed_per_queue"), {})
+    return {row["queue_name"]: row["failed"] for row in found}
+
+
+async def failure_groups(conn: Connection) -> list[dict[str, Any]]:
+    return await rows(conn, query("dashboard_failure_groups"), {})
+
+
+async def failed_jobs(conn: Connection, limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
+    """The newest failed jobs with their last error (the `procqueue failed` query)."""
+    return await rows(conn, query("failed_jobs"), {"task": None, "limit": limit})
+
+
+async def audit(
+    conn: Connection, before: int | None = None, limit: int = PAGE_SIZE
+) -> list[dict[str, Any]]:
+    return await rows(conn, query("dashboard_audit"), {"before": before, "limit": limit})
+
+
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)

@@ -1,0 +1,166 @@
+"""`<entity>:bulk`: sync a chunk of ids with one SELECT and one `_bulk` request.
+
+Made by the statement trigger for statements changing more rows than
+PROCQUEUE_BULK_THRESHOLD, by `procqueue verify --repair`, and by itself for
+retries. The chunk is read and written while the entity's publish key is held
+exclusively, so no per-row job reads or writes those documents in between
+(docs/bulk.md). Per-item errors are handled item by item: transient ones (429,
+5xx) go into a new, smaller bulk job after a backoff; permanent ones, and those
+out of retries, are recorded in procqueue.sync_item_errors with id and reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from procrastinate import JobContext
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from procqueue.entities import Entity
+from procqueue.errors import PermanentError
+from procqueue.processors.sync import _stamp, entity_query, writes_for
+from procqueue.queries import query
+from procqueue.retry import BackoffRetry
+from procqueue.runtime import ProcqueueApp
+from procqueue.sinks.search import ItemFailure, SearchIndex
+
+logger = logging.getLogger(__name__)
+BULK_OPERATION = "bulk"
+
+
+@dataclass
+class ChunkResult:
+    indexed: int = 0
+    deleted: int = 0
+    failures: list[ItemFailure] = field(default_factory=list)
+
+
+async def sync_chunk(
+    conn: psycopg.AsyncConnection[Any],
+    search: SearchIndex,
+    entity: Entity,
+    ids: Sequence[str],
+    only_index: str | None = None,
+) -> ChunkResult:
+    """Read the chunk's rows and write their documents (or deletions) in one
+    `_bulk`, under the entity's publish key held exclusively. `only_index`: write
+    there only (a reindex's new index), not to the alias and targets."""
+    ids = list(dict.fromkeys(ids))
+    if not ids:
+        return ChunkResult()
+    if only_index is None:
+        await search.ensure_index(entity)
+    async with conn.transaction():
+        await conn.execute(query("lock_publish_exclusive"), {"entity": entity.name})
+        stamp = await _stamp(conn, entity)
+        cursor = conn.cursor(row_factory=dict_row)
+        try:
+            await cursor.execute(entity_query("read_entity_chunk", entity), {"ids": ids})
+        except (psycopg.errors.DataError, psycopg.errors.SyntaxErrorOrAccessRuleViolation) as err:
+            raise PermanentError(
+                f"cannot read {len(ids)} {entity.table} rows: {err.diag.message_primary}"
+            ) from err
+        rows = {str(row[entity.primary_key]): row for row in await cursor.fetchall()}
+        writes = writes_for(search, entity, stamp, ids, rows, only_index)
+        failures = await search.write_versioned(writes, stamp.version)
+    return ChunkResult(indexed=len(rows), deleted=len(ids) - len(rows), failures=failures)
+
+
+async def enqueue_bulk(
+    conn: psycopg.AsyncConnection[Any],
+    entity: Entity,
+    ids: Sequence[str],
+    chunk_size: int,
+    *,
+    attempt: int = 0,
+    delay: float = 0.0,
+) -> int:
+    """Enqueue `<entity>:bulk` jobs for `ids`, `chunk_size` per job; returns how many."""
+    chunks = [ids[start : start + chunk_size] for start in range(0, len(ids), chunk_size)]
+    for chunk in chunks:
+        args: dict[str, Any] = {"ids": list(chunk)}
+        if attempt:
+            args["attempt"] = attempt
+        await conn.execute(
+            query("enqueue_sync_job"),
+            {
+                "task_name": entity.task_name(BULK_OPERATION),
+                "args": Jsonb(args),
+                "queue_name": entity.queue,
+                "job_lock": None,
+                "queueing_lock": None,
+                "delay": delay,
+            },
+        )
+    return len(chunks)
+
+
+async def handle_failures(
+    conn: psycopg.AsyncConnection[Any],
+    entity: Entity,
+    failures: Sequence[ItemFailure],
+    *,
+    job_id: int | None,
+    attempt: int,
+    retry: BackoffRetry,
+    chunk_size: int,
+) -> tuple[int, int]:
+    """Retry the transient items in a new bulk job, record the others. Returns
+    (retried ids, recorded failures)."""
+    retry_ids = list(
+        dict.fromkeys(f.write.entity_id for f in failures if f.transient)
+    ) if attempt < retry.max_retries else []  # fmt: skip
+    recorded = [f for f in failures if f.write.entity_id not in retry_ids]
+    async with conn.transaction():
+        if retry_ids:
+            await enqueue_bulk(
+                conn, entity, retry_ids, chunk_size, attempt=attempt + 1, delay=retry.delay(attempt)
+            )
+        for failure in recorded:
+            await conn.execute(
+                query("record_item_error"),
+                {
+                    "job_id": job_id,
+                    "entity": entity.name,
+                    "entity_id": failure.write.entity_id,
+                    "index_name": failure.write.index,
+                    "status": failure.status,
+                    "reason": failure.reason[:2000],
+                },
+            )
+            logger.error(
+                "%s %s not written to %s (%s): %s",
+                entity.name, failure.write.entity_id, failure.write.index, failure.status,
+                failure.reason,
+            )  # fmt: skip
+    return len(retry_ids), len(recorded)
+
+
+def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+    """`<entity>:bulk` for every entity."""
+    for entity in app.services.entities.entities:
+        _register_entity(app, entity, retry)
+
+
+def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> None:
+    async def bulk(context: JobContext, ids: list[str], attempt: int = 0) -> dict[str, int]:
+        search = app.services.search
+        async with app.pool.connection() as conn:
+            result = await sync_chunk(conn, search, entity, ids)
+            retried, recorded = await handle_failures(
+                conn, entity, result.failures, job_id=context.job.id, attempt=attempt,
+                retry=retry, chunk_size=app.services.settings.bulk_chunk_size,
+            )  # fmt: skip
+        return {
+            "indexed": result.indexed, "deleted": result.deleted,
+            "retried": retried, "failed": recorded,
+        }  # fmt: skip
+
+    app.task(
+        name=entity.task_name(BULK_OPERATION), queue=entity.queue, pass_context=True, retry=retry
+    )(bulk)

@@ -1,0 +1,151 @@
+"""`procqueue reindex`: build `<alias>_v<N+1>` from Postgres, swap the alias.
+
+1. The new index is created and registered in procqueue.search_targets, and the
+   entity's publish key is taken exclusively once in that same transaction: every
+   sync that read before has finished writing, every sync after writes the new
+   index too. So changes committed while the copy runs reach it.
+2. The keys are streamed with a server-side cursor (bounded memory) from the last
+   checkpoint; each chunk is read and written like a bulk job (publish key held
+   exclusively, external versions), so the copy never overwrites a newer state.
+3. The alias moves to the new index in one atomic `_aliases` call; the target is
+   forgotten; the old index is deleted only with `drop_old`.
+Interrupted at any point, a re-run resumes into the registered index.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from procqueue.entities import Entity
+from procqueue.errors import PermanentError
+from procqueue.processors.bulk import sync_chunk
+from procqueue.processors.sync import entity_query
+from procqueue.queries import query
+from procqueue.sinks.search import SearchIndex, translate_errors
+
+
+@dataclass(frozen=True)
+class ReindexResult:
+    entity: str
+    index: str
+    previous: tuple[str, ...]
+    copied: int
+    failed: int
+    dropped: bool
+
+
+async def live_indexes(search: SearchIndex, entity: Entity) -> list[str]:
+    alias = search.alias(entity)
+    with translate_errors(f"reading alias {alias}"):
+        found = await search.client.indices.get_alias(name=alias)
+    return sorted(found.keys())
+
+
+async def next_version(search: SearchIndex, entity: Entity) -> int:
+    pattern = re.compile(rf"^{re.escape(search.alias(entity))}_v(\d+)$")
+    with translate_errors("listing indexes"):
+        names = await search.client.indices.get(index=f"{search.alias(entity)}_v*")
+    versions = [int(m.group(1)) for name in names if (m := pattern.match(name))]
+    return max(versions, default=0) + 1
+
+
+async def _target(
+    conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity
+) -> tuple[str, str | None, int]:
+    """The index to fill: the one an interrupted run registered, else a new one."""
+    rows = await (await conn.execute(query("reindex_targets"), {"entity": entity.name})).fetchall()
+    for name, resume_after, copied in rows:
+        if await search.client.indices.exists(index=name):
+            return str(name), resume_after, int(copied)
+        async with conn.transaction():  # registered but gone: forget it
+            await conn.execute(
+                query("drop_reindex_target"), {"entity": entity.name, "index_name": name}
+            )
+    name = await search.create_index(entity, await next_version(search, entity), alias=False)
+    async with conn.transaction():
+        params = {"entity": entity.name, "index_name": name}
+        await conn.execute(query("register_reindex_target"), params)
+        # Barrier: wait for every sync that read before the registration.
+        await conn.execute(query("lock_publish_exclusive"), params)
+    return name, None, 0
+
+
+async def reindex_entity(
+    dsn: str,
+    search: SearchIndex,
+    entity: Entity,
+    *,
+    batch_size: int = 1000,
+    drop_old: bool = False,
+    on_start: Callable[[int, int], None] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> ReindexResult:
+    """Rebuild the entity's index from its table. on_start(total estimate,
+    already copied) and on_chunk(rows) report progress."""
+    await search.ensure_index(entity)
+    async with (
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
+        await psycopg.AsyncConnection.connect(dsn) as reader,
+    ):
+        index, resume_after, copied = await _target(conn, search, entity)
+        estimate = await (
+            await conn.execute(query("estimate_rows"), {"table": entity.table})
+        ).fetchone()
+        if on_start:
+            on_start(int(estimate[0]) if estimate else 0, copied)
+        after: sql.Composable = sql.SQL("")
+        if resume_after is not None:
+            key = sql.Identifier(entity.primary_key)
+            after = sql.SQL("WHERE {key} > %(after)s").format(key=key)
+        failed = 0
+        keys = reader.cursor(name="procqueue_reindex")  # server-side: bounded memory
+        await keys.execute(
+            entity_query("entity_ids_after", entity, after=after), {"after": resume_after}
+        )
+        while chunk := [str(row[0]) for row in await keys.fetchmany(batch_size)]:
+            result = await sync_chunk(conn, search, entity, chunk, only_index=index)
+            failed += len(result.failures)
+            if result.failures:
+                first = result.failures[0]
+                raise PermanentError(
+                    f"{len(result.failures)} documents of {entity.name} were refused by {index}, "
+                    f"first {first.write.entity_id} ({first.status}): {first.reason}; fix them "
+                    "and re-run `procqueue reindex` (it resumes)"
+                )
+            copied += len(chunk)
+            await conn.execute(
+                query("reindex_checkpoint"),
+                {"entity": entity.name, "index_name": index, "resume_after": chunk[-1],
+                 "copied": copied},
+            )  # fmt: skip
+            if on_chunk:
+                on_chunk(len(chunk))
+        await reader.rollback()
+        previous = tuple(name for name in await live_indexes(search, entity) if name != index)
+        await swap_alias(search, entity, index, previous)
+        await conn.execute(
+            query("drop_reindex_target"), {"entity": entity.name, "index_name": index}
+        )
+        if drop_old and previous:
+            with translate_errors(f"deleting {', '.join(previous)}"):
+                await search.client.indices.delete(index=",".join(previous))
+    return ReindexResult(entity.name, index, previous, copied, failed, drop_old and bool(previous))
+
+
+async def swap_alias(
+    search: SearchIndex, entity: Entity, index: str, previous: tuple[str, ...]
+) -> None:
+    """Point the alias at `index` only, in one atomic call."""
+    alias = search.alias(entity)
+    actions: list[dict[str, Any]] = [
+        {"remove": {"index": name, "alias": alias}} for name in previous
+    ]
+    actions.append({"add": {"index": index, "alias": alias}})
+    with translate_errors(f"moving alias {alias} to {index}"):
+        await search.client.indices.update_aliases(actions=actions)

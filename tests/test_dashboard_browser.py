@@ -1,0 +1,142 @@
+"""The dashboard in a real headless Chromium (Debian's package, driven by
+Playwright): sign in, see a failed job and its error, press retry, and see it
+succeed once its cause is gone. Saves a screenshot of each page into
+docs/screenshots/ (the docs show them)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from procqueue.app import build_app
+from procqueue.dashboard.security import access_for
+from procqueue.paths import REPO_DIR
+from procqueue.runtime import ProcqueueApp
+from tests.conftest import make_settings
+from tests.support import tasks
+from tests.support.dashboard import job_status, served
+from tests.support.worker import drain, eventually, running_worker
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = REPO_DIR / "docs" / "screenshots"
+SECRET = "browser-secret-" + uuid.uuid4().hex
+
+if not CHROMIUM.exists():
+    reason = f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason + " — CI must run the browser test", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+from playwright.async_api import Page, async_playwright, expect  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+async def app(database: str, es_url: str) -> AsyncIterator[ProcqueueApp]:
+    application = build_app(make_settings(database, es_url, dashboard_secret=SECRET))
+    tasks.register(application)
+    async with application.open_async():
+        async with application.pool.connection() as conn:
+            await conn.execute(tasks.SWITCHES_SQL)  # type: ignore[arg-type]
+        yield application
+
+
+async def set_switch(dsn: str, name: str, broken: bool) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO public.test_switches (name, broken) VALUES (%s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET broken = excluded.broken",
+            [name, broken],
+        )
+
+
+async def shoot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_sign_in_see_the_failure_retry_and_see_it_succeed(
+    app: ProcqueueApp, database: str
+) -> None:
+    settings = app.services.settings
+    # Some history for the charts, then a job that fails while its switch is broken.
+    for n in range(6):
+        await app.configure_task("test:flaky").defer_async(failures=n % 3)
+    await set_switch(database, "partner", broken=True)
+    job_id: int = await app.configure_task("test:switch").defer_async(name="partner")
+    await drain(app)
+    assert await job_status(database, job_id) == "failed"
+
+    async with (
+        served(settings, access_for(settings, "127.0.0.1", False)) as base,
+        async_playwright() as playwright,
+    ):
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(f"{base}/failures")
+            await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+            await expect(page.locator("body")).not_to_contain_text("partner API")
+            await page.get_by_label("Your name").fill("alice")
+            await page.get_by_label("Admin secret").fill(SECRET)
+            await shoot(page, "sign-in")
+            await page.get_by_role("button", name="Sign in").click()
+
+            # Back on the failures page: the failed job with its error.
+            await expect(page.get_by_role("heading", name="Failures")).to_be_visible()
+            await expect(page.locator("body")).to_contain_text(
+                "the partner API rejects 'partner' (switch is broken)"
+            )
+            await expect(page.locator("body")).to_contain_text("PermanentError")
+            await shoot(page, "failures")
+
+            await page.goto(f"{base}/jobs/{job_id}")
+            await expect(page.locator("h1")).to_contain_text("failed")
+            await expect(page.locator("article.error pre")).to_contain_text("Traceback")
+            await shoot(page, "job")
+
+            await page.goto(f"{base}/")
+            await expect(page.locator("#overview-panel svg").first).to_be_visible()
+            await expect(page.locator("#overview-panel")).to_contain_text("tests")
+            await shoot(page, "overview")
+
+            await page.goto(f"{base}/jobs?queue=tests")
+            await expect(page.locator("table.jobs")).to_contain_text("test:switch")
+            await shoot(page, "jobs")
+
+            # The cause goes away; an admin presses retry; a worker runs it.
+            await set_switch(database, "partner", broken=False)
+            await page.goto(f"{base}/failures")
+            async with running_worker(app):
+                await page.get_by_test_id(f"retry-{job_id}").click()
+                await expect(page.locator(".flash")).to_contain_text("retried 1 job(s)")
+
+                async def succeeded() -> bool:
+                    return await job_status(database, job_id) == "succeeded"
+
+                await eventually(succeeded)
+            await page.goto(f"{base}/jobs/{job_id}")
+            await expect(page.locator("h1 .status")).to_have_text("succeeded")
+            await expect(page.locator("ol.timeline")).to_contain_text("succeeded")
+
+            await page.goto(f"{base}/audit")
+            await expect(page.locator("table")).to_contain_text("alice")
+            await expect(page.locator("table")).to_contain_text("retry")
+            await shoot(page, "audit")
+        finally:
+            await browser.close()

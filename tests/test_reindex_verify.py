@@ -1,0 +1,179 @@
+"""`procqueue reindex` (no downtime, changes during the copy kept, resumable) and
+`procqueue verify` (missing, stale, extra; --repair) against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from procqueue.entities import INVENTORY, LISTING
+from procqueue.reindex import live_indexes, reindex_entity
+from procqueue.runtime import ProcqueueApp
+from procqueue.settings import Settings
+from procqueue.verify import verify_entity
+from tests.support.worker import drain, indexed_documents, running_worker, table_documents
+
+USER_ID = "00000000-0000-4000-8000-0000000000b2"
+
+
+@pytest.fixture(scope="module")
+async def db(database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute("INSERT INTO auth.users (id) VALUES (%s)", [USER_ID])
+        yield conn
+
+
+async def insert_listings(db: psycopg.AsyncConnection[Any], count: int, tag: str) -> None:
+    await db.execute(
+        "INSERT INTO listings (user_id, title, category) "
+        "SELECT %s, 'r ' || g, %s FROM generate_series(1, %s) AS g",
+        [USER_ID, tag, count],
+    )
+
+
+async def writer(dsn: str, stop: asyncio.Event, seed: int) -> int:
+    rng = random.Random(seed)
+    writes = 0
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while not stop.is_set():
+            choice = rng.random()
+            if choice < 0.5:
+                await conn.execute(
+                    "UPDATE listings SET title = %s WHERE id = "
+                    "(SELECT id FROM listings ORDER BY random() LIMIT 1)",
+                    [f"during {seed}-{writes}"],
+                )
+            elif choice < 0.75:
+                await conn.execute(
+                    "DELETE FROM listings WHERE id = "
+                    "(SELECT id FROM listings ORDER BY random() LIMIT 1)"
+                )
+            else:
+                await conn.execute(
+                    "INSERT INTO listings (user_id, title) VALUES (%s, 'born during')", [USER_ID]
+                )
+            writes += 1
+            await asyncio.sleep(rng.random() * 0.005)
+    return writes
+
+
+async def test_reindex_while_writers_run_ends_with_the_new_index_equal_to_the_table(
+    app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any]
+) -> None:
+    await insert_listings(db, 3000, "before")
+    await drain(app, concurrency=10)
+    search = app.services.search
+    old = await live_indexes(search, LISTING)
+    stop = asyncio.Event()
+    async with running_worker(app, concurrency=10):
+        writers = [asyncio.create_task(writer(database, stop, seed)) for seed in range(3)]
+        result = await reindex_entity(database, search, LISTING, batch_size=200)
+        stop.set()
+        assert sum(await asyncio.gather(*writers)) > 0
+    await drain(app, concurrency=10)
+    assert await live_indexes(search, LISTING) == [result.index] != old
+    assert result.previous == tuple(old)
+    assert await indexed_documents(app, LISTING) == await table_documents(database, LISTING)
+
+
+async def test_interrupted_reindex_resumes_and_completes(
+    app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any]
+) -> None:
+    search = app.services.search
+    chunks = 0
+    interrupted = asyncio.Event()
+
+    def on_chunk(rows: int) -> None:
+        nonlocal chunks
+        chunks += 1
+        if chunks == 3:
+            interrupted.set()
+
+    await db.execute(
+        "INSERT INTO inventory_items (user_id, name) "
+        "SELECT %s, 'item ' || g FROM generate_series(1, 1500) AS g",
+        [USER_ID],
+    )
+    task = asyncio.create_task(
+        reindex_entity(database, search, INVENTORY, batch_size=100, on_chunk=on_chunk)
+    )
+    await asyncio.wait_for(interrupted.wait(), timeout=30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [(target, copied)] = await (
+        await db.execute(
+            "SELECT index_name, copied FROM procqueue.search_targets WHERE entity = 'inventory'"
+        )
+    ).fetchall()
+    assert copied >= 300
+
+    resumed_from: list[int] = []
+    result = await reindex_entity(
+        database, search, INVENTORY, batch_size=100, drop_old=True,
+        on_start=lambda total, done: resumed_from.append(done),
+    )  # fmt: skip
+    assert result.index == target and resumed_from == [copied]
+    assert result.dropped and await live_indexes(search, INVENTORY) == [target]
+    await drain(app, concurrency=10)
+    assert await indexed_documents(app, INVENTORY) == await table_documents(database, INVENTORY)
+    rows = await (await db.execute("SELECT count(*) FROM procqueue.search_targets")).fetchone()
+    assert rows == (0,)
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.dsn,
+        "ELASTICSEARCH_URL": settings.elasticsearch_url,
+        "PROCQUEUE_INDEX_PREFIX": settings.index_prefix,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "procqueue.cli", *args],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+async def test_verify_finds_missing_stale_and_extra_and_repair_fixes_them(
+    app: ProcqueueApp, settings: Settings, database: str, db: psycopg.AsyncConnection[Any]
+) -> None:
+    await insert_listings(db, 120, "verify")
+    await drain(app, concurrency=10)
+    assert not (await verify_entity(database, app.services.search, LISTING)).drifted
+
+    ids = [
+        str(row[0])
+        for row in await (
+            await db.execute(
+                "SELECT id FROM listings WHERE category = 'verify' ORDER BY id LIMIT 2"
+            )
+        ).fetchall()
+    ]
+    client, alias = app.services.search.client, app.services.search.alias(LISTING)
+    extra = str(uuid.uuid4())
+    await client.delete(index=alias, id=ids[0])  # deleted behind its back
+    await client.update(index=alias, id=ids[1], doc={"title": "changed behind its back"})
+    await client.index(index=alias, id=extra, document={"id": extra, "title": "no such row"})
+
+    checked = cli(settings, "verify", "listings")
+    assert checked.returncode == 1, checked.stderr
+    assert f"listing\tmissing\t{ids[0]}" in checked.stdout
+    assert f"listing\tstale\t{ids[1]}" in checked.stdout
+    assert f"listing\textra\t{extra}" in checked.stdout
+    assert "1 missing, 1 stale, 1 extra" in checked.stdout
+
+    repaired = cli(settings, "verify", "listings", "--repair")
+    assert "enqueued 3 sync job(s) for 3 ids" in repaired.stdout, repaired.stderr
+    await drain(app, concurrency=10)
+    again = cli(settings, "verify", "listings")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert await indexed_documents(app, LISTING) == await table_documents(database, LISTING)
