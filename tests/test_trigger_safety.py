@@ -9,7 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from procqueue.entities import INVENTORY, LISTING
+from procqueue.entities import DEFAULT_ENTITIES, INVENTORY, LISTING, Entity
+from procqueue.migrate import migrate
 from procqueue.runtime import ProcqueueApp
 from tests.support.worker import SELLER_ID, drain, indexed_documents, job_counts, table_documents
 
@@ -154,3 +155,42 @@ async def test_odd_rows_are_indexed_as_they_are(
     assert "failed" not in await job_counts(database)
     for entity in (INVENTORY, LISTING):
         assert await indexed_documents(app, entity) == await table_documents(database, entity)
+
+
+async def test_many_row_update_of_columns_without_equality_never_fails(
+    database: str, db: psycopg.AsyncConnection[Any]
+) -> None:
+    """A bulk statement compares columns one by one: json and point have no `=`."""
+    await db.execute(
+        "CREATE TABLE public.odd_things (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), "
+        "title text, payload json, spot point, hits int NOT NULL DEFAULT 0)"
+    )
+    odd = Entity(
+        name="oddthing",
+        table="public.odd_things",
+        index="odd_things",
+        fields={"id": "keyword", "title": "text"},
+        ignored_columns=("hits",),
+    )
+    migrate(database, [*DEFAULT_ENTITIES, odd])
+    await db.execute(
+        "INSERT INTO odd_things (title, payload, spot) "
+        "SELECT 'thing ' || g, '{\"a\": 1}', point(g, g) FROM generate_series(1, 120) AS g"
+    )
+
+    async def bulk_ids() -> int:
+        row = await (
+            await db.execute(
+                "SELECT coalesce(sum(jsonb_array_length(args -> 'ids')), 0) "
+                "FROM procrastinate.procrastinate_jobs WHERE task_name = 'oddthing:bulk'"
+            )
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    before = await bulk_ids()
+    await db.execute("UPDATE odd_things SET payload = '{\"a\": 2}'")
+    assert await bulk_ids() == before + 120
+    await db.execute("UPDATE odd_things SET spot = point(0, 0) WHERE title <> 'thing 1'")
+    assert await bulk_ids() == before + 120 + 119
+    await db.execute("UPDATE odd_things SET hits = hits + 1")  # ignored column only
+    assert await bulk_ids() == before + 120 + 119
