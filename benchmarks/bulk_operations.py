@@ -37,6 +37,30 @@ async def direct_bulk(app: ProcqueueApp, index: str, dsn: str) -> float:
     return time.perf_counter() - started
 
 
+# The sample schema's own trigger (listing review notifications) is the user's,
+# not procqueue's: it is off in both variants. Each variant runs in a transaction
+# that is rolled back, alternating, so both update the same rows in the same state.
+VARIANTS = {
+    "with": "ALTER TABLE listings DISABLE TRIGGER listing_review_notification",
+    "without": "ALTER TABLE listings DISABLE TRIGGER USER",
+}
+
+
+def update_timings(dsn: str, rounds: int) -> dict[str, float]:
+    """Best-of-`rounds` wall time of one UPDATE of every listing, per variant."""
+    best: dict[str, float] = {}
+    with psycopg.connect(dsn) as conn:
+        for _ in range(rounds):
+            for name, disable in VARIANTS.items():
+                conn.execute(disable)
+                started = time.perf_counter()
+                conn.execute("UPDATE listings SET status = 'inactive'")
+                elapsed = time.perf_counter() - started
+                conn.rollback()
+                best[name] = min(best.get(name, elapsed), elapsed)
+    return best
+
+
 async def run(rows: int) -> None:
     with environment("bulk_operations") as env:
         with psycopg.connect(env.dsn, autocommit=True) as conn:
@@ -45,10 +69,8 @@ async def run(rows: int) -> None:
                 "FROM generate_series(1, %s) AS g",
                 [USER_ID, rows],
             )
-            conn.execute("CREATE TABLE listings_plain (LIKE listings INCLUDING ALL)")
-            conn.execute("INSERT INTO listings_plain SELECT * FROM listings")
             conn.execute("DELETE FROM procrastinate.procrastinate_jobs")
-            conn.execute("VACUUM ANALYZE listings, listings_plain")
+            conn.execute("VACUUM ANALYZE listings")
         app = build_app(env.settings(concurrency=10))
         async with app.open_async():
             search = app.services.search
@@ -65,20 +87,17 @@ async def run(rows: int) -> None:
                 f"({rows / direct_insert_s:,.0f} rows/s) -> reindex / direct rows/s "
                 f"{direct_insert_s / reindex_s:.2f}"
             )
-            timings = {}
+            timings = update_timings(env.dsn, rounds=3)
             with psycopg.connect(env.dsn, autocommit=True) as conn:
-                for table in ("listings_plain", "listings"):
-                    started = time.perf_counter()
-                    conn.execute(f"UPDATE {table} SET status = 'inactive'")
-                    timings[table] = time.perf_counter() - started
+                conn.execute("UPDATE listings SET status = 'inactive'")
                 jobs = conn.execute(
                     "SELECT count(*) FROM procrastinate.procrastinate_jobs"
                 ).fetchone()
             committed = time.perf_counter()
             print(
-                f"UPDATE of {rows} rows: with triggers {timings['listings']:.2f} s, without "
-                f"{timings['listings_plain']:.2f} s -> ratio "
-                f"{timings['listings'] / timings['listings_plain']:.2f} (target <= 1.5); "
+                f"UPDATE of {rows} rows: with procqueue's triggers {timings['with']:.2f} s, "
+                f"without {timings['without']:.2f} s -> ratio "
+                f"{timings['with'] / timings['without']:.2f} (target <= 1.5); "
                 f"{jobs[0] if jobs else '?'} bulk jobs"
             )
             await drain(app, concurrency=10)

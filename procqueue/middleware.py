@@ -165,14 +165,7 @@ class AlertFinalFailures:
             return await call_next()
         except Exception as error:
             if not will_retry(error, context, worker):
-                job = context.job
-                sentry.capture_final_failure(
-                    error,
-                    task=job.task_name,
-                    queue=job.queue,
-                    job_id=job.id,
-                    attempts=job.attempts + 1,
-                )
+                sentry.capture_final_failure(error, context.job)
             raise
 
 

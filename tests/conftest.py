@@ -27,8 +27,8 @@ from procqueue.runtime import ProcqueueApp
 from procqueue.settings import Settings, load_settings
 from tests.support.worker import SELLER_ID
 
-#: Fixtures of the notification tests: loopback SMTP and FCM servers, an app for both.
-pytest_plugins = ["tests.support.notifications"]
+#: Fixtures of loopback services: SMTP and FCM (notifications), Cloudinary (images).
+pytest_plugins = ["tests.support.notifications", "tests.support.cloudinary_server"]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import asyncio
 import math
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -16,28 +16,18 @@ import pytest
 
 from procqueue.app import build_app
 from procqueue.entities import DEFAULT_ENTITIES, LISTING
-from procqueue.migrate import migrate
 from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
-from tests.support.cloudinary_server import CloudinaryServer, cloudinary_server
-from tests.support.worker import drain, indexed_documents, running_worker, table_documents
+from tests.support.cloudinary_server import CloudinaryServer
+from tests.support.worker import (
+    SELLER_ID,
+    drain,
+    indexed_documents,
+    running_worker,
+    table_documents,
+)
 
-USER_ID = "00000000-0000-4000-8000-0000000000b1"
 ALL_QUEUES = {"concurrency": 10}
-
-
-@pytest.fixture(scope="module")
-def cloud() -> Iterator[CloudinaryServer]:
-    with cloudinary_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def dsn(database: str) -> str:
-    migrate(database, DEFAULT_ENTITIES, image_grace_seconds=0)
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("INSERT INTO auth.users (id) VALUES (%s)", [USER_ID])
-    return database
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +39,6 @@ async def app(dsn: str, es_url: str, cloud: CloudinaryServer) -> AsyncIterator[P
     async with application.open_async():
         yield application
     await application.services.aclose()
-
-
-@pytest.fixture(scope="module")
-async def db(dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        yield conn
 
 
 async def last_job_id(db: psycopg.AsyncConnection[Any]) -> int:
@@ -82,7 +66,7 @@ async def insert_listings(
     await db.execute(
         "INSERT INTO listings (user_id, title, category, main_image_url) "
         f"SELECT %s, 'bulk ' || g, %s, {image} FROM generate_series(1, %s) AS g",  # type: ignore[arg-type]
-        [USER_ID, tag, count],
+        [SELLER_ID, tag, count],
     )
 
 
@@ -167,7 +151,7 @@ async def racing_writer(dsn: str, seed: int, tag: str, rounds: int) -> None:
             else:
                 await conn.execute(
                     "INSERT INTO listings (user_id, title, category) VALUES (%s, 'new', %s)",
-                    [USER_ID, tag],
+                    [SELLER_ID, tag],
                 )
             await asyncio.sleep(0)
 

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,29 +31,12 @@ from tests.conftest import make_settings
 from tests.support.cloudinary_server import (
     DROP,
     CloudinaryServer,
-    cloudinary_server,
     error,
     rate_limited,
 )
-from tests.support.worker import drain, eventually, running_worker
+from tests.support.worker import SELLER_ID, drain, eventually, running_worker
 
-USER_ID = "00000000-0000-4000-8000-0000000000c1"
 IMAGES = {"queues": ["images"]}
-
-
-@pytest.fixture(scope="module")
-def cloud() -> Iterator[CloudinaryServer]:
-    with cloudinary_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def dsn(database: str) -> str:
-    """The module's database, its image triggers re-attached with no grace period."""
-    migrate(database, DEFAULT_ENTITIES, image_grace_seconds=0)
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, 'c@example.com')", [USER_ID])
-    return database
 
 
 def image_settings(dsn: str, es_url: str, cloud: CloudinaryServer, **overrides: Any) -> Settings:
@@ -78,12 +61,6 @@ async def app(dsn: str, es_url: str, cloud: CloudinaryServer) -> AsyncIterator[P
         yield application
 
 
-@pytest.fixture(scope="module")
-async def db(dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        yield conn
-
-
 def fresh(*names: str) -> list[str]:
     """Public ids no other test uses."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
@@ -103,7 +80,7 @@ async def insert_listing(
     cursor = await db.execute(
         "INSERT INTO listings (user_id, title, main_image_url, additional_image_urls, "
         "inventory_item_id) VALUES (%s, 'İlan', %s, %s, %s) RETURNING id::text",
-        [USER_ID, main, additional or [], inventory_item_id],
+        [SELLER_ID, main, additional or [], inventory_item_id],
     )
     row = await cursor.fetchone()
     assert row is not None
@@ -116,7 +93,7 @@ async def insert_item(
     cursor = await db.execute(
         "INSERT INTO inventory_items (user_id, name, main_image_url, additional_image_urls) "
         "VALUES (%s, 'Eşya', %s, %s) RETURNING id::text",
-        [USER_ID, main, additional or []],
+        [SELLER_ID, main, additional or []],
     )
     row = await cursor.fetchone()
     assert row is not None

@@ -84,13 +84,7 @@ async def rescue_stalled_jobs(app: ProcqueueApp, retry: BackoffRetry) -> RescueR
         )
         if final:
             report.failed.append(job.id)
-            sentry.capture_final_failure(
-                error,
-                task=job.task_name,
-                queue=job.queue,
-                job_id=job.id,
-                attempts=job.attempts + 1,
-            )
+            sentry.capture_final_failure(error, job)
         else:
             report.retried.append(job.id)
         lost[job.worker_id].append(job.id)

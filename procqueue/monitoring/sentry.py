@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import sentry_sdk
+from procrastinate.jobs import Job
 from sentry_sdk.integrations.logging import LoggingIntegration
 
 from procqueue import __version__
@@ -65,10 +66,10 @@ def sentry_enabled() -> bool:
     return sentry_sdk.get_client().is_active()
 
 
-def capture_final_failure(
-    error: BaseException, *, task: str, queue: str, job_id: int | None, attempts: int
-) -> None:
-    """One event for a job that failed for good, grouped by task and exception type."""
+def capture_final_failure(error: BaseException, job: Job) -> None:
+    """One event for a job that failed for good (in its attempt `job.attempts + 1`),
+    grouped by task and exception type."""
+    task, queue, job_id, attempts = job.task_name, job.queue, job.id, job.attempts + 1
     error_type = f"{type(error).__module__}.{type(error).__qualname__}"
     with sentry_sdk.new_scope() as scope:
         scope.set_tag("task", task)

@@ -26,6 +26,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import pytest
+
+from procqueue.entities import DEFAULT_ENTITIES
+from procqueue.migrate import migrate
+
 AssetKey = tuple[str, str, str]  # resource type, delivery type, public id
 
 
@@ -298,3 +303,21 @@ def cloudinary_server(**options: Any) -> Iterator[CloudinaryServer]:
         yield server
     finally:
         server.stop()
+
+
+# Fixtures (a pytest plugin, see tests/conftest.py) for the tests that delete images.
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[CloudinaryServer]:
+    """The module's loopback Cloudinary Admin API."""
+    with cloudinary_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dsn(database: str, db: Any) -> str:
+    """The module's database, its image triggers re-attached with no grace period
+    (and SELLER_ID as a user, through `db`)."""
+    migrate(database, DEFAULT_ENTITIES, image_grace_seconds=0)
+    return database
