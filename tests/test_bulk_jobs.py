@@ -213,3 +213,17 @@ async def test_one_refused_item_is_recorded_and_the_other_499_are_indexed(
         await index_equals_table(app, dsn)
     finally:
         await db.execute("DELETE FROM procqueue.search_targets WHERE index_name = %s", [target])
+
+
+async def test_a_many_row_update_of_primary_keys_moves_every_document(
+    app: ProcqueueApp, dsn: str, db: psycopg.AsyncConnection[Any]
+) -> None:
+    await db.execute(
+        "INSERT INTO listings (user_id, title, category) "
+        "SELECT %s, 'rekeyed ' || g, 'rekey' FROM generate_series(1, 60) AS g",
+        [SELLER_ID],
+    )
+    await drain(app, **ALL_QUEUES)
+    await db.execute("UPDATE listings SET id = gen_random_uuid() WHERE category = 'rekey'")
+    await drain(app, **ALL_QUEUES)
+    assert await indexed_documents(app, LISTING) == await table_documents(dsn, LISTING)

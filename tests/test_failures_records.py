@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from procqueue.app import build_app
-from procqueue.monitoring.logs import JsonFormatter
+from procqueue.monitoring.logs import JsonFormatter, RedactingFormatter
 from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks
@@ -161,3 +162,21 @@ async def test_json_logs_carry_job_id_task_attempt_and_duration(
         assert line["task"] == "test:flaky" and line["queue"] == "tests"
         assert line["job_id"] == job_id and line["duration"] >= 0
         assert line["level"] == "info" and line["message"].startswith(f"job {job_id}")
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter, RedactingFormatter])
+def test_log_lines_never_carry_secrets_in_either_format(
+    formatter: type[logging.Formatter],
+) -> None:
+    """Third-party messages and tracebacks (Procrastinate's, an SDK's) too."""
+    secret = "s3cr3t-Pa55"
+    try:
+        raise ConnectionError(f"cannot reach postgresql://app:{secret}@db.example:5432/x")
+    except ConnectionError:
+        record = logging.LogRecord(
+            "procrastinate.worker", logging.ERROR, __file__, 1,
+            "job failed with key %s", (secret,), sys.exc_info(),
+        )  # fmt: skip
+    line = formatter((secret,)).format(record)  # type: ignore[call-arg]
+    assert secret not in line
+    assert "ConnectionError" in line

@@ -182,3 +182,33 @@ async def test_job_running_past_the_timeout_is_cancelled_and_retried(
         )
     assert "failed" not in await job_counts(database)
     assert found["_source"]["title"] == "slow"
+
+
+async def test_retry_while_a_newer_job_of_the_row_waits_does_not_get_stuck(
+    database: str, db: psycopg.AsyncConnection[Any], proxy: TcpProxy
+) -> None:
+    """A write during a sync enqueues a second job with the same queueing lock; when
+    the running job then fails and is retried, both must still run to the end."""
+    async with app_with(database, proxy.url, job_timeout=0.5, retry_backoff=0) as app:
+        await app.services.search.ensure_index(LISTING)
+        [listing_id] = await insert_listings(db, 1, "first")
+        proxy.stall()  # the running job hangs on Elasticsearch, then times out
+        async with running_worker(app):
+
+            async def running() -> bool:
+                return (await job_counts(database)).get("doing", 0) == 1
+
+            await eventually(running)
+            await db.execute("UPDATE listings SET title = 'second' WHERE id = %s", [listing_id])
+
+            async def timed_out() -> bool:
+                return bool(await error_rows(database, "error_type LIKE '%JobTimeout'"))
+
+            await eventually(timed_out)
+            await proxy.come_back()
+            await eventually(lambda: queue_is_done(database))
+        found = await app.services.search.client.get(
+            index=app.services.search.alias(LISTING), id=listing_id
+        )
+    assert found["_source"]["title"] == "second"
+    assert "failed" not in await job_counts(database)

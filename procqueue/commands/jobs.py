@@ -81,14 +81,7 @@ def retry_jobs(settings: Settings, job_ids: list[int]) -> tuple[list[int], list[
                     + ("does not exist" if status is None else f"is {status}, not failed")
                 )
                 continue
-            try:
-                conn.execute(query("retry_failed_job"), {"job_id": job_id})
-            except psycopg.errors.UniqueViolation:
-                problems.append(
-                    f"job {job_id} left failed: a newer job with the same queueing lock is "
-                    "already waiting and will do its work"
-                )
-                continue
+            conn.execute(query("retry_failed_job"), {"job_id": job_id})
             retried.append(job_id)
     return retried, problems
 

@@ -69,9 +69,8 @@ async def retry_failed(
 ) -> Outcome:
     """Put failed jobs back in the queue, due now: one job, a task + error type group, or all.
 
-    A failed job whose queueing lock is taken by a newer waiting job stays failed:
-    that newer job does the same work.
-    """
+    A retried job gives up its queueing lock (migration 0008), so a newer waiting
+    job with the same lock never blocks the retry."""
     action = "retry" if job_id is not None else "retry_group" if task is not None else "retry_all"
     target: dict[str, Any] = {
         key: value
@@ -86,15 +85,7 @@ async def retry_failed(
         )
         candidates = [row[0] for row in await cursor.fetchall()]
         for candidate in candidates:
-            try:
-                async with conn.transaction():  # a savepoint per job
-                    await conn.execute(query("retry_failed_job"), {"job_id": candidate})
-            except psycopg.errors.UniqueViolation:
-                outcome.problems.append(
-                    f"job {candidate} left failed: a newer job with the same queueing lock "
-                    "is already waiting and will do its work"
-                )
-                continue
+            await conn.execute(query("retry_failed_job"), {"job_id": candidate})
             outcome.done.append(candidate)
         if job_id is not None and not candidates:
             outcome.problems.append(f"job {job_id} is not failed (or does not exist): not retried")

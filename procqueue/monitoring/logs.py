@@ -20,6 +20,17 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOB_FIELDS = ("job_id", "task", "queue", "attempt", "duration", "outcome", "action")
 
 
+class RedactingFormatter(logging.Formatter):
+    """Plain text lines, with secrets removed from the message and the traceback."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(TEXT_FORMAT)
+        self.secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), self.secrets)
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         super().__init__()
@@ -54,6 +65,6 @@ def configure_logging(*, verbose: bool = False) -> None:
         log_format, secrets = "text", ()  # the command itself reports the setting
     handler = logging.StreamHandler()
     handler.setFormatter(
-        JsonFormatter(secrets) if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+        JsonFormatter(secrets) if log_format == "json" else RedactingFormatter(secrets)
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)

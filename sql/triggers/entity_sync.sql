@@ -64,9 +64,15 @@ BEGIN
         FROM pg_attribute AS a
         WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped
           AND a.attname <> ALL (TG_ARGV[5:]);
+        -- Rows whose key itself changed pair with nothing: both keys need a job.
         EXECUTE format(
-            'SELECT array_agg(n.%1$I::text) FROM procqueue_new AS n '
-            'JOIN procqueue_old AS o ON o.%1$I = n.%1$I WHERE %2$s',
+            'SELECT array_agg(id) FROM ('
+            ' SELECT n.%1$I::text AS id FROM procqueue_new AS n'
+            '   JOIN procqueue_old AS o ON o.%1$I = n.%1$I WHERE %2$s'
+            ' UNION ALL SELECT n.%1$I::text FROM procqueue_new AS n WHERE NOT EXISTS'
+            '   (SELECT FROM procqueue_old AS o WHERE o.%1$I = n.%1$I)'
+            ' UNION ALL SELECT o.%1$I::text FROM procqueue_old AS o WHERE NOT EXISTS'
+            '   (SELECT FROM procqueue_new AS n WHERE n.%1$I = o.%1$I)) AS changed',
             key, coalesce(differs, 'false'))
         INTO ids;
     END IF;
