@@ -212,3 +212,48 @@ async def test_retry_while_a_newer_job_of_the_row_waits_does_not_get_stuck(
         )
     assert found["_source"]["title"] == "second"
     assert "failed" not in await job_counts(database)
+
+
+async def test_job_waiting_on_a_long_open_writer_is_postponed_not_failed(
+    database: str, db: psycopg.AsyncConnection[Any], es_url: str
+) -> None:
+    """A transaction left open (an admin's SQL session) holding the key bucket of
+    a row must not use up the row's sync retries: the job hands over to a new one."""
+    [listing_id] = await insert_listings(db, 1, "before")
+    # Another row whose sync key falls in the same bucket as this one's.
+    row = await (
+        await db.execute(
+            "SELECT candidate FROM (SELECT gen_random_uuid()::text AS candidate "
+            "FROM generate_series(1, 20000)) AS c WHERE procqueue.sync_lock_key('listing', "
+            "candidate) = procqueue.sync_lock_key('listing', %s) LIMIT 1",
+            [listing_id],
+        )
+    ).fetchone()
+    assert row is not None
+    async with app_with(database, es_url, job_timeout=0.6, max_retries=0) as app:
+        async with await psycopg.AsyncConnection.connect(database) as open_writer:
+            await open_writer.execute(
+                "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'open')",
+                [row[0], SELLER_ID],
+            )  # not committed: its trigger holds the bucket's key shared
+            await db.execute("UPDATE listings SET title = 'after' WHERE id = %s", [listing_id])
+            async with running_worker(app):
+
+                async def postponed() -> bool:
+                    found = await (
+                        await db.execute(
+                            "SELECT count(*) FROM procrastinate.procrastinate_jobs "
+                            "WHERE lock = %s AND status = 'todo' AND scheduled_at IS NOT NULL",
+                            [f"listing:{listing_id}"],
+                        )
+                    ).fetchone()
+                    return bool(found and found[0])
+
+                await eventually(postponed)
+                await open_writer.commit()
+                await eventually(lambda: queue_is_done(database))
+        found = await app.services.search.client.get(
+            index=app.services.search.alias(LISTING), id=listing_id
+        )
+    assert found["_source"]["title"] == "after"
+    assert "failed" not in await job_counts(database)

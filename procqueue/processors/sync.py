@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,12 +120,22 @@ def raise_for(failures: Sequence[ItemFailure], what: str) -> None:
     raise PermanentError(reason)
 
 
+class EntityBusy(Exception):
+    """A writer of this entity's key bucket kept its transaction open too long."""
+
+
 async def sync_entity(
-    pool: AsyncConnectionPool[Any], search: SearchIndex, entity: Entity, entity_id: str
+    pool: AsyncConnectionPool[Any],
+    search: SearchIndex,
+    entity: Entity,
+    entity_id: str,
+    patience: float = 10.0,
 ) -> str:
-    """Bring one document in line with its row; returns what was done."""
+    """Bring one document in line with its row; returns what was done. Raises
+    EntityBusy when a writer still holds the row's key after `patience` seconds."""
     await search.ensure_index(entity)
     params = {"entity": entity.name, "id": entity_id}
+    give_up_at = time.monotonic() + patience
     async with pool.connection() as conn:
         for attempt in itertools.count():
             async with conn.transaction():  # holds the publish key until written
@@ -144,8 +155,24 @@ async def sync_entity(
                     raise_for(failures, f"{entity.name} {entity_id}")
                     return "deleted" if row is None else "indexed"
             # A writer of this entity has not committed yet: wait for it.
+            if time.monotonic() > give_up_at:
+                raise EntityBusy(f"{entity.name} {entity_id}")
             await asyncio.sleep(LOCK_RETRY_SECONDS[min(attempt, len(LOCK_RETRY_SECONDS) - 1)])
     raise AssertionError("unreachable")
+
+
+async def postpone(
+    pool: AsyncConnectionPool[Any], entity: Entity, task_name: str, entity_id: str, delay: float
+) -> None:
+    """Enqueue the same sync again, due after `delay` seconds (coalesced into a
+    waiting job of the row if there is one)."""
+    lock = f"{entity.name}:{entity_id}"
+    async with pool.connection() as conn:
+        await conn.execute(
+            query("postpone_sync"),
+            {"task": task_name, "id": entity_id, "queue": entity.queue, "lock": lock,
+             "delay": delay},
+        )  # fmt: skip
 
 
 def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
@@ -155,8 +182,17 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
 
 
 def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> None:
+    # Wait for an open writer at most a third of the job timeout; then hand the
+    # work to a new job instead of failing: a long user transaction (an admin's
+    # open SQL session) must not use up this job's retries and leave it stale.
+    patience = app.services.settings.job_timeout / 3
+
     async def sync(context: JobContext, id: str) -> str:
-        return await sync_entity(app.pool, app.services.search, entity, id)
+        try:
+            return await sync_entity(app.pool, app.services.search, entity, id, patience)
+        except EntityBusy:
+            await postpone(app.pool, entity, context.job.task_name, id, delay=patience)
+            return "postponed: a writer of this row's key is still in its transaction"
 
     for operation in SYNC_OPERATIONS:
         app.task(

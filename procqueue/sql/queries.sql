@@ -351,3 +351,7 @@ WHERE entity = %(entity)s AND index_name = %(index_name)s;
 
 -- drop_reindex_target: the index is live (or abandoned): syncs stop writing it separately
 DELETE FROM procqueue.search_targets WHERE entity = %(entity)s AND index_name = %(index_name)s;
+
+-- postpone_sync: the same sync job again, later (a writer kept the row's key)
+SELECT procqueue.add_job(%(task)s, jsonb_build_object('id', %(id)s::text), %(queue)s,
+                         %(lock)s, %(lock)s, now() + make_interval(secs => %(delay)s));
