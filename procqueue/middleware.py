@@ -36,6 +36,16 @@ def will_retry(error: BaseException, context: JobContext, worker: Worker) -> boo
     return task is not None and task.get_retry_exception(error, context.job) is not None
 
 
+def job_log_fields(job: Job) -> dict[str, Any]:
+    """The `extra` of a log line about one attempt of `job` (JSON logs keep them)."""
+    return {
+        "job_id": job.id,
+        "task": job.task_name,
+        "queue": job.queue,
+        "attempt": job.attempts + 1,
+    }
+
+
 @dataclass(frozen=True)
 class EnforceTimeout:
     """Cancel a job that runs longer than `seconds`; the timeout counts as transient."""
@@ -110,12 +120,7 @@ async def record_failed_attempt(
         " for good" if final else "",
         error_type,
         message,
-        extra={
-            "job_id": job.id,
-            "task": job.task_name,
-            "queue": job.queue,
-            "attempt": job.attempts + 1,
-        },
+        extra=job_log_fields(job),
     )
 
 
@@ -146,10 +151,7 @@ class ObserveJobs:
                 outcome,
                 duration,
                 extra={
-                    "job_id": job.id,
-                    "task": job.task_name,
-                    "queue": job.queue,
-                    "attempt": job.attempts + 1,
+                    **job_log_fields(job),
                     "duration": round(duration, 6),
                     "outcome": outcome,
                 },

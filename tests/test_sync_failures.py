@@ -74,6 +74,16 @@ async def error_rows(database: str, where: str = "true") -> list[tuple[Any, ...]
         return await cursor.fetchall()
 
 
+async def timed_out(database: str) -> bool:
+    return bool(await error_rows(database, "error_type LIKE '%JobTimeout'"))
+
+
+async def indexed_title(app: ProcqueueApp, listing_id: str) -> str:
+    search = app.services.search
+    found = await search.client.get(index=search.alias(LISTING), id=listing_id)
+    return str(found["_source"]["title"])
+
+
 async def test_elasticsearch_outage_delays_sync_and_then_converges(
     database: str, db: psycopg.AsyncConnection[Any], proxy: TcpProxy
 ) -> None:
@@ -166,22 +176,15 @@ async def test_job_running_past_the_timeout_is_cancelled_and_retried(
         proxy.stall()  # Elasticsearch accepts the request and never answers
         [listing_id] = await insert_listings(db, 1, "slow")
         async with running_worker(app):
-
-            async def timed_out() -> bool:
-                rows = await error_rows(database, "error_type LIKE '%JobTimeout'")
-                return bool(rows)
-
-            await eventually(timed_out)
+            await eventually(lambda: timed_out(database))
             [row, *_] = await error_rows(database, "error_type LIKE '%JobTimeout'")
             assert row[3] is True  # transient: it will be retried
             assert "longer than 0.5 s" in row[2]
             await proxy.come_back()
             await eventually(lambda: queue_is_done(database))
-        found = await app.services.search.client.get(
-            index=app.services.search.alias(LISTING), id=listing_id
-        )
+        title = await indexed_title(app, listing_id)
     assert "failed" not in await job_counts(database)
-    assert found["_source"]["title"] == "slow"
+    assert title == "slow"
 
 
 async def test_retry_while_a_newer_job_of_the_row_waits_does_not_get_stuck(
@@ -200,17 +203,11 @@ async def test_retry_while_a_newer_job_of_the_row_waits_does_not_get_stuck(
 
             await eventually(running)
             await db.execute("UPDATE listings SET title = 'second' WHERE id = %s", [listing_id])
-
-            async def timed_out() -> bool:
-                return bool(await error_rows(database, "error_type LIKE '%JobTimeout'"))
-
-            await eventually(timed_out)
+            await eventually(lambda: timed_out(database))
             await proxy.come_back()
             await eventually(lambda: queue_is_done(database))
-        found = await app.services.search.client.get(
-            index=app.services.search.alias(LISTING), id=listing_id
-        )
-    assert found["_source"]["title"] == "second"
+        title = await indexed_title(app, listing_id)
+    assert title == "second"
     assert "failed" not in await job_counts(database)
 
 
@@ -252,8 +249,6 @@ async def test_job_waiting_on_a_long_open_writer_is_postponed_not_failed(
                 await eventually(postponed)
                 await open_writer.commit()
                 await eventually(lambda: queue_is_done(database))
-        found = await app.services.search.client.get(
-            index=app.services.search.alias(LISTING), id=listing_id
-        )
-    assert found["_source"]["title"] == "after"
+        title = await indexed_title(app, listing_id)
+    assert title == "after"
     assert "failed" not in await job_counts(database)

@@ -103,8 +103,10 @@ async def job_page(
 
 
 async def names(conn: Connection, which: str) -> list[str]:
-    """Task or queue names present in the jobs table."""
-    found = await rows(conn, query(f"dashboard_{which}_names"), {})
+    """Task or queue names present in the jobs table (`which`: "task" or "queue")."""
+    if which not in ("task", "queue"):
+        raise ValueError(f"no {which!r} names: ask for 'task' or 'queue'")
+    found = await rows(conn, query_with("dashboard_distinct_names", column=f"{which}_name"), {})
     return [row["name"] for row in found]
 
 

@@ -193,24 +193,14 @@ WHERE {filters}
 ORDER BY j.id {order}
 LIMIT %(limit)s;
 
--- dashboard_task_names: distinct task names, one index probe each (skip scan)
+-- dashboard_distinct_names: distinct values of a job column (task_name or
+-- queue_name), one index probe each (skip scan)
 WITH RECURSIVE names AS (
-    (SELECT j.task_name::text AS name FROM procrastinate.procrastinate_jobs AS j
-     ORDER BY j.task_name LIMIT 1)
+    (SELECT j.{column}::text AS name FROM procrastinate.procrastinate_jobs AS j
+     ORDER BY j.{column} LIMIT 1)
     UNION ALL
-    SELECT (SELECT j.task_name::text FROM procrastinate.procrastinate_jobs AS j
-            WHERE j.task_name > names.name ORDER BY j.task_name LIMIT 1)
-    FROM names WHERE names.name IS NOT NULL
-)
-SELECT name FROM names WHERE name IS NOT NULL;
-
--- dashboard_queue_names: distinct queue names, one index probe each (skip scan)
-WITH RECURSIVE names AS (
-    (SELECT j.queue_name::text AS name FROM procrastinate.procrastinate_jobs AS j
-     ORDER BY j.queue_name LIMIT 1)
-    UNION ALL
-    SELECT (SELECT j.queue_name::text FROM procrastinate.procrastinate_jobs AS j
-            WHERE j.queue_name > names.name ORDER BY j.queue_name LIMIT 1)
+    SELECT (SELECT j.{column}::text FROM procrastinate.procrastinate_jobs AS j
+            WHERE j.{column} > names.name ORDER BY j.{column} LIMIT 1)
     FROM names WHERE names.name IS NOT NULL
 )
 SELECT name FROM names WHERE name IS NOT NULL;
