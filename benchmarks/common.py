@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from procqueue.entities import DEFAULT_ENTITIES
 from procqueue.local import env, local_postgres, local_search, scratch_database
 from procqueue.migrate import migrate
 from procqueue.settings import Settings, load_settings
@@ -43,7 +42,7 @@ def environment(name: str) -> Iterator[Environment]:
         scratch_database(admin, f"pq_bench_{name}") as dsn,
         local_search(env("ELASTICSEARCH_URL")) as es_url,
     ):
-        migrate(dsn, DEFAULT_ENTITIES)
+        migrate(dsn)
         import psycopg
 
         with psycopg.connect(dsn) as conn:

@@ -25,7 +25,6 @@ from benchmarks.common import percentile
 from benchmarks.health_queries import fill
 from procqueue.dashboard.app import create_app
 from procqueue.dashboard.security import access_for
-from procqueue.entities import DEFAULT_ENTITIES
 from procqueue.local import env, local_postgres, scratch_database
 from procqueue.migrate import migrate
 from procqueue.settings import load_settings
@@ -86,7 +85,7 @@ def main() -> None:
         local_postgres(env("PROCQUEUE_TEST_DATABASE_URL")) as admin,
         scratch_database(admin, "pq_bench_dashboard_jobs") as dsn,
     ):
-        migrate(dsn, DEFAULT_ENTITIES)
+        migrate(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             seconds = fill(conn, args.jobs, args.backlog)
             conn.execute(

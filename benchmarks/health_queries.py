@@ -21,7 +21,6 @@ from typing import Any, LiteralString, cast
 import psycopg
 
 from benchmarks.common import percentile
-from procqueue.entities import DEFAULT_ENTITIES
 from procqueue.local import env, local_postgres, scratch_database
 from procqueue.migrate import MIGRATIONS_DIR, migrate
 from procqueue.queries import query
@@ -105,7 +104,7 @@ def main() -> None:
         local_postgres(env("PROCQUEUE_TEST_DATABASE_URL")) as admin,
         scratch_database(admin, "pq_bench_health") as dsn,
     ):
-        migrate(dsn, DEFAULT_ENTITIES)
+        migrate(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             seconds = fill(conn, args.jobs, args.backlog)
             print(f"filled in {seconds:.1f} s: {counts(conn)}")

@@ -1,27 +1,46 @@
--- The marketplace schema procqueue serves (DESIGN.md), for the demo and the
--- tests. On Supabase the roles and auth.users exist already; on plain
--- PostgreSQL this file creates stand-ins for them. The user owns these tables:
--- `procqueue migrate` never creates or alters them.
+-- The marketplace schema procqueue serves, for the demo and the tests. On
+-- Supabase the API roles, schema `auth` and `auth.users` exist already and belong
+-- to Supabase: this file then leaves them alone (it creates, alters and grants
+-- nothing in `auth`). On plain PostgreSQL it creates stand-ins for them. The user
+-- owns these tables: `procqueue migrate` never creates or alters them.
 
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
-        CREATE ROLE anon NOLOGIN;
+        CREATE ROLE anon NOLOGIN NOINHERIT;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
-        CREATE ROLE authenticated NOLOGIN;
+        CREATE ROLE authenticated NOLOGIN NOINHERIT;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'service_role') THEN
-        CREATE ROLE service_role NOLOGIN BYPASSRLS;
+        CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
     END IF;
 END;
 $$;
 
-CREATE SCHEMA IF NOT EXISTS auth;
-CREATE TABLE IF NOT EXISTS auth.users (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    email text
-);
+-- A stand-in for Supabase Auth, only where there is none. Like Supabase's, the API
+-- roles may use the schema (for auth.uid() in policies) but not read auth.users.
+DO $$
+BEGIN
+    IF to_regclass('auth.users') IS NULL THEN
+        CREATE SCHEMA IF NOT EXISTS auth;
+        CREATE TABLE auth.users (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            email text,
+            -- What a user sets with auth.updateUser({ data }); procqueue reads the
+            -- notification locale from raw_user_meta_data->>'locale' ('tr' or 'en').
+            raw_user_meta_data jsonb DEFAULT '{}'
+        );
+        CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $uid$
+            SELECT coalesce(
+                nullif(current_setting('request.jwt.claim.sub', true), ''),
+                nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
+            )::uuid
+        $uid$;
+        GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
+    END IF;
+END;
+$$;
 
 CREATE TABLE IF NOT EXISTS public.inventory_items (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -72,16 +91,33 @@ CREATE TABLE IF NOT EXISTS public.push_tokens (
     created_at timestamptz DEFAULT now()
 );
 
--- Supabase's default grants: the API roles can use public's tables.
+-- Supabase's default grants: the API roles can use public's tables (on Supabase
+-- the default privileges already give them this); row-level security decides which
+-- rows. procqueue's worker role sees every row (BYPASSRLS, as Supabase's postgres).
 GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
 GRANT ALL ON ALL TABLES IN SCHEMA public TO anon, authenticated, service_role;
-GRANT USAGE ON SCHEMA auth TO authenticated, service_role;
-GRANT SELECT ON auth.users TO authenticated, service_role;
 
--- Supabase's auth.users keeps what a user sets with auth.updateUser({ data })
--- in raw_user_meta_data; procqueue reads the notification locale from
--- raw_user_meta_data->>'locale' ('tr' or 'en'). The stand-in gets the column.
-ALTER TABLE auth.users ADD COLUMN IF NOT EXISTS raw_user_meta_data jsonb DEFAULT '{}';
+ALTER TABLE public.inventory_items ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.listings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.notifications ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.push_tokens ENABLE ROW LEVEL SECURITY;
+
+DROP POLICY IF EXISTS inventory_items_owner ON public.inventory_items;
+CREATE POLICY inventory_items_owner ON public.inventory_items
+    FOR ALL TO authenticated USING (user_id = auth.uid()) WITH CHECK (user_id = auth.uid());
+DROP POLICY IF EXISTS listings_owner ON public.listings;
+CREATE POLICY listings_owner ON public.listings
+    FOR ALL TO authenticated USING (user_id = auth.uid()) WITH CHECK (user_id = auth.uid());
+DROP POLICY IF EXISTS listings_public_read ON public.listings;
+CREATE POLICY listings_public_read ON public.listings
+    FOR SELECT TO anon, authenticated USING (status = 'active');
+DROP POLICY IF EXISTS notifications_recipient ON public.notifications;
+CREATE POLICY notifications_recipient ON public.notifications
+    FOR ALL TO authenticated
+    USING (recipient_user_id = auth.uid()) WITH CHECK (recipient_user_id = auth.uid());
+DROP POLICY IF EXISTS push_tokens_owner ON public.push_tokens;
+CREATE POLICY push_tokens_owner ON public.push_tokens
+    FOR ALL TO authenticated USING (user_id = auth.uid()) WITH CHECK (user_id = auth.uid());
 
 -- The marketplace's own rule (the user's, not procqueue's): when a moderator
 -- moves a listing from pending_approval to active or rejected, its owner gets

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     with demo_database() as dsn, local_search(env("ELASTICSEARCH_URL")) as es_url:
         settings = load_settings(database_url=dsn, elasticsearch_url=es_url)
         install_sample_schema(dsn)
-        migrate(dsn, DEFAULT_ENTITIES)
+        migrate(dsn)
         seed(dsn)
         logger.info("schema, queue and sample rows are in place")
         if args.check:

@@ -26,12 +26,14 @@ from procqueue.errors import MigrationError
 from procqueue.images import DEFAULT_GRACE_SECONDS, IMAGES_QUEUE
 from procqueue.paths import MIGRATIONS_DIR, SQL_DIR, TRIGGERS_DIR
 from procqueue.queries import query
+from procqueue.settings import SchemaConfig
 
 PROCRASTINATE_SCHEMA = "procrastinate"
 PROCRASTINATE_RECORD = "procrastinate"
 MIGRATE_LOCK_KEY = 0x70726F63  # "proc"
-DEFAULT_BULK_THRESHOLD = 50
-DEFAULT_BULK_CHUNK_SIZE = 500
+DEFAULT_SCHEMA = SchemaConfig()
+DEFAULT_BULK_THRESHOLD = DEFAULT_SCHEMA.bulk_threshold
+DEFAULT_BULK_CHUNK_SIZE = DEFAULT_SCHEMA.bulk_chunk_size
 #: (trigger name, event, transition tables) of the statement-level sync triggers.
 SYNC_TRIGGERS = (
     ("procqueue_sync", "INSERT", "NEW TABLE AS procqueue_new"),
@@ -211,7 +213,6 @@ def attach_steps(
     ]
 
 
-DEFAULT_NOTIFICATIONS_TABLE = "public.notifications"
 NOTIFICATION_COLUMNS = ("id", "recipient_user_id", "type", "data")
 
 
@@ -263,40 +264,39 @@ def check_tables(conn: psycopg.Connection, entities: Sequence[Entity]) -> None:
             )
 
 
-def plan(
-    conn: psycopg.Connection,
-    entities: Sequence[Entity],
-    notifications_table: str | None = DEFAULT_NOTIFICATIONS_TABLE,
-    image_grace_seconds: float = DEFAULT_GRACE_SECONDS,
-    bulk: tuple[int, int] = (DEFAULT_BULK_THRESHOLD, DEFAULT_BULK_CHUNK_SIZE),
-) -> list[Step]:
+def schema_steps(schema: SchemaConfig, conn: psycopg.Connection | None = None) -> list[Step]:
+    """The triggers `schema` asks for; with a connection, checked against the tables."""
+    return [
+        *attach_steps(
+            schema.entities,
+            schema.image_cleanup_grace,
+            (schema.bulk_threshold, schema.bulk_chunk_size),
+        ),
+        *notification_trigger_steps(schema.notifications_table, conn),
+    ]
+
+
+def plan(conn: psycopg.Connection, schema: SchemaConfig) -> list[Step]:
     """Every step still to run against this database."""
     conn.execute(BOOTSTRAP_SQL)
     applied: dict[str, str] = dict(conn.execute(query("applied_migrations")).fetchall())
-    check_tables(conn, entities)
+    check_tables(conn, schema.entities)
     return [
         *procrastinate_steps(applied.get(PROCRASTINATE_RECORD)),
         *our_migration_steps(applied),
         *repeatable_steps(),
-        *attach_steps(entities, image_grace_seconds, bulk),
-        *notification_trigger_steps(notifications_table, conn),
+        *schema_steps(schema, conn),
     ]
 
 
-def plan_from_scratch(
-    entities: Sequence[Entity],
-    notifications_table: str | None = DEFAULT_NOTIFICATIONS_TABLE,
-    image_grace_seconds: float = DEFAULT_GRACE_SECONDS,
-    bulk: tuple[int, int] = (DEFAULT_BULK_THRESHOLD, DEFAULT_BULK_CHUNK_SIZE),
-) -> list[Step]:
+def plan_from_scratch(schema: SchemaConfig) -> list[Step]:
     """Every step for an empty database, without connecting to one."""
     return [
         Step("bookkeeping", BOOTSTRAP_SQL),
         *procrastinate_steps(None),
         *our_migration_steps({}),
         *repeatable_steps(),
-        *attach_steps(entities, image_grace_seconds, bulk),
-        *notification_trigger_steps(notifications_table),
+        *schema_steps(schema),
     ]
 
 
@@ -316,20 +316,13 @@ def render(steps: Sequence[Step]) -> str:
 
 
 def migrate(
-    dsn: str,
-    entities: Sequence[Entity],
-    *,
-    print_only: bool = False,
-    notifications_table: str | None = DEFAULT_NOTIFICATIONS_TABLE,
-    image_grace_seconds: float = DEFAULT_GRACE_SECONDS,
-    bulk: tuple[int, int] = (DEFAULT_BULK_THRESHOLD, DEFAULT_BULK_CHUNK_SIZE),
+    dsn: str, schema: SchemaConfig = DEFAULT_SCHEMA, *, print_only: bool = False
 ) -> list[Step]:
-    """Apply (or, with print_only, only compute) the pending steps. Idempotent.
-    `bulk`: (threshold, chunk size) of the sync triggers' bulk jobs."""
+    """Apply (or, with print_only, only compute) the pending steps. Idempotent."""
     try:
         with psycopg.connect(dsn, application_name="procqueue-migrate") as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATE_LOCK_KEY])
-            steps = plan(conn, entities, notifications_table, image_grace_seconds, bulk)
+            steps = plan(conn, schema)
             if print_only:
                 conn.rollback()
                 return steps
@@ -343,10 +336,10 @@ def migrate(
                     )
         return steps
     except psycopg.OperationalError as error:
-        raise MigrationError(f"cannot connect to the database: {_first_line(error)}") from None
+        raise MigrationError(f"cannot connect to the database: {first_line(error)}") from None
     except psycopg.Error as error:
-        raise MigrationError(f"migration failed: {_first_line(error)}") from None
+        raise MigrationError(f"migration failed: {first_line(error)}") from None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

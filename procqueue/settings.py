@@ -6,6 +6,7 @@ into a ConfigError whose single line names the setting and the problem.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +25,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from procqueue.entities import DEFAULT_ENTITIES, Entity, load_entities
 from procqueue.errors import ConfigError
+from procqueue.images import DEFAULT_GRACE_SECONDS
 
 SUPABASE_TRANSACTION_POOLER_PORT = 6543
 
@@ -34,10 +37,55 @@ def _env(name: str) -> Any:
     return AliasChoices(name, f"PROCQUEUE_{name}")
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=".env", env_prefix="PROCQUEUE_", extra="ignore", populate_by_name=True
+_ENVIRONMENT = SettingsConfigDict(
+    env_file=".env", env_prefix="PROCQUEUE_", extra="ignore", populate_by_name=True
+)
+
+
+@dataclass(frozen=True)
+class SchemaConfig:
+    """What `procqueue migrate` writes into the database: the entities its triggers
+    serve and the values the trigger functions receive as arguments."""
+
+    entities: tuple[Entity, ...] = DEFAULT_ENTITIES
+    bulk_threshold: int = 50
+    bulk_chunk_size: int = 500
+    image_cleanup_grace: float = DEFAULT_GRACE_SECONDS
+    notifications_table: str = "public.notifications"  # "": no notification trigger
+
+
+class SchemaSettings(BaseSettings):
+    """The settings that shape the schema. They load without DATABASE_URL, so that
+    `procqueue migrate --from-scratch` builds the same triggers as `procqueue migrate`."""
+
+    model_config = _ENVIRONMENT
+
+    entities_file: Path | None = None
+    # Bulk jobs (docs/bulk.md); image cleanup grace (docs/images.md). They reach the
+    # triggers through `procqueue migrate`: re-run it after changing them.
+    bulk_threshold: int = Field(default=SchemaConfig.bulk_threshold, ge=0, le=1_000_000)
+    bulk_chunk_size: int = Field(default=SchemaConfig.bulk_chunk_size, ge=1, le=10_000)
+    image_cleanup_grace: float = Field(
+        default=SchemaConfig.image_cleanup_grace, ge=0, le=30 * 86400
     )
+    # Notifications (docs/notifications.md). Empty notifications_table: no trigger.
+    notifications_table: str = Field(
+        default=SchemaConfig.notifications_table, pattern=r"^([A-Za-z_]\w*\.[A-Za-z_]\w*)?$"
+    )
+
+    def schema_config(self, entities_file: Path | None = None) -> SchemaConfig:
+        """The schema these settings describe; `entities_file` overrides the setting."""
+        return SchemaConfig(
+            entities=load_entities(entities_file or self.entities_file),
+            bulk_threshold=self.bulk_threshold,
+            bulk_chunk_size=self.bulk_chunk_size,
+            image_cleanup_grace=self.image_cleanup_grace,
+            notifications_table=self.notifications_table,
+        )
+
+
+class Settings(SchemaSettings):
+    model_config = _ENVIRONMENT
 
     database_url: SecretStr = Field(validation_alias=_env("DATABASE_URL"))
     elasticsearch_url: str = Field(
@@ -56,7 +104,9 @@ class Settings(BaseSettings):
     retry_backoff_max: float = Field(default=300.0, ge=0)
     polling_interval: float = Field(default=5.0, gt=0)
     listen_notify: bool | None = None
-    entities_file: Path | None = None
+    # DATABASE_URL goes through a transaction pooler (Supavisor/pgbouncer in transaction
+    # mode): no LISTEN, no prepared statements, no session state. Unset: port 6543.
+    transaction_pooler: bool | None = None
 
     # Failures and queue health (docs/operations.md).
     sentry_dsn: SecretStr | None = Field(default=None, validation_alias=_env("SENTRY_DSN"))
@@ -79,10 +129,6 @@ class Settings(BaseSettings):
     health_min_workers: int = Field(default=1, ge=0)
     health_window: timedelta = timedelta(hours=1)
 
-    # Notifications (docs/notifications.md). Empty notifications_table: no trigger.
-    notifications_table: str = Field(
-        default="public.notifications", pattern=r"^([A-Za-z_]\w*\.[A-Za-z_]\w*)?$"
-    )
     push_tokens_table: str = Field(
         default="public.push_tokens", pattern=r"^[A-Za-z_]\w*\.[A-Za-z_]\w*$"
     )
@@ -118,12 +164,6 @@ class Settings(BaseSettings):
     cloudinary_domains: str = ""  # custom delivery domains, comma-separated
     cloudinary_batch_size: int = Field(default=100, ge=1, le=100)
     cloudinary_timeout: float = Field(default=10.0, gt=0)
-    image_cleanup_grace: float = Field(default=600.0, ge=0, le=30 * 86400)
-
-    # Bulk jobs, reindex and verify (docs/bulk.md). Threshold and chunk size reach
-    # the triggers through `procqueue migrate`: re-run it after changing them.
-    bulk_threshold: int = Field(default=50, ge=0, le=1_000_000)
-    bulk_chunk_size: int = Field(default=500, ge=1, le=10_000)
 
     # Dashboard (docs/dashboard.md): the admins' sign-in secret; without it the
     # dashboard only starts bound to 127.0.0.1 with --local-only.
@@ -179,6 +219,8 @@ class Settings(BaseSettings):
     @property
     def uses_transaction_pooler(self) -> bool:
         """Supabase's transaction pooler (Supavisor, port 6543) cannot LISTEN."""
+        if self.transaction_pooler is not None:
+            return self.transaction_pooler
         port = conninfo_to_dict(self.dsn).get("port")
         return str(port) == str(SUPABASE_TRANSACTION_POOLER_PORT)
 
@@ -225,6 +267,14 @@ def load_settings(**overrides: Any) -> Settings:
     """Read the settings; raise ConfigError with one clear line if they are wrong."""
     try:
         return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def load_schema_settings(**overrides: Any) -> SchemaSettings:
+    """The schema settings alone: no DATABASE_URL needed."""
+    try:
+        return SchemaSettings(**overrides)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
 

@@ -2,7 +2,9 @@
 
 - Postgres: PROCQUEUE_TEST_DATABASE_URL (an admin DSN), else the server on
   127.0.0.1:5432, else a throwaway pgserver. Each test module gets a fresh
-  database with the sample schema and `procqueue migrate` applied.
+  Supabase-like database (tests/support/supabase.py): the sample schema with
+  row-level security on, installed and migrated by a non-superuser owner role that
+  plays Supabase's `postgres`; `database` is that role's DSN.
 - Elasticsearch: ELASTICSEARCH_URL if set (a real cluster works), else the
   noida-db ES-API server on a free loopback port. Each module gets its own
   index prefix.
@@ -20,11 +22,11 @@ import psycopg
 import pytest
 
 from procqueue.app import build_app
-from procqueue.entities import DEFAULT_ENTITIES
-from procqueue.local import local_postgres, local_search, scratch_database
+from procqueue.local import local_postgres, local_search
 from procqueue.migrate import migrate
 from procqueue.runtime import ProcqueueApp
 from procqueue.settings import Settings, load_settings
+from tests.support.supabase import supabase_database
 from tests.support.worker import SELLER_ID
 
 #: Fixtures of loopback services: SMTP and FCM (notifications), Cloudinary (images).
@@ -50,9 +52,10 @@ def _module_slug(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def database(admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh database for this module: sample schema, then `procqueue migrate`."""
-    with scratch_database(admin_dsn, _module_slug(request)) as dsn:
-        migrate(dsn, DEFAULT_ENTITIES)
+    """A fresh Supabase-like database for this module: sample schema, then
+    `procqueue migrate`, both as the non-superuser owner."""
+    with supabase_database(admin_dsn, _module_slug(request)) as dsn:
+        migrate(dsn)
         yield dsn
 
 

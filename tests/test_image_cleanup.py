@@ -26,7 +26,7 @@ from procqueue.images.orphans import find_orphans
 from procqueue.images.urls import DeliveryConfig
 from procqueue.migrate import attach_image_trigger_sql, migrate
 from procqueue.runtime import ProcqueueApp
-from procqueue.settings import Settings, get_settings
+from procqueue.settings import SchemaConfig, Settings, get_settings
 from tests.conftest import make_settings
 from tests.support.cloudinary_server import (
     DROP,
@@ -34,6 +34,7 @@ from tests.support.cloudinary_server import (
     error,
     rate_limited,
 )
+from tests.support.supabase import act_as_api_user
 from tests.support.worker import SELLER_ID, drain, eventually, running_worker
 
 IMAGES = {"queues": ["images"]}
@@ -261,7 +262,7 @@ async def test_odd_rows_never_make_the_write_fail(
     item = await insert_item(db, None, [])
     async with db.transaction():
         # Supabase's API role writes listings too: the trigger runs as its definer.
-        await db.execute("SET LOCAL ROLE authenticated")
+        await act_as_api_user(db, "authenticated", SELLER_ID, local=True)
         await db.execute("UPDATE listings SET main_image_url = NULL WHERE id = ANY(%s)", [ids])
         await db.execute(
             "UPDATE listings SET additional_image_urls = '{}' WHERE id = ANY(%s)", [ids]
@@ -491,12 +492,12 @@ async def test_default_grace_period_delays_the_job(
     dsn: str, db: psycopg.AsyncConnection[Any]
 ) -> None:
     since = await last_job_id(db)
-    migrate(dsn, DEFAULT_ENTITIES, image_grace_seconds=120)
+    migrate(dsn, SchemaConfig(image_cleanup_grace=120))
     try:
         listing = await insert_listing(db, url(fresh("late")[0]))
         await db.execute("DELETE FROM listings WHERE id = %s", [listing])
     finally:
-        migrate(dsn, DEFAULT_ENTITIES, image_grace_seconds=0)
+        migrate(dsn, SchemaConfig(image_cleanup_grace=0))
     [job] = await cleanup_jobs(db, since)
     cursor = await db.execute("SELECT extract(epoch FROM %s - now())", [job["scheduled_at"]])
     row = await cursor.fetchone()
@@ -528,14 +529,14 @@ async def test_orphans_dry_run_lists_removed_unreferenced_images(
 ) -> None:
     orphan, reused = fresh("orphan", "reused")
     since = await last_job_id(db)
-    migrate(dsn, DEFAULT_ENTITIES, image_grace_seconds=120)  # the jobs wait: nothing deleted
+    migrate(dsn, SchemaConfig(image_cleanup_grace=120))  # the jobs wait: nothing deleted
     try:
         await db.execute(
             "DELETE FROM listings WHERE id = %s",
             [await insert_listing(db, url(orphan), [url(reused)])],
         )
     finally:
-        migrate(dsn, DEFAULT_ENTITIES, image_grace_seconds=0)
+        migrate(dsn, SchemaConfig(image_cleanup_grace=0))
     await insert_item(db, url(reused).replace("/upload/", "/upload/w_80/"))
     [job] = await cleanup_jobs(db, since)
 

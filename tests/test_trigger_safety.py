@@ -12,6 +12,8 @@ import pytest
 from procqueue.entities import DEFAULT_ENTITIES, INVENTORY, LISTING, Entity
 from procqueue.migrate import migrate
 from procqueue.runtime import ProcqueueApp
+from procqueue.settings import SchemaConfig
+from tests.support.supabase import act_as_api_user
 from tests.support.worker import SELLER_ID, drain, indexed_documents, job_counts, table_documents
 
 QUEUE_TABLES = [
@@ -23,13 +25,12 @@ QUEUE_TABLES = [
 ]
 
 
-@pytest.mark.parametrize("role", ["authenticated", "anon"])
-async def test_api_role_can_write_listings_and_that_enqueues(
-    role: str, database: str, db: psycopg.AsyncConnection[Any]
+async def test_api_user_can_write_own_listings_and_that_enqueues(
+    database: str, db: psycopg.AsyncConnection[Any]
 ) -> None:
     listing_id = str(uuid.uuid4())
     async with await psycopg.AsyncConnection.connect(database) as conn:
-        await conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]
+        await act_as_api_user(conn, "authenticated", SELLER_ID)
         await conn.execute(
             "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'from the API')",
             [listing_id, SELLER_ID],
@@ -43,6 +44,26 @@ async def test_api_role_can_write_listings_and_that_enqueues(
         )
     ).fetchone()
     assert job == ("listing:create",)
+
+
+async def test_a_write_refused_by_row_level_security_enqueues_nothing(
+    database: str, db: psycopg.AsyncConnection[Any]
+) -> None:
+    listing_id = str(uuid.uuid4())
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        await act_as_api_user(conn, "anon", None)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            await conn.execute(
+                "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'anonymous')",
+                [listing_id, SELLER_ID],
+            )
+    jobs = await (
+        await db.execute(
+            "SELECT count(*) FROM procrastinate.procrastinate_jobs WHERE lock = %s",
+            [f"listing:{listing_id}"],
+        )
+    ).fetchone()
+    assert jobs == (0,)
 
 
 @pytest.mark.parametrize("role", ["authenticated", "anon"])
@@ -172,7 +193,7 @@ async def test_many_row_update_of_columns_without_equality_never_fails(
         fields={"id": "keyword", "title": "text"},
         ignored_columns=("hits",),
     )
-    migrate(database, [*DEFAULT_ENTITIES, odd])
+    migrate(database, SchemaConfig(entities=(*DEFAULT_ENTITIES, odd)))
     await db.execute(
         "INSERT INTO odd_things (title, payload, spot) "
         "SELECT 'thing ' || g, '{\"a\": 1}', point(g, g) FROM generate_series(1, 120) AS g"

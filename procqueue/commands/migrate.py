@@ -6,34 +6,36 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from procqueue import migrate
-from procqueue.entities import load_entities
+from procqueue.errors import MigrationError
 from procqueue.local import install_sample_schema
-from procqueue.settings import get_settings
+from procqueue.migrate import first_line
+from procqueue.settings import get_settings, load_schema_settings
 
 
 def run(args: argparse.Namespace) -> int:
+    # Every path reads the same schema settings, so they all build the same triggers.
+    schema = load_schema_settings().schema_config(args.entities_file)
     if args.from_scratch:
-        entities = load_entities(args.entities_file)
-        print(migrate.render(migrate.plan_from_scratch(entities)), end="")
+        print(migrate.render(migrate.plan_from_scratch(schema)), end="")
         return 0
     settings = get_settings()
-    entities = load_entities(settings.entities_file)
     if args.sample_schema:
-        install_sample_schema(settings.dsn)
-    steps = migrate.migrate(
-        settings.dsn,
-        entities,
-        print_only=args.print_sql,
-        notifications_table=settings.notifications_table,
-        image_grace_seconds=settings.image_cleanup_grace,
-        bulk=(settings.bulk_threshold, settings.bulk_chunk_size),
-    )
+        try:
+            install_sample_schema(settings.dsn)
+        except psycopg.Error as error:
+            raise MigrationError(
+                f"cannot install the sample schema: {first_line(error)} "
+                "(it needs CREATE on schema public, and creates auth.users only where none exists)"
+            ) from None
+    steps = migrate.migrate(settings.dsn, schema, print_only=args.print_sql)
     if args.print_sql:
         print(migrate.render(steps), end="")
         return 0
     recorded = [step.record_as for step in steps if step.record_as]
-    tables = ", ".join(entity.table for entity in entities)
+    tables = ", ".join(entity.table for entity in schema.entities)
     print(f"applied: {', '.join(recorded) if recorded else 'nothing new'}; triggers on {tables}")
     return 0
 
@@ -51,7 +53,10 @@ def register(commands: Any) -> None:
         help="print the SQL for an empty database without connecting (for supabase db push)",
     )
     parser.add_argument(
-        "--entities-file", type=Path, default=None, help="with --from-scratch: entity config"
+        "--entities-file",
+        type=Path,
+        default=None,
+        help="entity config (default: PROCQUEUE_ENTITIES_FILE, else the sample marketplace)",
     )
     parser.add_argument(
         "--sample-schema",

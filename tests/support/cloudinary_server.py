@@ -28,8 +28,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from procqueue.entities import DEFAULT_ENTITIES
 from procqueue.migrate import migrate
+from procqueue.settings import SchemaConfig
 
 AssetKey = tuple[str, str, str]  # resource type, delivery type, public id
 
@@ -319,5 +319,5 @@ def cloud() -> Iterator[CloudinaryServer]:
 def dsn(database: str, db: Any) -> str:
     """The module's database, its image triggers re-attached with no grace period
     (and SELLER_ID as a user, through `db`)."""
-    migrate(database, DEFAULT_ENTITIES, image_grace_seconds=0)
+    migrate(database, SchemaConfig(image_cleanup_grace=0))
     return database
