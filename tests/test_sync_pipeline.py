@@ -80,7 +80,13 @@ async def test_listing_create_update_delete_reach_the_index(
     assert await document(app, LISTING.index, listing_id) is None
 
 
-async def test_index_is_created_behind_a_versioned_alias(app: ProcqueueApp) -> None:
+async def test_index_is_created_behind_a_versioned_alias(
+    app: ProcqueueApp, db: psycopg.AsyncConnection
+) -> None:
+    await db.execute(
+        "INSERT INTO listings (user_id, title) VALUES (%s, 'first of its index')", [SELLER_ID]
+    )
+    await drain(app)  # the first sync creates the index
     search = app.services.search
     aliases = await search.client.indices.get_alias(name=search.alias(LISTING))
     assert list(aliases) == [search.versioned_name(LISTING, 1)]

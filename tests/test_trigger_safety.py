@@ -215,3 +215,8 @@ async def test_many_row_update_of_columns_without_equality_never_fails(
     assert await bulk_ids() == before + 120 + 119
     await db.execute("UPDATE odd_things SET hits = hits + 1")  # ignored column only
     assert await bulk_ids() == before + 120 + 119
+    # This module's app knows no `oddthing` entity: leave no job or table of it behind.
+    await db.execute("DROP TABLE public.odd_things")
+    await db.execute(
+        "DELETE FROM procrastinate.procrastinate_jobs WHERE task_name LIKE 'oddthing:%'"
+    )
