@@ -21,8 +21,9 @@ from typing import Any, LiteralString, cast
 import psycopg
 
 from benchmarks.common import percentile
+from procqueue import resources
 from procqueue.local import env, local_postgres, scratch_database
-from procqueue.migrate import MIGRATIONS_DIR, migrate
+from procqueue.migrate import migrate
 from procqueue.queries import query
 
 FILL_SQL = Path(__file__).with_name("health_fill.sql")
@@ -42,7 +43,7 @@ INFO_QUERIES: dict[str, tuple[str, dict[str, Any]]] = {
 
 def index_statements() -> list[str]:
     """The CREATE INDEX statements of migration 0006, as written there."""
-    text = (MIGRATIONS_DIR / "0006_health.sql").read_text(encoding="utf-8")
+    text = (resources.migrations() / "0006_health.sql").read_text(encoding="utf-8")
     return re.findall(r"CREATE INDEX .*?;", text, flags=re.DOTALL)
 
 

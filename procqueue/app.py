@@ -11,13 +11,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import procrastinate
-
+from procqueue.connections import pool_arguments
 from procqueue.entities import EntityRegistry, load_entities
 from procqueue.middleware import worker_middleware
-from procqueue.migrate import PROCRASTINATE_SCHEMA
 from procqueue.monitoring import maintenance
 from procqueue.processors import bulk, images, notifications, sync
+from procqueue.qualified import QualifiedPsycopgConnector
 from procqueue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp, Services
 from procqueue.settings import Settings, get_settings
@@ -36,33 +35,29 @@ REGISTRARS: tuple[Registrar, ...] = (
 )
 
 
-async def _use_queue_schema(conn: Any) -> None:
-    # Procrastinate's SQL names its tables unqualified: point it at its schema.
-    await conn.execute(f"SET search_path TO {PROCRASTINATE_SCHEMA}, public")
-    await conn.commit()
-
-
-def make_connector(settings: Settings) -> procrastinate.PsycopgConnector:
-    connection_kwargs: dict[str, Any] = {"application_name": "procqueue-worker"}
-    if settings.uses_transaction_pooler:
-        # Transaction pooling cannot keep prepared statements between transactions.
-        connection_kwargs["prepare_threshold"] = None
-    return procrastinate.PsycopgConnector(
-        conninfo=settings.dsn,
-        kwargs=connection_kwargs,
-        configure=_use_queue_schema,
-        min_size=1,
-        max_size=settings.concurrency + 2,
-        name="procqueue",
+def make_connector(settings: Settings) -> QualifiedPsycopgConnector:
+    """Procrastinate's connector, running its queries schema-qualified: its pooled
+    connections get no `SET search_path` (nor any other session state), so they are
+    safe behind a transaction pooler and need no role-level setting."""
+    return QualifiedPsycopgConnector(
+        **pool_arguments(
+            settings.dsn,
+            transaction_pooler=settings.uses_transaction_pooler,
+            application_name="procqueue-worker",
+            min_size=1,
+            max_size=settings.concurrency + 2,
+            name="procqueue",
+        )
     )
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
-    if not settings.use_listen_notify:
+    if not settings.use_listen_notify and settings.uses_transaction_pooler:
         logger.warning(
-            "DATABASE_URL uses port 6543 (Supabase transaction pooler), where LISTEN/NOTIFY "
-            "cannot work: the worker polls every %g s instead. Use the direct connection "
-            "or the session pooler (port 5432) for instant pick-up.",
+            "DATABASE_URL goes through a transaction pooler (port 6543 or "
+            "PROCQUEUE_TRANSACTION_POOLER), where LISTEN/NOTIFY cannot work: the worker "
+            "polls every %g s instead. Use the direct connection or the session pooler "
+            "(port 5432) for instant pick-up.",
             settings.polling_interval,
         )
     return {

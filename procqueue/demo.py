@@ -14,10 +14,11 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
-from pathlib import Path
+from importlib.resources.abc import Traversable
 
 import psycopg
 
+from procqueue import resources
 from procqueue.app import build_app
 from procqueue.dashboard.app import make_server
 from procqueue.dashboard.security import LOCAL_HOST, access_for
@@ -31,10 +32,8 @@ from procqueue.local import (
     scratch_database,
 )
 from procqueue.migrate import migrate
-from procqueue.paths import REPO_DIR
 from procqueue.settings import Settings, load_settings
 
-SEED_FILE = REPO_DIR / "examples" / "seed.sql"
 logger = logging.getLogger("procqueue.demo")
 
 
@@ -48,9 +47,11 @@ def demo_database() -> Iterator[str]:
         yield dsn
 
 
-def seed(dsn: str, seed_file: Path = SEED_FILE) -> None:
+def seed(dsn: str, seed_file: Traversable | None = None) -> None:
+    """Insert the sample rows (examples/seed.sql unless `seed_file`)."""
+    text = (resources.seed() if seed_file is None else seed_file).read_text(encoding="utf-8")
     with psycopg.connect(dsn) as conn:
-        conn.execute(seed_file.read_text(encoding="utf-8"))
+        conn.execute(text)
 
 
 async def count_indexed(settings: Settings) -> dict[str, int]:

@@ -148,10 +148,10 @@ def database_dsn(admin_dsn: str, name: str) -> str:
 
 
 def install_sample_schema(dsn: str) -> None:
-    from procqueue.paths import SAMPLE_SCHEMA_FILE
+    from procqueue import resources
 
     with psycopg.connect(dsn) as conn:
-        conn.execute(SAMPLE_SCHEMA_FILE.read_text(encoding="utf-8"))
+        conn.execute(resources.sample_schema().read_text(encoding="utf-8"))
 
 
 @contextlib.contextmanager

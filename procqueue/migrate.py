@@ -14,17 +14,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
+from importlib.resources.abc import Traversable
 
 import procrastinate
 import psycopg
 from procrastinate import schema as procrastinate_schema
 from psycopg import sql
 
+from procqueue import connections
+from procqueue import resources as shipped
 from procqueue.entities import Entity
 from procqueue.errors import MigrationError
 from procqueue.images import DEFAULT_GRACE_SECONDS, IMAGES_QUEUE
-from procqueue.paths import MIGRATIONS_DIR, SQL_DIR, TRIGGERS_DIR
 from procqueue.queries import query
 from procqueue.settings import SchemaConfig
 
@@ -112,8 +113,9 @@ def _in_procrastinate_schema(body: str, *, create: bool) -> str:
     )
 
 
-def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
-    files = sorted(directory.glob("*.sql"))
+def migration_files(directory: Traversable | None = None) -> list[Traversable]:
+    """The numbered migrations, in order (see procqueue.resources for where they are)."""
+    files = shipped.sql_files(shipped.migrations() if directory is None else directory)
     names = [file.name for file in files]
     if not all(re.match(r"^\d{4}_[a-z0-9_]+\.sql$", name) for name in names):
         raise MigrationError(f"migration files must be named NNNN_description.sql: {names}")
@@ -138,10 +140,11 @@ def our_migration_steps(applied: dict[str, str]) -> list[Step]:
 
 def repeatable_steps() -> list[Step]:
     """SQL re-applied by every run: CREATE OR REPLACE functions and fix-ups."""
-    paths = [*sorted(SQL_DIR.glob("*.sql")), *sorted(TRIGGERS_DIR.glob("*.sql"))]
-    return [
-        Step(f"{path.relative_to(SQL_DIR)}", path.read_text(encoding="utf-8")) for path in paths
+    files = [
+        *((file.name, file) for file in shipped.sql_files(shipped.sql())),
+        *((f"triggers/{file.name}", file) for file in shipped.sql_files(shipped.triggers())),
     ]
+    return [Step(name, file.read_text(encoding="utf-8")) for name, file in files]
 
 
 def attach_trigger_sql(
@@ -316,11 +319,18 @@ def render(steps: Sequence[Step]) -> str:
 
 
 def migrate(
-    dsn: str, schema: SchemaConfig = DEFAULT_SCHEMA, *, print_only: bool = False
+    dsn: str,
+    schema: SchemaConfig = DEFAULT_SCHEMA,
+    *,
+    print_only: bool = False,
+    transaction_pooler: bool = False,
 ) -> list[Step]:
-    """Apply (or, with print_only, only compute) the pending steps. Idempotent."""
+    """Apply (or, with print_only, only compute) the pending steps. Idempotent.
+    `transaction_pooler`: `dsn` goes through one (no prepared statements)."""
     try:
-        with psycopg.connect(dsn, application_name="procqueue-migrate") as conn:
+        with connections.connect(
+            dsn, transaction_pooler=transaction_pooler, application_name="procqueue-migrate"
+        ) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATE_LOCK_KEY])
             steps = plan(conn, schema)
             if print_only:

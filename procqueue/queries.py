@@ -7,14 +7,14 @@ from functools import cache
 
 from psycopg import sql
 
-from procqueue.paths import QUERIES_FILE
+from procqueue import resources
 
 _HEADER = re.compile(r"^-- (?P<name>[a-z_]+): .*$", re.MULTILINE)
 
 
 @cache
 def _all_queries() -> dict[str, str]:
-    text = QUERIES_FILE.read_text(encoding="utf-8")
+    text = resources.queries().read_text(encoding="utf-8")
     headers = list(_HEADER.finditer(text))
     queries = {}
     for header, following in zip(headers, [*headers[1:], None], strict=True):

@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from procqueue.connections import connect_async
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
 from procqueue.processors.bulk import sync_chunk
@@ -85,13 +86,14 @@ async def reindex_entity(
     drop_old: bool = False,
     on_start: Callable[[int, int], None] | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    transaction_pooler: bool = False,
 ) -> ReindexResult:
     """Rebuild the entity's index from its table. on_start(total estimate,
     already copied) and on_chunk(rows) report progress."""
     await search.ensure_index(entity)
     async with (
-        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
-        await psycopg.AsyncConnection.connect(dsn) as reader,
+        await connect_async(dsn, transaction_pooler=transaction_pooler, autocommit=True) as conn,
+        await connect_async(dsn, transaction_pooler=transaction_pooler) as reader,
     ):
         index, resume_after, copied = await _target(conn, search, entity)
         estimate = await (

@@ -1,16 +1,25 @@
-"""What jobs share: the App type and the services it carries."""
+"""What jobs share: the App type and the services it carries; how a worker starts
+(preflight checks) and stops (non-zero when it stopped on a failure)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import procrastinate
+from procrastinate import worker as procrastinate_worker
 from psycopg_pool import AsyncConnectionPool
+from typing_extensions import Unpack
 
+from procqueue import preflight
 from procqueue.entities import EntityRegistry
+from procqueue.errors import ProcqueueError
 from procqueue.settings import Settings
 from procqueue.sinks.search import SearchIndex, make_client
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +42,49 @@ class Services:
             self._search = None
 
 
+class WorkerStopped(ProcqueueError):
+    """The worker stopped by itself: one of its side tasks failed."""
+
+
+class _Worker(procrastinate_worker.Worker):
+    """Procrastinate's worker, watching its side tasks (heartbeat, periodic deferrer,
+    abort poller, listener) for as long as it runs. Procrastinate's own watch ends
+    with the first side task to finish, and the deferrer finishes at once when there
+    is no periodic task: a failing heartbeat then went unnoticed (other workers would
+    take this worker's jobs for stalled ones). A failure stops the worker, which
+    remembers it so that `run_worker_async` raises instead of returning as after a
+    signal (exit status 0)."""
+
+    side_task_failure: tuple[str, BaseException] | None = None
+
+    async def _monitor_side_tasks(self, side_tasks: list[asyncio.Task[Any]]) -> None:
+        pending = set(side_tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    self.side_task_failure = (task.get_name(), error)
+                    logger.error(
+                        "side task %s failed, stopping the worker: %s",
+                        task.get_name(),
+                        _first_line(error),
+                        exc_info=error,
+                    )
+                    self.stop()  # type: ignore[no-untyped-call]
+                    return
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error and of its cause (Procrastinate's connector wraps
+    every database error in an empty-sounding ConnectorException)."""
+    for candidate in (error.__cause__, error):
+        text = str(candidate or "").strip()
+        if text and text != "Database error.":
+            return text.splitlines()[0]
+    return type(error).__name__
+
+
 class ProcqueueApp(procrastinate.App):
     """A Procrastinate App that also carries the services its jobs use."""
 
@@ -40,6 +92,35 @@ class ProcqueueApp(procrastinate.App):
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
-        """The connector's psycopg pool (search_path: Procrastinate's schema)."""
+        """The connector's psycopg pool. Its connections carry no session state (the
+        same through a transaction pooler): SQL names the queue's objects with their
+        schema, `procrastinate.` or `procqueue.` (procqueue/qualified.py)."""
         pool: AsyncConnectionPool[Any] = self.connector.pool  # type: ignore[attr-defined]
         return pool
+
+    async def preflight(self) -> None:
+        """Refuse to work (PreflightError, one line) on a database or role where the
+        worker cannot work correctly (procqueue/preflight.py)."""
+        settings = self.services.settings
+        async with self.pool.connection() as conn:
+            await preflight.check_worker(
+                conn,
+                self.services.entities.entities,
+                (settings.notifications_table, settings.push_tokens_table),
+            )
+
+    def _worker(self, **kwargs: Unpack[procrastinate.app.WorkerOptions]) -> _Worker:
+        options: procrastinate.app.WorkerOptions = {**self.worker_defaults, **kwargs}
+        return _Worker(app=self, **options)
+
+    async def run_worker_async(self, **kwargs: Unpack[procrastinate.app.WorkerOptions]) -> None:
+        """Procrastinate's worker, after the preflight checks; raises WorkerStopped when
+        a failure (not a signal) stopped it. `procqueue worker` and `procrastinate
+        --app=procqueue.app.app worker` both come here, so both exit non-zero."""
+        await self.preflight()
+        self.perform_import_paths()  # type: ignore[no-untyped-call]
+        worker = self._worker(**kwargs)
+        await worker.run()  # type: ignore[no-untyped-call]
+        if worker.side_task_failure is not None:
+            name, error = worker.side_task_failure
+            raise WorkerStopped(f"the worker stopped: its {name} task failed: {_first_line(error)}")

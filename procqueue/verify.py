@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from procqueue.connections import connect_async
 from procqueue.documents import document_from_row
 from procqueue.entities import Entity
 from procqueue.processors.bulk import enqueue_bulk
@@ -116,21 +117,26 @@ async def _check_documents(
 
 async def verify_entity(
     dsn: str, search: SearchIndex, entity: Entity, *, batch_size: int = 1000,
-    on_chunk: Callable[[int], None] | None = None,
+    on_chunk: Callable[[int], None] | None = None, transaction_pooler: bool = False,
 ) -> Drift:  # fmt: skip
     drift = Drift(entity.name)
     await search.ensure_index(entity)
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+    async with await connect_async(
+        dsn, transaction_pooler=transaction_pooler, autocommit=True
+    ) as conn:
         await _check_rows(conn, search, entity, drift, batch_size, on_chunk)
         await _check_documents(conn, search, entity, drift, batch_size)
     return drift
 
 
-async def repair(dsn: str, entity: Entity, ids: list[str], threshold: int, chunk_size: int) -> int:
+async def repair(
+    dsn: str, entity: Entity, ids: list[str], threshold: int, chunk_size: int,
+    *, transaction_pooler: bool = False,
+) -> int:  # fmt: skip
     """Enqueue sync jobs for exactly these ids; returns how many jobs."""
     if not ids:
         return 0
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+    async with await connect_async(dsn, transaction_pooler=transaction_pooler) as conn:
         if len(ids) > threshold:
             jobs = await enqueue_bulk(conn, entity, ids, chunk_size)
         else:

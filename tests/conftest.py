@@ -29,8 +29,13 @@ from procqueue.settings import Settings, load_settings
 from tests.support.supabase import supabase_database
 from tests.support.worker import SELLER_ID
 
-#: Fixtures of loopback services: SMTP and FCM (notifications), Cloudinary (images).
-pytest_plugins = ["tests.support.notifications", "tests.support.cloudinary_server"]
+#: Fixtures of loopback services: SMTP and FCM (notifications), Cloudinary (images),
+#: pgbouncer in transaction mode (the transaction pooler).
+pytest_plugins = [
+    "tests.support.notifications",
+    "tests.support.cloudinary_server",
+    "tests.support.pgbouncer",
+]
 
 
 @pytest.fixture(scope="session")

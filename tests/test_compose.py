@@ -4,15 +4,14 @@ command and environment variable it gives our image exists in the code."""
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from procqueue.cli import build_parser
-from procqueue.paths import REPO_DIR
 from procqueue.settings import Settings
+from tests.support.repo import REPO_DIR
 
 COMPOSE = yaml.safe_load((REPO_DIR / "docker-compose.yml").read_text())
 OUR_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if "build" in spec}
@@ -73,7 +72,33 @@ def test_compose_settings_validate() -> None:
     assert settings.use_listen_notify
 
 
-def test_image_installs_the_checkout() -> None:
-    dockerfile = (REPO_DIR / "Dockerfile").read_text()
-    assert "pip install -e /app" in dockerfile
-    assert Path(REPO_DIR / "examples" / "sample_schema.sql").exists()
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(instruction, arguments) of each Dockerfile line, continuation lines joined."""
+    text = (REPO_DIR / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(maxsplit=1)[0].upper(), line.split(maxsplit=1)[1] if " " in line else "")
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_image_installs_a_wheel_not_the_checkout() -> None:
+    """The image is what a user gets from `pip install procqueue-*.whl` (issue 10): a wheel
+    built in a build stage, installed without `-e`, so it runs on the SQL the wheel carries."""
+    instructions = dockerfile_instructions()
+    runs = [arguments for instruction, arguments in instructions if instruction == "RUN"]
+    installs = [run for run in runs if "pip install" in run]
+    assert installs, "the Dockerfile installs nothing"
+    for run in installs:
+        words = run.split()
+        assert "-e" not in words and "--editable" not in words, run
+        assert ".whl" in run, f"installs something else than the built wheel: {run}"
+    assert any("pip wheel" in run for run in runs)
+    assert any("postgresql-client" in run for run in runs)  # psql, for --from-scratch
+    stages = [i for i, (instruction, _) in enumerate(instructions) if instruction == "FROM"]
+    assert len(stages) == 2 and instructions[stages[0]][1].endswith(" AS build"), instructions
+    # The final stage copies only the wheel from the build stage, not the checkout.
+    final_copies = [arguments for instruction, arguments in instructions[stages[-1] :]
+                    if instruction == "COPY"]  # fmt: skip
+    assert final_copies and all(copy.startswith("--from=build ") for copy in final_copies)

@@ -15,11 +15,11 @@ import pytest
 
 from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
-from procqueue.paths import REPO_DIR
 from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.dashboard import job_status, served
+from tests.support.repo import REPO_DIR
 from tests.support.worker import drain, eventually, running_worker
 
 CHROMIUM = Path("/usr/bin/chromium")

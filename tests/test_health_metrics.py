@@ -143,7 +143,7 @@ async def test_sample_alert_rules_use_exposed_series(app: ProcqueueApp, base_url
 
     import yaml
 
-    from procqueue.paths import REPO_DIR
+    from tests.support.repo import REPO_DIR
 
     rules = yaml.safe_load((REPO_DIR / "deploy/prometheus/alerts.yml").read_text())
     expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from procqueue.paths import REPO_DIR
 from procqueue.settings import Settings
+from tests.support.repo import REPO_DIR
 
 README = (REPO_DIR / "README.md").read_text(encoding="utf-8")
 

@@ -145,6 +145,6 @@ def test_bad_entities_file_is_a_clear_error(tmp_path: Path, body: str, expected:
 
 
 def test_example_entities_file_is_the_default_configuration() -> None:
-    from procqueue.paths import REPO_DIR
+    from tests.support.repo import REPO_DIR
 
     assert load_entities(REPO_DIR / "examples" / "entities.toml") == DEFAULT_ENTITIES

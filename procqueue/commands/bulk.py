@@ -30,6 +30,7 @@ async def _reindex(args: argparse.Namespace) -> int:
             result = await reindex_entity(
                 settings.dsn, search, entity, batch_size=args.batch_size,
                 drop_old=args.drop_old, on_start=bar.start, on_chunk=bar.advance,
+                transaction_pooler=settings.uses_transaction_pooler,
             )  # fmt: skip
             bar.finish()
             old = ", ".join(result.previous) or "none"
@@ -51,8 +52,9 @@ async def _verify(args: argparse.Namespace) -> int:
         for entity in chosen_entities(settings, args.entity):
             bar = Progress(f"verify {entity.table}", 0)
             drift = await verify_entity(
-                settings.dsn, search, entity, batch_size=args.batch_size, on_chunk=bar.advance
-            )
+                settings.dsn, search, entity, batch_size=args.batch_size, on_chunk=bar.advance,
+                transaction_pooler=settings.uses_transaction_pooler,
+            )  # fmt: skip
             bar.finish()
             for kind in ("missing", "stale", "extra"):
                 for entity_id in getattr(drift, kind):
@@ -67,6 +69,7 @@ async def _verify(args: argparse.Namespace) -> int:
                     jobs = await repair(
                         settings.dsn, entity, drift.ids, settings.bulk_threshold,
                         settings.bulk_chunk_size,
+                        transaction_pooler=settings.uses_transaction_pooler,
                     )  # fmt: skip
                     print(f"{entity.table}: enqueued {jobs} sync job(s) for {len(drift.ids)} ids")
     finally:

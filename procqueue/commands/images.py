@@ -25,7 +25,11 @@ def show_orphans(args: argparse.Namespace) -> int:
         settings.cloudinary_cloud_name, settings.cloudinary_domains.split(",")
     )
     entities = load_entities(settings.entities_file)
-    orphans = asyncio.run(find_orphans(settings.dsn, entities, delivery))
+    orphans = asyncio.run(
+        find_orphans(
+            settings.dsn, entities, delivery, transaction_pooler=settings.uses_transaction_pooler
+        )
+    )
     if args.pending:
         orphans = [orphan for orphan in orphans if orphan.job_status != "succeeded"]
     rows = [

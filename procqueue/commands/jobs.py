@@ -10,6 +10,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from procqueue.commands.output import table
+from procqueue.connections import connect
 from procqueue.errors import ConfigError
 from procqueue.queries import query
 from procqueue.settings import Settings, get_settings
@@ -17,7 +18,9 @@ from procqueue.settings import Settings, get_settings
 
 def _connect(settings: Settings) -> psycopg.Connection[Any]:
     try:
-        return psycopg.connect(settings.dsn, autocommit=True, application_name="procqueue-cli")
+        return connect(
+            settings.dsn, transaction_pooler=settings.uses_transaction_pooler, autocommit=True
+        )
     except psycopg.OperationalError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"cannot connect to the database (DATABASE_URL): {first}") from None

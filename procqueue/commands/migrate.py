@@ -30,7 +30,12 @@ def run(args: argparse.Namespace) -> int:
                 f"cannot install the sample schema: {first_line(error)} "
                 "(it needs CREATE on schema public, and creates auth.users only where none exists)"
             ) from None
-    steps = migrate.migrate(settings.dsn, schema, print_only=args.print_sql)
+    steps = migrate.migrate(
+        settings.dsn,
+        schema,
+        print_only=args.print_sql,
+        transaction_pooler=settings.uses_transaction_pooler,
+    )
     if args.print_sql:
         print(migrate.render(steps), end="")
         return 0

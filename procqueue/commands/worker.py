@@ -1,4 +1,8 @@
-"""`procqueue worker`: the same as `procrastinate --app=procqueue.app.app worker`."""
+"""`procqueue worker`: the same as `procrastinate --app=procqueue.app.app worker`.
+
+A worker that cannot work says why in one line and exits non-zero (2): the
+database does not answer, the preflight checks fail (procqueue/preflight.py), or a
+side task failed and stopped it (procqueue/runtime.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +10,11 @@ import argparse
 import asyncio
 from typing import Any
 
+from procrastinate.exceptions import ConnectorException
+from psycopg_pool import PoolTimeout
+
 from procqueue.app import build_app
+from procqueue.errors import ConfigError
 from procqueue.monitoring.server import start_worker_metrics_server
 from procqueue.settings import get_settings
 
@@ -29,7 +37,13 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 await app.services.aclose()
 
-    asyncio.run(work())
+    try:
+        asyncio.run(work())
+    except (ConnectorException, PoolTimeout) as error:
+        cause = error.__cause__ or error
+        text = str(cause).strip()
+        first = text.splitlines()[0] if text else type(cause).__name__
+        raise ConfigError(f"the worker cannot reach the database (DATABASE_URL): {first}") from None
     return 0
 
 

@@ -24,6 +24,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from procqueue.commands.output import human_bytes
+from procqueue.connections import async_pool
 from procqueue.dashboard.security import SECURITY_HEADERS, SESSION_MAX_AGE, Access
 from procqueue.dashboard.views import Dashboard
 from procqueue.failures import redact
@@ -115,13 +116,17 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 def create_app(settings: Settings, access: Access) -> Starlette:
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+    # Through a transaction pooler a session SET would reach other clients of the
+    # pooled server connection: the dashboard then leaves jit as the server has it.
+    pooled = settings.uses_transaction_pooler
+    pool: AsyncConnectionPool[Any] = async_pool(
         settings.dsn,
+        transaction_pooler=pooled,
+        application_name="procqueue-dashboard",
+        autocommit=True,
         min_size=1,
         max_size=4,
-        open=False,
-        kwargs={"application_name": "procqueue-dashboard", "autocommit": True},
-        configure=_configure,
+        configure=None if pooled else _configure,
     )
     health = HealthSource(settings, pool=pool)
     dashboard = Dashboard(settings, access, pool, health, make_templates(settings))

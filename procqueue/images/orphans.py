@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import psycopg
-
+from procqueue.connections import connect_async
 from procqueue.entities import Entity
 from procqueue.images import CLEANUP_TASK
 from procqueue.images.references import find_referenced
@@ -26,9 +25,13 @@ class Orphan:
 
 
 async def find_orphans(
-    dsn: str, entities: Sequence[Entity], delivery: DeliveryConfig
+    dsn: str,
+    entities: Sequence[Entity],
+    delivery: DeliveryConfig,
+    *,
+    transaction_pooler: bool = False,
 ) -> list[Orphan]:
-    async with await psycopg.AsyncConnection.connect(dsn, application_name="procqueue-cli") as conn:
+    async with await connect_async(dsn, transaction_pooler=transaction_pooler) as conn:
         cursor = await conn.execute(query("image_cleanup_jobs"), {"task_name": CLEANUP_TASK})
         latest: dict[Asset, tuple[int, str]] = {}
         for job_id, status, url in await cursor.fetchall():

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from procqueue.connections import connect_async
 from procqueue.queries import query
 from procqueue.settings import Settings
 
@@ -120,8 +121,10 @@ async def read_snapshot(conn: psycopg.AsyncConnection[Any], settings: Settings) 
 
 
 async def read_snapshot_from(dsn: str, settings: Settings) -> Snapshot:
-    async with await psycopg.AsyncConnection.connect(
-        dsn, application_name="procqueue-health"
+    async with await connect_async(
+        dsn,
+        transaction_pooler=settings.uses_transaction_pooler,
+        application_name="procqueue-health",
     ) as conn:
         return await read_snapshot(conn, settings)
 

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from procqueue.connections import async_pool
 from procqueue.monitoring.health import (
     Snapshot,
     Status,
@@ -50,12 +51,12 @@ class HealthSource:
     def __init__(self, settings: Settings, pool: AsyncConnectionPool[Any] | None = None) -> None:
         self.settings = settings
         self._own_pool = pool is None
-        self.pool: AsyncConnectionPool[Any] = pool or AsyncConnectionPool(
+        self.pool: AsyncConnectionPool[Any] = pool or async_pool(
             settings.dsn,
+            transaction_pooler=settings.uses_transaction_pooler,
+            application_name="procqueue-metrics",
             min_size=1,
             max_size=2,
-            open=False,
-            kwargs={"application_name": "procqueue-metrics"},
         )
 
     async def open(self) -> None:

@@ -41,10 +41,8 @@ FROM procrastinate.procrastinate_jobs GROUP BY status;
 SELECT id::text AS id, recipient_user_id::text AS recipient, type, data
 FROM {schema}.{table} WHERE id = %(id)s;
 
--- notification_recipient: a user's address book and locale (raw_user_meta_data.locale)
-SELECT u.id::text AS user_id, u.email, to_jsonb(u) ->> 'phone' AS phone,
-       to_jsonb(u) -> 'raw_user_meta_data' ->> 'locale' AS locale
-FROM auth.users AS u WHERE u.id = %(user_id)s;
+-- notification_recipient: a user's address book and locale, from auth.users (sql/notification_recipient.sql)
+SELECT user_id, email, phone, locale FROM procqueue.notification_recipient(%(user_id)s);
 
 -- notification_channel_enabled: whether a user takes a notification type on a channel
 SELECT coalesce((
@@ -345,3 +343,45 @@ DELETE FROM procqueue.search_targets WHERE entity = %(entity)s AND index_name = 
 -- postpone_sync: the same sync job again, later (a writer kept the row's key)
 SELECT procqueue.add_job(%(task)s, jsonb_build_object('id', %(id)s::text), %(queue)s,
                          %(lock)s, %(lock)s, now() + make_interval(secs => %(delay)s));
+
+-- preflight_schemas: the queue's schemas: present, and usable by this role (procqueue/preflight.py)
+SELECT wanted.name, n.oid IS NOT NULL AS present,
+       coalesce(has_schema_privilege(n.oid, 'USAGE'), false) AS usable
+FROM unnest(%(schemas)s::text[]) WITH ORDINALITY AS wanted (name, position)
+LEFT JOIN pg_namespace AS n ON n.nspname = wanted.name
+ORDER BY wanted.position;
+
+-- preflight_missing_names: which of these names no function, table or type of a schema has
+SELECT wanted.name
+FROM unnest(%(names)s::text[]) AS wanted (name)
+JOIN pg_namespace AS n ON n.nspname = %(schema)s
+WHERE NOT EXISTS (SELECT FROM pg_proc AS p WHERE p.pronamespace = n.oid AND p.proname = wanted.name)
+  AND NOT EXISTS (SELECT FROM pg_class AS c WHERE c.relnamespace = n.oid AND c.relname = wanted.name)
+  AND NOT EXISTS (SELECT FROM pg_type AS t WHERE t.typnamespace = n.oid AND t.typname = wanted.name)
+ORDER BY 1;
+
+-- preflight_missing_privileges: what this role lacks of what the worker uses: EXECUTE on the queue's functions, SELECT on its tables, and writing Procrastinate's
+SELECT 'EXECUTE on function ' || p.oid::regprocedure::text AS missing
+FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+WHERE n.nspname = ANY (%(schemas)s) AND p.prokind = 'f'
+  AND NOT has_function_privilege(p.oid, 'EXECUTE')
+UNION ALL
+SELECT privilege || ' on table ' || c.oid::regclass::text
+FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS privilege
+WHERE n.nspname = ANY (%(schemas)s) AND c.relkind IN ('r', 'p')
+  AND (privilege = 'SELECT' OR n.nspname = %(written)s)
+  AND NOT has_table_privilege(c.oid, privilege)
+ORDER BY 1;
+
+-- preflight_tables: the tables the worker reads: present, readable, and whether row-level security filters them for this role
+SELECT wanted.schema_name, wanted.table_name, c.oid IS NOT NULL AS present,
+       coalesce(has_schema_privilege(c.relnamespace, 'USAGE')
+                AND has_table_privilege(c.oid, 'SELECT'), false) AS readable,
+       coalesce(row_security_active(c.oid), false) AS filtered,
+       coalesce(c.relforcerowsecurity, false) AS forced
+FROM unnest(%(schemas)s::text[], %(tables)s::text[]) WITH ORDINALITY
+     AS wanted (schema_name, table_name, position)
+LEFT JOIN pg_namespace AS n ON n.nspname = wanted.schema_name
+LEFT JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = wanted.table_name
+ORDER BY wanted.position;
