@@ -64,6 +64,14 @@ def database(admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
         yield dsn
 
 
+@pytest.fixture
+def fresh_database(admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The same as `database`, for one test: for tests that change what others count."""
+    with supabase_database(admin_dsn, _module_slug(request)) as dsn:
+        migrate(dsn)
+        yield dsn
+
+
 def make_settings(database: str, es_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database,

@@ -12,7 +12,12 @@ import pytest
 
 from procqueue.app import build_app
 from procqueue.monitoring.maintenance import rescue_stalled_jobs
-from procqueue.monitoring.sentry import flush_sentry, sentry_enabled, shutdown_sentry
+from procqueue.monitoring.sentry import (
+    flush_sentry,
+    init_sentry,
+    sentry_enabled,
+    shutdown_sentry,
+)
 from procqueue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
@@ -123,12 +128,15 @@ async def test_without_a_dsn_nothing_is_sent_and_jobs_still_fail_normally(
 ) -> None:
     shutdown_sentry()
     sentry.clear()
-    plain = build_app(make_settings(database, es_url))
-    tasks.register(plain)
-    assert not sentry_enabled()
-    async with plain.open_async():
-        job_id = await plain.configure_task("test:broken").defer_async(reason="no dsn")
-        await drain(plain, concurrency=1)
+    try:
+        plain = build_app(make_settings(database, es_url))
+        tasks.register(plain)
+        assert not sentry_enabled()
+        async with plain.open_async():
+            job_id = await plain.configure_task("test:broken").defer_async(reason="no dsn")
+            await drain(plain, concurrency=1)
+    finally:
+        init_sentry(app.services.settings)  # the other tests of this module use it
     async with await psycopg.AsyncConnection.connect(database) as conn:
         row = await (
             await conn.execute(

@@ -23,10 +23,11 @@ async def rows(conn: psycopg.AsyncConnection[Any], sql: str) -> list[dict[str, A
     return await cursor.fetchall()
 
 
-@pytest.fixture(scope="module")
-async def history(database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """One queue with a known past and present, two workers (one stalled)."""
-    conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
+@pytest.fixture
+async def history(fresh_database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """One queue with a known past and present, two workers (one stalled), in a database
+    of its own for each test (the exit-code test changes that present)."""
+    conn = await psycopg.AsyncConnection.connect(fresh_database, autocommit=True)
     # Finished in the window: 4 successes of 1-4 s in the last 5 minutes, one
     # final failure of 10 s 30 minutes ago, one retried attempt of 0.5 s.
     for index, seconds in enumerate((1.0, 2.0, 3.0, 4.0)):
@@ -143,8 +144,9 @@ LENIENT = {
 
 
 async def test_procqueue_health_exit_codes(
-    database: str, history: psycopg.AsyncConnection[Any]
+    fresh_database: str, history: psycopg.AsyncConnection[Any]
 ) -> None:
+    database = fresh_database
     # a stalled worker: degraded
     code, out, _ = await run_cli(database, "health", **LENIENT)
     assert code == 1, out
