@@ -5,7 +5,7 @@ same run.
 
     .venv/bin/python -m benchmarks.sync_throughput [--rows 20000] [--concurrency 10]
 
-Target (issue 2): sync throughput / no-op throughput >= 0.7.
+Target: sync throughput / no-op throughput >= 0.7.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ async def run(rows: int, concurrency: int) -> None:
             noop_seconds = noop_run["wall"]
 
         with psycopg.connect(env.dsn) as conn:
-            states = dict(conn.execute(
+            states: dict[str, int] = dict(conn.execute(
                 "SELECT status::text, count(*) FROM procrastinate.procrastinate_jobs GROUP BY 1"
             ).fetchall())  # fmt: skip
     sync_rate, noop_rate = rows / sync_seconds, rows / noop_seconds

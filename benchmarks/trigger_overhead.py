@@ -9,7 +9,7 @@ insert's (Procrastinate's indexes, its event row and NOTIFYs).
 
     .venv/bin/python -m benchmarks.trigger_overhead [--seconds 5] [--rounds 3]
 
-Target (issue 2): ratio >= 0.6.
+Target: ratio >= 0.6.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Entity descriptions: which table is which entity, its key, the columns of its
 search document and the columns whose changes alone need no sync.
 
-The defaults describe the marketplace schema in DESIGN.md. Another schema is a
+The defaults describe the marketplace schema of examples/sample_schema.sql (the
+`inventory_items` and `listings` tables). Another schema is a
 TOML file named by PROCQUEUE_ENTITIES_FILE (see examples/entities.toml), never code.
 """
 

@@ -65,7 +65,7 @@ async def insert_listings(
     image = "NULL" if image_base is None else f"'{image_base}' || g || '.jpg'"
     await db.execute(
         "INSERT INTO listings (user_id, title, category, main_image_url) "
-        f"SELECT %s, 'bulk ' || g, %s, {image} FROM generate_series(1, %s) AS g",  # type: ignore[arg-type]
+        f"SELECT %s, 'bulk ' || g, %s, {image} FROM generate_series(1, %s) AS g",
         [SELLER_ID, tag, count],
     )
 

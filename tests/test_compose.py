@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import AliasChoices
+from pydantic.fields import FieldInfo
 
 from procqueue.cli import build_parser
 from procqueue.settings import Settings
@@ -24,6 +26,14 @@ def settings_env_names() -> set[str]:
         alias = field.validation_alias
         names.update(getattr(alias, "choices", []) if alias else [])
     return {str(name) for name in names}
+
+
+def env_name(field_name: str, field: FieldInfo) -> str:
+    """The variable compose sets for a setting: its first alias, else PROCQUEUE_<NAME>."""
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"PROCQUEUE_{field_name.upper()}"
 
 
 def test_compose_has_the_production_like_services() -> None:
@@ -63,11 +73,9 @@ def test_compose_settings_validate() -> None:
     environment = OUR_SERVICES["worker"]["environment"]
     values = {key: str(value).replace("${POSTGRES_PASSWORD:-change-me}", "pw")
               for key, value in environment.items()}  # fmt: skip
-    fields = {
-        (f.validation_alias.choices[0] if f.validation_alias else f"PROCQUEUE_{n.upper()}"): n  # type: ignore[union-attr]
-        for n, f in Settings.model_fields.items()
-    }
-    settings = Settings(**{fields[key]: value for key, value in values.items()})
+    fields = {env_name(n, f): n for n, f in Settings.model_fields.items()}
+    arguments: dict[str, Any] = {fields[key]: value for key, value in values.items()}
+    settings = Settings(**arguments)
     assert settings.elasticsearch_url == "http://elasticsearch:9200"
     assert settings.use_listen_notify
 
@@ -84,7 +92,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 
 def test_image_installs_a_wheel_not_the_checkout() -> None:
-    """The image is what a user gets from `pip install procqueue-*.whl` (issue 10): a wheel
+    """The image is what a user gets from `pip install procqueue-*.whl`: a wheel
     built in a build stage, installed without `-e`, so it runs on the SQL the wheel carries."""
     instructions = dockerfile_instructions()
     runs = [arguments for instruction, arguments in instructions if instruction == "RUN"]

@@ -1,4 +1,4 @@
-"""Invariant 2: after the queue drains, the index equals the table, under
+"""After the queue drains, the index equals the table, under
 concurrent writers, a worker running ten jobs at once, and coalescing."""
 
 from __future__ import annotations

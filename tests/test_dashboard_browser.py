@@ -50,7 +50,7 @@ async def app(database: str, es_url: str) -> AsyncIterator[ProcqueueApp]:
     tasks.register(application)
     async with application.open_async():
         async with application.pool.connection() as conn:
-            await conn.execute(tasks.SWITCHES_SQL)  # type: ignore[arg-type]
+            await conn.execute(tasks.SWITCHES_SQL)
         yield application
 
 

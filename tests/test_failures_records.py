@@ -31,7 +31,7 @@ async def app(database: str, es_url: str) -> AsyncIterator[ProcqueueApp]:
     tasks.register(application)
     async with application.open_async():
         async with application.pool.connection() as conn:
-            await conn.execute(tasks.SWITCHES_SQL)  # type: ignore[arg-type]
+            await conn.execute(tasks.SWITCHES_SQL)
         yield application
 
 
@@ -166,7 +166,7 @@ async def test_json_logs_carry_job_id_task_attempt_and_duration(
 
 @pytest.mark.parametrize("formatter", [JsonFormatter, RedactingFormatter])
 def test_log_lines_never_carry_secrets_in_either_format(
-    formatter: type[logging.Formatter],
+    formatter: type[JsonFormatter] | type[RedactingFormatter],
 ) -> None:
     """Third-party messages and tracebacks (Procrastinate's, an SDK's) too."""
     secret = "s3cr3t-Pa55"
@@ -177,6 +177,6 @@ def test_log_lines_never_carry_secrets_in_either_format(
             "procrastinate.worker", logging.ERROR, __file__, 1,
             "job failed with key %s", (secret,), sys.exc_info(),
         )  # fmt: skip
-    line = formatter((secret,)).format(record)  # type: ignore[call-arg]
+    line = formatter((secret,)).format(record)
     assert secret not in line
     assert "ConnectionError" in line

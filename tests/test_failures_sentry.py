@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -51,7 +52,7 @@ async def app(database: str, es_url: str, sentry: SentryServer) -> AsyncIterator
     shutdown_sentry()
 
 
-async def sent_events(sentry: SentryServer) -> list[dict]:
+async def sent_events(sentry: SentryServer) -> list[dict[str, Any]]:
     await asyncio.to_thread(flush_sentry)
     return list(sentry.events)
 

@@ -36,7 +36,7 @@ async def remaining(conn: psycopg.AsyncConnection, table: str, ids: list[int]) -
     column = "id" if table == "procrastinate.procrastinate_jobs" else "job_id"
     rows = await (
         await conn.execute(
-            f"SELECT DISTINCT {column} FROM {table} WHERE {column} = ANY(%s)",  # type: ignore[arg-type]
+            f"SELECT DISTINCT {column} FROM {table} WHERE {column} = ANY(%s)",
             [ids],
         )
     ).fetchall()

@@ -19,7 +19,7 @@ TASK = "order:sync"
 
 async def rows(conn: psycopg.AsyncConnection[Any], sql: str) -> list[dict[str, Any]]:
     cursor = conn.cursor(row_factory=dict_row)
-    await cursor.execute(sql)  # type: ignore[arg-type]
+    await cursor.execute(sql)
     return await cursor.fetchall()
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import procrastinate
 import psycopg
 import pytest
 
@@ -72,7 +73,7 @@ def test_from_scratch_script_applies_as_one_file_and_matches_migrate(empty_datab
     ).stdout
     # As a migration tool would: the whole file, one simple-query call.
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        conn.execute(script)  # type: ignore[arg-type]
+        conn.execute(script)
     rerun = migrations.migrate(empty_database)
     assert [step.record_as for step in rerun if step.record_as] == []
 
@@ -110,7 +111,7 @@ def test_procrastinate_upgrade_applies_its_own_migrations_in_order() -> None:
     assert names == sorted(names)
     assert all(not name.startswith(("02.", "03.00.")) for name in names)
     assert steps[-1].record_as == "procrastinate"
-    assert migrations.procrastinate_steps(migrations.procrastinate.__version__) == []
+    assert migrations.procrastinate_steps(procrastinate.__version__) == []
 
 
 def test_unreachable_database_is_a_clear_error() -> None:

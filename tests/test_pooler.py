@@ -23,7 +23,12 @@ from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
 from procqueue.entities import LISTING
 from procqueue.migrate import migrate
-from procqueue.qualified import QUALIFIED, QualifiedSyncPsycopgConnector, qualify
+from procqueue.qualified import (
+    QUALIFIED,
+    QualifiedPsycopgConnector,
+    QualifiedSyncPsycopgConnector,
+    qualify,
+)
 from procqueue.runtime import ProcqueueApp
 from procqueue.settings import Settings
 from tests.conftest import make_settings
@@ -179,7 +184,9 @@ async def test_the_worker_syncs_through_the_pooler_without_any_role_setting(
     async with await psycopg.AsyncConnection.connect(database) as conn:
         statuses = await (
             await conn.execute(
-                "SELECT status::text, count(*) FROM procrastinate.procrastinate_jobs GROUP BY 1"
+                "SELECT status::text, count(*) FROM procrastinate.procrastinate_jobs"
+                " WHERE lock = %s GROUP BY 1",
+                [f"listing:{listing_id}"],
             )
         ).fetchall()
     assert dict(statuses) == {"succeeded": 1}
@@ -196,6 +203,11 @@ async def test_after_the_worker_other_clients_keep_their_session(
     for _ in range(3):
         async with await psycopg.AsyncConnection.connect(pooled, autocommit=True) as writer:
             await writer.execute(
+                "INSERT INTO auth.users (id, email) VALUES (%s, 'seller@example.com') "
+                "ON CONFLICT DO NOTHING",
+                [SELLER_ID],
+            )
+            await writer.execute(
                 "INSERT INTO listings (user_id, title) SELECT %s, 'burst ' || n "
                 "FROM generate_series(1, 5) AS n",
                 [SELLER_ID],
@@ -210,8 +222,10 @@ async def test_the_worker_pool_sets_nothing_on_its_connections(app: ProcqueueApp
     async with app.pool.connection() as conn:
         row = await (await conn.execute("SELECT current_setting('search_path')")).fetchone()
     assert row is not None and "procrastinate" not in row[0]
-    assert app.connector._pool_args.get("configure") is None
-    assert app.connector._pool_args["kwargs"]["prepare_threshold"] is None
+    connector = app.connector
+    assert isinstance(connector, QualifiedPsycopgConnector)
+    assert connector._pool_args.get("configure") is None
+    assert connector._pool_args["kwargs"]["prepare_threshold"] is None
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

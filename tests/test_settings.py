@@ -25,7 +25,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no stray .env
 
 
-def test_defaults_match_the_design() -> None:
+def test_worker_defaults_match_the_readme() -> None:
     settings = load_settings(database_url=DSN)
     assert settings.concurrency == 10
     assert settings.job_timeout == 30

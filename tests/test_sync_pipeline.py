@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import psycopg
 
@@ -11,7 +12,7 @@ from procqueue.runtime import ProcqueueApp
 from tests.support.worker import SELLER_ID, drain, indexed_documents, job_counts
 
 
-async def document(app: ProcqueueApp, entity_alias: str, entity_id: str) -> dict | None:
+async def document(app: ProcqueueApp, entity_alias: str, entity_id: str) -> dict[str, Any] | None:
     client = app.services.search.client
     alias = app.services.search.prefix + entity_alias
     found = await client.options(ignore_status=404).get(index=alias, id=entity_id)

@@ -1,4 +1,4 @@
-"""Invariants 4 and 7: the user's write never fails because of the queue, and
+"""The user's write never fails because of the queue, and
 Supabase's API roles can enqueue through the trigger but not touch the queue."""
 
 from __future__ import annotations
@@ -72,17 +72,17 @@ async def test_api_role_cannot_read_or_write_queue_tables(
     role: str, table: str, database: str
 ) -> None:
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
-        await conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]
+        await conn.execute(f"SET ROLE {role}")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            await conn.execute(f"SELECT * FROM {table} LIMIT 1")  # type: ignore[arg-type]
+            await conn.execute(f"SELECT * FROM {table} LIMIT 1")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            await conn.execute(f"DELETE FROM {table}")  # type: ignore[arg-type]
+            await conn.execute(f"DELETE FROM {table}")
 
 
 @pytest.mark.parametrize("role", ["authenticated", "anon"])
 async def test_api_role_cannot_enqueue_directly(role: str, database: str) -> None:
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
-        await conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]
+        await conn.execute(f"SET ROLE {role}")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             await conn.execute("SELECT procqueue.add_job('listing:delete', '{}'::jsonb)")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -140,7 +140,7 @@ async def test_odd_rows_never_make_the_write_fail(
     columns = ["id", "user_id", *values]
     placeholders = ", ".join(["%s"] * len(columns))
     await db.execute(
-        f"INSERT INTO listings ({', '.join(columns)}) VALUES ({placeholders})",  # type: ignore[arg-type]
+        f"INSERT INTO listings ({', '.join(columns)}) VALUES ({placeholders})",
         [listing_id, SELLER_ID, *values.values()],
     )
     await db.execute(
@@ -169,7 +169,7 @@ async def test_odd_rows_are_indexed_as_they_are(
         columns = ["user_id", *values]
         placeholders = ", ".join(["%s"] * len(columns))
         await db.execute(
-            f"INSERT INTO listings ({', '.join(columns)}) VALUES ({placeholders})",  # type: ignore[arg-type]
+            f"INSERT INTO listings ({', '.join(columns)}) VALUES ({placeholders})",
             [SELLER_ID, *values.values()],
         )
     await drain(app)

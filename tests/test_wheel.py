@@ -1,4 +1,4 @@
-"""The built wheel is a whole procqueue (issue 10, point 1).
+"""The built wheel is a whole procqueue.
 
 `pip wheel .` must carry the migrations, the trigger SQL and the sample schema, which live
 at the top of the repository, and installed alone into a fresh virtualenv outside the

@@ -17,8 +17,6 @@ from prometheus_client.registry import Collector
 
 from procqueue.monitoring.health import Snapshot, Verdict
 
-OUTCOMES = ("succeeded", "retried", "failed", "aborted")
-
 JOB_DURATION = Histogram(
     "procqueue_job_duration_seconds",
     "Time a job attempt took in the worker, by task and outcome.",

@@ -131,15 +131,6 @@ class SearchIndex:
         with translate_errors(f"indexing {entity.name} {entity_id}"):
             await self.client.index(index=self.alias(entity), id=entity_id, document=document)
 
-    async def remove(self, entity: Entity, entity_id: str) -> None:
-        """Delete a document; one that is already gone is fine."""
-        await self.ensure_index(entity)
-        with translate_errors(f"deleting {entity.name} {entity_id}"):
-            try:
-                await self.client.delete(index=self.alias(entity), id=entity_id)
-            except elasticsearch.NotFoundError:
-                pass
-
     async def write_versioned(self, writes: Sequence[Write], version: int) -> list[ItemFailure]:
         """One `_bulk` request: index or delete each write with `version` as its
         external version, so an older read never overwrites a newer one (409: a

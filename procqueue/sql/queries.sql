@@ -33,10 +33,6 @@ SELECT name, checksum FROM procqueue.schema_migrations;
 INSERT INTO procqueue.schema_migrations (name, checksum) VALUES (%(name)s, %(checksum)s)
 ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now();
 
--- queue_counts: jobs per status, for tests and the CLI
-SELECT status::text AS status, count(*) AS count
-FROM procrastinate.procrastinate_jobs GROUP BY status;
-
 -- notification_row: one row of the notifications table, for a notification:<channel> job
 SELECT id::text AS id, recipient_user_id::text AS recipient, type, data
 FROM {schema}.{table} WHERE id = %(id)s;

@@ -106,8 +106,7 @@ class CloudinaryServer:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def credentials_url(self, secret: str | None = None) -> str:
         return f"cloudinary://{self.api_key}:{secret or self.api_secret}@{self.cloud_name}"

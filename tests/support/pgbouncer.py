@@ -64,7 +64,7 @@ class Pgbouncer:
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
 
-def _ini(server: dict[str, str | None], admin: str, port: int, directory: Path) -> str:
+def _ini(server: dict[str, str | int | None], admin: str, port: int, directory: Path) -> str:
     host = server.get("host") or "127.0.0.1"
     server_port = server.get("port") or "5432"
     run_as = ""
