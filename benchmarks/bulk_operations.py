@@ -24,8 +24,8 @@ from elasticsearch import helpers
 from benchmarks.common import USER_ID, environment
 from procqueue.app import build_app
 from procqueue.entities import LISTING
-from procqueue.reindex import reindex_entity
 from procqueue.runtime import ProcqueueApp
+from procqueue.search.reindex import reindex_entity
 from tests.support.worker import drain, table_documents
 
 

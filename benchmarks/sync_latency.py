@@ -28,11 +28,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from benchmarks.common import USER_ID, environment, summary_ms
-from procqueue.documents import document_from_row
 from procqueue.entities import LISTING
-from procqueue.processors.sync import entity_query
+from procqueue.search.client import SearchIndex, make_client
+from procqueue.search.document import document_from_row
+from procqueue.search.sync import entity_query
 from procqueue.settings import Settings
-from procqueue.sinks.search import SearchIndex, make_client
 
 LATENCIES = """
 SELECT extract(epoch FROM done.at - made.at)

@@ -13,12 +13,14 @@ from typing import Any
 
 from procqueue.connections import pool_arguments
 from procqueue.entities import EntityRegistry, load_entities
-from procqueue.middleware import worker_middleware
-from procqueue.monitoring import maintenance
-from procqueue.processors import bulk, images, notifications, sync
+from procqueue.images import task as images
+from procqueue.notifications import tasks as notifications
 from procqueue.qualified import QualifiedPsycopgConnector
-from procqueue.retry import BackoffRetry
+from procqueue.queue import maintenance
+from procqueue.queue.middleware import worker_middleware
+from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp, Services
+from procqueue.search import bulk, sync
 from procqueue.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)

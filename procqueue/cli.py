@@ -10,7 +10,7 @@ from typing import Any
 from procqueue import __version__
 from procqueue.commands import bulk, dashboard, health, images, jobs, metrics, migrate, worker
 from procqueue.errors import ProcqueueError
-from procqueue.monitoring.logs import configure_logging
+from procqueue.queue.logs import configure_logging
 
 #: Each command group adds its parsers; add a group by adding its module here.
 COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (

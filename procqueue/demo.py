@@ -23,7 +23,6 @@ from procqueue.app import build_app
 from procqueue.dashboard.app import make_server
 from procqueue.dashboard.security import LOCAL_HOST, access_for
 from procqueue.entities import DEFAULT_ENTITIES
-from procqueue.failures import redact
 from procqueue.local import (
     env,
     install_sample_schema,
@@ -32,6 +31,7 @@ from procqueue.local import (
     scratch_database,
 )
 from procqueue.migrate import migrate
+from procqueue.queue.failures import redact
 from procqueue.settings import Settings, load_settings
 
 logger = logging.getLogger("procqueue.demo")

@@ -16,8 +16,8 @@ from typing_extensions import Unpack
 from procqueue import preflight
 from procqueue.entities import EntityRegistry
 from procqueue.errors import ProcqueueError
+from procqueue.search.client import SearchIndex, make_client
 from procqueue.settings import Settings
-from procqueue.sinks.search import SearchIndex, make_client
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from procqueue.entities import DEFAULT_ENTITIES, Entity, load_entities
 from procqueue.errors import ConfigError
-from procqueue.images import DEFAULT_GRACE_SECONDS
 
 SUPABASE_TRANSACTION_POOLER_PORT = 6543
 
@@ -50,7 +49,7 @@ class SchemaConfig:
     entities: tuple[Entity, ...] = DEFAULT_ENTITIES
     bulk_threshold: int = 50
     bulk_chunk_size: int = 500
-    image_cleanup_grace: float = DEFAULT_GRACE_SECONDS
+    image_cleanup_grace: float = 600.0  # seconds a removed image waits before cleanup
     notifications_table: str = "public.notifications"  # "": no notification trigger
 
 

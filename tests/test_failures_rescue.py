@@ -114,5 +114,5 @@ async def test_job_of_a_killed_worker_is_finished_by_another(
         workers = await (
             await conn.execute("SELECT count(*) FROM procrastinate.procrastinate_workers")
         ).fetchone()
-    assert errors == [(1, "procqueue.monitoring.maintenance.WorkerLost", True, False)]
+    assert errors == [(1, "procqueue.queue.maintenance.WorkerLost", True, False)]
     assert workers == (0,)  # the dead worker was pruned, the rescuer unregistered

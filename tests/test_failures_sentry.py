@@ -12,14 +12,14 @@ import psycopg
 import pytest
 
 from procqueue.app import build_app
-from procqueue.monitoring.maintenance import rescue_stalled_jobs
-from procqueue.monitoring.sentry import (
+from procqueue.queue.maintenance import rescue_stalled_jobs
+from procqueue.queue.retry import BackoffRetry
+from procqueue.queue.sentry import (
     flush_sentry,
     init_sentry,
     sentry_enabled,
     shutdown_sentry,
 )
-from procqueue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from procqueue.app import build_app
 from procqueue.local import free_port
-from procqueue.monitoring.server import make_server
+from procqueue.queue.server import make_server
 from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks

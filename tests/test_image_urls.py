@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from procqueue.images.cloudinary import batches
 from procqueue.images.references import needles, referenced_by
 from procqueue.images.urls import (
     Asset,
@@ -16,7 +17,6 @@ from procqueue.images.urls import (
     explain,
     parse_delivery_url,
 )
-from procqueue.sinks.cloudinary import batches
 
 CONFIG = DeliveryConfig.of("demo", ["images.example.com", "cdn.shop.example"])
 

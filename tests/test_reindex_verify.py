@@ -16,10 +16,10 @@ import psycopg
 import pytest
 
 from procqueue.entities import INVENTORY, LISTING
-from procqueue.reindex import live_indexes, reindex_entity
 from procqueue.runtime import ProcqueueApp
+from procqueue.search.reindex import live_indexes, reindex_entity
+from procqueue.search.verify import verify_entity
 from procqueue.settings import Settings
-from procqueue.verify import verify_entity
 from tests.support.worker import drain, indexed_documents, running_worker, table_documents
 
 USER_ID = "00000000-0000-4000-8000-0000000000b2"

@@ -8,10 +8,10 @@ from typing import Any
 
 from procqueue.entities import Entity, EntityRegistry, load_entities
 from procqueue.progress import Progress
-from procqueue.reindex import reindex_entity
+from procqueue.search.client import SearchIndex, make_client
+from procqueue.search.reindex import reindex_entity
+from procqueue.search.verify import repair, verify_entity
 from procqueue.settings import Settings, get_settings
-from procqueue.sinks.search import SearchIndex, make_client
-from procqueue.verify import repair, verify_entity
 
 
 def chosen_entities(settings: Settings, which: str) -> list[Entity]:

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from procqueue.commands.output import human_bytes, table
-from procqueue.monitoring.health import (
+from procqueue.queue.health import (
     Snapshot,
     Status,
     Verdict,

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from procqueue.monitoring.server import make_server
+from procqueue.queue.server import make_server
 from procqueue.settings import get_settings
 
 DEFAULT_PORT = 9464

@@ -15,7 +15,7 @@ from psycopg_pool import PoolTimeout
 
 from procqueue.app import build_app
 from procqueue.errors import ConfigError
-from procqueue.monitoring.server import start_worker_metrics_server
+from procqueue.queue.server import start_worker_metrics_server
 from procqueue.settings import get_settings
 
 

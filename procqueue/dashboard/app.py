@@ -1,5 +1,5 @@
 """The dashboard's Starlette app: pages, actions, static assets, and the
-`/metrics` + `/healthz` routes of procqueue.monitoring.server (reachable
+`/metrics` + `/healthz` routes of procqueue.queue.server (reachable
 without a session), all on one small connection pool."""
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from procqueue.commands.output import human_bytes
 from procqueue.connections import async_pool
 from procqueue.dashboard.security import SECURITY_HEADERS, SESSION_MAX_AGE, Access
 from procqueue.dashboard.views import Dashboard
-from procqueue.failures import redact
-from procqueue.monitoring.server import HealthSource, health_routes
+from procqueue.queue.failures import redact
+from procqueue.queue.server import HealthSource, health_routes
 from procqueue.settings import Settings
 
 HERE = Path(__file__).resolve().parent

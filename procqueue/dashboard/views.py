@@ -34,7 +34,7 @@ from procqueue.dashboard.security import (
     sign_in,
     sign_out,
 )
-from procqueue.monitoring.server import HealthSource
+from procqueue.queue.server import HealthSource
 from procqueue.settings import Settings
 
 MAX_NAME_LENGTH = 64

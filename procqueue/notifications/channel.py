@@ -3,7 +3,7 @@ how to send one rendered message there; everything else (rules, preferences,
 templates, delivery records, retries) is the dispatcher's and shared by all.
 
 Adding a channel (SMS, say) is one new module with a class like EmailChannel,
-listed in procqueue.processors.notifications.CHANNELS, a template part for it
+listed in procqueue.notifications.tasks.CHANNELS, a template part for it
 and a rule row naming it: no other code changes.
 """
 

@@ -21,12 +21,12 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from procqueue.errors import PermanentError
-from procqueue.failures import is_transient
 from procqueue.notifications import store
 from procqueue.notifications.channel import Channel
 from procqueue.notifications.errors import ChannelUnavailable, RetryLater, TargetGone
 from procqueue.notifications.model import Message, Notification, Target
 from procqueue.notifications.templates import Templates
+from procqueue.queue.failures import is_transient
 
 logger = logging.getLogger(__name__)
 

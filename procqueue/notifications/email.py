@@ -10,7 +10,13 @@ from psycopg import AsyncConnection
 
 from procqueue.errors import PermanentError
 from procqueue.notifications.model import Message, Notification, Recipient, Target
-from procqueue.sinks.email import SmtpConfig, build_message, masked, send_email, valid_address
+from procqueue.notifications.smtp import (
+    SmtpConfig,
+    build_message,
+    masked,
+    send_email,
+    valid_address,
+)
 
 
 class EmailChannel:

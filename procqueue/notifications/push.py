@@ -8,10 +8,10 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from procqueue.notifications.fcm import FcmClient
 from procqueue.notifications.model import Message, Notification, Recipient, Target
 from procqueue.notifications.store import split_table
 from procqueue.queries import query_with
-from procqueue.sinks.push import FcmClient
 
 
 def token_key(token: str) -> str:

@@ -8,7 +8,7 @@ import asyncio
 from procrastinate import JobContext
 
 from procqueue.errors import PermanentError, TransientError
-from procqueue.retry import BackoffRetry
+from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
 
 SWITCHES_SQL = """

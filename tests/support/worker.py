@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 from elasticsearch import helpers
 
-from procqueue.documents import document_from_row
 from procqueue.entities import Entity
-from procqueue.processors.sync import entity_query
 from procqueue.runtime import ProcqueueApp
+from procqueue.search.document import document_from_row
+from procqueue.search.sync import entity_query
 
 #: The user owning the rows tests write (inserted by the `db` fixture).
 SELLER_ID = "00000000-0000-4000-8000-0000000000aa"

@@ -23,11 +23,11 @@ from psycopg.types.json import Jsonb
 
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
-from procqueue.processors.sync import _stamp, entity_query, writes_for
 from procqueue.queries import query
-from procqueue.retry import BackoffRetry
+from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
-from procqueue.sinks.search import ItemFailure, SearchIndex
+from procqueue.search.client import ItemFailure, SearchIndex
+from procqueue.search.sync import _stamp, entity_query, writes_for
 
 logger = logging.getLogger(__name__)
 BULK_OPERATION = "bulk"

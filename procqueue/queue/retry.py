@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from procrastinate import BaseRetryStrategy, RetryDecision
 from procrastinate.jobs import Job
 
-from procqueue.failures import is_transient
+from procqueue.queue.failures import is_transient
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from procrastinate.jobs import Job
 from sentry_sdk.integrations.logging import LoggingIntegration
 
 from procqueue import __version__
-from procqueue.failures import redact
+from procqueue.queue.failures import redact
 from procqueue.settings import Settings
 
 Event = dict[str, Any]

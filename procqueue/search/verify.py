@@ -24,12 +24,12 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from procqueue.connections import connect_async
-from procqueue.documents import document_from_row
 from procqueue.entities import Entity
-from procqueue.processors.bulk import enqueue_bulk
-from procqueue.processors.sync import entity_query
 from procqueue.queries import query
-from procqueue.sinks.search import SearchIndex, translate_errors
+from procqueue.search.bulk import enqueue_bulk
+from procqueue.search.client import SearchIndex, translate_errors
+from procqueue.search.document import document_from_row
+from procqueue.search.sync import entity_query
 
 
 def content_hash(document: Mapping[str, Any]) -> str:

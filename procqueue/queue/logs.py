@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from procqueue.errors import ConfigError
-from procqueue.failures import redact
+from procqueue.queue.failures import redact
 from procqueue.settings import get_settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -16,9 +16,9 @@ from procrastinate.jobs import Job
 from procrastinate.worker import Worker
 
 from procqueue.errors import TransientError
-from procqueue.failures import describe, is_transient
-from procqueue.monitoring import metrics, sentry
 from procqueue.queries import query
+from procqueue.queue import metrics, sentry
+from procqueue.queue.failures import describe, is_transient
 from procqueue.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Prometheus metrics (the official `prometheus-client`).
 
 - Worker side, in the process that runs jobs: `JOB_DURATION` (histogram) and
-  `JOB_OUTCOMES` (counter) per task, filled by `procqueue.middleware.ObserveJobs`.
+  `JOB_OUTCOMES` (counter) per task, filled by `procqueue.queue.middleware.ObserveJobs`.
 - Queue side, from the health SQL: `render_metrics` reads one snapshot and
   exposes it as gauges next to the process's own registry, so one scrape of
   `procqueue metrics` shows the whole queue whatever number of workers runs.
@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from procqueue.monitoring.health import Snapshot, Verdict
+from procqueue.queue.health import Snapshot, Verdict
 
 JOB_DURATION = Histogram(
     "procqueue_job_duration_seconds",

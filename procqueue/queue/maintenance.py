@@ -30,10 +30,10 @@ from procrastinate import exceptions
 from procrastinate.jobs import Job, Status
 
 from procqueue.errors import TransientError
-from procqueue.middleware import record_failed_attempt
-from procqueue.monitoring import sentry
 from procqueue.queries import query
-from procqueue.retry import BackoffRetry
+from procqueue.queue import sentry
+from procqueue.queue.middleware import record_failed_attempt
+from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
 
 logger = logging.getLogger(__name__)

@@ -19,13 +19,13 @@ from procrastinate.jobs import Job
 from procqueue.notifications.channel import Channel, UnconfiguredChannel
 from procqueue.notifications.dispatch import Dispatcher
 from procqueue.notifications.email import EmailChannel
+from procqueue.notifications.fcm import FcmClient, FcmConfig
 from procqueue.notifications.push import PushChannel
+from procqueue.notifications.smtp import SmtpConfig
 from procqueue.notifications.templates import Templates
-from procqueue.retry import BackoffRetry
+from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
 from procqueue.settings import Settings
-from procqueue.sinks.email import SmtpConfig
-from procqueue.sinks.push import FcmClient, FcmConfig
 
 QUEUE = "notifications"
 

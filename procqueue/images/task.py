@@ -22,11 +22,11 @@ from psycopg_pool import AsyncConnectionPool
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
 from procqueue.images import CLEANUP_TASK, IMAGES_QUEUE
+from procqueue.images.cloudinary import CloudinaryAccount, CloudinaryDeleter, CloudinaryRateLimited
 from procqueue.images.references import find_referenced
 from procqueue.images.urls import Asset, parse_delivery_url
-from procqueue.retry import BackoffRetry
+from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
-from procqueue.sinks.cloudinary import CloudinaryAccount, CloudinaryDeleter, CloudinaryRateLimited
 
 logger = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from psycopg import sql
 from procqueue.connections import connect_async
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
-from procqueue.processors.bulk import sync_chunk
-from procqueue.processors.sync import entity_query
 from procqueue.queries import query
-from procqueue.sinks.search import SearchIndex, translate_errors
+from procqueue.search.bulk import sync_chunk
+from procqueue.search.client import SearchIndex, translate_errors
+from procqueue.search.sync import entity_query
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from procqueue.connections import async_pool
-from procqueue.monitoring.health import (
+from procqueue.queue.health import (
     Snapshot,
     Status,
     Verdict,
@@ -33,7 +33,7 @@ from procqueue.monitoring.health import (
     evaluate,
     read_snapshot,
 )
-from procqueue.monitoring.metrics import render_metrics
+from procqueue.queue.metrics import render_metrics
 from procqueue.settings import Settings
 
 logger = logging.getLogger(__name__)

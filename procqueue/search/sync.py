@@ -27,13 +27,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from procqueue.documents import document_from_row
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError, TransientError
 from procqueue.queries import query, query_with
-from procqueue.retry import BackoffRetry
+from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
-from procqueue.sinks.search import ItemFailure, SearchIndex, Write
+from procqueue.search.client import ItemFailure, SearchIndex, Write
+from procqueue.search.document import document_from_row
 
 SYNC_OPERATIONS = ("create", "update", "delete")
 LOCK_RETRY_SECONDS = (0.002, 0.01, 0.05)

@@ -1,1 +1,0 @@
-"""Job processors: one module per job family."""

@@ -1,1 +1,0 @@
-"""Thin clients for the outside services jobs write to."""
