@@ -8,34 +8,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from procqueue.connections import pool_arguments
 from procqueue.entities import EntityRegistry, load_entities
-from procqueue.images import task as images
-from procqueue.notifications import tasks as notifications
+from procqueue.features import FEATURES
 from procqueue.qualified import QualifiedPsycopgConnector
 from procqueue.queue import maintenance
 from procqueue.queue.middleware import worker_middleware
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp, Services
-from procqueue.search import bulk, sync
 from procqueue.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
-
-Registrar = Callable[[ProcqueueApp, BackoffRetry], None]
-
-#: Each job family registers its tasks; add a family by adding its module here.
-REGISTRARS: tuple[Registrar, ...] = (
-    sync.register,
-    bulk.register,
-    images.register,
-    notifications.register,
-    maintenance.register,
-)
-
 
 def make_connector(settings: Settings) -> QualifiedPsycopgConnector:
     """Procrastinate's connector, running its queries schema-qualified: its pooled
@@ -78,8 +63,9 @@ def build_app(settings: Settings) -> ProcqueueApp:
     app.services = Services(settings=settings, entities=entities)
     app.worker_defaults = worker_options(settings)  # type: ignore[assignment]
     retry = BackoffRetry(settings.max_retries, settings.retry_backoff, settings.retry_backoff_max)
-    for register in REGISTRARS:
-        register(app, retry)
+    for feature in FEATURES:
+        feature.register(app, retry)
+    maintenance.register(app, retry)
     return app
 
 

@@ -12,20 +12,18 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 
 import procrastinate
 import psycopg
 from procrastinate import schema as procrastinate_schema
-from psycopg import sql
 
 from procqueue import connections
 from procqueue import resources as shipped
 from procqueue.entities import Entity
 from procqueue.errors import MigrationError
-from procqueue.images import DEFAULT_GRACE_SECONDS, IMAGES_QUEUE
+from procqueue.feature import Step
 from procqueue.queries import query
 from procqueue.settings import SchemaConfig
 
@@ -33,15 +31,6 @@ PROCRASTINATE_SCHEMA = "procrastinate"
 PROCRASTINATE_RECORD = "procrastinate"
 MIGRATE_LOCK_KEY = 0x70726F63  # "proc"
 DEFAULT_SCHEMA = SchemaConfig()
-DEFAULT_BULK_THRESHOLD = DEFAULT_SCHEMA.bulk_threshold
-DEFAULT_BULK_CHUNK_SIZE = DEFAULT_SCHEMA.bulk_chunk_size
-#: (trigger name, event, transition tables) of the statement-level sync triggers.
-SYNC_TRIGGERS = (
-    ("procqueue_sync", "INSERT", "NEW TABLE AS procqueue_new"),
-    ("procqueue_sync_update", "UPDATE", "OLD TABLE AS procqueue_old NEW TABLE AS procqueue_new"),
-    ("procqueue_sync_delete", "DELETE", "OLD TABLE AS procqueue_old"),
-)
-
 BOOTSTRAP_SQL = """\
 CREATE SCHEMA IF NOT EXISTS procqueue;
 CREATE TABLE IF NOT EXISTS procqueue.schema_migrations (
@@ -52,16 +41,6 @@ CREATE TABLE IF NOT EXISTS procqueue.schema_migrations (
 REVOKE ALL ON SCHEMA procqueue FROM PUBLIC;
 REVOKE ALL ON procqueue.schema_migrations FROM PUBLIC;
 """
-
-
-@dataclass(frozen=True)
-class Step:
-    """One piece of SQL, and the name to record once it ran (None: not recorded)."""
-
-    description: str
-    sql: str
-    record_as: str | None = None
-    checksum: str = ""
 
 
 def checksum(text: str) -> str:
@@ -147,106 +126,6 @@ def repeatable_steps() -> list[Step]:
     return [Step(name, file.read_text(encoding="utf-8")) for name, file in files]
 
 
-def attach_trigger_sql(
-    entity: Entity,
-    bulk_threshold: int = DEFAULT_BULK_THRESHOLD,
-    bulk_chunk_size: int = DEFAULT_BULK_CHUNK_SIZE,
-) -> str:
-    """The sync trigger (sql/triggers/entity_sync.sql), once per event: PostgreSQL
-    allows transition tables only on single-event triggers."""
-    arguments = [
-        entity.name, entity.primary_key, entity.queue, str(bulk_threshold), str(bulk_chunk_size),
-        *entity.ignored_columns,
-    ]  # fmt: skip
-    statements = [
-        sql.SQL(
-            "CREATE OR REPLACE TRIGGER {name}\n"
-            "    AFTER {event} ON {schema}.{table} REFERENCING {tables}\n"
-            "    FOR EACH STATEMENT EXECUTE FUNCTION procqueue.enqueue_entity_sync({arguments});\n"
-        ).format(
-            name=sql.SQL(name),
-            event=sql.SQL(event),
-            tables=sql.SQL(tables),
-            schema=sql.Identifier(entity.schema_name),
-            table=sql.Identifier(entity.table_name),
-            arguments=sql.SQL(", ").join(sql.Literal(argument) for argument in arguments),
-        )
-        for name, event, tables in SYNC_TRIGGERS
-    ]
-    return "".join(statement.as_string(None) for statement in statements)
-
-
-def attach_image_trigger_sql(entity: Entity, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> str:
-    """The image cleanup trigger (sql/triggers/image_cleanup.sql) on an entity's table,
-    or its removal when the entity has no image columns (any more)."""
-    table = sql.SQL("{schema}.{table}").format(
-        schema=sql.Identifier(entity.schema_name), table=sql.Identifier(entity.table_name)
-    )
-    if not entity.image_columns:
-        statement = sql.SQL("DROP TRIGGER IF EXISTS procqueue_image_cleanup ON {table};\n")
-        return statement.format(table=table).as_string(None)
-    arguments = [entity.name, IMAGES_QUEUE, f"{grace_seconds:.3f}", *entity.image_columns]
-    return (
-        sql.SQL(
-            "CREATE OR REPLACE TRIGGER procqueue_image_cleanup\n"
-            "    AFTER UPDATE OF {columns} OR DELETE ON {table}\n"
-            "    FOR EACH ROW EXECUTE FUNCTION procqueue.enqueue_image_cleanup({arguments});\n"
-        )
-        .format(
-            columns=sql.SQL(", ").join(sql.Identifier(column) for column in entity.image_columns),
-            table=table,
-            arguments=sql.SQL(", ").join(sql.Literal(argument) for argument in arguments),
-        )
-        .as_string(None)
-    )
-
-
-def attach_steps(
-    entities: Sequence[Entity],
-    image_grace_seconds: float = DEFAULT_GRACE_SECONDS,
-    bulk: tuple[int, int] = (DEFAULT_BULK_THRESHOLD, DEFAULT_BULK_CHUNK_SIZE),
-) -> list[Step]:
-    return [
-        Step(
-            f"triggers on {entity.table}",
-            attach_trigger_sql(entity, *bulk)
-            + attach_image_trigger_sql(entity, image_grace_seconds),
-        )
-        for entity in entities
-    ]
-
-
-NOTIFICATION_COLUMNS = ("id", "recipient_user_id", "type", "data")
-
-
-def notification_trigger_steps(
-    table: str | None, conn: psycopg.Connection | None = None
-) -> list[Step]:
-    """Attach the notification trigger to `table` ("": notifications off). With a
-    connection, a missing table is skipped (the schema has no notifications) and
-    a table without the expected columns is an error."""
-    if not table:
-        return []
-    if conn is not None:
-        row = conn.execute(query("missing_table"), {"table": table}).fetchone()
-        if row is None or row[0]:
-            return [Step(f"no table {table}: no notification trigger attached", "")]
-        existing = {name for (name,) in conn.execute(query("table_columns"), {"table": table})}
-        missing = [column for column in NOTIFICATION_COLUMNS if column not in existing]
-        if missing:
-            raise MigrationError(
-                f"notifications table {table} has no column(s) {', '.join(missing)}: add "
-                "them or point PROCQUEUE_NOTIFICATIONS_TABLE at the right table"
-            )
-    schema_name, table_name = table.split(".", 1) if "." in table else ("public", table)
-    statement = sql.SQL(
-        "CREATE OR REPLACE TRIGGER procqueue_notify\n"
-        "    AFTER INSERT ON {schema}.{table}\n"
-        "    FOR EACH ROW EXECUTE FUNCTION procqueue.enqueue_notification_delivery();\n"
-    ).format(schema=sql.Identifier(schema_name), table=sql.Identifier(table_name))
-    return [Step(f"notification trigger on {table}", statement.as_string(None))]
-
-
 def check_tables(conn: psycopg.Connection, entities: Sequence[Entity]) -> None:
     """Fail clearly when a configured table or column does not exist."""
     for entity in entities:
@@ -268,15 +147,13 @@ def check_tables(conn: psycopg.Connection, entities: Sequence[Entity]) -> None:
 
 
 def schema_steps(schema: SchemaConfig, conn: psycopg.Connection | None = None) -> list[Step]:
-    """The triggers `schema` asks for; with a connection, checked against the tables."""
-    return [
-        *attach_steps(
-            schema.entities,
-            schema.image_cleanup_grace,
-            (schema.bulk_threshold, schema.bulk_chunk_size),
-        ),
-        *notification_trigger_steps(schema.notifications_table, conn),
-    ]
+    """The triggers each feature attaches for `schema`; with a connection, checked
+    against the tables."""
+    # Imported here: the features' tasks import the worker runtime, whose start checks
+    # import this module's migration bookkeeping.
+    from procqueue.features import FEATURES
+
+    return [step for feature in FEATURES for step in feature.schema_steps(schema, conn)]
 
 
 def plan(conn: psycopg.Connection, schema: SchemaConfig) -> list[Step]:

@@ -23,8 +23,9 @@ from procqueue.cli import main as cli_main
 from procqueue.entities import DEFAULT_ENTITIES, LISTING, Entity
 from procqueue.images import CLEANUP_TASK
 from procqueue.images.orphans import find_orphans
+from procqueue.images.schema import attach_image_trigger_sql
 from procqueue.images.urls import DeliveryConfig
-from procqueue.migrate import attach_image_trigger_sql, migrate
+from procqueue.migrate import migrate
 from procqueue.runtime import ProcqueueApp
 from procqueue.settings import SchemaConfig, Settings, get_settings
 from tests.conftest import make_settings

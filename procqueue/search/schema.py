@@ -1,0 +1,59 @@
+"""The search slice's triggers: the statement-level sync triggers
+(sql/triggers/entity_sync.sql) on each entity's table."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from procqueue.entities import Entity
+from procqueue.feature import Step
+from procqueue.settings import SchemaConfig
+
+DEFAULT_BULK_THRESHOLD = SchemaConfig.bulk_threshold
+DEFAULT_BULK_CHUNK_SIZE = SchemaConfig.bulk_chunk_size
+#: (trigger name, event, transition tables) of the statement-level sync triggers.
+SYNC_TRIGGERS = (
+    ("procqueue_sync", "INSERT", "NEW TABLE AS procqueue_new"),
+    ("procqueue_sync_update", "UPDATE", "OLD TABLE AS procqueue_old NEW TABLE AS procqueue_new"),
+    ("procqueue_sync_delete", "DELETE", "OLD TABLE AS procqueue_old"),
+)
+
+
+def attach_trigger_sql(
+    entity: Entity,
+    bulk_threshold: int = DEFAULT_BULK_THRESHOLD,
+    bulk_chunk_size: int = DEFAULT_BULK_CHUNK_SIZE,
+) -> str:
+    """The sync trigger (sql/triggers/entity_sync.sql), once per event: PostgreSQL
+    allows transition tables only on single-event triggers."""
+    arguments = [
+        entity.name, entity.primary_key, entity.queue, str(bulk_threshold), str(bulk_chunk_size),
+        *entity.ignored_columns,
+    ]  # fmt: skip
+    statements = [
+        sql.SQL(
+            "CREATE OR REPLACE TRIGGER {name}\n"
+            "    AFTER {event} ON {schema}.{table} REFERENCING {tables}\n"
+            "    FOR EACH STATEMENT EXECUTE FUNCTION procqueue.enqueue_entity_sync({arguments});\n"
+        ).format(
+            name=sql.SQL(name),
+            event=sql.SQL(event),
+            tables=sql.SQL(tables),
+            schema=sql.Identifier(entity.schema_name),
+            table=sql.Identifier(entity.table_name),
+            arguments=sql.SQL(", ").join(sql.Literal(argument) for argument in arguments),
+        )
+        for name, event, tables in SYNC_TRIGGERS
+    ]
+    return "".join(statement.as_string(None) for statement in statements)
+
+
+def schema_steps(schema: SchemaConfig, conn: psycopg.Connection | None = None) -> list[Step]:
+    return [
+        Step(
+            f"sync triggers on {entity.table}",
+            attach_trigger_sql(entity, schema.bulk_threshold, schema.bulk_chunk_size),
+        )
+        for entity in schema.entities
+    ]
