@@ -3,6 +3,7 @@ cancelled by hand; logs can be JSON lines with the job's fields."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import sys
@@ -140,6 +141,50 @@ async def test_retry_and_cancel_one_job(app: ProcqueueApp, database: str) -> Non
     assert code == 1 and "only waiting or running jobs can be cancelled" in out
     code, out, _ = await run_cli(database, "cancel", "999999999")
     assert code == 1 and "does not exist" in out
+
+
+async def audit_rows(dsn: str) -> list[dict[str, Any]]:
+    async with await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row) as conn:
+        cursor = await conn.execute(
+            "SELECT actor, action, job_ids, outcome FROM procqueue.dashboard_actions ORDER BY id"
+        )
+        return await cursor.fetchall()
+
+
+async def test_the_cli_acts_through_the_audited_operations(
+    app: ProcqueueApp, database: str
+) -> None:
+    """One rule for the CLI and the dashboard: every action leaves an audit row, and
+    a running job is cancelled only when an abort is asked for."""
+    running = await app.configure_task("test:flaky").defer_async(failures=0)
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(
+            "WITH w AS (INSERT INTO procrastinate.procrastinate_workers DEFAULT VALUES"
+            " RETURNING id) UPDATE procrastinate.procrastinate_jobs SET status = 'doing',"
+            " worker_id = (SELECT id FROM w) WHERE id = %s",
+            [running],
+        )
+    code, out, _ = await run_cli(database, "cancel", str(running))
+    assert code == 1 and "only waiting jobs are cancelled (--abort stops it)" in out
+    assert (await job_row(database, running))["status"] == "doing"
+    code, out, _ = await run_cli(database, "cancel", "--abort", str(running))
+    assert code == 0 and "its worker was asked to abort it" in out
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cursor = await conn.execute(
+            "SELECT abort_requested FROM procrastinate.procrastinate_jobs WHERE id = %s", [running]
+        )
+        assert await cursor.fetchone() == (True,)
+    code, out, _ = await run_cli(database, "retry", str(running))
+    assert code == 1 and f"job {running} is doing, not failed" in out
+
+    actor = f"cli:{getpass.getuser()}"
+    assert [(r["actor"], r["action"], r["job_ids"]) for r in (await audit_rows(database))[-3:]] == [
+        (actor, "cancel", []),
+        (actor, "abort", [running]),
+        (actor, "retry", []),
+    ]
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute("DELETE FROM procrastinate.procrastinate_jobs WHERE id = %s", [running])
 
 
 async def test_json_logs_carry_job_id_task_attempt_and_duration(

@@ -1,40 +1,44 @@
-"""`procqueue failed`, `procqueue retry`, `procqueue cancel`: failed jobs by hand."""
+"""`procqueue failed`, `procqueue retry`, `procqueue cancel`: jobs by hand, through
+the same audited operations as the dashboard (procqueue/queue/operations.py)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from procqueue.commands.output import table
-from procqueue.connections import connect
+from procqueue.connections import connect_async
 from procqueue.errors import ConfigError
-from procqueue.queries import query
+from procqueue.queue import operations
 from procqueue.settings import Settings, get_settings
 
 
-def _connect(settings: Settings) -> psycopg.Connection[Any]:
+@contextlib.asynccontextmanager
+async def _connect(settings: Settings) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     try:
-        return connect(
+        conn = await connect_async(
             settings.dsn, transaction_pooler=settings.uses_transaction_pooler, autocommit=True
         )
     except psycopg.OperationalError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"cannot connect to the database (DATABASE_URL): {first}") from None
+    async with conn:
+        yield conn
 
 
-def failed_jobs(settings: Settings, task: str | None, limit: int) -> list[dict[str, Any]]:
-    with _connect(settings) as conn:
-        cursor = conn.cursor(row_factory=dict_row)
-        cursor.execute(query("failed_jobs"), {"task": task, "limit": limit})
-        return cursor.fetchall()
+async def _failed_jobs(settings: Settings, task: str | None, limit: int) -> list[dict[str, Any]]:
+    async with _connect(settings) as conn:
+        return await operations.failed_jobs(conn, task, limit)
 
 
 def show_failed(args: argparse.Namespace) -> int:
-    rows = failed_jobs(get_settings(), args.task, args.limit)
+    rows = asyncio.run(_failed_jobs(get_settings(), args.task, args.limit))
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
         return 0
@@ -71,45 +75,22 @@ def _one_line(row: dict[str, Any]) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def retry_jobs(settings: Settings, job_ids: list[int]) -> tuple[list[int], list[str]]:
-    """Put failed jobs back in the queue; (retried ids, one line per job left alone)."""
-    retried: list[int] = []
-    problems: list[str] = []
-    with _connect(settings) as conn:
-        for job_id in job_ids:
-            status = _status(conn, job_id)
-            if status != "failed":
-                problems.append(
-                    f"job {job_id} "
-                    + ("does not exist" if status is None else f"is {status}, not failed")
-                )
-                continue
-            conn.execute(query("retry_failed_job"), {"job_id": job_id})
-            retried.append(job_id)
-    return retried, problems
-
-
-def _status(conn: psycopg.Connection[Any], job_id: int) -> str | None:
-    row = conn.execute(query("job_status"), {"job_id": job_id}).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _failed_ids(settings: Settings, task: str | None) -> list[int]:
-    with _connect(settings) as conn:
-        return [row[0] for row in conn.execute(query("failed_job_ids"), {"task": task})]
+async def _retry(settings: Settings, args: argparse.Namespace) -> operations.Outcome:
+    async with _connect(settings) as conn:
+        return await operations.retry_failed(
+            conn,
+            operations.Actor.command_line(),
+            job_id=args.job_id,
+            task=None if args.all_failed else args.task,
+        )
 
 
 def retry(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    if args.job_id is not None:
-        job_ids = [args.job_id]
-    else:
-        job_ids = _failed_ids(settings, None if args.all_failed else args.task)
-    retried, problems = retry_jobs(settings, job_ids)
-    for problem in problems:
+    outcome = asyncio.run(_retry(get_settings(), args))
+    for problem in outcome.problems:
         print(problem)
-    print(f"retried {len(retried)} job(s){': ' + _ids(retried) if retried else ''}")
-    return 1 if args.job_id is not None and not retried else 0
+    print(f"retried {len(outcome.done)} job(s){': ' + _ids(outcome.done) if outcome.done else ''}")
+    return 1 if args.job_id is not None and not outcome.done else 0
 
 
 def _ids(job_ids: list[int]) -> str:
@@ -117,23 +98,15 @@ def _ids(job_ids: list[int]) -> str:
     return shown + (f" and {len(job_ids) - 20} more" if len(job_ids) > 20 else "")
 
 
-def cancel_job(settings: Settings, job_id: int) -> tuple[bool, str]:
-    with _connect(settings) as conn:
-        before = _status(conn, job_id)
-        row = conn.execute(query("cancel_job"), {"job_id": job_id}).fetchone()
-    if row is not None and row[0] is not None:
-        if before == "doing":
-            return True, f"job {job_id} is running: its worker was asked to abort it"
-        return True, f"job {job_id} cancelled"
-    if before is None:
-        return False, f"job {job_id} does not exist"
-    return False, f"job {job_id} is {before}: only waiting or running jobs can be cancelled"
+async def _cancel(settings: Settings, job_id: int, abort: bool) -> operations.Outcome:
+    async with _connect(settings) as conn:
+        return await operations.cancel(conn, operations.Actor.command_line(), job_id, abort=abort)
 
 
 def cancel(args: argparse.Namespace) -> int:
-    done, message = cancel_job(get_settings(), args.job_id)
-    print(message)
-    return 0 if done else 1
+    outcome = asyncio.run(_cancel(get_settings(), args.job_id, args.abort))
+    print(outcome.message)
+    return 0 if outcome.done else 1
 
 
 def register(commands: Any) -> None:
@@ -152,7 +125,10 @@ def register(commands: Any) -> None:
     retry_parser.set_defaults(handler=retry)
 
     cancel_parser = commands.add_parser(
-        "cancel", help="cancel a waiting job or abort a running one"
+        "cancel", help="cancel a waiting job (with --abort: also stop a running one)"
     )
     cancel_parser.add_argument("job_id", type=int)
+    cancel_parser.add_argument(
+        "--abort", action="store_true", help="a running job: ask its worker to abort it"
+    )
     cancel_parser.set_defaults(handler=cancel)

@@ -21,7 +21,6 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from procqueue.dashboard import charts, store
-from procqueue.dashboard.actions import Actor, Outcome, cancel_waiting, record, retry_failed
 from procqueue.dashboard.security import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -34,6 +33,7 @@ from procqueue.dashboard.security import (
     sign_in,
     sign_out,
 )
+from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_failed
 from procqueue.queue.server import HealthSource
 from procqueue.settings import Settings
 
@@ -342,7 +342,7 @@ class Dashboard:
     async def cancel_job(self, request: Request, actor: Actor, form: FormData) -> Response:
         job_id: int = request.path_params["job_id"]
         async with self.pool.connection() as conn:
-            outcome = await cancel_waiting(conn, actor, job_id)
+            outcome = await cancel(conn, actor, job_id)
         return self.finish(request, form, outcome)
 
     def routes(self) -> list[Route]:

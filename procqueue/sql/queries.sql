@@ -117,11 +117,6 @@ WHERE j.status = 'failed' AND (%(task)s::text IS NULL OR j.task_name = %(task)s)
 ORDER BY j.id DESC
 LIMIT %(limit)s;
 
--- failed_job_ids: ids of failed jobs, optionally of one task
-SELECT j.id FROM procrastinate.procrastinate_jobs AS j
-WHERE j.status = 'failed' AND (%(task)s::text IS NULL OR j.task_name = %(task)s)
-ORDER BY j.id;
-
 -- job_status: the status of one job (NULL row: no such job)
 SELECT status::text AS status FROM procrastinate.procrastinate_jobs WHERE id = %(job_id)s;
 
@@ -261,7 +256,7 @@ WHERE j.status = 'failed'
 GROUP BY 1, 2
 ORDER BY last_seen DESC NULLS LAST, 1, 2;
 
--- dashboard_lock_failed_jobs: lock failed jobs for a retry: all, or one task and last error type (empty type: no error recorded)
+-- lock_failed_jobs: lock failed jobs for a retry: all, or one task and last error type (empty type: no error recorded)
 SELECT j.id
 FROM procrastinate.procrastinate_jobs AS j
 WHERE j.status = 'failed'
@@ -273,10 +268,10 @@ WHERE j.status = 'failed'
 ORDER BY j.id
 FOR UPDATE OF j;
 
--- dashboard_cancel_waiting_job: cancel a job that is waiting (todo); NULL when it is not
+-- cancel_waiting_job: cancel a job that is waiting (todo); NULL when it is not
 SELECT procrastinate.procrastinate_cancel_job_v1(%(job_id)s, false, false) AS id;
 
--- dashboard_record_action: write one audit row (who, what, when)
+-- record_action: write one audit row (who, what, when)
 INSERT INTO procqueue.dashboard_actions (actor, remote_addr, action, target, job_ids, outcome)
 VALUES (%(actor)s, %(remote_addr)s, %(action)s, %(target)s, %(job_ids)s, %(outcome)s)
 RETURNING id;

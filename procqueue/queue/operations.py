@@ -1,0 +1,160 @@
+"""What operators do to jobs by hand, from the CLI and the dashboard alike: list
+failed jobs, retry failed jobs (one, a group, all), cancel a waiting job, and
+abort a running one. Each action and its audit row (who, what, when) commit in
+one transaction: there is no action without its record.
+
+The cancel rule: a waiting job is cancelled; a running job is left alone unless
+the operator asks for an abort (`procqueue cancel --abort`), which asks its worker
+to stop it; a finished job is never touched."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from procqueue.queries import query
+
+Connection = psycopg.AsyncConnection[Any]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: the dashboard's signed-in admin and the client address, or
+    `cli:<os user>` for the command line."""
+
+    name: str
+    remote_addr: str | None
+
+    @classmethod
+    def command_line(cls) -> Actor:
+        return cls(name=f"cli:{getpass.getuser()}", remote_addr=None)
+
+
+@dataclass
+class Outcome:
+    done: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+async def _record(
+    conn: Connection,
+    actor: Actor,
+    action: str,
+    target: dict[str, Any],
+    job_ids: list[int],
+    outcome: str,
+) -> None:
+    await conn.execute(
+        query("record_action"),
+        {
+            "actor": actor.name,
+            "remote_addr": actor.remote_addr,
+            "action": action,
+            "target": Jsonb(target),
+            "job_ids": job_ids,
+            "outcome": outcome,
+        },
+    )
+
+
+async def record(
+    conn: Connection, actor: Actor, action: str, target: dict[str, Any], outcome: str
+) -> None:
+    """An audit row for something that is not a job action (sign-in)."""
+    async with conn.transaction():
+        await _record(conn, actor, action, target, [], outcome)
+
+
+async def retry_failed(
+    conn: Connection,
+    actor: Actor,
+    *,
+    job_id: int | None = None,
+    task: str | None = None,
+    error_type: str | None = None,
+) -> Outcome:
+    """Put failed jobs back in the queue, due now: one job, a task + error type group, or all.
+
+    A retried job gives up its queueing lock (migration 0008), so a newer waiting
+    job with the same lock never blocks the retry."""
+    action = "retry" if job_id is not None else "retry_group" if task is not None else "retry_all"
+    target: dict[str, Any] = {
+        key: value
+        for key, value in {"job_id": job_id, "task": task, "error_type": error_type}.items()
+        if value is not None
+    }
+    outcome = Outcome()
+    async with conn.transaction():
+        cursor = await conn.execute(
+            query("lock_failed_jobs"),
+            {"job_id": job_id, "task": task, "error_type": error_type},
+        )
+        candidates = [row[0] for row in await cursor.fetchall()]
+        for candidate in candidates:
+            await conn.execute(query("retry_failed_job"), {"job_id": candidate})
+            outcome.done.append(candidate)
+        if job_id is not None and not candidates:
+            outcome.problems.append(await _not_failed(conn, job_id))
+        outcome.message = f"retried {len(outcome.done)} job(s)" + (
+            f", {len(outcome.problems)} left alone" if outcome.problems else ""
+        )
+        await _record(conn, actor, action, target, outcome.done, outcome.message)
+    return outcome
+
+
+async def cancel(conn: Connection, actor: Actor, job_id: int, *, abort: bool = False) -> Outcome:
+    """Cancel a waiting job; with `abort`, also ask the worker running it to stop."""
+    outcome = Outcome()
+    async with conn.transaction():
+        status = await _status(conn, job_id)
+        cancelled = await (
+            await conn.execute(
+                query("cancel_job" if abort else "cancel_waiting_job"), {"job_id": job_id}
+            )
+        ).fetchone()
+        if cancelled is not None and cancelled[0] is not None:
+            outcome.done.append(job_id)
+            outcome.message = (
+                f"job {job_id} is running: its worker was asked to abort it"
+                if status == "doing"
+                else f"job {job_id} cancelled"
+            )
+        else:
+            outcome.problems.append(_not_cancellable(job_id, status, abort=abort))
+            outcome.message = outcome.problems[0]
+        action = "abort" if abort else "cancel"
+        await _record(conn, actor, action, {"job_id": job_id}, outcome.done, outcome.message)
+    return outcome
+
+
+async def failed_jobs(conn: Connection, task: str | None, limit: int) -> list[dict[str, Any]]:
+    """Failed jobs, newest first, each with its last recorded error."""
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(query("failed_jobs"), {"task": task, "limit": limit})
+    return await cursor.fetchall()
+
+
+async def _status(conn: Connection, job_id: int) -> str | None:
+    row = await (await conn.execute(query("job_status"), {"job_id": job_id})).fetchone()
+    return None if row is None else str(row[0])
+
+
+async def _not_failed(conn: Connection, job_id: int) -> str:
+    status = await _status(conn, job_id)
+    if status is None:
+        return f"job {job_id} does not exist: not retried"
+    return f"job {job_id} is {status}, not failed: not retried"
+
+
+def _not_cancellable(job_id: int, status: str | None, *, abort: bool) -> str:
+    if status is None:
+        return f"job {job_id} does not exist"
+    if status == "doing" and not abort:
+        return f"job {job_id} is running: only waiting jobs are cancelled (--abort stops it)"
+    return f"job {job_id} is {status}: only waiting or running jobs can be cancelled"
