@@ -12,13 +12,14 @@ from typing import Any
 
 import psycopg
 
-from procqueue.commands.output import human_bytes, table
+from procqueue.commands.output import table
 from procqueue.queue.health import (
     Snapshot,
     Status,
     Verdict,
     as_json,
     evaluate,
+    human_bytes,
     read_snapshot_from,
 )
 from procqueue.settings import Settings, get_settings

@@ -26,12 +26,3 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     if not cells:
         lines.append("(none)")
     return "\n".join(line.rstrip() for line in lines)
-
-
-def human_bytes(size: int) -> str:
-    amount = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if amount < 1024 or unit == "GB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return f"{amount:.1f} TB"

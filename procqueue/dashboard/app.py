@@ -23,11 +23,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from procqueue.commands.output import human_bytes
 from procqueue.connections import async_pool
 from procqueue.dashboard.security import SECURITY_HEADERS, SESSION_MAX_AGE, Access
 from procqueue.dashboard.views import Dashboard
 from procqueue.queue.failures import redact
+from procqueue.queue.health import human_bytes
 from procqueue.queue.server import HealthSource, health_routes
 from procqueue.settings import Settings
 

@@ -198,3 +198,13 @@ def as_json(snapshot: Snapshot, verdict: Verdict) -> dict[str, Any]:
     data["window_seconds"] = snapshot.window.total_seconds()
     del data["window"]
     return {"status": verdict.status.name.lower(), "reasons": verdict.reasons, **data}
+
+
+def human_bytes(size: int) -> str:
+    """A storage size as the CLI and the dashboard show it (`12.3 MB`)."""
+    amount = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if amount < 1024 or unit == "GB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} TB"
