@@ -16,6 +16,7 @@ from typing_extensions import Unpack
 from procqueue import preflight
 from procqueue.entities import EntityRegistry
 from procqueue.errors import ProcqueueError
+from procqueue.queue import sentry
 from procqueue.search.client import SearchIndex, make_client
 from procqueue.settings import Settings
 
@@ -118,6 +119,7 @@ class ProcqueueApp(procrastinate.App):
         a failure (not a signal) stopped it. `procqueue worker` and `procrastinate
         --app=procqueue.app.app worker` both come here, so both exit non-zero."""
         await self.preflight()
+        sentry.init_sentry(self.services.settings)
         self.perform_import_paths()  # type: ignore[no-untyped-call]
         worker = self._worker(**kwargs)
         await worker.run()  # type: ignore[no-untyped-call]

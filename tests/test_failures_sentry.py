@@ -47,6 +47,7 @@ async def app(database: str, es_url: str, sentry: SentryServer) -> AsyncIterator
     )
     application = build_app(settings)
     tasks.register(application)
+    init_sentry(settings)  # as the worker does when it starts: the rescue test runs none
     async with application.open_async():
         yield application
     shutdown_sentry()

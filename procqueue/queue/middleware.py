@@ -173,8 +173,11 @@ class AlertFinalFailures:
 
 def worker_middleware(settings: Settings) -> list[Any]:
     """The worker's middleware stack, outermost first."""
-    stack: list[Any] = [ObserveJobs(), RecordFailures(settings.secret_values())]
-    if sentry.init_sentry(settings):
-        stack.append(AlertFinalFailures())
-    stack.append(EnforceTimeout(settings.job_timeout))
-    return stack
+    # Sentry itself is started by the worker (ProcqueueApp.run_worker_async): without
+    # SENTRY_DSN the SDK has no client and AlertFinalFailures sends nothing.
+    return [
+        ObserveJobs(),
+        RecordFailures(settings.secret_values()),
+        AlertFinalFailures(),
+        EnforceTimeout(settings.job_timeout),
+    ]

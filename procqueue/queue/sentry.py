@@ -45,12 +45,17 @@ def scrubber(secrets: tuple[str, ...]) -> Callable[[Event, Any], Event]:
 
 
 def init_sentry(settings: Settings) -> bool:
-    """Start the Sentry SDK if SENTRY_DSN is set; True when it is on."""
+    """Start the Sentry SDK if SENTRY_DSN is set; True when it is on. The worker calls
+    it when it starts; calling it again with the same DSN changes nothing."""
     if settings.sentry_dsn is None or not settings.sentry_dsn.get_secret_value():
         return False
+    dsn = settings.sentry_dsn.get_secret_value()
+    client = sentry_sdk.get_client()
+    if client.is_active() and client.dsn == dsn:
+        return True
     secrets = settings.secret_values()
     sentry_sdk.init(
-        dsn=settings.sentry_dsn.get_secret_value(),
+        dsn=dsn,
         environment=settings.environment,
         release=f"procqueue@{__version__}",
         before_send=scrubber(secrets),  # type: ignore[arg-type]
