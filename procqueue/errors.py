@@ -3,6 +3,9 @@ what to do; none carries a secret."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Self
+
 
 class ProcqueueError(Exception):
     """Base class of every error raised by procqueue."""
@@ -21,7 +24,19 @@ class JobError(ProcqueueError):
 
 
 class TransientError(JobError):
-    """A failure that may go away by itself (network, timeout, 429, 5xx): retry."""
+    """A failure that may go away by itself (network, timeout, 429, 5xx): retry.
+    `retry_at`: the earliest time the service said it may be called again (a rate
+    limit's reset, an HTTP Retry-After); the retry waits for it (queue/retry.py)."""
+
+    def __init__(self, message: str, *, retry_at: datetime | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+    @classmethod
+    def after(cls, message: str, seconds: float | None) -> Self:
+        """A transient error asking to wait `seconds` (None: no wish)."""
+        when = None if seconds is None else datetime.now(UTC) + timedelta(seconds=seconds)
+        return cls(message, retry_at=when)
 
 
 class PermanentError(JobError):

@@ -48,8 +48,7 @@ class CloudinaryRateLimited(TransientError):
     """Cloudinary refused the call for now; `retry_at` is when it allows the next one."""
 
     def __init__(self, message: str, retry_at: datetime | None) -> None:
-        super().__init__(message)
-        self.retry_at = retry_at
+        super().__init__(message, retry_at=retry_at)
 
 
 @dataclass(frozen=True)

@@ -15,35 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from procrastinate import BaseRetryStrategy, JobContext, RetryDecision
-from procrastinate.jobs import Job
+from procrastinate import JobContext
 from psycopg_pool import AsyncConnectionPool
 
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
 from procqueue.images import CLEANUP_TASK, IMAGES_QUEUE
-from procqueue.images.cloudinary import CloudinaryAccount, CloudinaryDeleter, CloudinaryRateLimited
+from procqueue.images.cloudinary import CloudinaryAccount, CloudinaryDeleter
 from procqueue.images.references import find_referenced
 from procqueue.images.urls import Asset, parse_delivery_url
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HonourRateLimits(BaseRetryStrategy):
-    """The backoff policy, except that a rate-limited attempt runs again when the
-    service said it may (its reset time), not after the usual backoff."""
-
-    backoff: BackoffRetry
-
-    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
-        decision = self.backoff.get_retry_decision(exception=exception, job=job)
-        if decision is not None and isinstance(exception, CloudinaryRateLimited):
-            if exception.retry_at is not None:
-                return RetryDecision(retry_at=exception.retry_at)
-        return decision
 
 
 @dataclass
@@ -100,7 +84,7 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
         return deleters[0]
 
     @app.task(
-        name=CLEANUP_TASK, queue=IMAGES_QUEUE, pass_context=True, retry=HonourRateLimits(retry)
+        name=CLEANUP_TASK, queue=IMAGES_QUEUE, pass_context=True, retry=retry
     )
     async def cleanup(
         context: JobContext, urls: list[str], entity: str | None = None

@@ -30,7 +30,7 @@ class Channel(Protocol):
         ...
 
     async def send(self, target: Target, message: Message, notification: Notification) -> None:
-        """Deliver to one target. Raise TransientError (RetryLater) to retry,
+        """Deliver to one target. Raise TransientError (with `retry_at` if the service said when) to retry,
         PermanentError to fail, TargetGone when the target is dead for good."""
         ...
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from procqueue.errors import PermanentError
+from procqueue.errors import PermanentError, TransientError
 from procqueue.notifications import store
 from procqueue.notifications.channel import Channel
-from procqueue.notifications.errors import ChannelUnavailable, RetryLater, TargetGone
+from procqueue.notifications.errors import ChannelUnavailable, TargetGone
 from procqueue.notifications.model import Message, Notification, Target
 from procqueue.notifications.templates import Templates
 from procqueue.queue.failures import is_transient
@@ -125,7 +125,7 @@ def _combined(
     if len(failures) == 1 and sent + before == 0:
         return failures[0][1]  # the one failure, as it is
     if any(is_transient(error) for _, error in failures):
-        waits = [getattr(error, "retry_after", None) for _, error in failures]
-        retry_after = max((wait for wait in waits if wait is not None), default=None)
-        return RetryLater(f"{progress}; the rest will be retried: {reasons}", retry_after)
+        waits = [error.retry_at for _, error in failures if isinstance(error, TransientError)]
+        retry_at = max((wait for wait in waits if wait is not None), default=None)
+        return TransientError(f"{progress}; the rest will be retried: {reasons}", retry_at=retry_at)
     return PermanentError(f"{progress}; the rest failed for good: {reasons}")

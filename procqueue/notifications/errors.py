@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-from procqueue.errors import PermanentError, TransientError
-
-
-class RetryLater(TransientError):
-    """A transient failure that says when to come back (HTTP Retry-After)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+from procqueue.errors import PermanentError
 
 
 class TargetGone(PermanentError):

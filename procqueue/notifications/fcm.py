@@ -9,7 +9,7 @@
 Outcomes of a send: a message name; TargetGone for a token FCM reports as
 UNREGISTERED (404) or as an invalid registration token (400 INVALID_ARGUMENT
 naming the registration token);
-RetryLater for 429 and 5xx (with the Retry-After it asked for) and for network
+TransientError for 429 and 5xx (its `retry_at` from Retry-After) and for network
 errors; PermanentError for any other refusal.
 """
 
@@ -30,7 +30,7 @@ from google.auth.transport.urllib3 import Request as Urllib3Request
 from google.oauth2 import service_account
 
 from procqueue.errors import ConfigError, PermanentError, TransientError
-from procqueue.notifications.errors import RetryLater, TargetGone
+from procqueue.notifications.errors import TargetGone
 from procqueue.settings import Settings
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -190,7 +190,7 @@ class FcmClient:
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                 raise self._refusal(response.status, text, retry_after, label)
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise RetryLater(
+            raise TransientError(
                 f"FCM unreachable ({type(error).__name__}: {error}); will retry"
             ) from None
 
@@ -206,9 +206,9 @@ class FcmClient:
             return TargetGone(f"FCM says {label} is not a valid token ({reply}); token removed")
         if status == 401:
             self.tokens.invalidate()
-            return RetryLater(f"FCM refused the access token ({reply}); will get a new one")
+            return TransientError(f"FCM refused the access token ({reply}); will get a new one")
         if status == 429 or status >= 500:
-            return RetryLater(f"FCM is unavailable ({reply}); will retry", retry_after)
+            return TransientError.after(f"FCM is unavailable ({reply}); will retry", retry_after)
         return PermanentError(f"FCM refused the message to {label} ({reply})")
 
 

@@ -10,11 +10,9 @@ with what to fix.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from procrastinate import JobContext, RetryDecision
-from procrastinate.jobs import Job
+from procrastinate import JobContext
 
 from procqueue.notifications.channel import Channel, UnconfiguredChannel
 from procqueue.notifications.dispatch import Dispatcher
@@ -51,20 +49,6 @@ CHANNELS: dict[str, Callable[[Settings], Channel]] = {
 }
 
 
-@dataclass(frozen=True)
-class RetryAfterBackoff(BackoffRetry):
-    """BackoffRetry that waits at least what the server asked for (Retry-After),
-    up to the backoff ceiling."""
-
-    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
-        decision = super().get_retry_decision(exception=exception, job=job)
-        asked = getattr(exception, "retry_after", None)
-        if decision is None or asked is None:
-            return decision
-        wait = max(self.delay(job.attempts), min(float(asked), self.max_seconds))
-        return RetryDecision(retry_in={"milliseconds": round(wait * 1000)})
-
-
 class _LazyDispatcher:
     """Builds the channel (and its clients and token cache) once, on first use."""
 
@@ -85,13 +69,12 @@ class _LazyDispatcher:
 def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
     settings = app.services.settings
     templates = Templates(settings.default_locale, settings.notification_templates_dir)
-    strategy = RetryAfterBackoff(retry.max_retries, retry.base_seconds, retry.max_seconds)
     for name, factory in CHANNELS.items():
-        _register_channel(app, name, _LazyDispatcher(settings, templates, factory), strategy)
+        _register_channel(app, name, _LazyDispatcher(settings, templates, factory), retry)
 
 
 def _register_channel(
-    app: ProcqueueApp, name: str, dispatcher: _LazyDispatcher, retry: RetryAfterBackoff
+    app: ProcqueueApp, name: str, dispatcher: _LazyDispatcher, retry: BackoffRetry
 ) -> None:
     async def deliver(context: JobContext, /, **args: Any) -> str:
         return await dispatcher.get().run(app.pool, args, context.job.id)

@@ -8,12 +8,15 @@ from datetime import UTC, datetime, timedelta
 from procrastinate import BaseRetryStrategy, RetryDecision
 from procrastinate.jobs import Job
 
+from procqueue.errors import TransientError
 from procqueue.queue.failures import is_transient
 
 
 @dataclass(frozen=True)
 class BackoffRetry(BaseRetryStrategy):
-    """Retry transient errors `max_retries` times, waiting base * 2**attempt seconds."""
+    """Retry transient errors `max_retries` times, waiting base * 2**attempt seconds,
+    or until the error's `retry_at` (when the service said to come back) if later.
+    Every task uses this one strategy."""
 
     max_retries: int = 3
     base_seconds: float = 2.0
@@ -29,4 +32,5 @@ class BackoffRetry(BaseRetryStrategy):
         if not self.will_retry(exception, job.attempts):
             return None
         retry_at = datetime.now(UTC) + timedelta(seconds=self.delay(job.attempts))
-        return RetryDecision(retry_at=retry_at)
+        asked = exception.retry_at if isinstance(exception, TransientError) else None
+        return RetryDecision(retry_at=max(retry_at, asked) if asked is not None else retry_at)
