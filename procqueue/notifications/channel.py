@@ -30,8 +30,9 @@ class Channel(Protocol):
         ...
 
     async def send(self, target: Target, message: Message, notification: Notification) -> None:
-        """Deliver to one target. Raise TransientError (with `retry_at` if the service said when) to retry,
-        PermanentError to fail, TargetGone when the target is dead for good."""
+        """Deliver to one target. Raise TransientError to retry (with `retry_at` when
+        the service said when), PermanentError to fail, TargetGone when the target is
+        dead for good."""
         ...
 
     async def discard(self, conn: AsyncConnection[Any], target: Target) -> None:
