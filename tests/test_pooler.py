@@ -54,12 +54,13 @@ def settings(pooled: str, es_url: str) -> Settings:
     return make_settings(pooled, es_url, transaction_pooler=True, dashboard_secret=SECRET)
 
 
-@pytest.fixture(scope="module")
-async def app(settings: Settings) -> AsyncIterator[ProcqueueApp]:
-    application = build_app(settings)
-    async with application.open_async():
-        yield application
-    await application.services.aclose()
+async def add_seller(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The listings' owner, through the pooler (the `db` fixture would add it directly)."""
+    await conn.execute(
+        "INSERT INTO auth.users (id, email) VALUES (%s, 'seller@example.com') "
+        "ON CONFLICT DO NOTHING",
+        [SELLER_ID],
+    )
 
 
 @contextlib.asynccontextmanager
@@ -168,11 +169,7 @@ async def test_the_worker_syncs_through_the_pooler_without_any_role_setting(
     await fresh_server_sessions(pooled)  # the worker's pool is open: its sessions are gone
     listing_id = str(uuid.uuid4())
     async with await psycopg.AsyncConnection.connect(pooled, autocommit=True) as writer:
-        await writer.execute(
-            "INSERT INTO auth.users (id, email) VALUES (%s, 'seller@example.com') "
-            "ON CONFLICT DO NOTHING",
-            [SELLER_ID],
-        )
+        await add_seller(writer)
         await writer.execute(
             "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'Through the pooler')",
             [listing_id, SELLER_ID],
@@ -202,11 +199,7 @@ async def test_after_the_worker_other_clients_keep_their_session(
     # The worker runs a few hundred queries through every pooled connection ...
     for _ in range(3):
         async with await psycopg.AsyncConnection.connect(pooled, autocommit=True) as writer:
-            await writer.execute(
-                "INSERT INTO auth.users (id, email) VALUES (%s, 'seller@example.com') "
-                "ON CONFLICT DO NOTHING",
-                [SELLER_ID],
-            )
+            await add_seller(writer)
             await writer.execute(
                 "INSERT INTO listings (user_id, title) SELECT %s, 'burst ' || n "
                 "FROM generate_series(1, 5) AS n",
