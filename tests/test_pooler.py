@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -33,6 +30,7 @@ from procqueue.runtime import ProcqueueApp
 from procqueue.settings import Settings
 from tests.conftest import make_settings
 from tests.support.dashboard import dashboard_client, sign_in
+from tests.support.history import run_cli
 from tests.support.pgbouncer import POOL_SIZE, Pgbouncer
 from tests.support.supabase import OWNER_ROLE, supabase_database
 from tests.support.worker import SELLER_ID, drain
@@ -221,17 +219,11 @@ async def test_the_worker_pool_sets_nothing_on_its_connections(app: ProcqueueApp
     assert connector._pool_args["kwargs"]["prepare_threshold"] is None
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.dsn,
-        "PROCQUEUE_TRANSACTION_POOLER": "true",
-        "ELASTICSEARCH_URL": settings.elasticsearch_url,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "procqueue.cli", *args],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+async def cli(settings: Settings, *args: str) -> tuple[int, str, str]:
+    """`procqueue ARGS` through the pooler, told it is one (not on port 6543)."""
+    return await run_cli(
+        settings.dsn, *args, transaction_pooler="true", elasticsearch_url=settings.elasticsearch_url
+    )
 
 
 async def test_the_cli_works_through_the_pooler(
@@ -242,17 +234,17 @@ async def test_the_cli_works_through_the_pooler(
             "INSERT INTO procrastinate.procrastinate_jobs (queue_name, task_name, args, status) "
             "SELECT 'pooler', 'pooler:broken', '{}', 'failed' FROM generate_series(1, 8)"
         )
-    health = cli(settings, "health")
-    assert health.returncode in (0, 1, 2), health.stderr
-    assert "status:" in health.stdout and "Traceback" not in health.stderr
-    failed = cli(settings, "failed", "--task", "pooler:broken")
-    assert failed.returncode == 0, failed.stderr
-    assert failed.stdout.count("pooler:broken") == 8
+    code, out, err = await cli(settings, "health")
+    assert code in (0, 1, 2), err
+    assert "status:" in out and "Traceback" not in err
+    code, out, err = await cli(settings, "failed", "--task", "pooler:broken")
+    assert code == 0, err
+    assert out.count("pooler:broken") == 8
     # Eight retries: the same queries eight times over one connection, which psycopg
     # prepares unless told not to.
-    retried = cli(settings, "retry", "--task", "pooler:broken")
-    assert retried.returncode == 0, retried.stderr
-    assert "retried 8 job(s)" in retried.stdout
+    code, out, err = await cli(settings, "retry", "--task", "pooler:broken")
+    assert code == 0, err
+    assert "retried 8 job(s)" in out
     await assert_sessions_untouched(pooled, database)
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
         await conn.execute(
