@@ -25,6 +25,7 @@ from benchmarks.common import USER_ID, environment
 from procqueue.app import build_app
 from procqueue.entities import LISTING
 from procqueue.runtime import ProcqueueApp
+from procqueue.search.client import search_index
 from procqueue.search.reindex import reindex_entity
 from tests.support.worker import drain, table_documents
 
@@ -33,7 +34,7 @@ async def direct_bulk(app: ProcqueueApp, index: str, dsn: str) -> float:
     documents = await table_documents(dsn, LISTING)
     actions = ({"_index": index, "_id": key, "_source": doc} for key, doc in documents.items())
     started = time.perf_counter()
-    await helpers.async_bulk(app.services.search.client, actions, chunk_size=500)
+    await helpers.async_bulk(search_index(app.services).client, actions, chunk_size=500)
     return time.perf_counter() - started
 
 
@@ -73,10 +74,14 @@ async def run(rows: int) -> None:
             conn.execute("VACUUM ANALYZE listings")
         app = build_app(env.settings(concurrency=10))
         async with app.open_async():
-            search = app.services.search
-            started = time.perf_counter()
-            result = await reindex_entity(env.dsn, search, LISTING, batch_size=1000)
-            reindex_s = time.perf_counter() - started
+            search = search_index(app.services)
+            async with (
+                await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as conn,
+                await psycopg.AsyncConnection.connect(env.dsn) as reader,
+            ):
+                started = time.perf_counter()
+                result = await reindex_entity(conn, reader, search, LISTING, batch_size=1000)
+                reindex_s = time.perf_counter() - started
             fresh = f"{search.alias(LISTING)}_direct"
             await search.client.indices.create(index=fresh, mappings=LISTING.mappings())
             direct_insert_s = await direct_bulk(app, fresh, env.dsn)

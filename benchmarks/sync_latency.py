@@ -89,7 +89,7 @@ async def direct_updates(
     settings: Settings, ids: list[str], rate: float, seconds: float
 ) -> list[float]:
     rng = random.Random(8)
-    search = SearchIndex(make_client(settings), settings.index_prefix + "direct_")
+    search = SearchIndex(make_client(settings.search), settings.index_prefix + "direct_")
     await search.ensure_index(LISTING)
     latencies = []
     deadline = time.monotonic() + seconds

@@ -20,6 +20,7 @@ import psycopg
 from benchmarks.common import USER_ID, environment, process_cpu_seconds
 from procqueue.app import build_app
 from procqueue.runtime import ProcqueueApp
+from procqueue.search.client import search_index
 from procqueue.settings import Settings
 
 
@@ -72,12 +73,13 @@ async def run(rows: int, concurrency: int) -> None:
         insert_seconds = await insert_rows(env.dsn, rows)
         sync_app = build_app(settings)
         async with sync_app.open_async():
-            await sync_app.services.search.ensure_index(sync_app.services.entities.get("listing"))
+            search = search_index(sync_app.services)
+            await search.ensure_index(sync_app.services.entities.get("listing"))
             sync_run = await drain_measured(sync_app, concurrency, env.es_url)
             sync_seconds = sync_run["wall"]
-            alias = sync_app.services.search.alias(sync_app.services.entities.get("listing"))
-            await sync_app.services.search.client.indices.refresh(index=alias)
-            documents = await sync_app.services.search.client.count(index=alias)
+            alias = search.alias(sync_app.services.entities.get("listing"))
+            await search.client.indices.refresh(index=alias)
+            documents = await search.client.count(index=alias)
             await sync_app.services.aclose()
 
         with psycopg.connect(env.dsn) as conn:

@@ -22,6 +22,7 @@ from procqueue.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+
 def make_connector(settings: Settings) -> QualifiedPsycopgConnector:
     """Procrastinate's connector, running its queries schema-qualified: its pooled
     connections get no `SET search_path` (nor any other session state), so they are

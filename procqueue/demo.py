@@ -32,6 +32,7 @@ from procqueue.local import (
 )
 from procqueue.migrate import migrate
 from procqueue.queue.failures import redact
+from procqueue.search.client import search_index
 from procqueue.settings import Settings, load_settings
 
 logger = logging.getLogger("procqueue.demo")
@@ -56,7 +57,7 @@ def seed(dsn: str, seed_file: Traversable | None = None) -> None:
 
 async def count_indexed(settings: Settings) -> dict[str, int]:
     app = build_app(settings)
-    search = app.services.search
+    search = search_index(app.services)
     counts = {}
     try:
         for entity in DEFAULT_ENTITIES:

@@ -36,7 +36,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 class Entity:
     """One synced table."""
 
-    name: str  # task prefix and lock namespace: "listing" -> listing:update
+    name: str  # names its jobs (procqueue/search/jobs.py) and its sync key
     table: str  # schema-qualified: "public.listings"
     index: str  # Elasticsearch alias: "listings" -> listings_v1
     fields: Mapping[str, str]  # document column -> type in FIELD_MAPPINGS
@@ -58,9 +58,6 @@ class Entity:
         """Every column the queue reads or watches, for existence checks."""
         names = [self.primary_key, *self.fields, *self.image_columns, *self.ignored_columns]
         return tuple(dict.fromkeys(names))
-
-    def task_name(self, operation: str) -> str:
-        return f"{self.name}:{operation}"
 
     def mappings(self) -> dict[str, Any]:
         properties = {column: FIELD_MAPPINGS[kind] for column, kind in self.fields.items()}

@@ -26,17 +26,30 @@ class JobError(ProcqueueError):
 class TransientError(JobError):
     """A failure that may go away by itself (network, timeout, 429, 5xx): retry.
     `retry_at`: the earliest time the service said it may be called again (a rate
-    limit's reset, an HTTP Retry-After); the retry waits for it (queue/retry.py)."""
+    limit's reset, an HTTP Retry-After); the retry waits for it (queue/retry.py).
+    `spends_attempt=False` (see `postpone`): not a failure but a hand-over: the
+    worker enqueues the same job again, due at `retry_at`, and this one succeeds,
+    so the wait uses up none of the job's retries."""
 
-    def __init__(self, message: str, *, retry_at: datetime | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_at: datetime | None = None, spends_attempt: bool = True
+    ) -> None:
         super().__init__(message)
         self.retry_at = retry_at
+        self.spends_attempt = spends_attempt
 
     @classmethod
     def after(cls, message: str, seconds: float | None) -> Self:
         """A transient error asking to wait `seconds` (None: no wish)."""
         when = None if seconds is None else datetime.now(UTC) + timedelta(seconds=seconds)
         return cls(message, retry_at=when)
+
+    @classmethod
+    def postpone(cls, message: str, seconds: float) -> Self:
+        """Come back in `seconds` with a new job, spending no retry (for waits that
+        are not failures: another transaction holds what the job needs)."""
+        when = datetime.now(UTC) + timedelta(seconds=seconds)
+        return cls(message, retry_at=when, spends_attempt=False)
 
 
 class PermanentError(JobError):

@@ -1,5 +1,6 @@
 """What a feature slice (search, images, notifications) hands the composition roots:
-`app.py` registers its tasks, `migrate.py` attaches its triggers."""
+`app.py` registers its tasks, `migrate.py` attaches its triggers, and the dashboard
+reads its job specs (procqueue/queue/jobs.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import psycopg
 from procqueue.settings import SchemaConfig
 
 if TYPE_CHECKING:
+    from procqueue.queue.jobs import JobSpec
     from procqueue.queue.retry import BackoffRetry
     from procqueue.runtime import ProcqueueApp
 
@@ -36,3 +38,4 @@ class Feature:
     name: str
     register: Callable[[ProcqueueApp, BackoffRetry], None]
     schema_steps: SchemaSteps
+    job_specs: Callable[[SchemaConfig], list[JobSpec]]

@@ -2,11 +2,18 @@
 
 `load_settings()` is the one entry point: it turns pydantic's validation report
 into a ConfigError whose single line names the setting and the problem.
+
+`Settings` is the one environment reader. What a sink or a client needs it hands
+out as a small frozen config (`search`, `smtp`, `fcm`, `cloudinary`, `health`,
+`schema_config()`): the sinks take their own config, never `Settings`. The configs
+live here, and not next to their sinks, because this module imports no feature
+package; `HealthConfig` lives in procqueue/queue/health.py (core, no cycle). No
+config's `repr` shows a secret: secrets stay `SecretStr`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -27,8 +34,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from procqueue.entities import DEFAULT_ENTITIES, Entity, load_entities
 from procqueue.errors import ConfigError
+from procqueue.queue.health import HealthConfig
 
 SUPABASE_TRANSACTION_POOLER_PORT = 6543
+#: The SMTP port each security mode uses when PROCQUEUE_SMTP_PORT is unset.
+SMTP_DEFAULT_PORTS = {"plain": 25, "starttls": 587, "tls": 465}
+#: The Cloudinary Admin API's limit of public ids per delete_resources call.
+CLOUDINARY_MAX_IDS_PER_CALL = 100
 
 
 def _env(name: str) -> Any:
@@ -51,6 +63,55 @@ class SchemaConfig:
     bulk_chunk_size: int = 500
     image_cleanup_grace: float = 600.0  # seconds a removed image waits before cleanup
     notifications_table: str = "public.notifications"  # "": no notification trigger
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How to reach Elasticsearch (procqueue/search/client.py)."""
+
+    url: str = "http://localhost:9200"
+    api_key: SecretStr | None = None
+    timeout: float = 10.0
+    index_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """The SMTP server email goes through (procqueue/notifications/smtp.py)."""
+
+    host: str
+    port: int
+    security: Literal["plain", "starttls", "tls"]
+    sender: str
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class FcmConfig:
+    """Where the push sender finds its Firebase service account and FCM
+    (procqueue/notifications/fcm.py reads the key). The key's JSON is a secret."""
+
+    service_account_file: Path | None = None
+    service_account_json: SecretStr | None = field(default=None, repr=False)
+    project_id: str | None = None  # None: the service-account key's project
+    token_uri: str | None = None  # None: the service-account key's token_uri
+    base_url: str = "https://fcm.googleapis.com"
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class CloudinaryConfig:
+    """The Cloudinary account image cleanup deletes from (procqueue/images/cloudinary.py)."""
+
+    cloud_name: str
+    api_key: SecretStr
+    api_secret: SecretStr
+    upload_prefix: str | None = None
+    timeout: float = 10.0
+    batch_size: int = CLOUDINARY_MAX_IDS_PER_CALL
+    domains: tuple[str, ...] = ()  # custom delivery domains
 
 
 class SchemaSettings(BaseSettings):
@@ -135,7 +196,7 @@ class Settings(SchemaSettings):
     notification_templates_dir: Path | None = None
     smtp_host: str | None = None
     smtp_port: int | None = Field(default=None, ge=1, le=65535)
-    smtp_security: str = Field(default="starttls", pattern=r"^(plain|starttls|tls)$")
+    smtp_security: Literal["plain", "starttls", "tls"] = "starttls"
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_sender: str | None = None
@@ -238,6 +299,85 @@ class Settings(SchemaSettings):
         if self.listen_notify is not None:
             return self.listen_notify
         return not self.uses_transaction_pooler
+
+    @property
+    def search(self) -> SearchConfig:
+        return SearchConfig(
+            url=self.elasticsearch_url,
+            api_key=self.elasticsearch_api_key,
+            timeout=self.elasticsearch_timeout,
+            index_prefix=self.index_prefix,
+        )
+
+    @property
+    def smtp(self) -> SmtpConfig | None:
+        """None: email is not configured (no PROCQUEUE_SMTP_HOST). ConfigError: it is,
+        but not enough to send."""
+        if not self.smtp_host:
+            return None
+        if not self.smtp_sender:
+            raise ConfigError(
+                "email is not configured: set PROCQUEUE_SMTP_HOST and PROCQUEUE_SMTP_SENDER "
+                "(or take 'email' out of procqueue.notification_rules)"
+            )
+        return SmtpConfig(
+            host=self.smtp_host,
+            port=self.smtp_port or SMTP_DEFAULT_PORTS[self.smtp_security],
+            security=self.smtp_security,
+            sender=self.smtp_sender,
+            username=self.smtp_username,
+            password=self.smtp_password,
+            timeout=self.smtp_timeout,
+        )
+
+    @property
+    def fcm(self) -> FcmConfig | None:
+        """None: push is not configured (no service-account key, file or JSON)."""
+        if self.fcm_service_account_file is None and self.fcm_service_account_json is None:
+            return None
+        return FcmConfig(
+            service_account_file=self.fcm_service_account_file,
+            service_account_json=self.fcm_service_account_json,
+            project_id=self.fcm_project_id,
+            token_uri=self.fcm_token_uri,
+            base_url=self.fcm_base_url,
+            timeout=self.fcm_timeout,
+        )
+
+    @property
+    def cloudinary(self) -> CloudinaryConfig | None:
+        """None: no Cloudinary credentials (cloud name, API key and secret)."""
+        if not (
+            self.cloudinary_cloud_name and self.cloudinary_api_key and self.cloudinary_api_secret
+        ):
+            return None
+        return CloudinaryConfig(
+            cloud_name=self.cloudinary_cloud_name,
+            api_key=self.cloudinary_api_key,
+            api_secret=self.cloudinary_api_secret,
+            upload_prefix=self.cloudinary_upload_prefix,
+            timeout=self.cloudinary_timeout,
+            batch_size=self.cloudinary_batch_size,
+            domains=self.cloudinary_domain_list,
+        )
+
+    @property
+    def cloudinary_domain_list(self) -> tuple[str, ...]:
+        """CLOUDINARY_DOMAINS, split: the custom delivery domains."""
+        return tuple(part.strip() for part in self.cloudinary_domains.split(",") if part.strip())
+
+    @property
+    def health(self) -> HealthConfig:
+        return HealthConfig(
+            lag_degraded=self.health_lag_degraded,
+            lag_unhealthy=self.health_lag_unhealthy,
+            failure_rate_degraded=self.health_failure_rate_degraded,
+            failure_rate_unhealthy=self.health_failure_rate_unhealthy,
+            min_runs=self.health_min_runs,
+            min_workers=self.health_min_workers,
+            window=self.health_window,
+            stalled_after=timedelta(seconds=self.stalled_timeout),
+        )
 
 
 def _cloudinary_url_parts(text: str) -> tuple[str, str, str, str | None]:

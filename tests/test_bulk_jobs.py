@@ -17,6 +17,7 @@ import pytest
 from procqueue.app import build_app
 from procqueue.entities import DEFAULT_ENTITIES, LISTING
 from procqueue.runtime import ProcqueueApp
+from procqueue.search.client import search_index
 from tests.conftest import make_settings
 from tests.support.cloudinary_server import CloudinaryServer
 from tests.support.worker import (
@@ -173,7 +174,7 @@ async def test_one_refused_item_is_recorded_and_the_other_499_are_indexed(
 ) -> None:
     """A reindex target whose strict mapping lacks `location` (say, deployed before
     the column existed) refuses exactly the one listing that has a location."""
-    search = app.services.search
+    search = search_index(app.services)
     target = f"{search.alias(LISTING)}_strict"
     mappings = LISTING.mappings()
     del mappings["properties"]["location"]

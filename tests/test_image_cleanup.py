@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from procqueue.app import build_app
 from procqueue.cli import main as cli_main
 from procqueue.entities import DEFAULT_ENTITIES, LISTING, Entity
-from procqueue.images import CLEANUP_TASK
+from procqueue.images.jobs import CLEANUP
 from procqueue.images.orphans import find_orphans
 from procqueue.images.schema import attach_image_trigger_sql
 from procqueue.images.urls import DeliveryConfig
@@ -113,7 +113,7 @@ async def cleanup_jobs(db: psycopg.AsyncConnection[Any], since: int) -> list[dic
     await cursor.execute(
         "SELECT id, status::text AS status, args, attempts, scheduled_at, queueing_lock "
         "FROM procrastinate.procrastinate_jobs WHERE task_name = %s AND id > %s ORDER BY id",
-        [CLEANUP_TASK, since],
+        [CLEANUP.task_name, since],
     )
     return await cursor.fetchall()
 

@@ -117,9 +117,7 @@ def test_procrastinate_upgrade_applies_its_own_migrations_in_order() -> None:
 
 def test_unreachable_database_is_a_clear_error() -> None:
     with pytest.raises(MigrationError, match="cannot connect to the database") as error:
-        migrations.migrate(
-            "postgresql://someone:hunter2secret@127.0.0.1:1/nowhere"
-        )
+        migrations.migrate("postgresql://someone:hunter2secret@127.0.0.1:1/nowhere")
     assert "hunter2secret" not in str(error.value)
 
 
@@ -177,5 +175,8 @@ def test_from_scratch_and_print_sql_build_the_same_triggers_from_the_same_settin
         "image cleanup trigger on public.listings",
     ]
     triggers = "".join(from_scratch)
-    assert "'listing', 'id', 'sync', '7', '33', 'view_count'" in triggers
+    assert (
+        "'listing', 'id', 'sync', 'listing:update', 'listing:', 'listing:bulk', '7', '33', "
+        "'view_count'"
+    ) in triggers
     assert "'42.000', 'main_image_url'" in triggers

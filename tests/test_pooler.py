@@ -27,6 +27,8 @@ from procqueue.qualified import (
     qualify,
 )
 from procqueue.runtime import ProcqueueApp
+from procqueue.search.client import search_index
+from procqueue.search.jobs import row_job
 from procqueue.settings import Settings
 from tests.conftest import make_settings
 from tests.support.dashboard import dashboard_client, sign_in
@@ -173,7 +175,7 @@ async def test_the_worker_syncs_through_the_pooler_without_any_role_setting(
             [listing_id, SELLER_ID],
         )
     await drain(app, concurrency=2)
-    search = app.services.search
+    search = search_index(app.services)
     found = await search.client.get(index=search.alias(LISTING), id=listing_id)
     assert found["_source"]["title"] == "Through the pooler"
     async with await psycopg.AsyncConnection.connect(database) as conn:
@@ -328,7 +330,9 @@ def test_a_synchronous_defer_before_the_app_is_opened_is_qualified_too(
     with application.open():
         connector = application.connector.get_sync_connector()
         assert isinstance(connector, QualifiedSyncPsycopgConnector)
-        job_id = application.configure_task(LISTING.task_name("update")).defer(id=entity_id)
+        job_id = application.configure_task(row_job(LISTING, "update").task_name).defer(
+            id=entity_id
+        )
     with psycopg.connect(database, autocommit=True) as conn:
         row = conn.execute(
             "DELETE FROM procrastinate.procrastinate_jobs WHERE id = %s RETURNING args ->> 'id'",

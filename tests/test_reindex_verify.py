@@ -15,14 +15,29 @@ from typing import Any
 import psycopg
 import pytest
 
-from procqueue.entities import INVENTORY, LISTING
+from procqueue.entities import INVENTORY, LISTING, Entity
 from procqueue.runtime import ProcqueueApp
+from procqueue.search.client import SearchIndex, search_index
 from procqueue.search.reindex import live_indexes, reindex_entity
-from procqueue.search.verify import verify_entity
+from procqueue.search.verify import Drift, verify_entity
 from procqueue.settings import Settings
 from tests.support.worker import drain, indexed_documents, running_worker, table_documents
 
 USER_ID = "00000000-0000-4000-8000-0000000000b2"
+
+
+async def reindex(database: str, search: SearchIndex, entity: Entity, **options: Any) -> Any:
+    """`reindex_entity` with its two connections, as `procqueue reindex` opens them."""
+    async with (
+        await psycopg.AsyncConnection.connect(database, autocommit=True) as conn,
+        await psycopg.AsyncConnection.connect(database) as reader,
+    ):
+        return await reindex_entity(conn, reader, search, entity, **options)
+
+
+async def verify(database: str, search: SearchIndex, entity: Entity) -> Drift:
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        return await verify_entity(conn, search, entity)
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +86,12 @@ async def test_reindex_while_writers_run_ends_with_the_new_index_equal_to_the_ta
 ) -> None:
     await insert_listings(db, 3000, "before")
     await drain(app, concurrency=10)
-    search = app.services.search
+    search = search_index(app.services)
     old = await live_indexes(search, LISTING)
     stop = asyncio.Event()
     async with running_worker(app, concurrency=10):
         writers = [asyncio.create_task(writer(database, stop, seed)) for seed in range(3)]
-        result = await reindex_entity(database, search, LISTING, batch_size=200)
+        result = await reindex(database, search, LISTING, batch_size=200)
         stop.set()
         assert sum(await asyncio.gather(*writers)) > 0
     await drain(app, concurrency=10)
@@ -88,7 +103,7 @@ async def test_reindex_while_writers_run_ends_with_the_new_index_equal_to_the_ta
 async def test_interrupted_reindex_resumes_and_completes(
     app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any]
 ) -> None:
-    search = app.services.search
+    search = search_index(app.services)
     chunks = 0
     interrupted = asyncio.Event()
 
@@ -104,7 +119,7 @@ async def test_interrupted_reindex_resumes_and_completes(
         [USER_ID],
     )
     task = asyncio.create_task(
-        reindex_entity(database, search, INVENTORY, batch_size=100, on_chunk=on_chunk)
+        reindex(database, search, INVENTORY, batch_size=100, on_chunk=on_chunk)
     )
     await asyncio.wait_for(interrupted.wait(), timeout=30)
     task.cancel()
@@ -118,7 +133,7 @@ async def test_interrupted_reindex_resumes_and_completes(
     assert copied >= 300
 
     resumed_from: list[int] = []
-    result = await reindex_entity(
+    result = await reindex(
         database, search, INVENTORY, batch_size=100, drop_old=True,
         on_start=lambda total, done: resumed_from.append(done),
     )  # fmt: skip
@@ -148,7 +163,7 @@ async def test_verify_finds_missing_stale_and_extra_and_repair_fixes_them(
 ) -> None:
     await insert_listings(db, 120, "verify")
     await drain(app, concurrency=10)
-    assert not (await verify_entity(database, app.services.search, LISTING)).drifted
+    assert not (await verify(database, search_index(app.services), LISTING)).drifted
 
     ids = [
         str(row[0])
@@ -158,7 +173,8 @@ async def test_verify_finds_missing_stale_and_extra_and_repair_fixes_them(
             )
         ).fetchall()
     ]
-    client, alias = app.services.search.client, app.services.search.alias(LISTING)
+    search = search_index(app.services)
+    client, alias = search.client, search.alias(LISTING)
     extra = str(uuid.uuid4())
     await client.delete(index=alias, id=ids[0])  # deleted behind its back
     await client.update(index=alias, id=ids[1], doc={"title": "changed behind its back"})

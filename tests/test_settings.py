@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from procqueue.app import worker_options
-from procqueue.entities import DEFAULT_ENTITIES, load_entities
+from procqueue.entities import DEFAULT_ENTITIES, EntityRegistry, load_entities
 from procqueue.errors import ConfigError
+from procqueue.runtime import ServiceKey, Services
 from procqueue.settings import load_settings
 
 DSN = "postgresql://postgres:s3cr3t-pw@db.example.supabase.co:5432/postgres"
@@ -148,3 +150,52 @@ def test_example_entities_file_is_the_default_configuration() -> None:
     from tests.support.repo import REPO_DIR
 
     assert load_entities(REPO_DIR / "examples" / "entities.toml") == DEFAULT_ENTITIES
+
+
+def test_each_part_gets_a_small_config_whose_repr_carries_no_secret() -> None:
+    settings = load_settings(
+        database_url="postgresql://app:DbSecret1@db/app",
+        elasticsearch_url="http://es:9200",
+        elasticsearch_api_key="EsKey123",
+        smtp_host="smtp.example.com",
+        smtp_sender="shop@example.com",
+        smtp_password="SmtpSecret1",
+        cloudinary_url="cloudinary://1234:CloudSecret1@demo",
+        fcm_service_account_json='{"private_key": "FcmSecret1"}',
+        fcm_project_id="demo",
+    )
+    configs = [settings.search, settings.smtp, settings.fcm, settings.cloudinary, settings.health]
+    assert all(config is not None for config in configs)
+    text = " ".join(repr(config) for config in configs)
+    for secret in ("DbSecret1", "EsKey123", "SmtpSecret1", "CloudSecret1", "FcmSecret1"):
+        assert secret not in text
+    assert settings.search.url == "http://es:9200" and settings.search.index_prefix == ""
+
+
+async def test_services_make_each_client_once_and_close_them_all() -> None:
+    services = Services(load_settings(database_url="postgresql://db/app"), EntityRegistry(()))
+    closed: list[str] = []
+
+    async def close(name: str) -> None:
+        closed.append(name)
+        if name == "b":
+            raise RuntimeError("b would not close")
+
+    made = {"a": 0, "b": 0}
+
+    def factory(name: str) -> Callable[[], str]:
+        def make() -> str:
+            made[name] += 1
+            return name
+
+        return make
+
+    services.provide(ServiceKey[str]("a"), factory("a"), close)
+    services.provide(ServiceKey[str]("b"), factory("b"), close)
+    assert services.get(ServiceKey[str]("a")) == services.get(ServiceKey[str]("a")) == "a"
+    services.get(ServiceKey[str]("b"))
+    with pytest.raises(LookupError, match="no service named 'c'"):
+        services.get(ServiceKey[str]("c"))
+    with pytest.raises(RuntimeError, match="b would not close"):
+        await services.aclose()
+    assert closed == ["b", "a"] and made == {"a": 1, "b": 1}

@@ -15,6 +15,7 @@ import pytest
 from procqueue.app import build_app
 from procqueue.entities import LISTING
 from procqueue.runtime import ProcqueueApp
+from procqueue.search.client import search_index
 from tests.conftest import make_settings
 from tests.support.proxy import TcpProxy
 from tests.support.worker import (
@@ -79,7 +80,7 @@ async def timed_out(database: str) -> bool:
 
 
 async def indexed_title(app: ProcqueueApp, listing_id: str) -> str:
-    search = app.services.search
+    search = search_index(app.services)
     found = await search.client.get(index=search.alias(LISTING), id=listing_id)
     return str(found["_source"]["title"])
 
@@ -173,7 +174,7 @@ async def test_job_running_past_the_timeout_is_cancelled_and_retried(
     async with app_with(
         database, proxy.url, job_timeout=0.5, elasticsearch_timeout=60, retry_backoff=0.2
     ) as app:
-        await app.services.search.ensure_index(LISTING)
+        await search_index(app.services).ensure_index(LISTING)
         proxy.stall()  # Elasticsearch accepts the request and never answers
         [listing_id] = await insert_listings(db, 1, "slow")
         async with running_worker(app):
@@ -194,7 +195,7 @@ async def test_retry_while_a_newer_job_of_the_row_waits_does_not_get_stuck(
     """A write during a sync enqueues a second job with the same queueing lock; when
     the running job then fails and is retried, both must still run to the end."""
     async with app_with(database, proxy.url, job_timeout=0.5, retry_backoff=0) as app:
-        await app.services.search.ensure_index(LISTING)
+        await search_index(app.services).ensure_index(LISTING)
         [listing_id] = await insert_listings(db, 1, "first")
         proxy.stall()  # the running job hangs on Elasticsearch, then times out
         async with running_worker(app):

@@ -9,12 +9,13 @@ import psycopg
 
 from procqueue.entities import INVENTORY, LISTING
 from procqueue.runtime import ProcqueueApp
+from procqueue.search.client import search_index
 from tests.support.worker import SELLER_ID, drain, indexed_documents, job_counts
 
 
 async def document(app: ProcqueueApp, entity_alias: str, entity_id: str) -> dict[str, Any] | None:
-    client = app.services.search.client
-    alias = app.services.search.prefix + entity_alias
+    search = search_index(app.services)
+    client, alias = search.client, search.prefix + entity_alias
     found = await client.options(ignore_status=404).get(index=alias, id=entity_id)
     return found["_source"] if found.get("found") else None
 
@@ -88,7 +89,7 @@ async def test_index_is_created_behind_a_versioned_alias(
         "INSERT INTO listings (user_id, title) VALUES (%s, 'first of its index')", [SELLER_ID]
     )
     await drain(app)  # the first sync creates the index
-    search = app.services.search
+    search = search_index(app.services)
     aliases = await search.client.indices.get_alias(name=search.alias(LISTING))
     assert list(aliases) == [search.versioned_name(LISTING, 1)]
     mapping = await search.client.indices.get_mapping(index=search.alias(LISTING))

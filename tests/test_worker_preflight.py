@@ -25,6 +25,7 @@ from procqueue.entities import LISTING
 from procqueue.migrate import migrate
 from procqueue.preflight import PreflightError
 from procqueue.runtime import ProcqueueApp, WorkerStopped
+from procqueue.search.client import search_index
 from procqueue.settings import Settings
 from tests.conftest import make_settings
 from tests.support.supabase import as_role, supabase_database
@@ -189,7 +190,7 @@ async def test_the_worker_role_syncs_and_reads_recipients_without_auth_privilege
         )
     async with opened(make_settings(as_role(database, worker_role), es_url)) as app:
         await drain(app)
-        search = app.services.search
+        search = search_index(app.services)
         found = await search.client.get(index=search.alias(LISTING), id=listing_id)
         assert found["_source"]["title"] == "Seen by the worker role"
         async with app.pool.connection() as conn:

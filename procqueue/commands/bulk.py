@@ -6,12 +6,21 @@ import argparse
 import asyncio
 from typing import Any
 
+from psycopg import AsyncConnection
+
+from procqueue.connections import connect_async
 from procqueue.entities import Entity, EntityRegistry, load_entities
 from procqueue.progress import Progress
-from procqueue.search.client import SearchIndex, make_client
+from procqueue.search.client import SearchIndex
 from procqueue.search.reindex import reindex_entity
 from procqueue.search.verify import repair, verify_entity
 from procqueue.settings import Settings, get_settings
+
+
+async def _connect(settings: Settings, *, autocommit: bool = False) -> AsyncConnection[Any]:
+    return await connect_async(
+        settings.dsn, transaction_pooler=settings.uses_transaction_pooler, autocommit=autocommit
+    )
 
 
 def chosen_entities(settings: Settings, which: str) -> list[Entity]:
@@ -23,15 +32,18 @@ def chosen_entities(settings: Settings, which: str) -> list[Entity]:
 
 async def _reindex(args: argparse.Namespace) -> int:
     settings = get_settings()
-    search = SearchIndex(make_client(settings), settings.index_prefix)
+    search = SearchIndex.from_config(settings.search)
     try:
         for entity in chosen_entities(settings, args.entity):
             bar = Progress(f"reindex {entity.table}", 0)
-            result = await reindex_entity(
-                settings.dsn, search, entity, batch_size=args.batch_size,
-                drop_old=args.drop_old, on_start=bar.start, on_chunk=bar.advance,
-                transaction_pooler=settings.uses_transaction_pooler,
-            )  # fmt: skip
+            async with (
+                await _connect(settings, autocommit=True) as conn,
+                await _connect(settings) as reader,
+            ):
+                result = await reindex_entity(
+                    conn, reader, search, entity, batch_size=args.batch_size,
+                    drop_old=args.drop_old, on_start=bar.start, on_chunk=bar.advance,
+                )  # fmt: skip
             bar.finish()
             old = ", ".join(result.previous) or "none"
             print(
@@ -40,21 +52,21 @@ async def _reindex(args: argparse.Namespace) -> int:
                 f"{', deleted' if result.dropped else ''})"
             )
     finally:
-        await search.client.close()
+        await search.aclose()
     return 0
 
 
 async def _verify(args: argparse.Namespace) -> int:
     settings = get_settings()
-    search = SearchIndex(make_client(settings), settings.index_prefix)
+    search = SearchIndex.from_config(settings.search)
     drifted = False
     try:
         for entity in chosen_entities(settings, args.entity):
             bar = Progress(f"verify {entity.table}", 0)
-            drift = await verify_entity(
-                settings.dsn, search, entity, batch_size=args.batch_size, on_chunk=bar.advance,
-                transaction_pooler=settings.uses_transaction_pooler,
-            )  # fmt: skip
+            async with await _connect(settings, autocommit=True) as conn:
+                drift = await verify_entity(
+                    conn, search, entity, batch_size=args.batch_size, on_chunk=bar.advance
+                )
             bar.finish()
             for kind in ("missing", "stale", "extra"):
                 for entity_id in getattr(drift, kind):
@@ -66,14 +78,14 @@ async def _verify(args: argparse.Namespace) -> int:
             if drift.drifted:
                 drifted = True
                 if args.repair:
-                    jobs = await repair(
-                        settings.dsn, entity, drift.ids, settings.bulk_threshold,
-                        settings.bulk_chunk_size,
-                        transaction_pooler=settings.uses_transaction_pooler,
-                    )  # fmt: skip
+                    async with await _connect(settings, autocommit=True) as conn:
+                        jobs = await repair(
+                            conn, entity, drift.ids, settings.bulk_threshold,
+                            settings.bulk_chunk_size,
+                        )  # fmt: skip
                     print(f"{entity.table}: enqueued {jobs} sync job(s) for {len(drift.ids)} ids")
     finally:
-        await search.client.close()
+        await search.aclose()
     return 1 if drifted else 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 from datetime import timedelta
 from typing import Any
@@ -13,14 +14,16 @@ from typing import Any
 import psycopg
 
 from procqueue.commands.output import table
+from procqueue.connections import connect_async
 from procqueue.queue.health import (
+    HealthConfig,
     Snapshot,
     Status,
     Verdict,
     as_json,
     evaluate,
     human_bytes,
-    read_snapshot_from,
+    read_snapshot,
 )
 from procqueue.settings import Settings, get_settings
 
@@ -104,15 +107,28 @@ def render(snapshot: Snapshot, verdict: Verdict) -> str:
     return "\n".join(parts)
 
 
-def check(settings: Settings, *, as_json_output: bool) -> int:
+async def read_snapshot_from(settings: Settings, config: HealthConfig) -> Snapshot:
+    """One snapshot, on a connection of its own to the settings' database."""
+    async with await connect_async(
+        settings.dsn,
+        transaction_pooler=settings.uses_transaction_pooler,
+        application_name="procqueue-health",
+    ) as conn:
+        return await read_snapshot(conn, config)
+
+
+def check(settings: Settings, *, as_json_output: bool, window: float | None = None) -> int:
+    config = settings.health
+    if window:
+        config = dataclasses.replace(config, window=timedelta(seconds=window))
     try:
-        snapshot = asyncio.run(read_snapshot_from(settings.dsn, settings))
+        snapshot = asyncio.run(read_snapshot_from(settings, config))
     except psycopg.OperationalError as error:
         reason = f"cannot reach the database: {str(error).strip().splitlines()[0]}"
         verdict: dict[str, Any] = {"status": "unhealthy", "reasons": [reason]}
         print(json.dumps(verdict) if as_json_output else f"status: unhealthy\n  - {reason}")
         return int(Status.UNHEALTHY)
-    result = evaluate(snapshot, settings)
+    result = evaluate(snapshot, config)
     if as_json_output:
         print(json.dumps(as_json(snapshot, result), default=str, indent=2))
     else:
@@ -121,10 +137,7 @@ def check(settings: Settings, *, as_json_output: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    if args.window:
-        settings = settings.model_copy(update={"health_window": timedelta(seconds=args.window)})
-    return check(settings, as_json_output=args.json)
+    return check(get_settings(), as_json_output=args.json, window=args.window)
 
 
 def register(commands: Any) -> None:

@@ -21,9 +21,7 @@ def show_orphans(args: argparse.Namespace) -> int:
         raise ConfigError(
             "set CLOUDINARY_URL (or CLOUDINARY_CLOUD_NAME) so that image URLs can be told apart"
         )
-    delivery = DeliveryConfig.of(
-        settings.cloudinary_cloud_name, settings.cloudinary_domains.split(",")
-    )
+    delivery = DeliveryConfig.of(settings.cloudinary_cloud_name, settings.cloudinary_domain_list)
     entities = load_entities(settings.entities_file)
     orphans = asyncio.run(
         find_orphans(

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from procqueue.connections import async_pool
 from procqueue.dashboard.security import SECURITY_HEADERS, SESSION_MAX_AGE, Access
 from procqueue.dashboard.views import Dashboard
+from procqueue.features import FEATURES
 from procqueue.queue.failures import redact
 from procqueue.queue.health import human_bytes
 from procqueue.queue.server import HealthSource, health_routes
@@ -128,8 +129,11 @@ def create_app(settings: Settings, access: Access) -> Starlette:
         max_size=4,
         configure=None if pooled else _configure,
     )
-    health = HealthSource(settings, pool=pool)
-    dashboard = Dashboard(settings, access, pool, health, make_templates(settings))
+    health = HealthSource(settings.health, pool)
+    specs = tuple(
+        spec for feature in FEATURES for spec in feature.job_specs(settings.schema_config())
+    )
+    dashboard = Dashboard(settings, access, pool, health, make_templates(settings), specs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

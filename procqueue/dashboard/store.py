@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from procqueue.queries import query, query_with
+from procqueue.queue.jobs import JobSpec
 
 Connection = psycopg.AsyncConnection[Any]
 
@@ -39,6 +40,23 @@ class JobFilter:
     task: str = ""
     queue: str = ""
     entity: str = ""
+    #: The features' job specs, to tell a lock ("listing:<id>") from a bare id.
+    specs: tuple[JobSpec, ...] = ()
+
+    def query(self) -> dict[str, str]:
+        """The filters as the job list's query parameters."""
+        return {
+            "status": self.status, "task": self.task, "queue": self.queue, "entity": self.entity
+        }  # fmt: skip
+
+    def entity_id(self) -> str:
+        """The id in the entity filter: a job's lock (`listing:<id>`,
+        `notification:email:<id>`), else what follows its last ':', else all of it."""
+        value = self.entity.strip()
+        for spec in self.specs:
+            if (key := spec.key_of(value)) is not None:
+                return key
+        return value.rsplit(":", 1)[-1].strip()
 
     def conditions(self) -> tuple[list[sql.Composable], dict[str, Any]]:
         """One-line SQL conditions (only the filters that are set) and their parameters."""
@@ -54,8 +72,8 @@ class JobFilter:
             conditions.append(sql.SQL("j.queue_name = %(queue)s"))
             params["queue"] = self.queue
         if self.entity:
-            # A lock ("listings:<id>") or a bare id: jobs carry {"id": ...} or {"ids": [...]}.
-            entity_id = self.entity.rsplit(":", 1)[-1].strip()
+            # Jobs of one row or object carry {"id": ...}, bulk jobs {"ids": [...]}.
+            entity_id = self.entity_id()
             conditions.append(sql.SQL("(j.args @> %(by_id)s OR j.args @> %(by_ids)s)"))
             params["by_id"] = Jsonb({"id": entity_id})
             params["by_ids"] = Jsonb({"ids": [entity_id]})

@@ -33,6 +33,7 @@ from procqueue.dashboard.security import (
     sign_in,
     sign_out,
 )
+from procqueue.queue.jobs import JobSpec
 from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_failed
 from procqueue.queue.server import HealthSource
 from procqueue.settings import Settings
@@ -110,6 +111,7 @@ class Dashboard:
     pool: AsyncConnectionPool[Any]
     health: HealthSource
     templates: Jinja2Templates
+    job_specs: tuple[JobSpec, ...] = ()
 
     def render(
         self,
@@ -251,6 +253,7 @@ class Dashboard:
             task=params.get("task", "").strip(),
             queue=params.get("queue", "").strip(),
             entity=params.get("entity", "").strip()[:200],
+            specs=self.job_specs,
         )
         async with self.pool.connection() as conn:
             found = await store.job_page(
@@ -258,7 +261,7 @@ class Dashboard:
             )
             tasks = await store.names(conn, "task")
             queues = await store.names(conn, "queue")
-        base = {key: value for key, value in vars(filters).items() if value}
+        base = {key: value for key, value in filters.query().items() if value}
         return self.render(
             request,
             "jobs.html",

@@ -3,8 +3,10 @@
 `delete_resources` (DELETE /v1_1/<cloud>/resources/<resource_type>/<type>) takes
 up to 100 public ids of one resource type and delivery type per call, so assets
 are grouped by those two and sent in batches. The SDK is synchronous: each call
-runs in a thread, never on the event loop. Credentials are passed per call (the
-SDK's global configuration is left alone) and never logged.
+runs in a thread, never on the event loop. Credentials come from a
+CloudinaryConfig (`Settings.cloudinary`), are passed per call (the SDK's global
+configuration is left alone) and never logged. A worker's jobs share one
+CloudinaryDeleter through the app's Services: `cloudinary_deleter(app.services)`.
 
 Errors are translated here, once: "not found" is done; network errors, timeouts,
 5xx and rate limits (420/429) are transient — a rate limit carries the time
@@ -28,15 +30,15 @@ from typing import Any
 
 import cloudinary.api
 import cloudinary.exceptions
-from pydantic import SecretStr
 
-from procqueue.errors import ConfigError, PermanentError, TransientError
+from procqueue.errors import PermanentError, TransientError
 from procqueue.images.urls import Asset, DeliveryConfig
-from procqueue.settings import Settings
+from procqueue.runtime import ServiceKey, Services
+from procqueue.settings import CLOUDINARY_MAX_IDS_PER_CALL, CloudinaryConfig
 
 logger = logging.getLogger(__name__)
 
-MAX_IDS_PER_CALL = 100  # the Admin API's limit for delete_resources
+MAX_IDS_PER_CALL = CLOUDINARY_MAX_IDS_PER_CALL  # the Admin API's limit for delete_resources
 MAX_CURSOR_ROUNDS = 20  # `partial` answers: continue with next_cursor, this many times
 DONE_STATUSES = frozenset({"deleted", "not_found"})
 # Cloudinary's 420 body: "Rate Limit Exceeded. ... Try again on 2024-10-04 14:00:00 UTC"
@@ -51,57 +53,17 @@ class CloudinaryRateLimited(TransientError):
         super().__init__(message, retry_at=retry_at)
 
 
-@dataclass(frozen=True)
-class CloudinaryAccount:
-    """What every Admin API call needs."""
-
-    cloud_name: str
-    api_key: SecretStr
-    api_secret: SecretStr
-    upload_prefix: str | None = None
-    timeout: float = 10.0
-    batch_size: int = MAX_IDS_PER_CALL
-    custom_domains: frozenset[str] = frozenset()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> CloudinaryAccount:
-        if not (
-            settings.cloudinary_cloud_name
-            and settings.cloudinary_api_key
-            and settings.cloudinary_api_secret
-        ):
-            raise ConfigError(
-                "Cloudinary is not configured: set CLOUDINARY_URL=cloudinary://<key>:<secret>@"
-                "<cloud> (or CLOUDINARY_CLOUD_NAME, CLOUDINARY_API_KEY and CLOUDINARY_API_SECRET)"
-                ", or remove image_columns from the entity configuration"
-            )
-        domains = (part for part in settings.cloudinary_domains.split(","))
-        return cls(
-            cloud_name=settings.cloudinary_cloud_name,
-            api_key=settings.cloudinary_api_key,
-            api_secret=settings.cloudinary_api_secret,
-            upload_prefix=settings.cloudinary_upload_prefix,
-            timeout=settings.cloudinary_timeout,
-            batch_size=min(settings.cloudinary_batch_size, MAX_IDS_PER_CALL),
-            custom_domains=DeliveryConfig.of(
-                settings.cloudinary_cloud_name, domains
-            ).custom_domains,
-        )
-
-    @property
-    def delivery(self) -> DeliveryConfig:
-        return DeliveryConfig(self.cloud_name, self.custom_domains)
-
-    def call_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {
-            "cloud_name": self.cloud_name,
-            "api_key": self.api_key.get_secret_value(),
-            "api_secret": self.api_secret.get_secret_value(),
-            "timeout": self.timeout,
-        }
-        if self.upload_prefix:
-            options["upload_prefix"] = self.upload_prefix.rstrip("/")
-        return options
+def call_options(config: CloudinaryConfig) -> dict[str, Any]:
+    """The SDK's per-call options: the account's credentials, timeout, upload prefix."""
+    options: dict[str, Any] = {
+        "cloud_name": config.cloud_name,
+        "api_key": config.api_key.get_secret_value(),
+        "api_secret": config.api_secret.get_secret_value(),
+        "timeout": config.timeout,
+    }
+    if config.upload_prefix:
+        options["upload_prefix"] = config.upload_prefix.rstrip("/")
+    return options
 
 
 @dataclass
@@ -147,14 +109,16 @@ def _retry_at_from_message(message: str) -> datetime | None:
 class CloudinaryDeleter:
     """Deletes assets of one Cloudinary account; remembers its rate-limit window."""
 
-    def __init__(self, account: CloudinaryAccount) -> None:
-        self.account = account
+    def __init__(self, config: CloudinaryConfig) -> None:
+        self.config = config
+        self.delivery = DeliveryConfig.of(config.cloud_name, config.domains)
+        self.batch_size = max(1, min(config.batch_size, MAX_IDS_PER_CALL))
         self._lock = threading.Lock()
         self._blocked_until: datetime | None = None
 
     async def delete(self, assets: Sequence[Asset]) -> DeletionReport:
         report = DeletionReport()
-        for resource_type, delivery_type, group in batches(assets, self.account.batch_size):
+        for resource_type, delivery_type, group in batches(assets, self.batch_size):
             done = await asyncio.to_thread(self._delete_batch, resource_type, delivery_type, group)
             report.calls += done.calls
             report.deleted += done.deleted
@@ -195,7 +159,7 @@ class CloudinaryDeleter:
         self, resource_type: str, delivery_type: str, public_ids: list[str], cursor: str | None
     ) -> Any:
         self._wait_for_rate_limit()
-        options = self.account.call_options()
+        options = call_options(self.config)
         if cursor:
             options["next_cursor"] = cursor
         action = f"deleting {len(public_ids)} {resource_type}/{delivery_type} asset(s)"
@@ -262,3 +226,12 @@ class CloudinaryDeleter:
         if isinstance(error, cloudinary.exceptions.Error) or status is not None:
             return PermanentError(reason)
         return PermanentError(f"{reason} ({type(error).__name__})")
+
+
+#: The app's one CloudinaryDeleter, in its Services (procqueue/images/feature.py provides it).
+CLOUDINARY_DELETER: ServiceKey[CloudinaryDeleter] = ServiceKey("cloudinary")
+
+
+def cloudinary_deleter(services: Services) -> CloudinaryDeleter:
+    """The Cloudinary deleter the app's jobs share."""
+    return services.get(CLOUDINARY_DELETER)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from procqueue.connections import connect_async
 from procqueue.entities import Entity
-from procqueue.images import CLEANUP_TASK
+from procqueue.images.jobs import CLEANUP
 from procqueue.images.references import find_referenced
 from procqueue.images.urls import Asset, DeliveryConfig, explain
 from procqueue.queries import query
@@ -32,7 +32,7 @@ async def find_orphans(
     transaction_pooler: bool = False,
 ) -> list[Orphan]:
     async with await connect_async(dsn, transaction_pooler=transaction_pooler) as conn:
-        cursor = await conn.execute(query("image_cleanup_jobs"), {"task_name": CLEANUP_TASK})
+        cursor = await conn.execute(query("image_cleanup_jobs"), {"task_name": CLEANUP.task_name})
         latest: dict[Asset, tuple[int, str]] = {}
         for job_id, status, url in await cursor.fetchall():
             found = explain(url, delivery)

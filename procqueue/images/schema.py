@@ -8,7 +8,8 @@ from psycopg import sql
 
 from procqueue.entities import Entity
 from procqueue.feature import Step
-from procqueue.images import DEFAULT_GRACE_SECONDS, IMAGES_QUEUE
+from procqueue.images import DEFAULT_GRACE_SECONDS
+from procqueue.images.jobs import CLEANUP
 from procqueue.settings import SchemaConfig
 
 
@@ -21,7 +22,11 @@ def attach_image_trigger_sql(entity: Entity, grace_seconds: float = DEFAULT_GRAC
     if not entity.image_columns:
         statement = sql.SQL("DROP TRIGGER IF EXISTS procqueue_image_cleanup ON {table};\n")
         return statement.format(table=table).as_string(None)
-    arguments = [entity.name, IMAGES_QUEUE, f"{grace_seconds:.3f}", *entity.image_columns]
+    # In the order sql/triggers/image_cleanup.sql reads them.
+    arguments = [
+        entity.name, CLEANUP.queue, CLEANUP.task_name, f"{grace_seconds:.3f}",
+        *entity.image_columns,
+    ]  # fmt: skip
     return (
         sql.SQL(
             "CREATE OR REPLACE TRIGGER procqueue_image_cleanup\n"

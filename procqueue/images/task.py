@@ -20,12 +20,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
-from procqueue.images import CLEANUP_TASK, IMAGES_QUEUE
-from procqueue.images.cloudinary import CloudinaryAccount, CloudinaryDeleter
+from procqueue.images.cloudinary import CloudinaryDeleter, cloudinary_deleter
+from procqueue.images.jobs import CLEANUP
 from procqueue.images.references import find_referenced
 from procqueue.images.urls import Asset, parse_delivery_url
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
+from procqueue.settings import CloudinaryConfig
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,13 @@ async def cleanup_images(
     urls: Sequence[str],
 ) -> CleanupReport:
     """Delete the assets behind `urls` that no row references now."""
-    parsed = [parse_delivery_url(url, deleter.account.delivery) for url in urls]
+    parsed = [parse_delivery_url(url, deleter.delivery) for url in urls]
     assets = sorted({asset for asset in parsed if asset is not None})
     report = CleanupReport(skipped_urls=parsed.count(None))
     if not assets:
         return report
     async with pool.connection() as conn:
-        referenced = await find_referenced(conn, entities, assets, deleter.account.delivery)
+        referenced = await find_referenced(conn, entities, assets, deleter.delivery)
     report.kept = sorted(referenced)
     for asset in report.kept:
         logger.info("image %s is still referenced by a row: kept", asset)
@@ -70,32 +71,33 @@ async def cleanup_images(
     return report
 
 
+def make_deleter(config: CloudinaryConfig | None) -> CloudinaryDeleter:
+    """The deleter of the configured account; a job without one fails for good."""
+    if config is None:
+        raise PermanentError(
+            "Cloudinary is not configured: set CLOUDINARY_URL=cloudinary://<key>:<secret>@"
+            "<cloud> (or CLOUDINARY_CLOUD_NAME, CLOUDINARY_API_KEY and CLOUDINARY_API_SECRET)"
+            ", or remove image_columns from the entity configuration"
+        )
+    return CloudinaryDeleter(config)
+
+
 def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
-    """`images:cleanup` on the `images` queue."""
-    deleters: list[CloudinaryDeleter] = []  # one per app, made on first use
+    """`images:cleanup` on the `images` queue; its deleter is the app's
+    (`cloudinary_deleter(app.services)`, provided by procqueue/images/feature.py)."""
 
-    def deleter() -> CloudinaryDeleter:
-        if not deleters:
-            try:
-                account = CloudinaryAccount.from_settings(app.services.settings)
-            except Exception as error:
-                raise PermanentError(str(error)) from None
-            deleters.append(CloudinaryDeleter(account))
-        return deleters[0]
-
-    @app.task(
-        name=CLEANUP_TASK, queue=IMAGES_QUEUE, pass_context=True, retry=retry
-    )
+    @app.task(name=CLEANUP.task_name, queue=CLEANUP.queue, pass_context=True, retry=retry)
     async def cleanup(
         context: JobContext, urls: list[str], entity: str | None = None
     ) -> dict[str, int]:
         if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
             raise PermanentError("images:cleanup expects args {'urls': [<delivery URL>, ...]}")
-        report = await cleanup_images(app.pool, app.services.entities.entities, deleter(), urls)
+        deleter = cloudinary_deleter(app.services)
+        report = await cleanup_images(app.pool, app.services.entities.entities, deleter, urls)
         logger.info(
             "images:cleanup for %s: %s",
             entity or "?",
             report.summary(),
-            extra={"job_id": context.job.id, "task": CLEANUP_TASK},
+            extra={"job_id": context.job.id, "task": CLEANUP.task_name},
         )
         return report.summary()

@@ -4,7 +4,8 @@ templates, delivery records, retries) is the dispatcher's and shared by all.
 
 Adding a channel (SMS, say) is one new module with a class like EmailChannel,
 listed in procqueue.notifications.tasks.CHANNELS, a template part for it
-and a rule row naming it: no other code changes.
+and a rule row naming it: no other code changes. The app's Services own the
+channels (made on first use, closed with the app's other clients).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class Channel(Protocol):
         """Forget a target that is gone (TargetGone)."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the channel holds (connections of its client)."""
+        ...
+
 
 class UnconfiguredChannel:
     """Stands for a channel this deployment has no settings for (no SMTP host,
@@ -56,3 +61,6 @@ class UnconfiguredChannel:
 
     async def discard(self, conn: AsyncConnection[Any], target: Target) -> None:
         """Nothing to forget."""
+
+    async def aclose(self) -> None:
+        """Nothing held."""

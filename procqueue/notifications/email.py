@@ -10,13 +10,8 @@ from psycopg import AsyncConnection
 
 from procqueue.errors import PermanentError
 from procqueue.notifications.model import Message, Notification, Recipient, Target
-from procqueue.notifications.smtp import (
-    SmtpConfig,
-    build_message,
-    masked,
-    send_email,
-    valid_address,
-)
+from procqueue.notifications.smtp import build_message, masked, send_email, valid_address
+from procqueue.settings import SmtpConfig
 
 
 class EmailChannel:
@@ -54,3 +49,6 @@ class EmailChannel:
 
     async def discard(self, conn: AsyncConnection[Any], target: Target) -> None:
         """An address is never removed: a bad one is the account owner's to fix."""
+
+    async def aclose(self) -> None:
+        """Nothing held: a connection per message."""

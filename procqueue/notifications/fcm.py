@@ -6,11 +6,14 @@
   expires; one refresh at a time; a 401 from FCM drops it.
 - Sends: POST {base}/v1/projects/{project}/messages:send with aiohttp.
 
-Outcomes of a send: a message name; TargetGone for a token FCM reports as
+Outcomes of a send: a message name; UnregisteredToken for a token FCM reports as
 UNREGISTERED (404) or as an invalid registration token (400 INVALID_ARGUMENT
 naming the registration token);
 TransientError for 429 and 5xx (its `retry_at` from Retry-After) and for network
 errors; PermanentError for any other refusal.
+
+The client takes an FcmConfig (`Settings.fcm`); it knows nothing of notifications
+(procqueue/notifications/push.py turns its errors into the channel's).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -30,8 +33,7 @@ from google.auth.transport.urllib3 import Request as Urllib3Request
 from google.oauth2 import service_account
 
 from procqueue.errors import ConfigError, PermanentError, TransientError
-from procqueue.notifications.errors import TargetGone
-from procqueue.settings import Settings
+from procqueue.settings import FcmConfig
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 # Keys FCM refuses in a message's data payload.
@@ -39,17 +41,22 @@ _RESERVED_DATA_KEYS = ("from", "notification", "message_type")
 _RESERVED_DATA_PREFIXES = ("google", "gcm")
 
 
-def load_service_account(settings: Settings) -> dict[str, Any]:
+class UnregisteredToken(PermanentError):
+    """FCM says the device token is dead for good (unregistered, or not a valid
+    registration token): sending to it again can never work."""
+
+
+def load_service_account(config: FcmConfig) -> dict[str, Any]:
     """The service-account key from PROCQUEUE_FCM_SERVICE_ACCOUNT_JSON or _FILE."""
-    if settings.fcm_service_account_json is not None:
+    if config.service_account_json is not None:
         source, text = (
             "PROCQUEUE_FCM_SERVICE_ACCOUNT_JSON",
-            (settings.fcm_service_account_json.get_secret_value()),
+            (config.service_account_json.get_secret_value()),
         )
-    elif settings.fcm_service_account_file is not None:
-        source = f"PROCQUEUE_FCM_SERVICE_ACCOUNT_FILE ({settings.fcm_service_account_file})"
+    elif config.service_account_file is not None:
+        source = f"PROCQUEUE_FCM_SERVICE_ACCOUNT_FILE ({config.service_account_file})"
         try:
-            text = settings.fcm_service_account_file.read_text(encoding="utf-8")
+            text = config.service_account_file.read_text(encoding="utf-8")
         except OSError as error:
             raise ConfigError(f"{source} cannot be read: {error.strerror}") from None
     else:
@@ -67,32 +74,28 @@ def load_service_account(settings: Settings) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class FcmConfig:
+class FcmAccount:
+    """The service account's credentials and the project messages are sent to."""
+
     project_id: str
-    base_url: str
-    credentials: service_account.Credentials
-    timeout: float = 10.0
+    credentials: service_account.Credentials = field(repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FcmConfig:
-        info = load_service_account(settings)
+    def load(cls, config: FcmConfig) -> FcmAccount:
+        """Read and check the configured key; ConfigError says what to fix."""
+        info = load_service_account(config)
         try:
             credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
                 info, scopes=[FCM_SCOPE]
             )
         except (ValueError, KeyError) as error:
             raise ConfigError(f"the FCM service-account key is unusable: {error}") from None
-        if settings.fcm_token_uri:
-            credentials = credentials.with_token_uri(settings.fcm_token_uri)
-        project_id = settings.fcm_project_id or info.get("project_id")
+        if config.token_uri:
+            credentials = credentials.with_token_uri(config.token_uri)
+        project_id = config.project_id or info.get("project_id")
         if not project_id:
             raise ConfigError("set PROCQUEUE_FCM_PROJECT_ID: the service-account key names none")
-        return cls(
-            project_id=str(project_id),
-            base_url=settings.fcm_base_url.rstrip("/"),
-            credentials=credentials,
-            timeout=settings.fcm_timeout,
-        )
+        return cls(project_id=str(project_id), credentials=credentials)
 
 
 class AccessTokens:
@@ -111,6 +114,10 @@ class AccessTokens:
 
     def invalidate(self) -> None:
         self._credentials.token = None
+
+    def close(self) -> None:
+        """Close the token endpoint's connections."""
+        self._http.clear()
 
     def _refresh(self) -> None:
         try:
@@ -152,15 +159,21 @@ def data_payload(values: Mapping[str, Any]) -> dict[str, str]:
 
 
 class FcmClient:
-    """Sends one message to one device token."""
+    """Sends one message to one device token. Reads the service-account key when
+    made (ConfigError: the key is missing, unreadable or unusable)."""
 
     def __init__(self, config: FcmConfig) -> None:
         self.config = config
-        self.tokens = AccessTokens(config.credentials, config.timeout)
+        self.account = FcmAccount.load(config)
+        self.tokens = AccessTokens(self.account.credentials, config.timeout)
 
     @property
     def send_url(self) -> str:
-        return f"{self.config.base_url}/v1/projects/{self.config.project_id}/messages:send"
+        base = self.config.base_url.rstrip("/")
+        return f"{base}/v1/projects/{self.account.project_id}/messages:send"
+
+    async def aclose(self) -> None:
+        self.tokens.close()
 
     async def send(
         self, token: str, title: str, body: str, data: Mapping[str, Any], label: str
@@ -200,10 +213,12 @@ class FcmClient:
         # Only FCM's own verdict on the token removes it: a bare 404 (a wrong
         # PROCQUEUE_FCM_BASE_URL, say) must not wipe every user's tokens.
         if error_code == "UNREGISTERED":
-            return TargetGone(f"FCM says {label} is unregistered ({reply}); token removed")
+            return UnregisteredToken(f"FCM says {label} is unregistered ({reply}); token removed")
         invalid = "INVALID_ARGUMENT" in (error_code, fcm_status)
         if status == 400 and invalid and "registration token" in message.lower():
-            return TargetGone(f"FCM says {label} is not a valid token ({reply}); token removed")
+            return UnregisteredToken(
+                f"FCM says {label} is not a valid token ({reply}); token removed"
+            )
         if status == 401:
             self.tokens.invalidate()
             return TransientError(f"FCM refused the access token ({reply}); will get a new one")

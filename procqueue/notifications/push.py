@@ -8,7 +8,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from procqueue.notifications.fcm import FcmClient
+from procqueue.notifications.errors import TargetGone
+from procqueue.notifications.fcm import FcmClient, UnregisteredToken
 from procqueue.notifications.model import Message, Notification, Recipient, Target
 from procqueue.notifications.store import split_table
 from procqueue.queries import query_with
@@ -37,11 +38,17 @@ class PushChannel:
 
     async def send(self, target: Target, message: Message, notification: Notification) -> None:
         data = {**notification.data, "type": notification.type, "notification_id": notification.id}
-        await self.client.send(
-            target.address, message.part("title"), message.part("body"), data, target.label
-        )
+        try:
+            await self.client.send(
+                target.address, message.part("title"), message.part("body"), data, target.label
+            )
+        except UnregisteredToken as gone:
+            raise TargetGone(str(gone)) from gone
 
     async def discard(self, conn: AsyncConnection[Any], target: Target) -> None:
         await conn.execute(
             query_with("delete_push_token", **self.tokens_table), {"token": target.address}
         )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,5 +1,5 @@
-"""The notifications slice's trigger (sql/triggers/notifications.sql) on the
-notifications table."""
+"""The notifications slice's schema: its channels' jobs (procqueue.notification_jobs,
+read by sql/triggers/notifications.sql) and its trigger on the notifications table."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from psycopg import sql
 
 from procqueue.errors import MigrationError
 from procqueue.feature import Step
+from procqueue.notifications.jobs import CHANNELS, delivery_job
 from procqueue.queries import query
 from procqueue.settings import SchemaConfig
 
@@ -42,5 +43,27 @@ def notification_trigger_steps(
     return [Step(f"notification trigger on {table}", statement.as_string(None))]
 
 
+def notification_jobs_step() -> Step:
+    """Describe every channel's job to the SQL that enqueues them."""
+    rows = [
+        sql.SQL("({})").format(
+            sql.SQL(", ").join(
+                sql.Literal(value)
+                for value in (channel, spec.task_name, spec.queue, spec.lock_prefix)
+            )
+        )
+        for channel, spec in ((channel, delivery_job(channel)) for channel in CHANNELS)
+    ]
+    statement = sql.SQL(
+        "DELETE FROM procqueue.notification_jobs;\n"
+        "INSERT INTO procqueue.notification_jobs (channel, task_name, queue_name, lock_prefix)\n"
+        "VALUES {rows};\n"
+    ).format(rows=sql.SQL(", ").join(rows))
+    return Step("notification channels' jobs", statement.as_string(None))
+
+
 def schema_steps(schema: SchemaConfig, conn: psycopg.Connection | None = None) -> list[Step]:
-    return notification_trigger_steps(schema.notifications_table, conn)
+    return [
+        notification_jobs_step(),
+        *notification_trigger_steps(schema.notifications_table, conn),
+    ]

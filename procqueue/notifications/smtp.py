@@ -7,54 +7,25 @@ mail is rare enough, and nothing has to be closed when the worker stops.
 Failures: a refused connection, a timeout, a dropped connection or any 4xx
 reply (421 "try again later", 451, 452) is transient; a 5xx reply (550 no such
 mailbox, 535 bad credentials) is permanent.
+
+The server is an SmtpConfig (`Settings.smtp`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
 
 import aiosmtplib
-from pydantic import SecretStr
 
-from procqueue.errors import ConfigError, PermanentError, TransientError
-from procqueue.settings import Settings
+from procqueue.errors import PermanentError, TransientError
+from procqueue.settings import SmtpConfig
 
-DEFAULT_PORTS = {"plain": 25, "starttls": 587, "tls": 465}
 _ADDRESS = re.compile(
     r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)+$"
 )
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    host: str
-    port: int
-    security: str
-    sender: str
-    username: str | None = None
-    password: SecretStr | None = None
-    timeout: float = 10.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SmtpConfig:
-        if not settings.smtp_host or not settings.smtp_sender:
-            raise ConfigError(
-                "email is not configured: set PROCQUEUE_SMTP_HOST and PROCQUEUE_SMTP_SENDER "
-                "(or take 'email' out of procqueue.notification_rules)"
-            )
-        return cls(
-            host=settings.smtp_host,
-            port=settings.smtp_port or DEFAULT_PORTS[settings.smtp_security],
-            security=settings.smtp_security,
-            sender=settings.smtp_sender,
-            username=settings.smtp_username,
-            password=settings.smtp_password,
-            timeout=settings.smtp_timeout,
-        )
 
 
 def valid_address(address: str | None) -> bool:

@@ -1,14 +1,16 @@
 """`notification:<channel>` tasks on queue `notifications`: deliver one
 notification on one channel (procqueue.notifications.dispatch).
 
-Channels are built on first use. A channel with no settings at all (no SMTP
-host, no FCM key) records its notifications as skipped, with the reason; one
-whose settings are wrong (no sender, an unreadable key) fails its jobs at once
-with what to fix.
+Channels are built on first use and owned by the app's Services (key
+`notification:<name>`, closed by `app.services.aclose()`). A channel with no
+settings at all (no SMTP host, no FCM key) records its notifications as skipped,
+with the reason; one whose settings are wrong (no sender, an unreadable key)
+fails its jobs at once with what to fix.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,29 +19,29 @@ from procrastinate import JobContext
 from procqueue.notifications.channel import Channel, UnconfiguredChannel
 from procqueue.notifications.dispatch import Dispatcher
 from procqueue.notifications.email import EmailChannel
-from procqueue.notifications.fcm import FcmClient, FcmConfig
+from procqueue.notifications.fcm import FcmClient
+from procqueue.notifications.jobs import delivery_job
 from procqueue.notifications.push import PushChannel
-from procqueue.notifications.smtp import SmtpConfig
 from procqueue.notifications.templates import Templates
 from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp
+from procqueue.runtime import ProcqueueApp, ServiceKey, Services
 from procqueue.settings import Settings
-
-QUEUE = "notifications"
 
 
 def email_channel(settings: Settings) -> Channel:
-    if not settings.smtp_host:
+    config = settings.smtp
+    if config is None:
         return UnconfiguredChannel("email", "email is not configured (PROCQUEUE_SMTP_HOST unset)")
-    return EmailChannel(SmtpConfig.from_settings(settings))
+    return EmailChannel(config)
 
 
 def push_channel(settings: Settings) -> Channel:
-    if not (settings.fcm_service_account_file or settings.fcm_service_account_json):
+    config = settings.fcm
+    if config is None:
         return UnconfiguredChannel(
             "push", "push is not configured (PROCQUEUE_FCM_SERVICE_ACCOUNT_FILE unset)"
         )
-    return PushChannel(FcmClient(FcmConfig.from_settings(settings)), settings.push_tokens_table)
+    return PushChannel(FcmClient(config), settings.push_tokens_table)
 
 
 #: Every channel, by name (task `notification:<name>`). SMS would be one more entry.
@@ -49,34 +51,42 @@ CHANNELS: dict[str, Callable[[Settings], Channel]] = {
 }
 
 
-class _LazyDispatcher:
-    """Builds the channel (and its clients and token cache) once, on first use."""
+def channel_key(name: str) -> ServiceKey[Channel]:
+    return ServiceKey(f"notification:{name}")
 
-    def __init__(self, settings: Settings, templates: Templates, factory: Callable[..., Channel]):
-        self._settings = settings
-        self._templates = templates
-        self._factory = factory
-        self._dispatcher: Dispatcher | None = None
 
-    def get(self) -> Dispatcher:
-        if self._dispatcher is None:
-            self._dispatcher = Dispatcher(
-                self._factory(self._settings), self._templates, self._settings.notifications_table
-            )
-        return self._dispatcher
+def notification_channel(services: Services, name: str) -> Channel:
+    """The app's channel `name` (made on first use)."""
+    return services.get(channel_key(name))
+
+
+async def _close(channel: Channel) -> None:
+    await channel.aclose()
+
+
+def provide_channels(services: Services) -> None:
+    """Put every channel of CHANNELS in the app's Services, each made on first use."""
+    for name, factory in CHANNELS.items():
+        services.provide(channel_key(name), functools.partial(factory, services.settings), _close)
 
 
 def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+    """`notification:<channel>` for every channel of CHANNELS (provided by
+    `provide_channels`, which procqueue/notifications/feature.py calls first)."""
     settings = app.services.settings
     templates = Templates(settings.default_locale, settings.notification_templates_dir)
-    for name, factory in CHANNELS.items():
-        _register_channel(app, name, _LazyDispatcher(settings, templates, factory), retry)
+    for name in CHANNELS:
+        _register_channel(app, name, templates, retry)
 
 
 def _register_channel(
-    app: ProcqueueApp, name: str, dispatcher: _LazyDispatcher, retry: BackoffRetry
+    app: ProcqueueApp, name: str, templates: Templates, retry: BackoffRetry
 ) -> None:
-    async def deliver(context: JobContext, /, **args: Any) -> str:
-        return await dispatcher.get().run(app.pool, args, context.job.id)
+    table = app.services.settings.notifications_table
 
-    app.task(name=f"notification:{name}", queue=QUEUE, pass_context=True, retry=retry)(deliver)
+    async def deliver(context: JobContext, /, **args: Any) -> str:
+        dispatcher = Dispatcher(notification_channel(app.services, name), templates, table)
+        return await dispatcher.run(app.pool, args, context.job.id)
+
+    spec = delivery_job(name)
+    app.task(name=spec.task_name, queue=spec.queue, pass_context=True, retry=retry)(deliver)

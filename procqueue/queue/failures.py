@@ -1,14 +1,21 @@
-"""Which failures are worth retrying, and how an error is told without secrets."""
+"""Which failures are worth retrying, how an error is told without secrets, and
+the record of every failed attempt (procqueue.job_errors)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import traceback
+from typing import Any
 
 import psycopg
 from procrastinate import exceptions as procrastinate_exceptions
+from procrastinate.jobs import Job
 
 from procqueue.errors import PermanentError, TransientError
+from procqueue.queries import query
+
+logger = logging.getLogger(__name__)
 
 # Errors that go away by themselves: network, timeouts, a restarting server.
 _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
@@ -52,3 +59,31 @@ def describe(error: BaseException, secrets: tuple[str, ...] = ()) -> tuple[str, 
     message = redact(str(error) or type(error).__name__, secrets)
     trace = redact("".join(traceback.format_exception(error)), secrets)
     return error_type, message, trace
+
+
+async def record_failed_attempt(
+    pool: Any, job: Job, error: BaseException, *, final: bool, secrets: tuple[str, ...]
+) -> None:
+    """Write one failed attempt of `job` to procqueue.job_errors, secrets removed."""
+    error_type, message, trace = describe(error, secrets)
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(
+                query("insert_job_error"),
+                {
+                    "job_id": job.id,
+                    "attempt": job.attempts + 1,
+                    "task_name": job.task_name,
+                    "queue_name": job.queue,
+                    "error_type": error_type,
+                    "message": message,
+                    "traceback": trace,
+                    "transient": is_transient(error),
+                    "final": final,
+                },
+            )
+    except Exception as record_error:
+        # The job's own outcome matters more than its record: log and go on.
+        logger.warning(
+            "could not record the failure of job %s: %s", job.id, type(record_error).__name__
+        )

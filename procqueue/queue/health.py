@@ -2,8 +2,8 @@
 
 `read_snapshot` runs the four health queries on one connection; `evaluate`
 turns a snapshot into a verdict (healthy / degraded / unhealthy, with reasons)
-using the thresholds in the settings. The CLI, `/healthz` and the Prometheus
-gauges all read the same snapshot.
+using the thresholds of a HealthConfig (`Settings.health`). The CLI, `/healthz`
+and the Prometheus gauges all read the same snapshot.
 """
 
 from __future__ import annotations
@@ -16,9 +16,22 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from procqueue.connections import connect_async
 from procqueue.queries import query
-from procqueue.settings import Settings
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """What `evaluate` judges by and how much history `read_snapshot` reads
+    (PROCQUEUE_HEALTH_*; `stalled_after` is PROCQUEUE_STALLED_TIMEOUT)."""
+
+    lag_degraded: float = 60.0  # seconds the oldest waiting job has waited
+    lag_unhealthy: float = 600.0
+    failure_rate_degraded: float = 0.05
+    failure_rate_unhealthy: float = 0.5
+    min_runs: int = 20  # finished jobs of a task before its failure rate counts
+    min_workers: int = 1
+    window: timedelta = timedelta(hours=1)  # task history
+    stalled_after: timedelta = timedelta(seconds=30)  # a worker's heartbeat age
 
 
 class Status(enum.IntEnum):
@@ -102,46 +115,36 @@ async def _rows(
     return await cursor.fetchall()
 
 
-async def read_snapshot(conn: psycopg.AsyncConnection[Any], settings: Settings) -> Snapshot:
+async def read_snapshot(conn: psycopg.AsyncConnection[Any], config: HealthConfig) -> Snapshot:
     """Every health view, read in one repeatable-read snapshot of the database."""
-    stalled_after = timedelta(seconds=settings.stalled_timeout)
     async with conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         queues = await _rows(conn, "health_queues")
-        tasks = await _rows(conn, "health_tasks", {"since": settings.health_window})
-        workers = await _rows(conn, "health_workers", {"stalled_after": stalled_after})
+        tasks = await _rows(conn, "health_tasks", {"since": config.window})
+        workers = await _rows(conn, "health_workers", {"stalled_after": config.stalled_after})
         tables = await _rows(conn, "health_storage")
     return Snapshot(
         queues=[QueueHealth(**row) for row in queues],
         tasks=[TaskHealth(**row) for row in tasks],
         workers=[WorkerHealth(**row) for row in workers],
         tables=[TableHealth(**row) for row in tables],
-        window=settings.health_window,
+        window=config.window,
     )
-
-
-async def read_snapshot_from(dsn: str, settings: Settings) -> Snapshot:
-    async with await connect_async(
-        dsn,
-        transaction_pooler=settings.uses_transaction_pooler,
-        application_name="procqueue-health",
-    ) as conn:
-        return await read_snapshot(conn, settings)
 
 
 def _worse(current: Status, new: Status) -> Status:
     return max(current, new)
 
 
-def evaluate(snapshot: Snapshot, settings: Settings) -> Verdict:
+def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
     """Judge the queue: no healthy worker, lag and task failure rates."""
     status = Status.HEALTHY
     reasons: list[str] = []
     healthy_workers = sum(1 for worker in snapshot.workers if worker.healthy)
-    if healthy_workers < settings.health_min_workers:
+    if healthy_workers < config.min_workers:
         status = Status.UNHEALTHY
         reasons.append(
-            f"{healthy_workers} healthy worker(s), at least {settings.health_min_workers} "
+            f"{healthy_workers} healthy worker(s), at least {config.min_workers} "
             "needed: start `procqueue worker` (or check why workers stopped heartbeating)"
         )
     stalled = [worker.worker_id for worker in snapshot.workers if not worker.healthy]
@@ -153,9 +156,9 @@ def evaluate(snapshot: Snapshot, settings: Settings) -> Verdict:
         )
     for queue in snapshot.queues:
         lag = queue.lag_seconds
-        if lag >= settings.health_lag_unhealthy:
+        if lag >= config.lag_unhealthy:
             level = Status.UNHEALTHY
-        elif lag >= settings.health_lag_degraded:
+        elif lag >= config.lag_degraded:
             level = Status.DEGRADED
         else:
             continue
@@ -166,11 +169,11 @@ def evaluate(snapshot: Snapshot, settings: Settings) -> Verdict:
         )
     for task in snapshot.tasks:
         finished = task.succeeded + task.failed
-        if task.failure_rate is None or finished < settings.health_min_runs:
+        if task.failure_rate is None or finished < config.min_runs:
             continue
-        if task.failure_rate >= settings.health_failure_rate_unhealthy:
+        if task.failure_rate >= config.failure_rate_unhealthy:
             level = Status.UNHEALTHY
-        elif task.failure_rate >= settings.health_failure_rate_degraded:
+        elif task.failure_rate >= config.failure_rate_degraded:
             level = Status.DEGRADED
         else:
             continue

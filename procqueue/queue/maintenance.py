@@ -32,7 +32,7 @@ from procrastinate.jobs import Job, Status
 from procqueue.errors import TransientError
 from procqueue.queries import query
 from procqueue.queue import sentry
-from procqueue.queue.middleware import record_failed_attempt
+from procqueue.queue.failures import record_failed_attempt
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
 

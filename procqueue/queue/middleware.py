@@ -1,6 +1,8 @@
-"""Worker middlewares: the job timeout, a record of every failed attempt, a Sentry
-alert for final failures, and a structured log line plus Prometheus metrics for
-every attempt. `worker_middleware(settings)` is the stack the app installs."""
+"""Worker middlewares: the job timeout, and one `HandleOutcome` that decides once
+what an attempt's outcome is (succeeded, postponed, retried, failed, aborted) and
+then records it (procqueue.job_errors), alerts on it (Sentry, final failures only),
+meters it (Prometheus) and logs it in one line. `worker_middleware(settings)` is
+the stack the app installs."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from procrastinate import JobContext
@@ -16,9 +19,9 @@ from procrastinate.jobs import Job
 from procrastinate.worker import Worker
 
 from procqueue.errors import TransientError
-from procqueue.queries import query
 from procqueue.queue import metrics, sentry
-from procqueue.queue.failures import describe, is_transient
+from procqueue.queue.failures import describe, record_failed_attempt
+from procqueue.queue.jobs import add_job
 from procqueue.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -28,12 +31,6 @@ CallNext = Callable[[], Awaitable[Any]]
 
 class JobTimeout(TransientError):
     """The job ran longer than the configured timeout and was cancelled."""
-
-
-def will_retry(error: BaseException, context: JobContext, worker: Worker) -> bool:
-    """Whether the task's retry policy will run this job again after `error`."""
-    task = worker.app.tasks.get(context.job.task_name)
-    return task is not None and task.get_retry_exception(error, context.job) is not None
 
 
 def job_log_fields(job: Job) -> dict[str, Any]:
@@ -67,117 +64,78 @@ class EnforceTimeout:
 
 
 @dataclass(frozen=True)
-class RecordFailures:
-    """Write every failed attempt to procqueue.job_errors, secrets removed."""
+class HandleOutcome:
+    """Decide each attempt's outcome once, then record, alert, meter and log it."""
 
     secrets: tuple[str, ...] = ()
 
     async def __call__(self, call_next: CallNext, context: JobContext, worker: Worker) -> Any:
-        try:
-            return await call_next()
-        except Exception as error:
-            await self._record(error, context, worker)
-            raise
-
-    async def _record(self, error: BaseException, context: JobContext, worker: Worker) -> None:
-        pool = worker.app.connector.pool  # type: ignore[attr-defined]
-        final = not will_retry(error, context, worker)
-        await record_failed_attempt(pool, context.job, error, final=final, secrets=self.secrets)
-
-
-async def record_failed_attempt(
-    pool: Any, job: Job, error: BaseException, *, final: bool, secrets: tuple[str, ...]
-) -> None:
-    """Write one failed attempt of `job` to procqueue.job_errors and log it."""
-    error_type, message, trace = describe(error, secrets)
-    try:
-        async with pool.connection() as conn:
-            await conn.execute(
-                query("insert_job_error"),
-                {
-                    "job_id": job.id,
-                    "attempt": job.attempts + 1,
-                    "task_name": job.task_name,
-                    "queue_name": job.queue,
-                    "error_type": error_type,
-                    "message": message,
-                    "traceback": trace,
-                    "transient": is_transient(error),
-                    "final": final,
-                },
-            )
-    except Exception as record_error:
-        # The job's own outcome matters more than its record: log and go on.
-        logger.warning(
-            "could not record the failure of job %s: %s", job.id, type(record_error).__name__
-        )
-    log = logger.error if final else logger.warning
-    log(
-        "job %s (%s) attempt %d failed%s: %s: %s",
-        job.id,
-        job.task_name,
-        job.attempts + 1,
-        " for good" if final else "",
-        error_type,
-        message,
-        extra=job_log_fields(job),
-    )
-
-
-@dataclass(frozen=True)
-class ObserveJobs:
-    """Time every attempt: a structured log line (job id, task, attempt, duration,
-    outcome) and the Prometheus histogram and counter per task."""
-
-    async def __call__(self, call_next: CallNext, context: JobContext, worker: Worker) -> Any:
+        job = context.job
         started = time.monotonic()
-        outcome = "aborted"
+        outcome, reason = "aborted", ""
         try:
             result = await call_next()
             outcome = "succeeded"
             return result
+        except TransientError as error:
+            if error.spends_attempt:
+                outcome, reason = await self._failed(error, context, worker)
+                raise
+            outcome, reason = "postponed", describe(error, self.secrets)[1]
+            await self._postpone(job, error, worker)
+            return f"postponed: {reason}"
         except Exception as error:
-            outcome = "retried" if will_retry(error, context, worker) else "failed"
+            outcome, reason = await self._failed(error, context, worker)
             raise
         finally:
-            duration = time.monotonic() - started
-            job = context.job
-            metrics.observe_job(job.task_name, job.queue, outcome, duration)
-            logger.info(
-                "job %s (%s) attempt %d %s in %.3f s",
-                job.id,
-                job.task_name,
-                job.attempts + 1,
-                outcome,
-                duration,
-                extra={
-                    **job_log_fields(job),
-                    "duration": round(duration, 6),
-                    "outcome": outcome,
-                },
-            )
+            self._observe(job, outcome, reason, time.monotonic() - started)
 
+    async def _failed(
+        self, error: Exception, context: JobContext, worker: Worker
+    ) -> tuple[str, str]:
+        job = context.job
+        task = worker.app.tasks.get(job.task_name)
+        final = task is None or task.get_retry_exception(error, job) is None
+        pool = worker.app.connector.pool  # type: ignore[attr-defined]
+        await record_failed_attempt(pool, job, error, final=final, secrets=self.secrets)
+        if final:
+            sentry.capture_final_failure(error, job)
+        error_type, message, _ = describe(error, self.secrets)
+        return ("failed" if final else "retried"), f"{error_type.rsplit('.', 1)[-1]}: {message}"
 
-@dataclass(frozen=True)
-class AlertFinalFailures:
-    """Send a job's final failure to Sentry; attempts that will be retried send nothing."""
+    @staticmethod
+    async def _postpone(job: Job, error: TransientError, worker: Worker) -> None:
+        """The same job again, due at the error's `retry_at` (coalesced into a waiting
+        job of the same queueing lock, if there is one)."""
+        wait = error.retry_at - datetime.now(UTC) if error.retry_at is not None else None
+        pool = worker.app.connector.pool  # type: ignore[attr-defined]
+        async with pool.connection() as conn:
+            await add_job(
+                conn, job.task_name, job.task_kwargs, job.queue,
+                lock=job.lock, queueing_lock=job.queueing_lock,
+                delay=max(wait.total_seconds(), 0.0) if wait is not None else 0.0,
+            )  # fmt: skip
 
-    async def __call__(self, call_next: CallNext, context: JobContext, worker: Worker) -> Any:
-        try:
-            return await call_next()
-        except Exception as error:
-            if not will_retry(error, context, worker):
-                sentry.capture_final_failure(error, context.job)
-            raise
+    @staticmethod
+    def _observe(job: Job, outcome: str, reason: str, duration: float) -> None:
+        metrics.observe_job(job.task_name, job.queue, outcome, duration)
+        # Procrastinate logs its own line per attempt (with the traceback of a final
+        # failure); this one carries the outcome, the duration and the redacted reason.
+        logger.log(
+            logging.ERROR if outcome == "failed" else logging.INFO,
+            "job %s (%s) attempt %d %s in %.3f s%s",
+            job.id,
+            job.task_name,
+            job.attempts + 1,
+            "failed for good" if outcome == "failed" else outcome,
+            duration,
+            f": {reason}" if reason else "",
+            extra={**job_log_fields(job), "duration": round(duration, 6), "outcome": outcome},
+        )
 
 
 def worker_middleware(settings: Settings) -> list[Any]:
     """The worker's middleware stack, outermost first."""
     # Sentry itself is started by the worker (ProcqueueApp.run_worker_async): without
-    # SENTRY_DSN the SDK has no client and AlertFinalFailures sends nothing.
-    return [
-        ObserveJobs(),
-        RecordFailures(settings.secret_values()),
-        AlertFinalFailures(),
-        EnforceTimeout(settings.job_timeout),
-    ]
+    # SENTRY_DSN the SDK has no client and final failures send nothing.
+    return [HandleOutcome(settings.secret_values()), EnforceTimeout(settings.job_timeout)]

@@ -1,10 +1,11 @@
 """`/metrics` and `/healthz` over HTTP, as Starlette routes.
 
 `health_routes(source)` gives the two routes for any Starlette app (the
-dashboard mounts them); `create_app(settings)` is the standalone app served by
-`procqueue metrics`. Each request reads one health snapshot from Postgres; if
-Postgres does not answer, `/metrics` still serves the process's own metrics
-with `procqueue_health_up 0` and `/healthz` answers 503.
+dashboard mounts them, with a HealthSource on its own pool); `create_app(settings)`
+is the standalone app served by `procqueue metrics`, with a small pool of its own.
+Each request reads one health snapshot from Postgres; if Postgres does not answer,
+`/metrics` still serves the process's own metrics with `procqueue_health_up 0` and
+`/healthz` answers 503.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from starlette.routing import Route
 
 from procqueue.connections import async_pool
 from procqueue.queue.health import (
+    HealthConfig,
     Snapshot,
     Status,
     Verdict,
@@ -46,36 +48,21 @@ UP_METRIC = (
 
 
 class HealthSource:
-    """Reads health snapshots through a small connection pool."""
+    """Reads health snapshots through a connection pool its owner opens and closes."""
 
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool[Any] | None = None) -> None:
-        self.settings = settings
-        self._own_pool = pool is None
-        self.pool: AsyncConnectionPool[Any] = pool or async_pool(
-            settings.dsn,
-            transaction_pooler=settings.uses_transaction_pooler,
-            application_name="procqueue-metrics",
-            min_size=1,
-            max_size=2,
-        )
-
-    async def open(self) -> None:
-        if self._own_pool:
-            await self.pool.open()
-
-    async def close(self) -> None:
-        if self._own_pool:
-            await self.pool.close()
+    def __init__(self, config: HealthConfig, pool: AsyncConnectionPool[Any]) -> None:
+        self.config = config
+        self.pool = pool
 
     async def read(self) -> tuple[Snapshot, Verdict] | None:
         """A snapshot and its verdict; None (logged) when Postgres does not answer."""
         try:
             async with self.pool.connection(timeout=5) as conn:
-                snapshot = await read_snapshot(conn, self.settings)
+                snapshot = await read_snapshot(conn, self.config)
         except (psycopg.Error, TimeoutError) as error:
             logger.warning("health SQL failed: %s: %s", type(error).__name__, error)
             return None
-        return snapshot, evaluate(snapshot, self.settings)
+        return snapshot, evaluate(snapshot, self.config)
 
 
 def health_routes(source: HealthSource) -> list[Route]:
@@ -107,15 +94,22 @@ def health_routes(source: HealthSource) -> list[Route]:
 
 
 def create_app(settings: Settings) -> Starlette:
-    source = HealthSource(settings)
+    pool: AsyncConnectionPool[Any] = async_pool(
+        settings.dsn,
+        transaction_pooler=settings.uses_transaction_pooler,
+        application_name="procqueue-metrics",
+        min_size=1,
+        max_size=2,
+    )
+    source = HealthSource(settings.health, pool)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await source.open()
+        await pool.open()
         try:
             yield
         finally:
-            await source.close()
+            await pool.close()
 
     return Starlette(routes=health_routes(source), lifespan=lifespan)
 

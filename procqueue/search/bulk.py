@@ -19,18 +19,18 @@ from typing import Any
 import psycopg
 from procrastinate import JobContext
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
 from procqueue.queries import query
+from procqueue.queue.jobs import enqueue
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
-from procqueue.search.client import ItemFailure, SearchIndex
+from procqueue.search.client import ItemFailure, SearchIndex, search_index
+from procqueue.search.jobs import bulk_args, bulk_job
 from procqueue.search.sync import _stamp, entity_query, writes_for
 
 logger = logging.getLogger(__name__)
-BULK_OPERATION = "bulk"
 
 
 @dataclass
@@ -83,20 +83,7 @@ async def enqueue_bulk(
     """Enqueue `<entity>:bulk` jobs for `ids`, `chunk_size` per job; returns how many."""
     chunks = [ids[start : start + chunk_size] for start in range(0, len(ids), chunk_size)]
     for chunk in chunks:
-        args: dict[str, Any] = {"ids": list(chunk)}
-        if attempt:
-            args["attempt"] = attempt
-        await conn.execute(
-            query("enqueue_sync_job"),
-            {
-                "task_name": entity.task_name(BULK_OPERATION),
-                "args": Jsonb(args),
-                "queue_name": entity.queue,
-                "job_lock": None,
-                "queueing_lock": None,
-                "delay": delay,
-            },
-        )
+        await enqueue(conn, bulk_job(entity), bulk_args(chunk, attempt), delay=delay)
     return len(chunks)
 
 
@@ -149,7 +136,7 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
 
 def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> None:
     async def bulk(context: JobContext, ids: list[str], attempt: int = 0) -> dict[str, int]:
-        search = app.services.search
+        search = search_index(app.services)
         async with app.pool.connection() as conn:
             result = await sync_chunk(conn, search, entity, ids)
             retried, recorded = await handle_failures(
@@ -161,6 +148,5 @@ def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> 
             "retried": retried, "failed": recorded,
         }  # fmt: skip
 
-    app.task(
-        name=entity.task_name(BULK_OPERATION), queue=entity.queue, pass_context=True, retry=retry
-    )(bulk)
+    spec = bulk_job(entity)
+    app.task(name=spec.task_name, queue=spec.queue, pass_context=True, retry=retry)(bulk)

@@ -3,6 +3,9 @@
 An entity's index is `<prefix><alias>_v1` reached through `<prefix><alias>`, so
 that a reindex can build `_v2` and swap the alias without downtime. Client
 errors are translated into TransientError / PermanentError here, once.
+
+The client takes a SearchConfig (`Settings.search`). A worker's jobs share one
+SearchIndex through the app's Services: `search_index(app.services)`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from elasticsearch import AsyncElasticsearch
 
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError, TransientError
-from procqueue.settings import Settings
+from procqueue.runtime import ServiceKey, Services
+from procqueue.settings import SearchConfig
 
 INITIAL_VERSION = 1
 #: Per-item statuses of a versioned write that mean "done": 409 = a newer version
@@ -59,12 +63,11 @@ def _failure(write: Write, item: Mapping[str, Any]) -> ItemFailure | None:
     return ItemFailure(write, status, reason)
 
 
-def make_client(settings: Settings) -> AsyncElasticsearch:
-    api_key = settings.elasticsearch_api_key
+def make_client(config: SearchConfig) -> AsyncElasticsearch:
     return AsyncElasticsearch(
-        settings.elasticsearch_url,
-        api_key=api_key.get_secret_value() if api_key else None,
-        request_timeout=settings.elasticsearch_timeout,
+        config.url,
+        api_key=config.api_key.get_secret_value() if config.api_key else None,
+        request_timeout=config.timeout,
         max_retries=1,
         retry_on_timeout=False,
     )
@@ -94,6 +97,14 @@ class SearchIndex:
         self.client = client
         self.prefix = prefix
         self._ready: set[str] = set()
+
+    @classmethod
+    def from_config(cls, config: SearchConfig) -> SearchIndex:
+        """A client of its own on `config`'s cluster and prefix; `aclose` closes it."""
+        return cls(make_client(config), config.index_prefix)
+
+    async def aclose(self) -> None:
+        await self.client.close()
 
     def alias(self, entity: Entity) -> str:
         return f"{self.prefix}{entity.index}"
@@ -155,3 +166,12 @@ class SearchIndex:
             if failure is not None:
                 failures.append(failure)
         return failures
+
+
+#: The app's one SearchIndex, in its Services (procqueue/search/feature.py provides it).
+SEARCH_INDEX: ServiceKey[SearchIndex] = ServiceKey("search")
+
+
+def search_index(services: Services) -> SearchIndex:
+    """The search index the app's jobs share."""
+    return services.get(SEARCH_INDEX)

@@ -5,12 +5,17 @@ from __future__ import annotations
 from procqueue.feature import Feature
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
-from procqueue.search import bulk, schema, sync
+from procqueue.search import bulk, jobs, schema, sync
+from procqueue.search.client import SEARCH_INDEX, SearchIndex
 
 
 def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+    config = app.services.settings.search
+    app.services.provide(SEARCH_INDEX, lambda: SearchIndex.from_config(config), SearchIndex.aclose)
     sync.register(app, retry)
     bulk.register(app, retry)
 
 
-FEATURE = Feature("search", register=register, schema_steps=schema.schema_steps)
+FEATURE = Feature(
+    "search", register=register, schema_steps=schema.schema_steps, job_specs=jobs.job_specs
+)

@@ -22,7 +22,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from procqueue.connections import connect_async
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
 from procqueue.queries import query
@@ -78,7 +77,8 @@ async def _target(
 
 
 async def reindex_entity(
-    dsn: str,
+    conn: psycopg.AsyncConnection[Any],
+    reader: psycopg.AsyncConnection[Any],
     search: SearchIndex,
     entity: Entity,
     *,
@@ -86,57 +86,51 @@ async def reindex_entity(
     drop_old: bool = False,
     on_start: Callable[[int, int], None] | None = None,
     on_chunk: Callable[[int], None] | None = None,
-    transaction_pooler: bool = False,
 ) -> ReindexResult:
-    """Rebuild the entity's index from its table. on_start(total estimate,
+    """Rebuild the entity's index from its table: `conn` (autocommit) keeps the
+    bookkeeping, `reader` (not autocommit) reads the rows. on_start(total estimate,
     already copied) and on_chunk(rows) report progress."""
     await search.ensure_index(entity)
-    async with (
-        await connect_async(dsn, transaction_pooler=transaction_pooler, autocommit=True) as conn,
-        await connect_async(dsn, transaction_pooler=transaction_pooler) as reader,
-    ):
-        index, resume_after, copied = await _target(conn, search, entity)
-        estimate = await (
-            await conn.execute(query("estimate_rows"), {"table": entity.table})
-        ).fetchone()
-        if on_start:
-            on_start(int(estimate[0]) if estimate else 0, copied)
-        after: sql.Composable = sql.SQL("")
-        if resume_after is not None:
-            key = sql.Identifier(entity.primary_key)
-            after = sql.SQL("WHERE {key} > %(after)s").format(key=key)
-        failed = 0
-        keys = reader.cursor(name="procqueue_reindex")  # server-side: bounded memory
-        await keys.execute(
-            entity_query("entity_ids_after", entity, after=after), {"after": resume_after}
-        )
-        while chunk := [str(row[0]) for row in await keys.fetchmany(batch_size)]:
-            result = await sync_chunk(conn, search, entity, chunk, only_index=index)
-            failed += len(result.failures)
-            if result.failures:
-                first = result.failures[0]
-                raise PermanentError(
-                    f"{len(result.failures)} documents of {entity.name} were refused by {index}, "
-                    f"first {first.write.entity_id} ({first.status}): {first.reason}; fix them "
-                    "and re-run `procqueue reindex` (it resumes)"
-                )
-            copied += len(chunk)
-            await conn.execute(
-                query("reindex_checkpoint"),
-                {"entity": entity.name, "index_name": index, "resume_after": chunk[-1],
-                 "copied": copied},
-            )  # fmt: skip
-            if on_chunk:
-                on_chunk(len(chunk))
-        await reader.rollback()
-        previous = tuple(name for name in await live_indexes(search, entity) if name != index)
-        await swap_alias(search, entity, index, previous)
+    index, resume_after, copied = await _target(conn, search, entity)
+    estimate = await (
+        await conn.execute(query("estimate_rows"), {"table": entity.table})
+    ).fetchone()
+    if on_start:
+        on_start(int(estimate[0]) if estimate else 0, copied)
+    after: sql.Composable = sql.SQL("")
+    if resume_after is not None:
+        key = sql.Identifier(entity.primary_key)
+        after = sql.SQL("WHERE {key} > %(after)s").format(key=key)
+    failed = 0
+    keys = reader.cursor(name="procqueue_reindex")  # server-side: bounded memory
+    await keys.execute(
+        entity_query("entity_ids_after", entity, after=after), {"after": resume_after}
+    )
+    while chunk := [str(row[0]) for row in await keys.fetchmany(batch_size)]:
+        result = await sync_chunk(conn, search, entity, chunk, only_index=index)
+        failed += len(result.failures)
+        if result.failures:
+            first = result.failures[0]
+            raise PermanentError(
+                f"{len(result.failures)} documents of {entity.name} were refused by {index}, "
+                f"first {first.write.entity_id} ({first.status}): {first.reason}; fix them "
+                "and re-run `procqueue reindex` (it resumes)"
+            )
+        copied += len(chunk)
         await conn.execute(
-            query("drop_reindex_target"), {"entity": entity.name, "index_name": index}
-        )
-        if drop_old and previous:
-            with translate_errors(f"deleting {', '.join(previous)}"):
-                await search.client.indices.delete(index=",".join(previous))
+            query("reindex_checkpoint"),
+            {"entity": entity.name, "index_name": index, "resume_after": chunk[-1],
+             "copied": copied},
+        )  # fmt: skip
+        if on_chunk:
+            on_chunk(len(chunk))
+    await reader.rollback()
+    previous = tuple(name for name in await live_indexes(search, entity) if name != index)
+    await swap_alias(search, entity, index, previous)
+    await conn.execute(query("drop_reindex_target"), {"entity": entity.name, "index_name": index})
+    if drop_old and previous:
+        with translate_errors(f"deleting {', '.join(previous)}"):
+            await search.client.indices.delete(index=",".join(previous))
     return ReindexResult(entity.name, index, previous, copied, failed, drop_old and bool(previous))
 
 

@@ -8,6 +8,7 @@ from psycopg import sql
 
 from procqueue.entities import Entity
 from procqueue.feature import Step
+from procqueue.search.jobs import ROW_OPERATIONS, bulk_job, row_job
 from procqueue.settings import SchemaConfig
 
 DEFAULT_BULK_THRESHOLD = SchemaConfig.bulk_threshold
@@ -20,6 +21,19 @@ SYNC_TRIGGERS = (
 )
 
 
+def trigger_arguments(
+    entity: Entity, event: str, bulk_threshold: int, bulk_chunk_size: int
+) -> list[str]:
+    """The sync trigger's arguments for one event, in the order
+    sql/triggers/entity_sync.sql reads them."""
+    row, bulk = row_job(entity, ROW_OPERATIONS[event]), bulk_job(entity)
+    assert row.lock_prefix is not None
+    return [
+        entity.name, entity.primary_key, row.queue, row.task_name, row.lock_prefix,
+        bulk.task_name, str(bulk_threshold), str(bulk_chunk_size), *entity.ignored_columns,
+    ]  # fmt: skip
+
+
 def attach_trigger_sql(
     entity: Entity,
     bulk_threshold: int = DEFAULT_BULK_THRESHOLD,
@@ -27,10 +41,6 @@ def attach_trigger_sql(
 ) -> str:
     """The sync trigger (sql/triggers/entity_sync.sql), once per event: PostgreSQL
     allows transition tables only on single-event triggers."""
-    arguments = [
-        entity.name, entity.primary_key, entity.queue, str(bulk_threshold), str(bulk_chunk_size),
-        *entity.ignored_columns,
-    ]  # fmt: skip
     statements = [
         sql.SQL(
             "CREATE OR REPLACE TRIGGER {name}\n"
@@ -42,7 +52,10 @@ def attach_trigger_sql(
             tables=sql.SQL(tables),
             schema=sql.Identifier(entity.schema_name),
             table=sql.Identifier(entity.table_name),
-            arguments=sql.SQL(", ").join(sql.Literal(argument) for argument in arguments),
+            arguments=sql.SQL(", ").join(
+                sql.Literal(argument)
+                for argument in trigger_arguments(entity, event, bulk_threshold, bulk_chunk_size)
+            ),
         )
         for name, event, tables in SYNC_TRIGGERS
     ]

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from procrastinate import JobContext
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -32,10 +31,10 @@ from procqueue.errors import PermanentError, TransientError
 from procqueue.queries import query, query_with
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
-from procqueue.search.client import ItemFailure, SearchIndex, Write
+from procqueue.search.client import ItemFailure, SearchIndex, Write, search_index
 from procqueue.search.document import document_from_row
+from procqueue.search.jobs import ROW_OPERATIONS, row_job
 
-SYNC_OPERATIONS = ("create", "update", "delete")
 LOCK_RETRY_SECONDS = (0.002, 0.01, 0.05)
 READ_SAVEPOINT = sql.SQL("SAVEPOINT procqueue_read")
 RELEASE_READ_KEY = sql.SQL("ROLLBACK TO SAVEPOINT procqueue_read")
@@ -120,10 +119,6 @@ def raise_for(failures: Sequence[ItemFailure], what: str) -> None:
     raise PermanentError(reason)
 
 
-class EntityBusy(Exception):
-    """A writer of this entity's key bucket kept its transaction open too long."""
-
-
 async def sync_entity(
     pool: AsyncConnectionPool[Any],
     search: SearchIndex,
@@ -131,8 +126,9 @@ async def sync_entity(
     entity_id: str,
     patience: float = 10.0,
 ) -> str:
-    """Bring one document in line with its row; returns what was done. Raises
-    EntityBusy when a writer still holds the row's key after `patience` seconds."""
+    """Bring one document in line with its row; returns what was done. When a writer
+    still holds the row's key after `patience` seconds, postpones the job (a new one,
+    due `patience` seconds later, spending no retry)."""
     await search.ensure_index(entity)
     params = {"entity": entity.name, "id": entity_id}
     give_up_at = time.monotonic() + patience
@@ -156,27 +152,17 @@ async def sync_entity(
                     return "deleted" if row is None else "indexed"
             # A writer of this entity has not committed yet: wait for it.
             if time.monotonic() > give_up_at:
-                raise EntityBusy(f"{entity.name} {entity_id}")
+                raise TransientError.postpone(
+                    f"a writer of {entity.name} {entity_id}'s key is still in its transaction",
+                    patience,
+                )
             await asyncio.sleep(LOCK_RETRY_SECONDS[min(attempt, len(LOCK_RETRY_SECONDS) - 1)])
     raise AssertionError("unreachable")
 
 
-async def postpone(
-    pool: AsyncConnectionPool[Any], entity: Entity, task_name: str, entity_id: str, delay: float
-) -> None:
-    """Enqueue the same sync again, due after `delay` seconds (coalesced into a
-    waiting job of the row if there is one)."""
-    lock = f"{entity.name}:{entity_id}"
-    async with pool.connection() as conn:
-        await conn.execute(
-            query("postpone_sync"),
-            {"task": task_name, "id": entity_id, "queue": entity.queue, "lock": lock,
-             "delay": delay},
-        )  # fmt: skip
-
-
 def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
-    """`<entity>:create|update|delete` for every entity: one processor, three names."""
+    """`<entity>:create|update|delete` for every entity: one processor, three names
+    (procqueue/search/jobs.py)."""
     for entity in app.services.entities.entities:
         _register_entity(app, entity, retry)
 
@@ -187,14 +173,9 @@ def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> 
     # open SQL session) must not use up this job's retries and leave it stale.
     patience = app.services.settings.job_timeout / 3
 
-    async def sync(context: JobContext, id: str) -> str:
-        try:
-            return await sync_entity(app.pool, app.services.search, entity, id, patience)
-        except EntityBusy:
-            await postpone(app.pool, entity, context.job.task_name, id, delay=patience)
-            return "postponed: a writer of this row's key is still in its transaction"
+    async def sync(id: str) -> str:
+        return await sync_entity(app.pool, search_index(app.services), entity, id, patience)
 
-    for operation in SYNC_OPERATIONS:
-        app.task(
-            name=entity.task_name(operation), queue=entity.queue, pass_context=True, retry=retry
-        )(sync)
+    for operation in ROW_OPERATIONS.values():
+        spec = row_job(entity, operation)
+        app.task(name=spec.task_name, queue=spec.queue, retry=retry)(sync)

@@ -21,14 +21,13 @@ import psycopg
 from elasticsearch import helpers
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
-from procqueue.connections import connect_async
 from procqueue.entities import Entity
-from procqueue.queries import query
+from procqueue.queue.jobs import enqueue
 from procqueue.search.bulk import enqueue_bulk
 from procqueue.search.client import SearchIndex, translate_errors
 from procqueue.search.document import document_from_row
+from procqueue.search.jobs import row_args, row_job
 from procqueue.search.sync import entity_query
 
 
@@ -116,38 +115,28 @@ async def _check_documents(
 
 
 async def verify_entity(
-    dsn: str, search: SearchIndex, entity: Entity, *, batch_size: int = 1000,
-    on_chunk: Callable[[int], None] | None = None, transaction_pooler: bool = False,
+    conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity, *,
+    batch_size: int = 1000, on_chunk: Callable[[int], None] | None = None,
 ) -> Drift:  # fmt: skip
+    """Compare the entity's table with its index; `conn` in autocommit mode."""
     drift = Drift(entity.name)
     await search.ensure_index(entity)
-    async with await connect_async(
-        dsn, transaction_pooler=transaction_pooler, autocommit=True
-    ) as conn:
-        await _check_rows(conn, search, entity, drift, batch_size, on_chunk)
-        await _check_documents(conn, search, entity, drift, batch_size)
+    await _check_rows(conn, search, entity, drift, batch_size, on_chunk)
+    await _check_documents(conn, search, entity, drift, batch_size)
     return drift
 
 
 async def repair(
-    dsn: str, entity: Entity, ids: list[str], threshold: int, chunk_size: int,
-    *, transaction_pooler: bool = False,
+    conn: psycopg.AsyncConnection[Any], entity: Entity, ids: list[str], threshold: int,
+    chunk_size: int,
 ) -> int:  # fmt: skip
-    """Enqueue sync jobs for exactly these ids; returns how many jobs."""
+    """Enqueue sync jobs for exactly these ids, in one transaction; returns how many."""
     if not ids:
         return 0
-    async with await connect_async(dsn, transaction_pooler=transaction_pooler) as conn:
+    async with conn.transaction():
         if len(ids) > threshold:
-            jobs = await enqueue_bulk(conn, entity, ids, chunk_size)
-        else:
-            for entity_id in ids:
-                lock = f"{entity.name}:{entity_id}"
-                await conn.execute(
-                    query("enqueue_sync_job"),
-                    {"task_name": entity.task_name("update"), "args": Jsonb({"id": entity_id}),
-                     "queue_name": entity.queue, "job_lock": lock, "queueing_lock": lock,
-                     "delay": 0.0},
-                )  # fmt: skip
-            jobs = len(ids)
-        await conn.commit()
-    return jobs
+            return await enqueue_bulk(conn, entity, ids, chunk_size)
+        spec = row_job(entity, "update")
+        for entity_id in ids:
+            await enqueue(conn, spec, row_args(entity_id), key=entity_id)
+    return len(ids)

@@ -313,7 +313,7 @@ SELECT greatest(reltuples, 0)::bigint AS estimate FROM pg_class WHERE oid = to_r
 INSERT INTO procqueue.sync_item_errors (job_id, entity, entity_id, index_name, status, reason)
 VALUES (%(job_id)s, %(entity)s, %(entity_id)s, %(index_name)s, %(status)s, %(reason)s);
 
--- enqueue_sync_job: a sync job from Python (repair, bulk retries): procqueue.add_job
+-- enqueue_job: a job from Python (procqueue/queue/jobs.py), through procqueue.add_job like the triggers
 SELECT procqueue.add_job(%(task_name)s, %(args)s, %(queue_name)s, %(job_lock)s, %(queueing_lock)s,
                          now() + make_interval(secs => %(delay)s));
 
@@ -330,10 +330,6 @@ WHERE entity = %(entity)s AND index_name = %(index_name)s;
 
 -- drop_reindex_target: the index is live (or abandoned): syncs stop writing it separately
 DELETE FROM procqueue.search_targets WHERE entity = %(entity)s AND index_name = %(index_name)s;
-
--- postpone_sync: the same sync job again, later (a writer kept the row's key)
-SELECT procqueue.add_job(%(task)s, jsonb_build_object('id', %(id)s::text), %(queue)s,
-                         %(lock)s, %(lock)s, now() + make_interval(secs => %(delay)s));
 
 -- preflight_schemas: the queue's schemas: present, and usable by this role (procqueue/preflight.py)
 SELECT wanted.name, n.oid IS NOT NULL AS present,

@@ -1,21 +1,24 @@
 -- The one sync trigger function for every synced table: FOR EACH STATEMENT, with
 -- the statement's rows in transition tables (procqueue_new / procqueue_old). It
 -- is attached three times per table (INSERT, UPDATE, DELETE: PostgreSQL allows
--- transition tables only on single-event triggers), configured by its arguments:
---   TG_ARGV[0]  entity name, the task prefix ('listing' -> 'listing:update')
+-- transition tables only on single-event triggers), configured by its arguments,
+-- which `procqueue migrate` writes from the search slice's job specs
+-- (procqueue/search/jobs.py) and settings:
+--   TG_ARGV[0]  entity name: the namespace of its sync key (procqueue.sync_lock_key)
 --   TG_ARGV[1]  primary key column
 --   TG_ARGV[2]  queue name
---   TG_ARGV[3]  bulk threshold: a statement changing more rows enqueues bulk jobs
---   TG_ARGV[4]  bulk chunk size: ids per `<entity>:bulk` job
---   TG_ARGV[5:] columns whose changes alone need no sync ('view_count', ...)
--- (3 and 4 are written by `procqueue migrate` from PROCQUEUE_BULK_THRESHOLD and
--- PROCQUEUE_BULK_CHUNK_SIZE.)
--- Up to the threshold: one `<entity>:create|update|delete` job per changed row,
--- coalesced on its queueing lock, after taking the row's sync key shared (at
--- most `threshold` advisory locks). Above it: `<entity>:bulk` jobs with chunks of
--- ids, no queueing lock and no advisory lock (a bulk job is never coalesced, so it
--- only becomes visible once this transaction committed). Ids only, never row
--- snapshots: the worker reads the current rows. Re-applied by every migrate.
+--   TG_ARGV[3]  task name of this event's row job
+--   TG_ARGV[4]  lock prefix of a row job: lock and queueing lock are prefix || id
+--   TG_ARGV[5]  task name of the bulk job
+--   TG_ARGV[6]  bulk threshold: a statement changing more rows enqueues bulk jobs
+--   TG_ARGV[7]  bulk chunk size: ids per bulk job
+--   TG_ARGV[8:] columns whose changes alone need no sync ('view_count', ...)
+-- Up to the threshold: one row job per changed row, coalesced on its queueing
+-- lock, after taking the row's sync key shared (at most `threshold` advisory
+-- locks). Above it: bulk jobs with chunks of ids, no queueing lock and no advisory
+-- lock (a bulk job is never coalesced, so it only becomes visible once this
+-- transaction committed). Ids only, never row snapshots: the worker reads the
+-- current rows. Re-applied by every migrate.
 CREATE OR REPLACE FUNCTION procqueue.enqueue_entity_sync()
     RETURNS trigger
     LANGUAGE plpgsql
@@ -25,10 +28,8 @@ AS $$
 DECLARE
     entity text := TG_ARGV[0];
     key text := TG_ARGV[1];
-    threshold integer := CASE WHEN TG_ARGV[3] ~ '^[0-9]{1,9}$' THEN TG_ARGV[3]::integer ELSE 50 END;
-    chunk integer := CASE WHEN TG_ARGV[4] ~ '^[1-9][0-9]{0,8}$' THEN TG_ARGV[4]::integer ELSE 500 END;
-    operation text := CASE TG_OP WHEN 'INSERT' THEN 'create' WHEN 'DELETE' THEN 'delete'
-                                 ELSE 'update' END;
+    threshold integer := CASE WHEN TG_ARGV[6] ~ '^[0-9]{1,9}$' THEN TG_ARGV[6]::integer ELSE 50 END;
+    chunk integer := CASE WHEN TG_ARGV[7] ~ '^[1-9][0-9]{0,8}$' THEN TG_ARGV[7]::integer ELSE 500 END;
     ids text[];
     differs text;
 BEGIN
@@ -40,9 +41,9 @@ BEGIN
         -- Changed rows: any column but the ignored ones differs. As JSON: one
         -- cached plan, cheap for the few rows of an ordinary statement.
         SELECT array_agg(coalesce(n.id, o.id)) INTO ids
-        FROM (SELECT d ->> key AS id, d - TG_ARGV[5:] AS d
+        FROM (SELECT d ->> key AS id, d - TG_ARGV[8:] AS d
               FROM (SELECT to_jsonb(r) AS d FROM procqueue_new AS r) AS x) AS n
-        FULL JOIN (SELECT d ->> key AS id, d - TG_ARGV[5:] AS d
+        FULL JOIN (SELECT d ->> key AS id, d - TG_ARGV[8:] AS d
                    FROM (SELECT to_jsonb(r) AS d FROM procqueue_old AS r) AS x) AS o
             ON n.id = o.id
         WHERE n.d IS DISTINCT FROM o.d;
@@ -63,7 +64,7 @@ BEGIN
         INTO differs
         FROM pg_attribute AS a
         WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped
-          AND a.attname <> ALL (TG_ARGV[5:]);
+          AND a.attname <> ALL (TG_ARGV[8:]);
         -- Rows whose key itself changed pair with nothing: both keys need a job.
         EXECUTE format(
             'SELECT array_agg(id) FROM ('
@@ -89,13 +90,13 @@ BEGIN
         )
         INSERT INTO procrastinate.procrastinate_jobs
             (queue_name, task_name, lock, queueing_lock, args)
-        SELECT TG_ARGV[2], entity || ':' || operation, entity || ':' || locked.id,
-               entity || ':' || locked.id, jsonb_build_object('id', locked.id)
+        SELECT TG_ARGV[2], TG_ARGV[3], TG_ARGV[4] || locked.id, TG_ARGV[4] || locked.id,
+               jsonb_build_object('id', locked.id)
         FROM locked
         ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING;
     ELSE
         INSERT INTO procrastinate.procrastinate_jobs (queue_name, task_name, args)
-        SELECT TG_ARGV[2], entity || ':bulk', jsonb_build_object('ids', jsonb_agg(part.id))
+        SELECT TG_ARGV[2], TG_ARGV[5], jsonb_build_object('ids', jsonb_agg(part.id))
         FROM (SELECT one.id, (one.n - 1) / chunk AS number
               FROM unnest(ids) WITH ORDINALITY AS one (id, n)) AS part
         GROUP BY part.number;

@@ -1,6 +1,6 @@
 -- Image cleanup: when image URLs disappear from a row (DELETE, or an UPDATE whose
--- new image columns lack URLs the old ones had), enqueue `images:cleanup` with
--- the removed URLs. The job is never coalesced (no queueing lock): every removal
+-- new image columns lack URLs the old ones had), enqueue the cleanup job
+-- (procqueue/images/jobs.py) with the removed URLs. The job is never coalesced (no queueing lock): every removal
 -- reaches a worker, which deletes from Cloudinary only the assets that no row of
 -- any configured table references any more when it runs (after the grace period).
 -- Re-applied by every `procqueue migrate`.
@@ -24,12 +24,15 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION procqueue.image_urls(jsonb) FROM PUBLIC;
 
--- The one row trigger for every table with image columns, configured by its arguments:
+-- The one row trigger for every table with image columns, configured by its
+-- arguments, which `procqueue migrate` writes from the cleanup job's spec and the
+-- settings:
 --   TG_ARGV[0]  entity name (recorded in the job, for the logs)
 --   TG_ARGV[1]  queue name
---   TG_ARGV[2]  grace period in seconds (written by `procqueue migrate` from
---               PROCQUEUE_IMAGE_CLEANUP_GRACE); the job runs no earlier
---   TG_ARGV[3:] image columns (text or text[])
+--   TG_ARGV[2]  task name
+--   TG_ARGV[3]  grace period in seconds (PROCQUEUE_IMAGE_CLEANUP_GRACE); the job
+--               runs no earlier
+--   TG_ARGV[4:] image columns (text or text[])
 -- It reads only to_jsonb(OLD/NEW) -> column, so a missing or odd column can
 -- never make the user's write fail: it simply yields no URL.
 CREATE OR REPLACE FUNCTION procqueue.enqueue_image_cleanup()
@@ -42,7 +45,7 @@ DECLARE
     old_row jsonb := to_jsonb(OLD);
     new_row jsonb := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(NEW) ELSE '{}'::jsonb END;
     grace double precision := CASE
-        WHEN TG_ARGV[2] ~ '^[0-9]{1,9}(\.[0-9]+)?$' THEN TG_ARGV[2]::double precision
+        WHEN TG_ARGV[3] ~ '^[0-9]{1,9}(\.[0-9]+)?$' THEN TG_ARGV[3]::double precision
         ELSE 600
     END;
     removed text[];
@@ -54,11 +57,11 @@ BEGIN
         -- procqueue.image_urls(), written out: twice as fast per row as calling it.
         SELECT jsonb_path_query(old_row -> image_column, 'lax $[*] ? (@.type() == "string")')
             #>> '{}'
-        FROM unnest(TG_ARGV[3:]) AS image_column
+        FROM unnest(TG_ARGV[4:]) AS image_column
         EXCEPT
         SELECT jsonb_path_query(new_row -> image_column, 'lax $[*] ? (@.type() == "string")')
             #>> '{}'
-        FROM unnest(TG_ARGV[3:]) AS image_column
+        FROM unnest(TG_ARGV[4:]) AS image_column
     ) AS gone (url)
     WHERE gone.url <> '' AND length(gone.url) <= 4096;
 
@@ -80,14 +83,14 @@ BEGIN
             FROM (SELECT jsonb_array_elements_text(job.args -> 'urls')
                   UNION ALL SELECT unnest(removed)) AS merged (url)))
         WHERE job.id = batch_job
-          AND job.task_name = 'images:cleanup'
+          AND job.task_name = TG_ARGV[2]
           AND job.xmin = xid(pg_current_xact_id())
           AND jsonb_array_length(job.args -> 'urls') < 100
         RETURNING job.id INTO batch_job;
     END IF;
     IF batch_job IS NULL THEN
         batch_job := procqueue.add_job(
-            task_name => 'images:cleanup',
+            task_name => TG_ARGV[2],
             args => jsonb_build_object('urls', to_jsonb(removed), 'entity', TG_ARGV[0]),
             queue_name => TG_ARGV[1],
             run_at => now() + make_interval(secs => grace)

@@ -31,9 +31,7 @@ def as_role(dsn: str, role: str) -> str:
 
 
 @contextlib.contextmanager
-def supabase_database(
-    admin_dsn: str, name: str, *, sample_schema: bool = True
-) -> Iterator[str]:
+def supabase_database(admin_dsn: str, name: str, *, sample_schema: bool = True) -> Iterator[str]:
     """A new Supabase-like database, with the sample schema installed by its owner
     unless told otherwise; yields the owner's DSN and drops the database afterwards."""
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
@@ -59,7 +57,7 @@ async def act_as_api_user(
     auth.uid() reads (`local`: for the current transaction only)."""
     claims = json.dumps({"role": role, **({"sub": user_id} if user_id else {})})
     scope = "LOCAL " if local else ""
-    await conn.execute(sql.SQL("SET {scope}ROLE {role}").format(
-        scope=sql.SQL(scope), role=sql.Identifier(role)
-    ))
+    await conn.execute(
+        sql.SQL("SET {scope}ROLE {role}").format(scope=sql.SQL(scope), role=sql.Identifier(role))
+    )
     await conn.execute("SELECT set_config('request.jwt.claims', %s, %s)", [claims, local])

@@ -13,6 +13,7 @@ from elasticsearch import helpers
 
 from procqueue.entities import Entity
 from procqueue.runtime import ProcqueueApp
+from procqueue.search.client import search_index
 from procqueue.search.document import document_from_row
 from procqueue.search.sync import entity_query
 
@@ -61,7 +62,7 @@ async def job_counts(dsn: str) -> dict[str, int]:
 
 async def indexed_documents(app: ProcqueueApp, entity: Entity) -> dict[str, dict[str, Any]]:
     """Every document in the entity's index, by id."""
-    search = app.services.search
+    search = search_index(app.services)
     alias = search.alias(entity)
     if not await search.client.indices.exists_alias(name=alias):
         return {}

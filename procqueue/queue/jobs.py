@@ -1,0 +1,78 @@
+"""Job specs: the contract between a job family's enqueuers (SQL triggers, Python)
+and its task. The feature slices define their specs (procqueue/*/jobs.py); tasks
+are registered under them, triggers receive them as arguments from `procqueue
+migrate`, and the dashboard and `verify --repair` read them, so no SQL file spells
+a task or queue name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from procqueue.queries import query
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One kind of job: its task, its queue and, for jobs of one row or one object,
+    the prefix of its lock. Such jobs take `lock_prefix + key` as both lock (never
+    two at once) and queueing lock (a second enqueue while one waits is coalesced)."""
+
+    task_name: str
+    queue: str
+    lock_prefix: str | None = None
+
+    def lock(self, key: str) -> str | None:
+        return None if self.lock_prefix is None else f"{self.lock_prefix}{key}"
+
+    def key_of(self, lock: str) -> str | None:
+        """The key in one of this spec's locks, or None if it is not one."""
+        if self.lock_prefix is None or not lock.startswith(self.lock_prefix):
+            return None
+        return lock[len(self.lock_prefix) :] or None
+
+
+async def enqueue(
+    conn: AsyncConnection[Any],
+    spec: JobSpec,
+    args: Mapping[str, Any],
+    *,
+    key: str | None = None,
+    delay: float = 0.0,
+) -> int | None:
+    """Enqueue one job of `spec` (locked on `key`, if given) in `conn`'s transaction;
+    returns its id, or None when it was coalesced into a waiting one."""
+    lock = spec.lock(key) if key is not None else None
+    return await add_job(
+        conn, spec.task_name, args, spec.queue, lock=lock, queueing_lock=lock, delay=delay
+    )
+
+
+async def add_job(
+    conn: AsyncConnection[Any],
+    task_name: str,
+    args: Mapping[str, Any],
+    queue: str,
+    *,
+    lock: str | None = None,
+    queueing_lock: str | None = None,
+    delay: float = 0.0,
+) -> int | None:
+    """procqueue.add_job from Python: the one enqueue path the triggers use too."""
+    cursor = await conn.execute(
+        query("enqueue_job"),
+        {
+            "task_name": task_name,
+            "args": Jsonb(dict(args)),
+            "queue_name": queue,
+            "job_lock": lock,
+            "queueing_lock": queueing_lock,
+            "delay": delay,
+        },
+    )
+    row = await cursor.fetchone()
+    return None if row is None else row[0]

@@ -1,0 +1,40 @@
+"""The search slice's jobs: `<entity>:create|update|delete` for one row, locked on
+`<entity>:<id>`, and `<entity>:bulk` for a chunk of ids, never locked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from procqueue.entities import Entity
+from procqueue.queue.jobs import JobSpec
+from procqueue.settings import SchemaConfig
+
+#: The row jobs, by the trigger event that makes them.
+ROW_OPERATIONS = {"INSERT": "create", "UPDATE": "update", "DELETE": "delete"}
+
+
+def row_job(entity: Entity, operation: str) -> JobSpec:
+    """A one-row sync job: args {"id": "<id>"}, lock `<entity>:<id>`."""
+    return JobSpec(f"{entity.name}:{operation}", entity.queue, lock_prefix=f"{entity.name}:")
+
+
+def bulk_job(entity: Entity) -> JobSpec:
+    """A chunk of ids: args {"ids": [...]} (and "attempt" on a retry)."""
+    return JobSpec(f"{entity.name}:bulk", entity.queue)
+
+
+def row_args(entity_id: str) -> dict[str, Any]:
+    return {"id": entity_id}
+
+
+def bulk_args(ids: Sequence[str], attempt: int = 0) -> dict[str, Any]:
+    return {"ids": list(ids), **({"attempt": attempt} if attempt else {})}
+
+
+def job_specs(schema: SchemaConfig) -> list[JobSpec]:
+    return [
+        spec
+        for entity in schema.entities
+        for spec in (*(row_job(entity, op) for op in ROW_OPERATIONS.values()), bulk_job(entity))
+    ]
