@@ -39,6 +39,17 @@ def make_connector(settings: Settings) -> QualifiedPsycopgConnector:
     )
 
 
+def job_sinks(settings: Settings) -> dict[str, str]:
+    """Task name -> the outside service its jobs call, from the features' job specs."""
+    schema = settings.schema_config()
+    return {
+        spec.task_name: spec.sink
+        for feature in FEATURES
+        for spec in feature.job_specs(schema)
+        if spec.sink is not None
+    }
+
+
 def worker_options(settings: Settings) -> dict[str, Any]:
     if not settings.use_listen_notify and settings.uses_transaction_pooler:
         logger.warning(
@@ -54,7 +65,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "fetch_job_polling_interval": settings.polling_interval,
         "update_heartbeat_interval": settings.heartbeat_interval,
         "stalled_worker_timeout": settings.stalled_timeout,
-        "worker_middleware": worker_middleware(settings),
+        "worker_middleware": worker_middleware(settings, job_sinks(settings)),
     }
 
 

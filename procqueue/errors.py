@@ -52,5 +52,16 @@ class TransientError(JobError):
         return cls(message, retry_at=when, spends_attempt=False)
 
 
+class SinkUnavailable(TransientError):
+    """The service itself is down or overloaded (unreachable, timing out, 5xx, 429):
+    a fault of the service, not of the job. It opens the service's circuit
+    (queue/circuit.py): this job and the others of the same sink are postponed,
+    spending no retries, until a probe gets through."""
+
+    def __init__(self, sink: str, message: str, *, retry_at: datetime | None = None) -> None:
+        super().__init__(message, retry_at=retry_at)
+        self.sink = sink
+
+
 class PermanentError(JobError):
     """A failure retrying cannot fix (bad data, 4xx, unknown entity): fail now."""

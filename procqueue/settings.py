@@ -160,6 +160,7 @@ class Settings(SchemaSettings):
     concurrency: int = Field(default=10, ge=1, le=200)
     job_timeout: float = Field(default=30.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=100)
+    circuit_max_wait: float = Field(default=30.0, gt=0, le=3600)  # longest wait between probes
     retry_backoff: float = Field(default=2.0, ge=0)
     retry_backoff_max: float = Field(default=300.0, ge=0)
     polling_interval: float = Field(default=5.0, gt=0)

@@ -85,59 +85,70 @@ async def indexed_title(app: ProcqueueApp, listing_id: str) -> str:
     return str(found["_source"]["title"])
 
 
-async def test_elasticsearch_outage_delays_sync_and_then_converges(
+async def circuit(database: str) -> tuple[bool, str] | None:
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cursor = await conn.execute(
+            "SELECT is_open, reason FROM procqueue.sink_circuits WHERE sink = 'elasticsearch'"
+        )
+        row = await cursor.fetchone()
+    return None if row is None else (bool(row[0]), str(row[1]))
+
+
+async def postponed_jobs(database: str) -> int:
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM procrastinate.procrastinate_jobs "
+            "WHERE status = 'succeeded' AND task_name LIKE 'listing:%'"
+        )
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_elasticsearch_outage_longer_than_every_retry_costs_no_retry_and_converges(
     database: str, db: psycopg.AsyncConnection[Any], proxy: TcpProxy
 ) -> None:
-    async with app_with(
-        database, proxy.url, max_retries=20, retry_backoff=0.05, retry_backoff_max=0.5
-    ) as app:
+    """Default retries (3); the outage lasts until every job waited more times than
+    it may retry: the jobs are postponed by the open circuit, none fails, nothing
+    is recorded as an error, and every change lands once Elasticsearch is back."""
+    async with app_with(database, proxy.url, circuit_max_wait=0.2) as app:
+        assert app.services.settings.max_retries == 3
         await proxy.go_down()
         errors_before = len(await error_rows(database))
+        postponed_before = await postponed_jobs(database)
         await insert_listings(db, 20, "written during the outage")
         async with running_worker(app):
-            # Jobs fail and are rescheduled while Elasticsearch is away...
-            async def retried() -> bool:
-                return len(await error_rows(database)) >= errors_before + 20
 
-            await eventually(retried)
-            outage_errors = (await error_rows(database))[errors_before:]
-            assert all(row[3] and not row[4] for row in outage_errors)
-            # ...and every change lands once it is back.
+            async def waited_past_every_retry() -> bool:
+                return await postponed_jobs(database) >= postponed_before + 20 * 5
+
+            await eventually(waited_past_every_retry, timeout=60)
+            state = await circuit(database)
+            assert state is not None and state[0] and "Elasticsearch unreachable" in state[1]
+            await proxy.come_back()
+            await eventually(lambda: queue_is_done(database), timeout=60)
+        assert "failed" not in await job_counts(database)
+        assert len(await error_rows(database)) == errors_before
+        assert await index_matches_table(app, database)
+        assert await circuit(database) == (False, state[1])
+
+
+async def test_unreachable_elasticsearch_spends_no_retry_even_with_none_allowed(
+    database: str, db: psycopg.AsyncConnection[Any], proxy: TcpProxy
+) -> None:
+    async with app_with(database, proxy.url, max_retries=0, circuit_max_wait=0.2) as app:
+        await proxy.go_down()
+        [listing_id] = await insert_listings(db, 1, "reaches the index after the outage")
+        postponed_before = await postponed_jobs(database)
+        async with running_worker(app):
+
+            async def postponed_twice() -> bool:
+                return await postponed_jobs(database) >= postponed_before + 2
+
+            await eventually(postponed_twice)
             await proxy.come_back()
             await eventually(lambda: queue_is_done(database))
         assert "failed" not in await job_counts(database)
-        assert await index_matches_table(app, database)
-
-
-async def test_job_failing_past_its_retries_is_failed_with_its_reason(
-    database: str, db: psycopg.AsyncConnection[Any], proxy: TcpProxy
-) -> None:
-    async with app_with(database, proxy.url, max_retries=2, retry_backoff=0) as app:
-        await proxy.go_down()
-        [listing_id] = await insert_listings(db, 1, "never reaches the index")
-        async with running_worker(app):
-            await eventually(lambda: queue_is_done(database))
-    async with await psycopg.AsyncConnection.connect(database) as conn:
-        job = await (
-            await conn.execute(
-                "SELECT id, status::text, attempts FROM procrastinate.procrastinate_jobs "
-                "WHERE lock = %s",
-                [f"listing:{listing_id}"],
-            )
-        ).fetchone()
-    assert job is not None
-    job_id, status, attempts = job
-    assert (status, attempts) == ("failed", 3)
-    rows = await error_rows(database, f"job_id = {int(job_id)}")
-    assert [row[4] for row in rows] == [False, False, True]  # only the last is final
-    assert "Elasticsearch unreachable" in rows[-1][2]
-    # Retrying the failed job by hand once Elasticsearch is back syncs the row.
-    await proxy.come_back()
-    async with app_with(database, proxy.url) as app:
-        await app.job_manager.retry_job_by_id_async(job_id, retry_at=None)  # type: ignore[arg-type]
-        async with running_worker(app):
-            await eventually(lambda: queue_is_done(database))
-        assert await index_matches_table(app, database)
+        assert listing_id in await indexed_documents(app, LISTING)
 
 
 async def test_worker_recovers_when_its_database_connections_are_killed(

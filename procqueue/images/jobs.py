@@ -9,7 +9,9 @@ from typing import Any
 from procqueue.queue.jobs import JobSpec
 from procqueue.settings import SchemaConfig
 
-CLEANUP = JobSpec("images:cleanup", "images")
+#: The service the cleanup calls: its outages open one circuit (queue/circuit.py).
+SINK = "cloudinary"
+CLEANUP = JobSpec("images:cleanup", "images", sink=SINK)
 
 
 def cleanup_args(urls: Sequence[str], entity: str) -> dict[str, Any]:

@@ -18,13 +18,15 @@ from procqueue.queries import query
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One kind of job: its task, its queue and, for jobs of one row or one object,
-    the prefix of its lock. Such jobs take `lock_prefix + key` as both lock (never
-    two at once) and queueing lock (a second enqueue while one waits is coalesced)."""
+    """One kind of job: its task, its queue, the service its task calls and, for jobs
+    of one row or one object, the prefix of its lock. Such jobs take `lock_prefix +
+    key` as both lock (never two at once) and queueing lock (a second enqueue while
+    one waits is coalesced)."""
 
     task_name: str
     queue: str
     lock_prefix: str | None = None
+    sink: str | None = None  # the outside service its task calls (its circuit's name)
 
     def lock(self, key: str) -> str | None:
         return None if self.lock_prefix is None else f"{self.lock_prefix}{key}"

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,6 +36,14 @@ JOB_OUTCOMES = Counter(
     "(succeeded, postponed: handed over to a new job, retried: failed and will run "
     "again, failed: for good, aborted).",
     ["task", "queue", "outcome"],
+)
+
+
+SINK_CIRCUIT_OPEN = Gauge(
+    "procqueue_sink_circuit_open",
+    "1 while this worker holds back the jobs of an outside service it found down "
+    "(its circuit is open), else 0.",
+    ["sink"],
 )
 
 

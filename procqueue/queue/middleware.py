@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,8 +18,10 @@ from procrastinate import JobContext
 from procrastinate.jobs import Job
 from procrastinate.worker import Worker
 
-from procqueue.errors import TransientError
+from procqueue.errors import SinkUnavailable, TransientError
+from procqueue.queries import query
 from procqueue.queue import metrics, sentry
+from procqueue.queue.circuit import Circuits
 from procqueue.queue.failures import describe, record_failed_attempt
 from procqueue.queue.jobs import add_job
 from procqueue.settings import Settings
@@ -65,29 +67,45 @@ class EnforceTimeout:
 
 @dataclass(frozen=True)
 class HandleOutcome:
-    """Decide each attempt's outcome once, then record, alert, meter and log it."""
+    """Decide each attempt's outcome once, then record, alert, meter and log it.
+    `sinks` maps task names to the outside service their jobs call, whose circuit
+    (queue/circuit.py) holds them back while it is down."""
 
     secrets: tuple[str, ...] = ()
+    sinks: Mapping[str, str] = field(default_factory=dict)
+    circuits: Circuits = field(default_factory=Circuits)
 
     async def __call__(self, call_next: CallNext, context: JobContext, worker: Worker) -> Any:
         job = context.job
+        sink = self.sinks.get(job.task_name)
         started = time.monotonic()
         outcome, reason = "aborted", ""
         try:
+            wait = None if sink is None else self.circuits.wait_before(sink, job.id)
+            if wait is not None:
+                outcome, reason = "postponed", f"{sink} is unavailable; its circuit is open"
+                await _postpone(job, wait, worker)
+                return f"postponed: {reason}"
             result = await call_next()
             outcome = "succeeded"
             return result
+        except SinkUnavailable as error:
+            outcome, reason = "postponed", describe(error, self.secrets)[1]
+            await self._outage(job, error, worker)
+            return f"postponed: {reason}"
         except TransientError as error:
             if error.spends_attempt:
                 outcome, reason = await self._failed(error, context, worker)
                 raise
             outcome, reason = "postponed", describe(error, self.secrets)[1]
-            await self._postpone(job, error, worker)
+            await _postpone(job, _seconds_until(error.retry_at), worker)
             return f"postponed: {reason}"
         except Exception as error:
             outcome, reason = await self._failed(error, context, worker)
             raise
         finally:
+            if sink is not None and outcome in ("succeeded", "retried", "failed"):
+                await self._answered(sink, worker)
             self._observe(job, outcome, reason, time.monotonic() - started)
 
     async def _failed(
@@ -103,18 +121,36 @@ class HandleOutcome:
         error_type, message, _ = describe(error, self.secrets)
         return ("failed" if final else "retried"), f"{error_type.rsplit('.', 1)[-1]}: {message}"
 
-    @staticmethod
-    async def _postpone(job: Job, error: TransientError, worker: Worker) -> None:
-        """The same job again, due at the error's `retry_at` (coalesced into a waiting
-        job of the same queueing lock, if there is one)."""
-        wait = error.retry_at - datetime.now(UTC) if error.retry_at is not None else None
-        pool = worker.app.connector.pool  # type: ignore[attr-defined]
-        async with pool.connection() as conn:
-            await add_job(
-                conn, job.task_name, job.task_kwargs, job.queue,
-                lock=job.lock, queueing_lock=job.queueing_lock,
-                delay=max(wait.total_seconds(), 0.0) if wait is not None else 0.0,
+    async def _outage(self, job: Job, error: SinkUnavailable, worker: Worker) -> None:
+        """The job's service is down: open (or keep open) its circuit, and hand the job
+        to a new one, due when the next probe is or when the service asked (Retry-After),
+        whichever is later."""
+        reason = describe(error, self.secrets)[1]
+        opened = self.circuits.tripped(error.sink, job.id, reason)
+        circuit = self.circuits.get(error.sink)
+        wait = max(circuit.probe_due - self.circuits.clock(), _seconds_until(error.retry_at))
+        if opened:
+            logger.warning(
+                "%s is unavailable, its jobs wait (no retry spent) until it answers; next "
+                "probe in %.1f s: %s",
+                error.sink, wait, reason,
             )  # fmt: skip
+            metrics.SINK_CIRCUIT_OPEN.labels(error.sink).set(1)
+            await _execute(
+                worker, "circuit_opened",
+                {"sink": error.sink, "opened_at": circuit.opened_at, "reason": reason[:500]},
+            )  # fmt: skip
+        await _postpone(job, wait, worker)
+
+    async def _answered(self, sink: str, worker: Worker) -> None:
+        closed = self.circuits.answered(sink)
+        if closed is None:
+            return
+        assert closed.opened_at is not None
+        down = (datetime.now(UTC) - closed.opened_at).total_seconds()
+        logger.warning("%s answers again after %.1f s: its jobs run again", sink, down)
+        metrics.SINK_CIRCUIT_OPEN.labels(sink).set(0)
+        await _execute(worker, "circuit_closed", {"sink": sink})
 
     @staticmethod
     def _observe(job: Job, outcome: str, reason: str, duration: float) -> None:
@@ -134,8 +170,38 @@ class HandleOutcome:
         )
 
 
-def worker_middleware(settings: Settings) -> list[Any]:
-    """The worker's middleware stack, outermost first."""
+async def _postpone(job: Job, seconds: float, worker: Worker) -> None:
+    """The same job again, due in `seconds` (coalesced into a waiting job of the
+    same queueing lock, if there is one)."""
+    pool = worker.app.connector.pool  # type: ignore[attr-defined]
+    async with pool.connection() as conn:
+        await add_job(
+            conn, job.task_name, job.task_kwargs, job.queue,
+            lock=job.lock, queueing_lock=job.queueing_lock, delay=seconds,
+        )  # fmt: skip
+
+
+async def _execute(worker: Worker, name: str, params: Mapping[str, Any]) -> None:
+    """Record a circuit's change for health; the worker goes on if it cannot."""
+    pool = worker.app.connector.pool  # type: ignore[attr-defined]
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(query(name), params)
+    except Exception as error:
+        logger.warning("could not record %s: %s", name, type(error).__name__)
+
+
+def _seconds_until(moment: datetime | None) -> float:
+    return 0.0 if moment is None else max((moment - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def worker_middleware(settings: Settings, sinks: Mapping[str, str]) -> list[Any]:
+    """The worker's middleware stack, outermost first; `sinks`: task name -> the
+    outside service its jobs call."""
     # Sentry itself is started by the worker (ProcqueueApp.run_worker_async): without
     # SENTRY_DSN the SDK has no client and final failures send nothing.
-    return [HandleOutcome(settings.secret_values()), EnforceTimeout(settings.job_timeout)]
+    circuits = Circuits(first_wait=settings.retry_backoff, max_wait=settings.circuit_max_wait)
+    return [
+        HandleOutcome(settings.secret_values(), sinks, circuits),
+        EnforceTimeout(settings.job_timeout),
+    ]

@@ -2,7 +2,8 @@
 
 An entity's index is `<prefix><alias>_v1` reached through `<prefix><alias>`, so
 that a reindex can build `_v2` and swap the alias without downtime. Client
-errors are translated into TransientError / PermanentError here, once.
+errors are translated into SinkUnavailable (the cluster is down or overloaded) /
+PermanentError here, once.
 
 The client takes a SearchConfig (`Settings.search`). A worker's jobs share one
 SearchIndex through the app's Services: `search_index(app.services)`.
@@ -19,8 +20,9 @@ import elasticsearch
 from elasticsearch import AsyncElasticsearch
 
 from procqueue.entities import Entity
-from procqueue.errors import PermanentError, TransientError
+from procqueue.errors import PermanentError, SinkUnavailable
 from procqueue.runtime import ServiceKey, Services
+from procqueue.search.jobs import SINK
 from procqueue.settings import SearchConfig
 
 INITIAL_VERSION = 1
@@ -82,11 +84,12 @@ def translate_errors(action: str) -> Iterator[None]:
         status = error.meta.status
         reason = f"Elasticsearch answered {status} to {action}: {error.message}"
         if status == 429 or status >= 500:
-            raise TransientError(reason) from error
+            raise SinkUnavailable(SINK, reason) from error
         raise PermanentError(reason) from error
     except elasticsearch.TransportError as error:  # connection refused, timeout, TLS
-        raise TransientError(
-            f"Elasticsearch unreachable during {action}: {type(error).__name__}: {error.message}"
+        raise SinkUnavailable(
+            SINK,
+            f"Elasticsearch unreachable during {action}: {type(error).__name__}: {error.message}",
         ) from error
 
 

@@ -10,18 +10,22 @@ from procqueue.entities import Entity
 from procqueue.queue.jobs import JobSpec
 from procqueue.settings import SchemaConfig
 
+#: The service these jobs write to: its outages open one circuit (queue/circuit.py).
+SINK = "elasticsearch"
 #: The row jobs, by the trigger event that makes them.
 ROW_OPERATIONS = {"INSERT": "create", "UPDATE": "update", "DELETE": "delete"}
 
 
 def row_job(entity: Entity, operation: str) -> JobSpec:
     """A one-row sync job: args {"id": "<id>"}, lock `<entity>:<id>`."""
-    return JobSpec(f"{entity.name}:{operation}", entity.queue, lock_prefix=f"{entity.name}:")
+    return JobSpec(
+        f"{entity.name}:{operation}", entity.queue, lock_prefix=f"{entity.name}:", sink=SINK
+    )
 
 
 def bulk_job(entity: Entity) -> JobSpec:
     """A chunk of ids: args {"ids": [...]} (and "attempt" on a retry)."""
-    return JobSpec(f"{entity.name}:bulk", entity.queue)
+    return JobSpec(f"{entity.name}:bulk", entity.queue, sink=SINK)
 
 
 def row_args(entity_id: str) -> dict[str, Any]:

@@ -372,3 +372,16 @@ FROM unnest(%(schemas)s::text[], %(tables)s::text[]) WITH ORDINALITY
 LEFT JOIN pg_namespace AS n ON n.nspname = wanted.schema_name
 LEFT JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = wanted.table_name
 ORDER BY wanted.position;
+
+-- circuit_opened: a worker saw a sink go down (procqueue/queue/circuit.py)
+INSERT INTO procqueue.sink_circuits (sink, is_open, opened_at, reason, updated_at)
+VALUES (%(sink)s, true, %(opened_at)s, %(reason)s, now())
+ON CONFLICT (sink) DO UPDATE
+SET is_open = true, opened_at = EXCLUDED.opened_at, reason = EXCLUDED.reason, updated_at = now();
+
+-- circuit_closed: a worker saw the sink answer again
+UPDATE procqueue.sink_circuits SET is_open = false, updated_at = now() WHERE sink = %(sink)s;
+
+-- open_circuits: the sinks whose circuit is open, for health
+SELECT sink, opened_at, reason, updated_at FROM procqueue.sink_circuits
+WHERE is_open ORDER BY sink;
