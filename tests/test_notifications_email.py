@@ -3,6 +3,7 @@ and connection failures retry, 5xx and bad addresses fail at once."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -23,6 +24,11 @@ from tests.support.notifications import (
     notification_settings,
 )
 from tests.support.smtp_server import SmtpRecorder
+from tests.support.worker import sink_circuit
+
+
+def email_jobs(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [job for job in found if job["task_name"] == "notification:email"]
 
 
 async def email_job(db: psycopg.AsyncConnection[Any], notification_id: str) -> dict[str, Any]:
@@ -70,19 +76,22 @@ async def test_user_locale_picks_the_english_template_and_html_is_escaped(
 
 
 async def test_421_once_then_accepted_is_delivered_exactly_once(
-    notify_app: ProcqueueApp, db: psycopg.AsyncConnection[Any], smtp: SmtpRecorder
+    notify_app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any], smtp: SmtpRecorder
 ) -> None:
+    """421: the server, not the message, is unavailable: the job is postponed (a new
+    job, no retry spent, no error recorded) and the message is delivered once."""
     user = await add_user(db, "busy@example.com")
     smtp.answer_next("DATA", "421 4.3.2 Service not available, try again later")
     nid = await insert_notification(db, user, "LISTING_APPROVED", listing_title="Masa")
     await deliver(notify_app)
 
     assert len(smtp.to("busy@example.com")) == 1
-    job = await email_job(db, nid)
-    assert (job["status"], job["attempts"]) == ("succeeded", 2)  # one retry
-    (error,) = await job_errors(db, job["id"])
-    assert error["transient"] and not error["final"]
-    assert "421" in error["message"]
+    postponed, delivered = email_jobs(await jobs(db, nid))
+    assert (postponed["status"], delivered["status"]) == ("succeeded", "succeeded")
+    assert (postponed["attempts"], delivered["attempts"]) == (1, 1)
+    assert await job_errors(db, postponed["id"]) == await job_errors(db, delivered["id"]) == []
+    circuit = await sink_circuit(database, "smtp")
+    assert circuit is not None and not circuit[0] and "421" in circuit[1]
 
 
 async def test_550_fails_at_once_with_the_reason(
@@ -126,7 +135,7 @@ async def test_missing_or_invalid_address_fails_at_once(
     assert smtp.attempts == attempts_before
 
 
-async def test_unreachable_server_is_a_transient_failure(
+async def test_unreachable_server_postpones_the_job_without_spending_retries(
     database: str,
     es_url: str,
     db: psycopg.AsyncConnection[Any],
@@ -135,19 +144,24 @@ async def test_unreachable_server_is_a_transient_failure(
     fcm_account: tuple[dict[str, Any], bytes],
 ) -> None:
     settings = notification_settings(
-        database, es_url, smtp, fcm, fcm_account[0], smtp_port=free_port(), max_retries=1
-    )
+        database, es_url, smtp, fcm, fcm_account[0], smtp_port=free_port(), max_retries=0,
+        retry_backoff=60,
+    )  # fmt: skip
     app = build_app(settings)
     user = await add_user(db, "later@example.com")
     nid = await insert_notification(db, user, "LISTING_APPROVED", listing_title="Masa")
     async with app.open_async():
         await deliver(app)
 
-    job = await email_job(db, nid)
-    assert (job["status"], job["attempts"]) == ("failed", 2)  # tried, retried, gave up
-    errors = await job_errors(db, job["id"])
-    assert [(e["transient"], e["final"]) for e in errors] == [(True, False), (True, True)]
-    assert "unreachable" in errors[0]["message"]
+    postponed, waiting = email_jobs(await jobs(db, nid))
+    assert postponed["status"] == "succeeded" and await job_errors(db, postponed["id"]) == []
+    assert (waiting["status"], waiting["attempts"]) == ("todo", 0)  # no retry spent
+    # The first wait is PROCQUEUE_RETRY_BACKOFF (60 s) capped at PROCQUEUE_CIRCUIT_MAX_WAIT.
+    assert waiting["scheduled_at"] > datetime.now(UTC) + timedelta(seconds=25)
+    circuit = await sink_circuit(database, "smtp")
+    assert circuit is not None and circuit[0] and "unreachable" in circuit[1]
+    await db.execute("DELETE FROM procrastinate.procrastinate_jobs WHERE id = %s", [waiting["id"]])
+    await db.execute("DELETE FROM procqueue.sink_circuits WHERE sink = 'smtp'")
 
 
 async def test_unconfigured_email_is_skipped_and_misconfigured_email_fails(

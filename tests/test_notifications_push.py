@@ -22,10 +22,15 @@ from tests.support.notifications import (
     tokens_of,
 )
 from tests.support.smtp_server import SmtpRecorder
+from tests.support.worker import sink_circuit
+
+
+async def push_jobs(db: psycopg.AsyncConnection[Any], notification_id: str) -> list[dict[str, Any]]:
+    return [j for j in await jobs(db, notification_id) if j["task_name"] == "notification:push"]
 
 
 async def push_job(db: psycopg.AsyncConnection[Any], notification_id: str) -> dict[str, Any]:
-    (job,) = [j for j in await jobs(db, notification_id) if j["task_name"] == "notification:push"]
+    (job,) = await push_jobs(db, notification_id)
     return job
 
 
@@ -102,31 +107,34 @@ async def test_unregistered_and_invalid_tokens_are_removed(
     assert statuses == ["delivered", "skipped", "skipped"]
 
 
-async def test_503_is_retried_after_retry_after_and_delivered_once(
-    notify_app: ProcqueueApp, db: psycopg.AsyncConnection[Any], fcm: FcmState
+async def test_503_waits_for_retry_after_spending_no_retry_and_is_delivered_once(
+    notify_app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any], fcm: FcmState
 ) -> None:
     user = await add_user(db, tokens=("flaky",))
     fcm.answer_next("flaky", unavailable(retry_after=120))
     nid = await insert_notification(db, user, "NEW_OFFER", listing_title="Masa")
     await deliver(notify_app)
 
-    # FCM asked for 120 s: the job waits that long, not the (zero) backoff.
-    job = await push_job(db, nid)
-    assert job["status"] == "todo"
+    # FCM is down and asked for 120 s: the job hands over to a new one due that late
+    # (not after the zero backoff), spending no retry, and FCM's circuit is open.
+    postponed, job = await push_jobs(db, nid)
+    assert postponed["status"] == "succeeded" and await job_errors(db, postponed["id"]) == []
+    assert (job["status"], job["attempts"]) == ("todo", 0)
     assert job["scheduled_at"] > datetime.now(UTC) + timedelta(seconds=100)
     assert fcm.sent_to("flaky") == [] and len(fcm.sent_to("flaky", 503)) == 1
-    (error,) = await job_errors(db, job["id"])
-    assert error["transient"] and "UNAVAILABLE" in error["message"]
+    circuit = await sink_circuit(database, "fcm")
+    assert circuit is not None and circuit[0] and "UNAVAILABLE" in circuit[1]
 
-    # Two minutes later (fast-forwarded): delivered, once.
+    # Two minutes later (fast-forwarded): delivered, once, and the circuit closed.
     await db.execute(
         "UPDATE procrastinate.procrastinate_jobs SET scheduled_at = now() WHERE id = %s",
         [job["id"]],
     )
     await deliver(notify_app)
     assert len(fcm.sent_to("flaky")) == 1
-    assert (await push_job(db, nid))["status"] == "succeeded"
+    assert [job["status"] for job in await push_jobs(db, nid)] == ["succeeded", "succeeded"]
     assert [status for _, _, status in await deliveries(db, nid)] == ["delivered"]
+    assert await sink_circuit(database, "fcm") == (False, circuit[1])
 
 
 async def test_a_misconfigured_fcm_url_removes_no_token(

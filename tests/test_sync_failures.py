@@ -24,6 +24,7 @@ from tests.support.worker import (
     indexed_documents,
     job_counts,
     running_worker,
+    sink_circuit,
     table_documents,
 )
 
@@ -85,15 +86,6 @@ async def indexed_title(app: ProcqueueApp, listing_id: str) -> str:
     return str(found["_source"]["title"])
 
 
-async def circuit(database: str) -> tuple[bool, str] | None:
-    async with await psycopg.AsyncConnection.connect(database) as conn:
-        cursor = await conn.execute(
-            "SELECT is_open, reason FROM procqueue.sink_circuits WHERE sink = 'elasticsearch'"
-        )
-        row = await cursor.fetchone()
-    return None if row is None else (bool(row[0]), str(row[1]))
-
-
 async def postponed_jobs(database: str) -> int:
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cursor = await conn.execute(
@@ -122,14 +114,14 @@ async def test_elasticsearch_outage_longer_than_every_retry_costs_no_retry_and_c
                 return await postponed_jobs(database) >= postponed_before + 20 * 5
 
             await eventually(waited_past_every_retry, timeout=60)
-            state = await circuit(database)
+            state = await sink_circuit(database, "elasticsearch")
             assert state is not None and state[0] and "Elasticsearch unreachable" in state[1]
             await proxy.come_back()
             await eventually(lambda: queue_is_done(database), timeout=60)
         assert "failed" not in await job_counts(database)
         assert len(await error_rows(database)) == errors_before
         assert await index_matches_table(app, database)
-        assert await circuit(database) == (False, state[1])
+        assert await sink_circuit(database, "elasticsearch") == (False, state[1])
 
 
 async def test_unreachable_elasticsearch_spends_no_retry_even_with_none_allowed(

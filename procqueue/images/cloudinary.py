@@ -31,7 +31,8 @@ from typing import Any
 import cloudinary.api
 import cloudinary.exceptions
 
-from procqueue.errors import PermanentError, TransientError
+from procqueue.errors import PermanentError, SinkUnavailable, TransientError
+from procqueue.images.jobs import SINK
 from procqueue.images.urls import Asset, DeliveryConfig
 from procqueue.runtime import ServiceKey, Services
 from procqueue.settings import CLOUDINARY_MAX_IDS_PER_CALL, CloudinaryConfig
@@ -46,11 +47,11 @@ _TRY_AGAIN = re.compile(r"try again on (\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})"
 _STATUS = re.compile(r"^Error (\d{3}) - ")
 
 
-class CloudinaryRateLimited(TransientError):
+class CloudinaryRateLimited(SinkUnavailable):
     """Cloudinary refused the call for now; `retry_at` is when it allows the next one."""
 
     def __init__(self, message: str, retry_at: datetime | None) -> None:
-        super().__init__(message, retry_at=retry_at)
+        super().__init__(SINK, message, retry_at=retry_at)
 
 
 def call_options(config: CloudinaryConfig) -> dict[str, Any]:
@@ -222,7 +223,7 @@ class CloudinaryDeleter:
             return PermanentError(f"{reason}. The API key may not delete assets (403)")
         if isinstance(error, cloudinary.exceptions.GeneralError) or (status and status >= 500):
             # 5xx, socket errors, timeouts and unreadable answers (a proxy's HTML page).
-            return TransientError(reason)
+            return SinkUnavailable(SINK, reason)
         if isinstance(error, cloudinary.exceptions.Error) or status is not None:
             return PermanentError(reason)
         return PermanentError(f"{reason} ({type(error).__name__})")

@@ -20,7 +20,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from procqueue.errors import PermanentError, TransientError
+from procqueue.errors import PermanentError, SinkUnavailable, TransientError
 from procqueue.notifications import store
 from procqueue.notifications.channel import Channel
 from procqueue.notifications.errors import ChannelUnavailable, TargetGone
@@ -124,6 +124,15 @@ def _combined(
     progress = f"{sent + before} of {sent + before + len(failures)} {channel} targets done"
     if len(failures) == 1 and sent + before == 0:
         return failures[0][1]  # the one failure, as it is
+    sinks = {error.sink for _, error in failures if isinstance(error, SinkUnavailable)}
+    if len(sinks) == 1 and all(isinstance(error, SinkUnavailable) for _, error in failures):
+        # Only the service failed: the job waits for it like every other job of its sink.
+        waits = [error.retry_at for _, error in failures if isinstance(error, TransientError)]
+        return SinkUnavailable(
+            sinks.pop(),
+            f"{progress}; the rest will be sent: {reasons}",
+            retry_at=max((wait for wait in waits if wait is not None), default=None),
+        )
     if any(is_transient(error) for _, error in failures):
         waits = [error.retry_at for _, error in failures if isinstance(error, TransientError)]
         retry_at = max((wait for wait in waits if wait is not None), default=None)

@@ -9,7 +9,7 @@
 Outcomes of a send: a message name; UnregisteredToken for a token FCM reports as
 UNREGISTERED (404) or as an invalid registration token (400 INVALID_ARGUMENT
 naming the registration token);
-TransientError for 429 and 5xx (its `retry_at` from Retry-After) and for network
+SinkUnavailable for 429 and 5xx (its `retry_at` from Retry-After) and for network
 errors; PermanentError for any other refusal.
 
 The client takes an FcmConfig (`Settings.fcm`); it knows nothing of notifications
@@ -23,6 +23,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -32,7 +33,8 @@ from google.auth import exceptions as google_exceptions
 from google.auth.transport.urllib3 import Request as Urllib3Request
 from google.oauth2 import service_account
 
-from procqueue.errors import ConfigError, PermanentError, TransientError
+from procqueue.errors import ConfigError, PermanentError, SinkUnavailable, TransientError
+from procqueue.notifications.jobs import FCM_SINK as SINK
 from procqueue.settings import FcmConfig
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -124,10 +126,14 @@ class AccessTokens:
             request = Urllib3Request(self._http)  # type: ignore[no-untyped-call]
             self._credentials.refresh(request)  # type: ignore[no-untyped-call]
         except google_exceptions.TransportError as error:
-            raise TransientError(f"FCM token endpoint unreachable: {error}; will retry") from None
+            raise SinkUnavailable(
+                SINK, f"FCM token endpoint unreachable: {error}; will retry"
+            ) from None
         except google_exceptions.RefreshError as error:
             if getattr(error, "retryable", False):
-                raise TransientError(f"FCM token endpoint failed: {error}; will retry") from None
+                raise SinkUnavailable(
+                    SINK, f"FCM token endpoint failed: {error}; will retry"
+                ) from None
             raise PermanentError(
                 f"the token endpoint refused the FCM service account ({error}): check the "
                 "key in PROCQUEUE_FCM_SERVICE_ACCOUNT_FILE / _JSON and its permissions"
@@ -203,8 +209,8 @@ class FcmClient:
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                 raise self._refusal(response.status, text, retry_after, label)
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise TransientError(
-                f"FCM unreachable ({type(error).__name__}: {error}); will retry"
+            raise SinkUnavailable(
+                SINK, f"FCM unreachable ({type(error).__name__}: {error}); will retry"
             ) from None
 
     def _refusal(self, status: int, text: str, retry_after: float | None, label: str) -> Exception:
@@ -223,7 +229,12 @@ class FcmClient:
             self.tokens.invalidate()
             return TransientError(f"FCM refused the access token ({reply}); will get a new one")
         if status == 429 or status >= 500:
-            return TransientError.after(f"FCM is unavailable ({reply}); will retry", retry_after)
+            wait = None if retry_after is None else timedelta(seconds=retry_after)
+            return SinkUnavailable(
+                SINK,
+                f"FCM is unavailable ({reply}); will retry",
+                retry_at=None if wait is None else datetime.now(UTC) + wait,
+            )
         return PermanentError(f"FCM refused the message to {label} ({reply})")
 
 

@@ -20,7 +20,8 @@ from email.utils import formatdate
 
 import aiosmtplib
 
-from procqueue.errors import PermanentError, TransientError
+from procqueue.errors import PermanentError, SinkUnavailable, TransientError
+from procqueue.notifications.jobs import SMTP_SINK as SINK
 from procqueue.settings import SmtpConfig
 
 _ADDRESS = re.compile(
@@ -78,9 +79,10 @@ async def send_email(config: SmtpConfig, message: EmailMessage) -> None:
     except aiosmtplib.SMTPResponseException as error:
         raise _classify(error, recipient) from None
     except (aiosmtplib.SMTPException, OSError) as error:
-        raise TransientError(
+        raise SinkUnavailable(
+            SINK,
             f"SMTP server {config.host}:{config.port} unreachable ({type(error).__name__}: "
-            f"{error}); will retry"
+            f"{error}); will retry",
         ) from None
 
 
@@ -91,6 +93,8 @@ def _classify(error: aiosmtplib.SMTPResponseException, recipient: str) -> Except
             f"SMTP server refused the credentials ({reply}): check PROCQUEUE_SMTP_USERNAME "
             "and PROCQUEUE_SMTP_PASSWORD"
         )
+    if error.code == 421:  # the server is shutting down or overloaded, not this message
+        return SinkUnavailable(SINK, f"SMTP server unavailable ({reply}); will retry")
     if 400 <= error.code < 500:
         return TransientError(f"SMTP server deferred the message ({reply}); will retry")
     return PermanentError(f"SMTP server rejected the message to {masked(recipient)}: {reply}")

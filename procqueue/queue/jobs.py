@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -63,8 +64,10 @@ async def add_job(
     lock: str | None = None,
     queueing_lock: str | None = None,
     delay: float = 0.0,
+    run_at: datetime | None = None,
 ) -> int | None:
-    """procqueue.add_job from Python: the one enqueue path the triggers use too."""
+    """procqueue.add_job from Python: the one enqueue path the triggers use too. Due
+    at `run_at` if given, else `delay` seconds from now."""
     cursor = await conn.execute(
         query("enqueue_job"),
         {
@@ -74,6 +77,7 @@ async def add_job(
             "job_lock": lock,
             "queueing_lock": queueing_lock,
             "delay": delay,
+            "run_at": run_at,
         },
     )
     row = await cursor.fetchone()

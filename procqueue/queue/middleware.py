@@ -98,7 +98,7 @@ class HandleOutcome:
                 outcome, reason = await self._failed(error, context, worker)
                 raise
             outcome, reason = "postponed", describe(error, self.secrets)[1]
-            await _postpone(job, _seconds_until(error.retry_at), worker)
+            await _postpone(job, 0.0, worker, run_at=error.retry_at)
             return f"postponed: {reason}"
         except Exception as error:
             outcome, reason = await self._failed(error, context, worker)
@@ -128,7 +128,7 @@ class HandleOutcome:
         reason = describe(error, self.secrets)[1]
         opened = self.circuits.tripped(error.sink, job.id, reason)
         circuit = self.circuits.get(error.sink)
-        wait = max(circuit.probe_due - self.circuits.clock(), _seconds_until(error.retry_at))
+        wait = max(circuit.probe_due - self.circuits.clock(), 0.0)
         if opened:
             logger.warning(
                 "%s is unavailable, its jobs wait (no retry spent) until it answers; next "
@@ -140,7 +140,8 @@ class HandleOutcome:
                 worker, "circuit_opened",
                 {"sink": error.sink, "opened_at": circuit.opened_at, "reason": reason[:500]},
             )  # fmt: skip
-        await _postpone(job, wait, worker)
+        asked = error.retry_at if _seconds_until(error.retry_at) > wait else None
+        await _postpone(job, wait, worker, run_at=asked)
 
     async def _answered(self, sink: str, worker: Worker) -> None:
         closed = self.circuits.answered(sink)
@@ -170,14 +171,16 @@ class HandleOutcome:
         )
 
 
-async def _postpone(job: Job, seconds: float, worker: Worker) -> None:
-    """The same job again, due in `seconds` (coalesced into a waiting job of the
-    same queueing lock, if there is one)."""
+async def _postpone(
+    job: Job, seconds: float, worker: Worker, *, run_at: datetime | None = None
+) -> None:
+    """The same job again, due at `run_at` or else in `seconds` (coalesced into a
+    waiting job of the same queueing lock, if there is one)."""
     pool = worker.app.connector.pool  # type: ignore[attr-defined]
     async with pool.connection() as conn:
         await add_job(
             conn, job.task_name, job.task_kwargs, job.queue,
-            lock=job.lock, queueing_lock=job.queueing_lock, delay=seconds,
+            lock=job.lock, queueing_lock=job.queueing_lock, delay=seconds, run_at=run_at,
         )  # fmt: skip
 
 

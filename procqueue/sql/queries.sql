@@ -315,7 +315,7 @@ VALUES (%(job_id)s, %(entity)s, %(entity_id)s, %(index_name)s, %(status)s, %(rea
 
 -- enqueue_job: a job from Python (procqueue/queue/jobs.py), through procqueue.add_job like the triggers
 SELECT procqueue.add_job(%(task_name)s, %(args)s, %(queue_name)s, %(job_lock)s, %(queueing_lock)s,
-                         now() + make_interval(secs => %(delay)s));
+                         coalesce(%(run_at)s, now() + make_interval(secs => %(delay)s)));
 
 -- reindex_targets: the indexes being built for an entity, with their resume points
 SELECT index_name, resume_after, copied FROM procqueue.search_targets WHERE entity = %(entity)s;

@@ -82,3 +82,13 @@ async def table_documents(dsn: str, entity: Entity) -> dict[str, dict[str, Any]]
         await cursor.execute(entity_query("read_entity_rows", entity))
         rows = await cursor.fetchall()
     return {str(row[entity.primary_key]): document_from_row(entity, row) for row in rows}
+
+
+async def sink_circuit(dsn: str, sink: str) -> tuple[bool, str] | None:
+    """(open?, reason) of a sink's circuit as the workers last recorded it."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = await conn.execute(
+            "SELECT is_open, reason FROM procqueue.sink_circuits WHERE sink = %s", [sink]
+        )
+        row = await cursor.fetchone()
+    return None if row is None else (bool(row[0]), str(row[1]))
