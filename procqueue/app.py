@@ -17,7 +17,7 @@ from procqueue.qualified import QualifiedPsycopgConnector
 from procqueue.queue import maintenance
 from procqueue.queue.middleware import worker_middleware
 from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp, Services
+from procqueue.runtime import WORKER_APPLICATION, ProcqueueApp, Services
 from procqueue.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def make_connector(settings: Settings) -> QualifiedPsycopgConnector:
         **pool_arguments(
             settings.dsn,
             transaction_pooler=settings.uses_transaction_pooler,
-            application_name="procqueue-worker",
+            application_name=WORKER_APPLICATION,
             min_size=1,
             max_size=settings.concurrency + 2,
             name="procqueue",

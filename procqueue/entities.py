@@ -29,6 +29,20 @@ FIELD_MAPPINGS: dict[str, dict[str, Any]] = {
     "url": {"type": "keyword", "index": False},
 }
 
+#: Field types whose values are numbers, with the range Elasticsearch stores for
+#: each; a value outside it (or NaN, or an infinity) is indexed as null.
+NUMBER_RANGES: dict[str, tuple[str, str]] = {
+    "long": ("-9223372036854775808", "9223372036854775807"),
+    "integer": ("-2147483648", "2147483647"),
+    "double": ("-1.7976931348623157e308", "1.7976931348623157e308"),
+}
+
+#: A row whose search document is larger fails its own sync with that reason
+#: (docs/bulk.md); `max_document_bytes` in the entities file changes it.
+DEFAULT_MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+#: Elasticsearch's default http.max_content_length: no document can be larger.
+LARGEST_DOCUMENT_BYTES = 100 * 1024 * 1024
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -44,6 +58,7 @@ class Entity:
     image_columns: tuple[str, ...] = ()
     ignored_columns: tuple[str, ...] = ()
     queue: str = "sync"
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
 
     @property
     def schema_name(self) -> str:
@@ -75,6 +90,16 @@ class Entity:
         if unknown:
             raise ConfigError(
                 f"{where}: unknown field type(s) {unknown}; use one of {sorted(FIELD_MAPPINGS)}"
+            )
+        limit = self.max_document_bytes
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 0 < limit <= LARGEST_DOCUMENT_BYTES
+        ):
+            raise ConfigError(
+                f"{where}: max_document_bytes must be between 1 and {LARGEST_DOCUMENT_BYTES} "
+                "(Elasticsearch's default request limit)"
             )
         both = sorted(set(self.fields) & set(self.ignored_columns))
         if both:
@@ -140,6 +165,7 @@ def entity_from_mapping(raw: Mapping[str, Any]) -> Entity:
             image_columns=tuple(raw.get("image_columns", ())),
             ignored_columns=tuple(raw.get("ignored_columns", ())),
             queue=raw.get("queue", "sync"),
+            max_document_bytes=raw.get("max_document_bytes", DEFAULT_MAX_DOCUMENT_BYTES),
         )
     except KeyError as missing:
         raise ConfigError(f"entity {raw.get('name', '?')!r} is missing the key {missing}") from None

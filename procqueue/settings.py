@@ -160,6 +160,8 @@ class Settings(SchemaSettings):
     concurrency: int = Field(default=10, ge=1, le=200)
     job_timeout: float = Field(default=30.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=100)
+    reconcile_cron: str = "*/5 * * * *"  # "": no periodic reconciliation
+    reconcile_batch: int = Field(default=5000, ge=1, le=1_000_000)  # rows per entity per run
     circuit_max_wait: float = Field(default=30.0, gt=0, le=3600)  # longest wait between probes
     retry_backoff: float = Field(default=2.0, ge=0)
     retry_backoff_max: float = Field(default=300.0, ge=0)
@@ -186,7 +188,7 @@ class Settings(SchemaSettings):
     health_lag_unhealthy: float = Field(default=600.0, ge=0)
     health_failure_rate_degraded: float = Field(default=0.05, ge=0, le=1)
     health_failure_rate_unhealthy: float = Field(default=0.5, ge=0, le=1)
-    health_min_runs: int = Field(default=20, ge=1)
+    health_min_failures: int = Field(default=3, ge=1)
     health_min_workers: int = Field(default=1, ge=0)
     health_window: timedelta = timedelta(hours=1)
 
@@ -374,7 +376,7 @@ class Settings(SchemaSettings):
             lag_unhealthy=self.health_lag_unhealthy,
             failure_rate_degraded=self.health_failure_rate_degraded,
             failure_rate_unhealthy=self.health_failure_rate_unhealthy,
-            min_runs=self.health_min_runs,
+            min_failures=self.health_min_failures,
             min_workers=self.health_min_workers,
             window=self.health_window,
             stalled_after=timedelta(seconds=self.stalled_timeout),

@@ -1,11 +1,13 @@
 """The dashboard in a real headless Chromium (Debian's package, driven by
 Playwright): sign in, see a failed job and its error, press retry, and see it
-succeed once its cause is gone. Saves a screenshot of each page into
-docs/screenshots/ (the docs show them)."""
+succeed once its cause is gone. Saves a screenshot of each page into a temporary
+directory, or into PROCQUEUE_SCREENSHOTS_DIR when set: refresh the docs' pictures on
+purpose with `PROCQUEUE_SCREENSHOTS_DIR=docs/screenshots ./scripts/test -k browser`."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +21,6 @@ from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.dashboard import job_status, served
-from tests.support.repo import REPO_DIR
 from tests.support.worker import drain, eventually, running_worker
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,7 +33,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = REPO_DIR / "docs" / "screenshots"
+SCREENSHOTS = Path(
+    os.environ.get("PROCQUEUE_SCREENSHOTS_DIR") or tempfile.mkdtemp(prefix="procqueue-screenshots-")
+)
+SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 SECRET = "browser-secret-" + uuid.uuid4().hex
 
 if not CHROMIUM.exists():
@@ -64,7 +68,6 @@ async def set_switch(dsn: str, name: str, broken: bool) -> None:
 
 
 async def shoot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 

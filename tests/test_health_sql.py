@@ -139,7 +139,7 @@ LENIENT = {
     "health_lag_unhealthy": "2000",
     "health_failure_rate_degraded": "0.9",
     "health_failure_rate_unhealthy": "1",
-    "health_min_runs": "1",
+    "health_min_failures": "1",
 }
 
 

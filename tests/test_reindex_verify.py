@@ -145,12 +145,14 @@ async def test_interrupted_reindex_resumes_and_completes(
     assert rows == (0,)
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    settings: Settings, *args: str, prefix: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "DATABASE_URL": settings.dsn,
         "ELASTICSEARCH_URL": settings.elasticsearch_url,
-        "PROCQUEUE_INDEX_PREFIX": settings.index_prefix,
+        "PROCQUEUE_INDEX_PREFIX": settings.index_prefix if prefix is None else prefix,
     }
     return subprocess.run(
         [sys.executable, "-m", "procqueue.cli", *args],
@@ -193,3 +195,24 @@ async def test_verify_finds_missing_stale_and_extra_and_repair_fixes_them(
     again = cli(settings, "verify", "listings")
     assert again.returncode == 0, again.stdout + again.stderr
     assert await indexed_documents(app, LISTING) == await table_documents(database, LISTING)
+
+
+async def test_verify_creates_no_index_and_reports_a_missing_one_as_every_row_missing(
+    app: ProcqueueApp, settings: Settings, db: psycopg.AsyncConnection[Any]
+) -> None:
+    """`verify` only reads: with a prefix nothing was ever synced under, it creates no
+    index and no alias, says to reindex, and exits 1 (drift)."""
+    await insert_listings(db, 2, "no-index")
+    rows = await (await db.execute("SELECT count(*) FROM listings")).fetchone()
+    assert rows is not None
+    prefix = f"zz{uuid.uuid4().hex[:6]}_"
+    checked = cli(settings, "verify", "listings", prefix=prefix)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert f"{rows[0]} missing, 0 stale, 0 extra" in checked.stdout
+    assert (
+        f"public.listings: the alias {prefix}listings does not exist, so every row is missing: "
+        "run `procqueue reindex listings` to build it"
+    ) in checked.stdout
+    client = search_index(app.services).client
+    assert not await client.indices.exists(index=f"{prefix}listings_v1")
+    assert not await client.indices.exists_alias(name=f"{prefix}listings")

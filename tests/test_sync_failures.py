@@ -14,9 +14,12 @@ import pytest
 
 from procqueue.app import build_app
 from procqueue.entities import LISTING
+from procqueue.queue.health import evaluate, read_snapshot
+from procqueue.queue.metrics import render_metrics
 from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
 from tests.conftest import make_settings
+from tests.support.history import run_cli
 from tests.support.proxy import TcpProxy
 from tests.support.worker import (
     SELLER_ID,
@@ -86,6 +89,13 @@ async def indexed_title(app: ProcqueueApp, listing_id: str) -> str:
     return str(found["_source"]["title"])
 
 
+async def metrics(app: ProcqueueApp, database: str) -> bytes:
+    config = app.services.settings.health
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        snapshot = await read_snapshot(conn, config)
+    return render_metrics(snapshot, evaluate(snapshot, config))
+
+
 async def postponed_jobs(database: str) -> int:
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cursor = await conn.execute(
@@ -116,12 +126,20 @@ async def test_elasticsearch_outage_longer_than_every_retry_costs_no_retry_and_c
             await eventually(waited_past_every_retry, timeout=60)
             state = await sink_circuit(database, "elasticsearch")
             assert state is not None and state[0] and "Elasticsearch unreachable" in state[1]
+            # Health says so: `procqueue health` exits 2 (unhealthy) naming the outage,
+            # and /metrics has a gauge for it.
+            code, out, _ = await run_cli(database, "health")
+            assert code == 2 and "elasticsearch is unavailable since" in out, out
+            assert b'procqueue_sink_unavailable{sink="elasticsearch"} 1.0' in await metrics(
+                app, database
+            )
             await proxy.come_back()
             await eventually(lambda: queue_is_done(database), timeout=60)
         assert "failed" not in await job_counts(database)
         assert len(await error_rows(database)) == errors_before
         assert await index_matches_table(app, database)
         assert await sink_circuit(database, "elasticsearch") == (False, state[1])
+        assert b"procqueue_sink_unavailable{" not in await metrics(app, database)
 
 
 async def test_unreachable_elasticsearch_spends_no_retry_even_with_none_allowed(

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 
 from procqueue.connections import connect_async
 from procqueue.entities import Entity, EntityRegistry, load_entities
+from procqueue.errors import ProcqueueError
 from procqueue.progress import Progress
+from procqueue.queue.failures import is_transient
 from procqueue.search.client import SearchIndex
 from procqueue.search.reindex import reindex_entity
 from procqueue.search.verify import repair, verify_entity
@@ -30,6 +35,25 @@ def chosen_entities(settings: Settings, which: str) -> list[Entity]:
     return [registry.by_table_or_name(which)]
 
 
+@contextlib.contextmanager
+def one_line_errors(command: str, entity: Entity) -> Iterator[None]:
+    """A database error, or an outage, as one line saying what to do."""
+    try:
+        yield
+    except Exception as error:
+        resumable = command == "reindex" and is_transient(error)
+        if not isinstance(error, ProcqueueError | psycopg.Error) or (
+            isinstance(error, ProcqueueError) and not resumable
+        ):
+            raise
+        detail = str(error)
+        if isinstance(error, psycopg.Error):
+            detail = f"Postgres: {error.diag.message_primary or error}"
+        if resumable:
+            detail += f"; the copy is kept: re-run `procqueue reindex {entity.index}` to resume"
+        raise ProcqueueError(f"{command} of {entity.table} failed: {detail}") from error
+
+
 async def _reindex(args: argparse.Namespace) -> int:
     settings = get_settings()
     search = SearchIndex.from_config(settings.search)
@@ -40,10 +64,11 @@ async def _reindex(args: argparse.Namespace) -> int:
                 await _connect(settings, autocommit=True) as conn,
                 await _connect(settings) as reader,
             ):
-                result = await reindex_entity(
-                    conn, reader, search, entity, batch_size=args.batch_size,
-                    drop_old=args.drop_old, on_start=bar.start, on_chunk=bar.advance,
-                )  # fmt: skip
+                with one_line_errors("reindex", entity):
+                    result = await reindex_entity(
+                        conn, reader, search, entity, batch_size=args.batch_size,
+                        drop_old=args.drop_old, on_start=bar.start, on_chunk=bar.advance,
+                    )  # fmt: skip
             bar.finish()
             old = ", ".join(result.previous) or "none"
             print(
@@ -51,6 +76,12 @@ async def _reindex(args: argparse.Namespace) -> int:
                 f"{search.alias(entity)} now points there (previous: {old}"
                 f"{', deleted' if result.dropped else ''})"
             )
+            if result.failed:
+                print(
+                    f"{entity.table}: {result.failed} row(s) have no document, each with its "
+                    "reason in procqueue.sync_item_errors (fix them, then `procqueue verify "
+                    "--repair`)"
+                )
     finally:
         await search.aclose()
     return 0
@@ -64,17 +95,29 @@ async def _verify(args: argparse.Namespace) -> int:
         for entity in chosen_entities(settings, args.entity):
             bar = Progress(f"verify {entity.table}", 0)
             async with await _connect(settings, autocommit=True) as conn:
-                drift = await verify_entity(
-                    conn, search, entity, batch_size=args.batch_size, on_chunk=bar.advance
-                )
+                with one_line_errors("verify", entity):
+                    drift = await verify_entity(
+                        conn, search, entity, batch_size=args.batch_size, on_chunk=bar.advance
+                    )
             bar.finish()
-            for kind in ("missing", "stale", "extra"):
+            for kind in ("missing", "stale", "extra", "unindexable"):
                 for entity_id in getattr(drift, kind):
                     print(f"{entity.name}\t{kind}\t{entity_id}")
             print(
                 f"{entity.table}: {drift.checked_rows} rows, {drift.checked_documents} documents; "
                 f"{len(drift.missing)} missing, {len(drift.stale)} stale, {len(drift.extra)} extra"
+                + (
+                    f"; {len(drift.unindexable)} unindexable (too large: not drift, their "
+                    "sync jobs failed with the reason)"
+                    if drift.unindexable
+                    else ""
+                )
             )
+            if drift.index_missing:
+                print(
+                    f"{entity.table}: the alias {search.alias(entity)} does not exist, so every "
+                    f"row is missing: run `procqueue reindex {entity.index}` to build it"
+                )
             if drift.drifted:
                 drifted = True
                 if args.repair:

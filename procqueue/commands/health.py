@@ -39,8 +39,8 @@ def render(snapshot: Snapshot, verdict: Verdict) -> str:
                 "running",
                 "scheduled",
                 "retrying",
-                "failed 1h",
-                "failed 1d",
+                "failed for good 1h",
+                "failed for good 1d",
                 "lag s",
                 "done/min 5m",
                 "done/min 60m",
@@ -61,9 +61,19 @@ def render(snapshot: Snapshot, verdict: Verdict) -> str:
                 for q in snapshot.queues
             ],
         ),
-        f"\nTasks (last {window} s)",
+        f"\nTasks (attempts ended in the last {window} s)",
         table(
-            ["task", "runs", "ok", "failed", "retries", "failure rate", "p50 s", "p95 s", "max s"],
+            [
+                "task",
+                "attempts",
+                "ok",
+                "failed for good",
+                "retried",
+                "failure rate (jobs)",
+                "p50 s",
+                "p95 s",
+                "max s",
+            ],
             [
                 [
                     t.task_name,

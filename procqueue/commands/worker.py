@@ -1,13 +1,17 @@
 """`procqueue worker`: the same as `procrastinate --app=procqueue.app.app worker`.
 
-A worker that cannot work says why in one line and exits non-zero (2): the
-database does not answer, the preflight checks fail (procqueue/preflight.py), or a
-side task failed and stopped it (procqueue/runtime.py)."""
+The worker runs until SIGTERM or SIGINT (exit status 0): a database that goes
+away (killed connections, a restart) is waited for, never a reason to stop
+(procqueue/runtime.py). A worker that cannot work says why in one line and exits
+non-zero (2): a bad setting, the database does not answer at start, the preflight
+checks fail (procqueue/preflight.py), or a side task failed on something other
+than the database being away."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from procrastinate.exceptions import ConnectorException
@@ -16,6 +20,7 @@ from psycopg_pool import PoolTimeout
 from procqueue.app import build_app
 from procqueue.errors import ConfigError
 from procqueue.queue.server import start_worker_metrics_server
+from procqueue.runtime import ProcqueueApp
 from procqueue.settings import get_settings
 
 
@@ -23,17 +28,25 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.concurrency:
         settings = settings.model_copy(update={"concurrency": args.concurrency})
-    app = build_app(settings)
+    return serve(build_app(settings), queues=args.queue, name=args.name)
+
+
+def serve(
+    app: ProcqueueApp, *, queues: Iterable[str] | None = None, name: str | None = None
+) -> int:
+    """Run a worker of `app` until a signal stops it; 0, or a ProcqueueError."""
+    settings = app.services.settings
     if settings.metrics_port:
         start_worker_metrics_server(settings.metrics_port)
+
+    options: dict[str, Any] = {"name": name}
+    if queues:  # else every queue (queues=[] would match no queue at all)
+        options["queues"] = list(queues)
 
     async def work() -> None:
         async with app.open_async():
             try:
-                if args.queue:
-                    await app.run_worker_async(queues=args.queue, name=args.name)
-                else:  # every queue (queues=[] would match no queue at all)
-                    await app.run_worker_async(name=args.name)
+                await app.run_worker_async(**options)
             finally:
                 await app.services.aclose()
 

@@ -222,13 +222,17 @@ class Dashboard:
             "hour_totals": _totals(hour),
             "day_totals": _totals(day),
             "charts": {
-                "hour_throughput": charts.throughput_chart(hour, "Attempts per minute, last hour"),
-                "hour_errors": charts.error_rate_chart(hour, "Error rate per minute, last hour"),
+                "hour_throughput": charts.throughput_chart(
+                    hour, "Attempts ended per minute, last hour"
+                ),
+                "hour_errors": charts.error_rate_chart(
+                    hour, "Failed attempts ÷ attempts ended, per minute, last hour"
+                ),
                 "day_throughput": charts.throughput_chart(
-                    day, "Attempts per 30 min, last day", with_date=True
+                    day, "Attempts ended per 30 min, last day", with_date=True
                 ),
                 "day_errors": charts.error_rate_chart(
-                    day, "Error rate per 30 min, last day", with_date=True
+                    day, "Failed attempts ÷ attempts ended, per 30 min, last day", with_date=True
                 ),
             },
             "storage_total": sum(t.total_bytes for t in snapshot.tables) if snapshot else 0,
@@ -370,6 +374,8 @@ def _page_url(base: dict[str, str], key: str, job_id: int | None) -> str | None:
 
 
 def _totals(buckets: list[store.Bucket]) -> dict[str, Any]:
+    """Attempts that ended in the buckets, by outcome; the error rate is failed
+    attempts (retried or not) ÷ attempts ended."""
     succeeded = sum(b.succeeded for b in buckets)
     retried = sum(b.retried for b in buckets)
     failed = sum(b.failed for b in buckets)

@@ -18,6 +18,9 @@ from psycopg.rows import dict_row
 
 from procqueue.queries import query
 
+#: The queue's own periodic tasks (procqueue/queue/maintenance.py) are named so.
+MAINTENANCE_PREFIX = "procqueue:"
+
 
 @dataclass(frozen=True)
 class HealthConfig:
@@ -26,9 +29,11 @@ class HealthConfig:
 
     lag_degraded: float = 60.0  # seconds the oldest waiting job has waited
     lag_unhealthy: float = 600.0
+    # Failure rates (see `evaluate`): jobs failed for good ÷ jobs finished in the window,
+    # per task and over all tasks, once at least `min_failures` jobs failed.
     failure_rate_degraded: float = 0.05
     failure_rate_unhealthy: float = 0.5
-    min_runs: int = 20  # finished jobs of a task before its failure rate counts
+    min_failures: int = 3
     min_workers: int = 1
     window: timedelta = timedelta(hours=1)  # task history
     stalled_after: timedelta = timedelta(seconds=30)  # a worker's heartbeat age
@@ -93,12 +98,23 @@ class TableHealth:
 
 
 @dataclass(frozen=True)
+class CircuitHealth:
+    """An outside service the workers found down (procqueue/queue/circuit.py)."""
+
+    sink: str
+    opened_at: datetime | None
+    reason: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
 class Snapshot:
     queues: list[QueueHealth]
     tasks: list[TaskHealth]
     workers: list[WorkerHealth]
     tables: list[TableHealth]
     window: timedelta
+    open_circuits: list[CircuitHealth] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -123,12 +139,14 @@ async def read_snapshot(conn: psycopg.AsyncConnection[Any], config: HealthConfig
         tasks = await _rows(conn, "health_tasks", {"since": config.window})
         workers = await _rows(conn, "health_workers", {"stalled_after": config.stalled_after})
         tables = await _rows(conn, "health_storage")
+        circuits = await _rows(conn, "open_circuits")
     return Snapshot(
         queues=[QueueHealth(**row) for row in queues],
         tasks=[TaskHealth(**row) for row in tasks],
         workers=[WorkerHealth(**row) for row in workers],
         tables=[TableHealth(**row) for row in tables],
         window=config.window,
+        open_circuits=[CircuitHealth(**row) for row in circuits],
     )
 
 
@@ -137,7 +155,8 @@ def _worse(current: Status, new: Status) -> Status:
 
 
 def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
-    """Judge the queue: no healthy worker, lag and task failure rates."""
+    """Judge the queue: no healthy worker, an outside service down (an open circuit),
+    lag, and failure rates per task and over all tasks (`_failure_level`)."""
     status = Status.HEALTHY
     reasons: list[str] = []
     healthy_workers = sum(1 for worker in snapshot.workers if worker.healthy)
@@ -146,6 +165,13 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
         reasons.append(
             f"{healthy_workers} healthy worker(s), at least {config.min_workers} "
             "needed: start `procqueue worker` (or check why workers stopped heartbeating)"
+        )
+    for circuit in snapshot.open_circuits:
+        status = Status.UNHEALTHY
+        since = f" since {circuit.opened_at:%Y-%m-%d %H:%M:%S %Z}" if circuit.opened_at else ""
+        reasons.append(
+            f"{circuit.sink} is unavailable{since}: its jobs wait (spending no retries) "
+            f"until it answers; last error: {circuit.reason[:300]}"
         )
     stalled = [worker.worker_id for worker in snapshot.workers if not worker.healthy]
     if stalled:
@@ -167,23 +193,49 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
             f"queue {queue.queue_name!r}: oldest waiting job has waited {lag:.0f} s "
             f"({queue.waiting} waiting): add workers or find what slows them"
         )
+    window = _describe_window(snapshot.window)
+    worst_task = Status.HEALTHY
     for task in snapshot.tasks:
-        finished = task.succeeded + task.failed
-        if task.failure_rate is None or finished < config.min_runs:
+        level = _failure_level(task.failed, task.succeeded + task.failed, config)
+        if level is Status.HEALTHY:
             continue
-        if task.failure_rate >= config.failure_rate_unhealthy:
-            level = Status.UNHEALTHY
-        elif task.failure_rate >= config.failure_rate_degraded:
-            level = Status.DEGRADED
-        else:
-            continue
-        status = _worse(status, level)
+        worst_task = _worse(worst_task, level)
         reasons.append(
-            f"task {task.task_name!r}: {task.failure_rate:.0%} of {finished} jobs failed "
-            f"in the last {_describe_window(snapshot.window)}: see `procqueue failed "
-            f"--task {task.task_name}`"
+            f"task {task.task_name!r}: {_failed_of(task.failed, task.succeeded + task.failed)} "
+            f"in the last {window}: see `procqueue failed --task {task.task_name}`"
+        )
+    # All tasks together, but the queue's own periodic ones: they run every few seconds
+    # and would dilute the rate of the work they serve.
+    work = [task for task in snapshot.tasks if not task.task_name.startswith(MAINTENANCE_PREFIX)]
+    failed = sum(task.failed for task in work)
+    finished = sum(task.succeeded + task.failed for task in work)
+    level = _failure_level(failed, finished, config)
+    status = _worse(status, _worse(worst_task, level))
+    if level > worst_task:  # no single task tells it: say it for all of them
+        reasons.append(
+            f"{_failed_of(failed, finished)} in the last {window}, across "
+            f"{sum(1 for task in work if task.failed)} task(s): see `procqueue failed`"
         )
     return Verdict(status, reasons)
+
+
+def _failure_level(failed: int, finished: int, config: HealthConfig) -> Status:
+    """The rule: at least `min_failures` jobs failed for good in the window (fewer is
+    a blip, whatever the rate), and they are `failure_rate_degraded` (5 %) of the
+    jobs finished, or `failure_rate_unhealthy` (50 %). No minimum number of runs: 5
+    failures in 31 runs (16 %) is degraded, 10 in 10,000 (0.1 %) healthy."""
+    if failed < config.min_failures or finished == 0:
+        return Status.HEALTHY
+    rate = failed / finished
+    if rate >= config.failure_rate_unhealthy:
+        return Status.UNHEALTHY
+    if rate >= config.failure_rate_degraded:
+        return Status.DEGRADED
+    return Status.HEALTHY
+
+
+def _failed_of(failed: int, finished: int) -> str:
+    return f"{failed} of {finished} jobs failed for good ({failed / finished:.0%})"
 
 
 def _describe_window(window: timedelta) -> str:

@@ -2,7 +2,9 @@
 
 JSON lines carry the job fields our middlewares put in `extra` (job_id, task,
 queue, attempt, duration, outcome) and Procrastinate's `action`. Messages and
-tracebacks are redacted with the settings' secret values.
+tracebacks are clipped (failures.clip: head and tail around a marker) and then
+redacted with the settings' secret values, so a line costs little to write
+whatever a job's args hold (Procrastinate logs every job's args on "Starting job").
 """
 
 from __future__ import annotations
@@ -13,11 +15,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from procqueue.errors import ConfigError
-from procqueue.queue.failures import redact
+from procqueue.queue.failures import MAX_MESSAGE, MAX_TRACEBACK, clip, redact
 from procqueue.settings import get_settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOB_FIELDS = ("job_id", "task", "queue", "attempt", "duration", "outcome", "action")
+#: Longest value of an `extra` field a JSON line carries.
+MAX_FIELD = 1024
+
+
+def _bounded(text: str, limit: int, secrets: tuple[str, ...]) -> str:
+    return redact(clip(text, limit, secrets), secrets)
+
+
+def _field(value: Any, secrets: tuple[str, ...]) -> Any:
+    if value is None or isinstance(value, int | float | bool):
+        return value
+    return _bounded(str(value), MAX_FIELD, secrets)
 
 
 class RedactingFormatter(logging.Formatter):
@@ -28,7 +42,19 @@ class RedactingFormatter(logging.Formatter):
         self.secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record), self.secrets)
+        # A copy: the record's own message and cached traceback stay whole for
+        # other handlers.
+        clipped = logging.makeLogRecord(record.__dict__)
+        clipped.msg = clip(record.getMessage(), MAX_MESSAGE, self.secrets)
+        clipped.args = None
+        if record.exc_info:
+            trace = self.formatException(record.exc_info)
+            clipped.exc_info, clipped.exc_text = None, clip(trace, MAX_TRACEBACK, self.secrets)
+        elif record.exc_text:
+            clipped.exc_text = clip(record.exc_text, MAX_TRACEBACK, self.secrets)
+        if record.stack_info:
+            clipped.stack_info = clip(record.stack_info, MAX_TRACEBACK, self.secrets)
+        return redact(super().format(clipped), self.secrets)
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,17 +67,19 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage(), self.secrets),
+            "message": _bounded(record.getMessage(), MAX_MESSAGE, self.secrets),
         }
         for name in JOB_FIELDS:
             value = record.__dict__.get(name)
             if value is not None:
-                entry[name] = value
+                entry[name] = _field(value, self.secrets)
         job = record.__dict__.get("job")
         if "job_id" not in entry and isinstance(job, dict) and job.get("id") is not None:
-            entry.update(job_id=job["id"], task=job.get("task_name"), queue=job.get("queue"))
+            fields = {"job_id": job["id"], "task": job.get("task_name"), "queue": job.get("queue")}
+            entry.update({name: _field(value, self.secrets) for name, value in fields.items()})
         if record.exc_info:
-            entry["error"] = redact(self.formatException(record.exc_info), self.secrets)
+            trace = self.formatException(record.exc_info)
+            entry["error"] = _bounded(trace, MAX_TRACEBACK, self.secrets)
         return json.dumps(entry, default=str)
 
 

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from croniter import croniter
 from procrastinate import exceptions
 from procrastinate.jobs import Job, Status
 
-from procqueue.errors import TransientError
+from procqueue.errors import ConfigError, TransientError
 from procqueue.queries import query
 from procqueue.queue import sentry
 from procqueue.queue.failures import record_failed_attempt
@@ -193,6 +194,13 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
     settings = app.services.settings
     if not settings.maintenance_tasks:
         return
+    # Checked here, when the app is built: Procrastinate's periodic deferrer would
+    # only fail on it inside a running worker, with a traceback.
+    if not croniter.is_valid(settings.prune_cron):
+        raise ConfigError(
+            f"PROCQUEUE_PRUNE_CRON is not a cron expression: {settings.prune_cron!r}: give "
+            "five fields (minute hour day-of-month month day-of-week), e.g. '*/10 * * * *'"
+        )
 
     async def rescue_stalled(timestamp: int) -> dict[str, list[int]]:
         report = await rescue_stalled_jobs(app, retry)

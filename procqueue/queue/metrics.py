@@ -68,6 +68,14 @@ class SnapshotCollector(Collector):
         yield from self._tasks()
         yield from self._workers()
         yield from self._tables()
+        down = _gauge(
+            "procqueue_sink_unavailable",
+            "1 for each outside service whose circuit the workers last recorded open.",
+            ["sink"],
+        )
+        for circuit in self.snapshot.open_circuits:
+            down.add_metric([circuit.sink], 1.0)
+        yield down
         status = _gauge(
             "procqueue_health_status", "0 healthy, 1 degraded, 2 unhealthy (procqueue health).", []
         )

@@ -81,8 +81,11 @@ async def retry_failed(
 ) -> Outcome:
     """Put failed jobs back in the queue, due now: one job, a task + error type group, or all.
 
-    A retried job gives up its queueing lock (migration 0008), so a newer waiting
-    job with the same lock never blocks the retry."""
+    A retry by hand is not an attempt: `attempts` still counts the runs, so the
+    retried job has the automatic retries it had left (none, after it failed for
+    good on exhausted retries: a transient error then fails it again at once). A
+    retried job gives up its queueing lock (migration 0008), so a newer waiting job
+    with the same lock never blocks the retry."""
     action = "retry" if job_id is not None else "retry_group" if task is not None else "retry_all"
     target: dict[str, Any] = {
         key: value

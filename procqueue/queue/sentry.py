@@ -19,16 +19,16 @@ from procrastinate.jobs import Job
 from sentry_sdk.integrations.logging import LoggingIntegration
 
 from procqueue import __version__
-from procqueue.queue.failures import redact
+from procqueue.queue.failures import MAX_MESSAGE, clip, redact
 from procqueue.settings import Settings
 
 Event = dict[str, Any]
 
 
 def scrub(value: Any, secrets: tuple[str, ...]) -> Any:
-    """`value` with every string redacted, recursively."""
+    """`value` with every string clipped (procqueue.queue.failures.clip) and redacted."""
     if isinstance(value, str):
-        return redact(value, secrets)
+        return redact(clip(value, MAX_MESSAGE, secrets), secrets)
     if isinstance(value, dict):
         return {key: scrub(item, secrets) for key, item in value.items()}
     if isinstance(value, list | tuple):

@@ -7,6 +7,8 @@ exclusively, so no per-row job reads or writes those documents in between
 (docs/bulk.md). Per-item errors are handled item by item: transient ones (429,
 5xx) go into a new, smaller bulk job after a backoff; permanent ones, and those
 out of retries, are recorded in procqueue.sync_item_errors with id and reason.
+So are the rows of the chunk that cannot be read (the chunk is then read again
+row by row) or have no document (too large): one row never fails the others.
 """
 
 from __future__ import annotations
@@ -26,9 +28,17 @@ from procqueue.queries import query
 from procqueue.queue.jobs import enqueue
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
-from procqueue.search.client import ItemFailure, SearchIndex, search_index
+from procqueue.search.client import ItemFailure, SearchIndex, Write, search_index
 from procqueue.search.jobs import bulk_args, bulk_job
-from procqueue.search.sync import _stamp, entity_query, writes_for
+from procqueue.search.sync import (
+    READ_ERRORS,
+    ROW_READ_ERRORS,
+    _stamp,
+    entity_query,
+    read_error,
+    write_all,
+    writes_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +48,38 @@ class ChunkResult:
     indexed: int = 0
     deleted: int = 0
     failures: list[ItemFailure] = field(default_factory=list)
+
+
+#: The per-item status recorded for a row that could not be read.
+UNREADABLE = 422
+
+
+async def _read_chunk(
+    conn: psycopg.AsyncConnection[Any], entity: Entity, ids: Sequence[str], index: str
+) -> tuple[dict[str, dict[str, Any]], list[ItemFailure]]:
+    """The chunk's rows by id, in one SELECT; when a value of some row makes it
+    fail, row by row, each row that still fails becoming a failure of its own."""
+    cursor = conn.cursor(row_factory=dict_row)
+    try:
+        async with conn.transaction():  # a savepoint: the chunk's locks stay held
+            await cursor.execute(entity_query("read_entity_chunk", entity), {"ids": list(ids)})
+            found = await cursor.fetchall()
+    except ROW_READ_ERRORS:
+        found, failures = [], []
+        for entity_id in ids:
+            try:
+                async with conn.transaction():
+                    await cursor.execute(entity_query("read_entity_row", entity), {"id": entity_id})
+                    found += await cursor.fetchall()
+            except ROW_READ_ERRORS as error:
+                reason = read_error(entity, entity_id, error)
+                failures.append(ItemFailure(Write(index, entity_id, None), UNREADABLE, reason))
+        return {str(row[entity.primary_key]): row for row in found}, failures
+    except READ_ERRORS as err:
+        raise PermanentError(
+            f"cannot read {len(ids)} {entity.table} rows: {err.diag.message_primary or err}"
+        ) from err
+    return {str(row[entity.primary_key]): row for row in found}, []
 
 
 async def sync_chunk(
@@ -58,17 +100,16 @@ async def sync_chunk(
     async with conn.transaction():
         await conn.execute(query("lock_publish_exclusive"), {"entity": entity.name})
         stamp = await _stamp(conn, entity)
-        cursor = conn.cursor(row_factory=dict_row)
-        try:
-            await cursor.execute(entity_query("read_entity_chunk", entity), {"ids": ids})
-        except (psycopg.errors.DataError, psycopg.errors.SyntaxErrorOrAccessRuleViolation) as err:
-            raise PermanentError(
-                f"cannot read {len(ids)} {entity.table} rows: {err.diag.message_primary}"
-            ) from err
-        rows = {str(row[entity.primary_key]): row for row in await cursor.fetchall()}
-        writes = writes_for(search, entity, stamp, ids, rows, only_index)
-        failures = await search.write_versioned(writes, stamp.version)
-    return ChunkResult(indexed=len(rows), deleted=len(ids) - len(rows), failures=failures)
+        rows, unread = await _read_chunk(conn, entity, ids, only_index or search.alias(entity))
+        unread_ids = {failure.write.entity_id for failure in unread}
+        readable = [entity_id for entity_id in ids if entity_id not in unread_ids]
+        writes, refused = writes_for(search, entity, stamp, readable, rows, only_index)
+        failures = await write_all(search, writes, stamp.version, rows)
+    return ChunkResult(
+        indexed=len(rows) - len(refused),
+        deleted=len(readable) - len(rows),
+        failures=[*unread, *refused, *failures],
+    )
 
 
 async def enqueue_bulk(
@@ -108,24 +149,35 @@ async def handle_failures(
             await enqueue_bulk(
                 conn, entity, retry_ids, chunk_size, attempt=attempt + 1, delay=retry.delay(attempt)
             )
-        for failure in recorded:
-            await conn.execute(
-                query("record_item_error"),
-                {
-                    "job_id": job_id,
-                    "entity": entity.name,
-                    "entity_id": failure.write.entity_id,
-                    "index_name": failure.write.index,
-                    "status": failure.status,
-                    "reason": failure.reason[:2000],
-                },
-            )
-            logger.error(
-                "%s %s not written to %s (%s): %s",
-                entity.name, failure.write.entity_id, failure.write.index, failure.status,
-                failure.reason,
-            )  # fmt: skip
+        await record_item_errors(conn, entity, recorded, job_id=job_id)
     return len(retry_ids), len(recorded)
+
+
+async def record_item_errors(
+    conn: psycopg.AsyncConnection[Any],
+    entity: Entity,
+    failures: Sequence[ItemFailure],
+    *,
+    job_id: int | None,
+) -> None:
+    """One procqueue.sync_item_errors row (and one log line) per failure."""
+    for failure in failures:
+        await conn.execute(
+            query("record_item_error"),
+            {
+                "job_id": job_id,
+                "entity": entity.name,
+                "entity_id": failure.write.entity_id,
+                "index_name": failure.write.index,
+                "status": failure.status,
+                "reason": failure.reason[:2000],
+            },
+        )
+        logger.error(
+            "%s %s not written to %s (%s): %s",
+            entity.name, failure.write.entity_id, failure.write.index, failure.status,
+            failure.reason[:2000],
+        )  # fmt: skip
 
 
 def register(app: ProcqueueApp, retry: BackoffRetry) -> None:

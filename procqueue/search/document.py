@@ -1,28 +1,139 @@
-"""A search document is the entity's document columns of the current row,
-as JSON values. The same function serves the worker and the drift checks."""
+"""A search document is the entity's document columns of the current row, made
+into JSON by Postgres (queries.sql: entity_document_columns), so that every value
+Postgres accepts reaches Python as JSON it can hold. Each field follows the rule
+of its search type (docs/bulk.md, "What a document holds"):
+
+- `date`: an ISO date or time with a four-digit year, else null ('infinity',
+  '-infinity', BC dates, year 10000 on);
+- `double`, `long`, `integer`: null for NaN, an infinity, or a number outside the
+  type's range; a `double` is the double Elasticsearch stores (12.50 -> 12.5);
+- every other type: the column's JSON as it is.
+
+A row whose document is over the entity's `max_document_bytes` has no document:
+its sync fails with that reason. The same functions serve the worker and the drift
+checks.
+"""
 
 from __future__ import annotations
 
-import datetime
-import decimal
-import uuid
+import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from procqueue.entities import Entity
+from psycopg import sql
+
+from procqueue.entities import NUMBER_RANGES, Entity
+from procqueue.errors import PermanentError
+from procqueue.queries import query_with
+
+#: The columns an entity read returns beside the key (queries.sql: entity_document_columns).
+DOCUMENT_COLUMN = "procqueue_document"
+TEXT_BYTES_COLUMN = "procqueue_text_bytes"
 
 
-def json_value(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, datetime.datetime | datetime.date):
-        return value.isoformat()
-    if isinstance(value, list | tuple):
-        return [json_value(item) for item in value]
-    return value
+class Unindexable(PermanentError):
+    """A row that cannot have a search document; `status` is what
+    procqueue.sync_item_errors records for it (413: too large, 422: unreadable)."""
+
+    status = 422
+
+
+class DocumentTooLarge(Unindexable):
+    """A row whose search document is over its entity's limit."""
+
+    status = 413
+
+    def __init__(self, entity: Entity, entity_id: str, size: int, *, built: bool) -> None:
+        measured = f"{size} bytes" if built else f"about {size} bytes of column text"
+        super().__init__(
+            f"{entity.name} {entity_id}: its search document ({measured}) is over the limit "
+            f"of {entity.max_document_bytes} bytes (max_document_bytes); shorten the row, or "
+            "raise the limit in the entities file"
+        )
+        self.size = size
+
+
+def _field_value(entity: Entity, column: str) -> sql.Composable:
+    kind = entity.fields[column]
+    value = sql.SQL("to_json(t.{})").format(sql.Identifier(column))
+    if kind == "date":
+        rule = "search_value_date"
+        extra: dict[str, sql.Composable] = {}
+    elif kind in NUMBER_RANGES:
+        rule = "search_value_number"
+        low, high = NUMBER_RANGES[kind]
+        extra = {"low": sql.SQL(low), "high": sql.SQL(high)}
+    else:
+        return sql.SQL("t.{}").format(sql.Identifier(column))
+
+    def rule_on(json_value: sql.Composable) -> sql.Composed:
+        if rule != "search_value_number":
+            return query_with(rule, value=json_value)
+        number: sql.Composable = json_value
+        if kind == "double":
+            numeric = sql.SQL("({}::text)::numeric").format(json_value)
+            number = query_with("search_value_double", number=numeric)
+        return query_with(rule, value=json_value, number=number, **extra)
+
+    return query_with(
+        "search_value", value=value, scalar=rule_on(value), element=rule_on(sql.SQL("e.value"))
+    )
+
+
+def document_columns(entity: Entity) -> sql.Composed:
+    """The select list of an entity read query over `{table} AS t` (queries.sql)."""
+    fields = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(_field_value(entity, column), sql.Identifier(column))
+        for column in entity.fields
+    )
+    text_bytes = sql.SQL(" + ").join(
+        query_with("column_text_bytes", column=sql.SQL("t.{}").format(sql.Identifier(column)))
+        for column in entity.fields
+    )
+    return query_with(
+        "entity_document_columns",
+        primary_key=entity.primary_key,
+        fields=fields,
+        text_bytes=text_bytes,
+        limit=sql.Literal(entity.max_document_bytes),
+    )
+
+
+def _float(text: str) -> float | str:
+    # Only a number too large for a double in a field that is not a number
+    # (those are nulled in SQL) gets here as an infinity: keep its digits.
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
+def document_size(row: Mapping[str, Any]) -> int:
+    """The size in bytes of the row's document (when it was not built: about the
+    size of its columns' text, which it would exceed)."""
+    text: str | None = row[DOCUMENT_COLUMN]
+    return int(row[TEXT_BYTES_COLUMN]) if text is None else len(text.encode())
+
+
+def _too_large(entity: Entity, text: str | None, row: Mapping[str, Any]) -> bool:
+    if text is None:
+        return True
+    if len(text) * 4 <= entity.max_document_bytes:  # UTF-8: at most 4 bytes a character
+        return False
+    return document_size(row) > entity.max_document_bytes
 
 
 def document_from_row(entity: Entity, row: Mapping[str, Any]) -> dict[str, Any]:
-    return {column: json_value(row[column]) for column in entity.fields}
+    """The row's search document; DocumentTooLarge when it is over the limit."""
+    text: str | None = row[DOCUMENT_COLUMN]
+    if _too_large(entity, text, row):
+        entity_id = str(row[entity.primary_key])
+        raise DocumentTooLarge(entity, entity_id, document_size(row), built=text is not None)
+    assert text is not None
+    try:
+        document: dict[str, Any] = json.loads(text, parse_float=_float)
+    except RecursionError:  # a json column nested thousands deep
+        raise Unindexable(
+            f"{entity.name} {row[entity.primary_key]}: a value is nested too deeply for a "
+            "search document"
+        ) from None
+    return document

@@ -5,7 +5,7 @@ from __future__ import annotations
 from procqueue.feature import Feature
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
-from procqueue.search import bulk, jobs, schema, sync
+from procqueue.search import bulk, jobs, reconcile, schema, sync
 from procqueue.search.client import SEARCH_INDEX, SearchIndex
 
 
@@ -14,6 +14,7 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
     app.services.provide(SEARCH_INDEX, lambda: SearchIndex.from_config(config), SearchIndex.aclose)
     sync.register(app, retry)
     bulk.register(app, retry)
+    reconcile.register(app, retry)
 
 
 FEATURE = Feature(

@@ -8,12 +8,17 @@ from typing import Any
 
 from procqueue.entities import Entity
 from procqueue.queue.jobs import JobSpec
+from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 from procqueue.settings import SchemaConfig
 
 #: The service these jobs write to: its outages open one circuit (queue/circuit.py).
 SINK = "elasticsearch"
 #: The row jobs, by the trigger event that makes them.
 ROW_OPERATIONS = {"INSERT": "create", "UPDATE": "update", "DELETE": "delete"}
+
+
+#: The periodic reconciliation of every entity (procqueue/search/reconcile.py).
+RECONCILE = JobSpec("search:reconcile", MAINTENANCE_QUEUE, sink=SINK)
 
 
 def row_job(entity: Entity, operation: str) -> JobSpec:
@@ -41,4 +46,4 @@ def job_specs(schema: SchemaConfig) -> list[JobSpec]:
         spec
         for entity in schema.entities
         for spec in (*(row_job(entity, op) for op in ROW_OPERATIONS.values()), bulk_job(entity))
-    ]
+    ] + [RECONCILE]

@@ -9,11 +9,16 @@
    exclusively, external versions), so the copy never overwrites a newer state.
 3. The alias moves to the new index in one atomic `_aliases` call; the target is
    forgotten; the old index is deleted only with `drop_old`.
-Interrupted at any point, a re-run resumes into the registered index.
+A row Elasticsearch refuses, or that cannot have a document (unreadable, too
+large), is recorded in procqueue.sync_item_errors and counted; the copy goes on.
+Interrupted (Ctrl-C, a crash, an outage: a transient error), a re-run resumes
+into the registered index. Any other error abandons the copy: the half-made index
+is forgotten and deleted, so syncs write one index again.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,11 +28,14 @@ import psycopg
 from psycopg import sql
 
 from procqueue.entities import Entity
-from procqueue.errors import PermanentError
+from procqueue.errors import PermanentError, TransientError
 from procqueue.queries import query
-from procqueue.search.bulk import sync_chunk
+from procqueue.queue.failures import is_transient
+from procqueue.search.bulk import record_item_errors, sync_chunk
 from procqueue.search.client import SearchIndex, translate_errors
 from procqueue.search.sync import entity_query
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,54 @@ async def reindex_entity(
     already copied) and on_chunk(rows) report progress."""
     await search.ensure_index(entity)
     index, resume_after, copied = await _target(conn, search, entity)
+    try:
+        copied, failed = await _copy(
+            conn, reader, search, entity, index, resume_after, copied,
+            batch_size=batch_size, on_start=on_start, on_chunk=on_chunk,
+        )  # fmt: skip
+    except Exception as error:
+        if is_transient(error):
+            raise
+        await _abandon(conn, search, entity, index, error)
+        raise PermanentError(
+            f"reindex of {entity.table} abandoned and {index} deleted: {error}"
+        ) from error
+    previous = tuple(name for name in await live_indexes(search, entity) if name != index)
+    await swap_alias(search, entity, index, previous)
+    await conn.execute(query("drop_reindex_target"), {"entity": entity.name, "index_name": index})
+    if drop_old and previous:
+        with translate_errors(f"deleting {', '.join(previous)}"):
+            await search.client.indices.delete(index=",".join(previous))
+    return ReindexResult(entity.name, index, previous, copied, failed, drop_old and bool(previous))
+
+
+async def _abandon(
+    conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity, index: str,
+    error: Exception,
+) -> None:  # fmt: skip
+    """Forget and delete a half-made index (best effort: the error matters more)."""
+    try:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.rollback()
+        await conn.execute(
+            query("drop_reindex_target"), {"entity": entity.name, "index_name": index}
+        )
+        with translate_errors(f"deleting {index}"):
+            await search.client.indices.delete(index=index, ignore_unavailable=True)
+    except Exception as cleanup_error:
+        logger.warning(
+            "reindex of %s failed (%s) and %s could not be removed: %s",
+            entity.table, type(error).__name__, index, cleanup_error,
+        )  # fmt: skip
+
+
+async def _copy(
+    conn: psycopg.AsyncConnection[Any], reader: psycopg.AsyncConnection[Any],
+    search: SearchIndex, entity: Entity, index: str, resume_after: str | None, copied: int,
+    *, batch_size: int, on_start: Callable[[int, int], None] | None,
+    on_chunk: Callable[[int], None] | None,
+) -> tuple[int, int]:  # fmt: skip
+    """Copy the rows after `resume_after` into `index`; (rows copied, refused)."""
     estimate = await (
         await conn.execute(query("estimate_rows"), {"table": entity.table})
     ).fetchone()
@@ -108,14 +164,16 @@ async def reindex_entity(
     )
     while chunk := [str(row[0]) for row in await keys.fetchmany(batch_size)]:
         result = await sync_chunk(conn, search, entity, chunk, only_index=index)
-        failed += len(result.failures)
-        if result.failures:
-            first = result.failures[0]
-            raise PermanentError(
-                f"{len(result.failures)} documents of {entity.name} were refused by {index}, "
-                f"first {first.write.entity_id} ({first.status}): {first.reason}; fix them "
-                "and re-run `procqueue reindex` (it resumes)"
+        retry = [failure for failure in result.failures if failure.transient]
+        if retry:
+            first = retry[0]
+            raise TransientError(
+                f"{index} refused {len(retry)} documents of {entity.name} for now, first "
+                f"{first.write.entity_id} ({first.status}): {first.reason}; re-run "
+                "`procqueue reindex` later (it resumes)"
             )
+        await record_item_errors(conn, entity, result.failures, job_id=None)
+        failed += len(result.failures)
         copied += len(chunk)
         await conn.execute(
             query("reindex_checkpoint"),
@@ -125,13 +183,7 @@ async def reindex_entity(
         if on_chunk:
             on_chunk(len(chunk))
     await reader.rollback()
-    previous = tuple(name for name in await live_indexes(search, entity) if name != index)
-    await swap_alias(search, entity, index, previous)
-    await conn.execute(query("drop_reindex_target"), {"entity": entity.name, "index_name": index})
-    if drop_old and previous:
-        with translate_errors(f"deleting {', '.join(previous)}"):
-            await search.client.indices.delete(index=",".join(previous))
-    return ReindexResult(entity.name, index, previous, copied, failed, drop_old and bool(previous))
+    return copied, failed
 
 
 async def swap_alias(

@@ -3,7 +3,9 @@
 The job carries an id, never a snapshot. The worker takes the entity's sync key
 exclusively before reading, which waits for every writer whose job was coalesced
 into this one to commit; then the row it reads is at least as new as theirs.
-Present row: index it. Missing row: delete the document.
+Present row: index it. Missing row: delete the document. A row that cannot have
+a document (too large, procqueue/search/document.py): delete it, and fail with
+the reason.
 
 Ordering against bulk jobs (docs/bulk.md): the worker holds its entity's publish
 key shared from before the read until the write is done, a bulk job holds it
@@ -32,25 +34,44 @@ from procqueue.queries import query, query_with
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import ItemFailure, SearchIndex, Write, search_index
-from procqueue.search.document import document_from_row
+from procqueue.search.document import (
+    DOCUMENT_COLUMN,
+    Unindexable,
+    document_columns,
+    document_from_row,
+)
 from procqueue.search.jobs import ROW_OPERATIONS, row_job
 
 LOCK_RETRY_SECONDS = (0.002, 0.01, 0.05)
 READ_SAVEPOINT = sql.SQL("SAVEPOINT procqueue_read")
 RELEASE_READ_KEY = sql.SQL("ROLLBACK TO SAVEPOINT procqueue_read")
+#: A `_bulk` request carries at most this many bytes of documents (one larger
+#: document goes alone): Elasticsearch refuses a request over its
+#: http.max_content_length whole, which would fail every row in it.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+#: Errors of reading one row that are about its values (a read of the chunk that
+#: raises one is done again row by row, docs/bulk.md); others (a missing column,
+#: a missing privilege) are about the entity and fail the job.
+ROW_READ_ERRORS = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
+READ_ERRORS = (*ROW_READ_ERRORS, psycopg.errors.SyntaxErrorOrAccessRuleViolation)
 
 
 def entity_query(name: str, entity: Entity, **extra: str | sql.Composable) -> sql.Composed:
-    """A named query over an entity's table, reading its key and document columns."""
-    columns = dict.fromkeys([entity.primary_key, *entity.fields])
+    """A named query over an entity's table (alias t), reading its key and its
+    search document (procqueue/search/document.py)."""
     return query_with(
         name,
-        columns=sql.SQL(", ").join(sql.Identifier(column) for column in columns),
+        columns=document_columns(entity),
         schema=entity.schema_name,
         table=entity.table_name,
         primary_key=entity.primary_key,
         **extra,
     )
+
+
+def read_error(entity: Entity, entity_id: str, error: psycopg.Error) -> str:
+    detail = error.diag.message_primary or str(error) or type(error).__name__
+    return f"cannot read {entity.table} row {entity_id!r}: {detail}"
 
 
 @dataclass(frozen=True)
@@ -98,15 +119,47 @@ def writes_for(
     ids: Sequence[str],
     rows: Mapping[str, Mapping[str, Any]],
     only_index: str | None = None,
-) -> list[Write]:
-    """Index the rows found, delete the ids gone: in the alias and every target."""
+) -> tuple[list[Write], list[ItemFailure]]:
+    """Index the rows found, delete the ids gone: in the alias and every target.
+    A row that cannot have a document (Unindexable: too large) has its document
+    deleted, so that no stale one stays searchable, and is returned as refused."""
     indexes = [only_index] if only_index else [search.alias(entity), *stamp.targets]
-    writes = []
+    writes: list[Write] = []
+    refused: list[ItemFailure] = []
     for entity_id in ids:
         row = rows.get(entity_id)
-        document = None if row is None else document_from_row(entity, row)
+        try:
+            document = None if row is None else document_from_row(entity, row)
+        except Unindexable as error:
+            document = None
+            failure = ItemFailure(Write(indexes[0], entity_id, None), error.status, str(error))
+            refused.append(failure)
         writes += [Write(index, entity_id, document) for index in indexes]
-    return writes
+    return writes, refused
+
+
+async def write_all(
+    search: SearchIndex,
+    writes: Sequence[Write],
+    version: int,
+    rows: Mapping[str, Mapping[str, Any]],
+) -> list[ItemFailure]:
+    """`search.write_versioned` in as many `_bulk` requests as MAX_REQUEST_BYTES
+    asks for (sizes from the rows' document text)."""
+    failures: list[ItemFailure] = []
+    batch: list[Write] = []
+    size = 0
+    for write in writes:
+        row = rows.get(write.entity_id) if write.document is not None else None
+        write_size = 200 + (len(row[DOCUMENT_COLUMN]) if row is not None else 0)
+        if batch and size + write_size > MAX_REQUEST_BYTES:
+            failures += await search.write_versioned(batch, version)
+            batch, size = [], 0
+        batch.append(write)
+        size += write_size
+    if batch:
+        failures += await search.write_versioned(batch, version)
+    return failures
 
 
 def raise_for(failures: Sequence[ItemFailure], what: str) -> None:
@@ -137,18 +190,15 @@ async def sync_entity(
             async with conn.transaction():  # holds the publish key until written
                 try:
                     locked, stamp, row = await _locked_read(conn, entity, params)
-                except (
-                    psycopg.errors.DataError,
-                    psycopg.errors.SyntaxErrorOrAccessRuleViolation,
-                ) as err:
-                    raise PermanentError(
-                        f"cannot read {entity.table} row {entity_id!r}: {err.diag.message_primary}"
-                    ) from err
+                except READ_ERRORS as err:
+                    raise PermanentError(read_error(entity, entity_id, err)) from err
                 if locked:
                     rows = {} if row is None else {entity_id: row}
-                    writes = writes_for(search, entity, stamp, [entity_id], rows)
-                    failures = await search.write_versioned(writes, stamp.version)
+                    writes, refused = writes_for(search, entity, stamp, [entity_id], rows)
+                    failures = await write_all(search, writes, stamp.version, rows)
                     raise_for(failures, f"{entity.name} {entity_id}")
+                    if refused:
+                        raise PermanentError(refused[0].reason)
                     return "deleted" if row is None else "indexed"
             # A writer of this entity has not committed yet: wait for it.
             if time.monotonic() > give_up_at:

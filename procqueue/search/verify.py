@@ -5,15 +5,18 @@ Two passes, both in chunks so memory stays flat and a million rows stay cheap:
   `mget`: missing ids, and stale ones (content hash differs);
 - the index's ids (scroll without `_source`), each page checked against the table
   with one `= ANY` lookup: extra documents.
-`document_from_row` is the one definition of a document. `repair` enqueues sync
-jobs for exactly the drifted ids: per-row jobs for a few, bulk jobs for many.
+`document_from_row` is the one definition of a document; a row that cannot have
+one (too large) is `unindexable`, not drift: its sync failed with that reason and
+deleted its document. `repair` enqueues sync jobs for exactly the drifted ids:
+per-row jobs for a few, bulk jobs for many. Verify only reads: a missing alias is
+reported (every row missing), never created.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +29,7 @@ from procqueue.entities import Entity
 from procqueue.queue.jobs import enqueue
 from procqueue.search.bulk import enqueue_bulk
 from procqueue.search.client import SearchIndex, translate_errors
-from procqueue.search.document import document_from_row
+from procqueue.search.document import Unindexable, document_from_row
 from procqueue.search.jobs import row_args, row_job
 from procqueue.search.sync import entity_query
 
@@ -44,6 +47,10 @@ class Drift:
     missing: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
+    #: Rows that cannot have a document (Unindexable), expected absent: not drift.
+    unindexable: list[str] = field(default_factory=list)
+    #: The entity's alias does not exist: every row is missing.
+    index_missing: bool = False
 
     @property
     def ids(self) -> list[str]:
@@ -51,14 +58,13 @@ class Drift:
 
     @property
     def drifted(self) -> bool:
-        return bool(self.ids)
+        return bool(self.ids) or self.index_missing
 
 
 async def _check_rows(
     conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity, drift: Drift,
     batch_size: int, on_chunk: Callable[[int], None] | None,
 ) -> None:  # fmt: skip
-    alias = search.alias(entity)
     last: str | None = None
     key = sql.Identifier(entity.primary_key)
     while True:
@@ -71,30 +77,58 @@ async def _check_rows(
         rows = await cursor.fetchall()
         if not rows:
             return
-        ids = [str(row[entity.primary_key]) for row in rows]
+        await compare_rows(search, entity, rows, drift)
+        if on_chunk:
+            on_chunk(len(rows))
+        last = str(rows[-1][entity.primary_key])
+
+
+async def compare_rows(
+    search: SearchIndex, entity: Entity, rows: Sequence[Mapping[str, Any]], drift: Drift
+) -> None:
+    """Check one page of rows against their documents (one `mget`, none when the
+    alias is missing): add the missing, stale and unindexable ids to `drift`."""
+    if not rows:
+        return
+    alias = search.alias(entity)
+    ids = [str(row[entity.primary_key]) for row in rows]
+    sources: dict[str, Any] = {}
+    if not drift.index_missing:
         with translate_errors(f"mget of {len(ids)} documents from {alias}"):
             found = await search.client.mget(index=alias, ids=ids)
         sources = {doc["_id"]: doc["_source"] for doc in found["docs"] if doc.get("found")}
-        for entity_id, row in zip(ids, rows, strict=True):
-            source = sources.get(entity_id)
-            if source is None:
-                drift.missing.append(entity_id)
-            elif content_hash(source) != content_hash(document_from_row(entity, row)):
+    for entity_id, row in zip(ids, rows, strict=True):
+        source = sources.get(entity_id)
+        try:
+            document = document_from_row(entity, row)
+        except Unindexable:
+            drift.unindexable.append(entity_id)
+            if source is not None:  # its sync deletes it (and fails with the reason)
                 drift.stale.append(entity_id)
-        drift.checked_rows += len(rows)
-        if on_chunk:
-            on_chunk(len(rows))
-        last = ids[-1]
+            continue
+        if source is None:
+            drift.missing.append(entity_id)
+        elif content_hash(source) != content_hash(document):
+            drift.stale.append(entity_id)
+    drift.checked_rows += len(rows)
 
 
-async def _check_documents(
+async def check_documents(
     conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity, drift: Drift,
     batch_size: int,
 ) -> None:  # fmt: skip
+    """Scan the index's ids: add those without a row to `drift` as extra."""
     page: list[str] = []
 
     async def flush() -> None:
-        cursor = await conn.execute(entity_query("existing_entity_ids", entity), {"ids": page})
+        try:
+            cursor = await conn.execute(entity_query("existing_entity_ids", entity), {"ids": page})
+        except psycopg.errors.DataError:
+            # A document id the key's type cannot hold ("no-such-row" for a uuid key):
+            # compare as text, which the key's index cannot serve, for this page only.
+            cursor = await conn.execute(
+                entity_query("existing_entity_ids_as_text", entity), {"ids": page}
+            )
         present = {row[0] for row in await cursor.fetchall()}
         drift.extra.extend(entity_id for entity_id in page if entity_id not in present)
         drift.checked_documents += len(page)
@@ -120,9 +154,12 @@ async def verify_entity(
 ) -> Drift:  # fmt: skip
     """Compare the entity's table with its index; `conn` in autocommit mode."""
     drift = Drift(entity.name)
-    await search.ensure_index(entity)
+    alias = search.alias(entity)
+    with translate_errors(f"checking alias {alias}"):
+        drift.index_missing = not await search.client.indices.exists_alias(name=alias)
     await _check_rows(conn, search, entity, drift, batch_size, on_chunk)
-    await _check_documents(conn, search, entity, drift, batch_size)
+    if not drift.index_missing:
+        await check_documents(conn, search, entity, drift, batch_size)
     return drift
 
 

@@ -1,0 +1,144 @@
+"""Periodic reconciliation: drift heals by itself.
+
+A lost acknowledged write, a document edited behind the queue's back, a sync job an
+admin cancelled: `verify --repair` would find and mend each, and this periodic job
+(`search:reconcile`, on the `maintenance` queue, PROCQUEUE_RECONCILE_CRON, every 5
+minutes by default) runs the same checks incrementally, so that nobody has to. Each
+run checks, per entity, the next PROCQUEUE_RECONCILE_BATCH rows in key order (one
+keyset SELECT and one `mget`, content hashes compared as `verify` does) from where
+the last run stopped; a pass that reaches the end of the table also scans the
+index's ids for documents without a row, then starts over. Drifted ids get sync
+jobs (procqueue/search/verify.py `repair`).
+
+Ids a waiting or running sync job covers are left to that job: under a backlog the
+index is behind, not drifted. Cost and delay: a table of N rows is covered in
+ceil(N / batch) runs, so with the defaults 60,000 rows an hour; drift is repaired
+within one pass. Race: a row whose job finishes between the compare and the
+pending-job check gets one more (harmless) sync job.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from croniter import croniter
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from procqueue.entities import Entity
+from procqueue.errors import ConfigError
+from procqueue.queries import query
+from procqueue.queue.retry import BackoffRetry
+from procqueue.runtime import ProcqueueApp
+from procqueue.search.client import SearchIndex, search_index, translate_errors
+from procqueue.search.jobs import RECONCILE, job_specs, row_job
+from procqueue.search.sync import entity_query
+from procqueue.search.verify import Drift, check_documents, compare_rows, repair
+from procqueue.settings import SchemaConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Reconciled:
+    entity: str
+    checked_rows: int = 0
+    pass_ended: bool = False
+    repaired: list[str] = field(default_factory=list)
+
+
+async def reconcile_entity(
+    conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity, *,
+    batch_size: int, threshold: int, chunk_size: int,
+) -> Reconciled:  # fmt: skip
+    """One step of the entity's pass; `conn` in autocommit mode."""
+    result = Reconciled(entity.name)
+    alias = search.alias(entity)
+    with translate_errors(f"looking for {alias}"):
+        if not await search.client.indices.exists_alias(name=alias):
+            return result  # nothing synced yet: the first sync creates it
+    cursor = await conn.execute(query("reconcile_cursor"), {"entity": entity.name})
+    row = await cursor.fetchone()
+    after_key = None if row is None else row[0]
+    key = sql.Identifier(entity.primary_key)
+    after = sql.SQL("") if after_key is None else sql.SQL("WHERE {key} > %(after)s").format(key=key)
+    page = conn.cursor(row_factory=dict_row)
+    await page.execute(
+        entity_query("read_entity_page", entity, after=after),
+        {"after": after_key, "limit": batch_size},
+    )
+    rows = await page.fetchall()
+    drift = Drift(entity.name)
+    await compare_rows(search, entity, rows, drift)
+    result.checked_rows = len(rows)
+    result.pass_ended = len(rows) < batch_size
+    if result.pass_ended:
+        await check_documents(conn, search, entity, drift, batch_size)
+    result.repaired = await without_pending_sync(conn, entity, drift.ids)
+    await repair(conn, entity, result.repaired, threshold, chunk_size)
+    last = None if result.pass_ended else str(rows[-1][entity.primary_key])
+    await conn.execute(query("reconcile_advance"), {"entity": entity.name, "after_key": last})
+    if result.repaired:
+        logger.warning(
+            "reconciliation of %s: %d document(s) missing, stale or extra with no sync job "
+            "pending; sync jobs enqueued (first: %s)",
+            entity.table, len(result.repaired), ", ".join(result.repaired[:5]),
+        )  # fmt: skip
+    return result
+
+
+async def without_pending_sync(
+    conn: psycopg.AsyncConnection[Any], entity: Entity, ids: list[str]
+) -> list[str]:
+    """The ids no waiting or running sync job covers: the others are only behind (a
+    backlog), not drifted, and their job will bring them in line."""
+    if not ids:
+        return []
+    specs = job_specs(SchemaConfig(entities=(entity,)))
+    cursor = await conn.execute(
+        query("ids_without_pending_sync"),
+        {
+            "ids": ids,
+            "tasks": [spec.task_name for spec in specs if spec.queue == entity.queue],
+            "lock_prefix": row_job(entity, "update").lock_prefix,
+        },
+    )
+    return [row[0] for row in await cursor.fetchall()]
+
+
+def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+    """The periodic reconciliation, unless PROCQUEUE_RECONCILE_CRON is empty or the
+    maintenance tasks are off."""
+    settings = app.services.settings
+    if not settings.maintenance_tasks or not settings.reconcile_cron:
+        return
+    if not croniter.is_valid(settings.reconcile_cron):
+        raise ConfigError(
+            f"PROCQUEUE_RECONCILE_CRON is not a cron expression: {settings.reconcile_cron!r}: "
+            "give five fields, e.g. '*/5 * * * *', or '' for no reconciliation"
+        )
+
+    async def reconcile(timestamp: int) -> dict[str, int]:
+        search = search_index(app.services)
+        repaired: dict[str, int] = {}
+        async with app.pool.connection() as conn:
+            await conn.set_autocommit(True)
+            try:
+                for entity in app.services.entities.entities:
+                    done = await reconcile_entity(
+                        conn, search, entity, batch_size=settings.reconcile_batch,
+                        threshold=settings.bulk_threshold, chunk_size=settings.bulk_chunk_size,
+                    )  # fmt: skip
+                    repaired[entity.name] = len(done.repaired)
+            finally:
+                await conn.set_autocommit(False)
+        return repaired
+
+    task = app.task(
+        name=RECONCILE.task_name, queue=RECONCILE.queue, priority=50,
+        queueing_lock=RECONCILE.task_name, retry=retry,
+    )(reconcile)  # fmt: skip
+    app.periodic(cron=settings.reconcile_cron, periodic_id="reconcile")(task)

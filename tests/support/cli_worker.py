@@ -1,0 +1,56 @@
+"""`procqueue worker` as a child process, with its exit codes, plus the test tasks
+and `test:sleep`: `python -m tests.support.cli_worker` (settings from PROCQUEUE_*
+in the environment). `start_cli_worker` starts one with its output in a file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from procqueue.app import build_app
+from procqueue.commands import worker
+from procqueue.errors import ProcqueueError
+from procqueue.queue.logs import configure_logging
+from procqueue.runtime import ProcqueueApp
+from procqueue.settings import load_settings
+from tests.support import tasks
+
+
+def register(app: ProcqueueApp) -> None:
+    """The test tasks, and `test:sleep`."""
+    tasks.register(app)
+
+    @app.task(name="test:sleep", queue="tests")
+    async def sleep(seconds: float) -> str:
+        """Runs `seconds` without touching the database."""
+        await asyncio.sleep(seconds)
+        return "slept"
+
+
+def main() -> int:
+    configure_logging(verbose=False)
+    try:
+        app = build_app(load_settings())
+        register(app)
+        return worker.serve(app, name=os.environ.get("TEST_WORKER_NAME"))
+    except ProcqueueError as error:  # as the `procqueue` command does
+        print(f"procqueue: error: {error}", file=sys.stderr)
+        return 2
+
+
+async def start_cli_worker(
+    env: dict[str, str], log: Path, name: str = "worker"
+) -> asyncio.subprocess.Process:
+    """A worker process writing stdout and stderr to `log`."""
+    with log.open("ab") as output:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.support.cli_worker",
+            env={**os.environ, **env, "TEST_WORKER_NAME": name},
+            stdout=output, stderr=output,
+        )  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
