@@ -25,8 +25,6 @@ from typing import Any
 
 import psycopg
 from croniter import croniter
-from psycopg import sql
-from psycopg.rows import dict_row
 
 from procqueue.entities import Entity
 from procqueue.errors import ConfigError
@@ -35,8 +33,7 @@ from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import SearchIndex, search_index, translate_errors
 from procqueue.search.jobs import RECONCILE, job_specs, row_job
-from procqueue.search.sync import entity_query
-from procqueue.search.verify import Drift, check_documents, compare_rows, repair
+from procqueue.search.verify import Drift, check_documents, compare_rows, read_page, repair
 from procqueue.settings import SchemaConfig
 
 logger = logging.getLogger(__name__)
@@ -63,14 +60,7 @@ async def reconcile_entity(
     cursor = await conn.execute(query("reconcile_cursor"), {"entity": entity.name})
     row = await cursor.fetchone()
     after_key = None if row is None else row[0]
-    key = sql.Identifier(entity.primary_key)
-    after = sql.SQL("") if after_key is None else sql.SQL("WHERE {key} > %(after)s").format(key=key)
-    page = conn.cursor(row_factory=dict_row)
-    await page.execute(
-        entity_query("read_entity_page", entity, after=after),
-        {"after": after_key, "limit": batch_size},
-    )
-    rows = await page.fetchall()
+    rows = await read_page(conn, entity, after_key, batch_size)
     drift = Drift(entity.name)
     await compare_rows(search, entity, rows, drift)
     result.checked_rows = len(rows)

@@ -66,21 +66,28 @@ async def _check_rows(
     batch_size: int, on_chunk: Callable[[int], None] | None,
 ) -> None:  # fmt: skip
     last: str | None = None
-    key = sql.Identifier(entity.primary_key)
     while True:
-        after = sql.SQL("") if last is None else sql.SQL("WHERE {key} > %(after)s").format(key=key)
-        cursor = conn.cursor(row_factory=dict_row)
-        await cursor.execute(
-            entity_query("read_entity_page", entity, after=after),
-            {"after": last, "limit": batch_size},
-        )
-        rows = await cursor.fetchall()
+        rows = await read_page(conn, entity, last, batch_size)
         if not rows:
             return
         await compare_rows(search, entity, rows, drift)
         if on_chunk:
             on_chunk(len(rows))
         last = str(rows[-1][entity.primary_key])
+
+
+async def read_page(
+    conn: psycopg.AsyncConnection[Any], entity: Entity, after_key: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Up to `limit` rows of the entity after `after_key` (None: from the start), in
+    key order."""
+    key = sql.Identifier(entity.primary_key)
+    after = sql.SQL("") if after_key is None else sql.SQL("WHERE {key} > %(after)s").format(key=key)
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(
+        entity_query("read_entity_page", entity, after=after), {"after": after_key, "limit": limit}
+    )
+    return await cursor.fetchall()
 
 
 async def compare_rows(
