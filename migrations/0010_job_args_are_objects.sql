@@ -5,13 +5,13 @@
 -- by procqueue.add_job and by a direct INSERT alike: one CHECK, a jsonb_typeof per
 -- inserted row (the triggers build their args with jsonb_build_object, which
 -- always passes). The worker also fails such a job, recorded, if one exists
--- (procqueue/runtime.py).
+-- (procqueue/worker.py).
 
 -- Jobs written before: a waiting or running one is failed with its reason recorded,
 -- and every one keeps its args under "invalid_args" (so that the CHECK holds).
 INSERT INTO procqueue.job_errors
     (job_id, attempt, task_name, queue_name, error_type, message, traceback, transient, final)
-SELECT j.id, j.attempts + 1, j.task_name, j.queue_name, 'procqueue.runtime.InvalidJobArgs',
+SELECT j.id, j.attempts + 1, j.task_name, j.queue_name, 'procqueue.worker.InvalidJobArgs',
        'job args must be a JSON object of keyword arguments, got a JSON '
            || jsonb_typeof(j.args) || ': ' || left(j.args::text, 200)
            || ' (failed by migration 0010; the args are kept under "invalid_args")',

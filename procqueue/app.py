@@ -17,8 +17,9 @@ from procqueue.qualified import QualifiedPsycopgConnector
 from procqueue.queue import maintenance
 from procqueue.queue.middleware import worker_middleware
 from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import WORKER_APPLICATION, ProcqueueApp, Services
+from procqueue.runtime import ProcqueueApp, Services
 from procqueue.settings import Settings, get_settings
+from procqueue.worker import WORKER_APPLICATION
 
 logger = logging.getLogger(__name__)
 

@@ -94,7 +94,7 @@ async def test_a_job_of_an_unknown_task_fails_with_its_reason_recorded(
     await drain(app, concurrency=1)
     assert (await job_row(database, job_id))["status"] == "failed"
     (error,) = await error_rows(database, job_id)
-    assert error["error_type"] == "procqueue.runtime.UnknownTask"
+    assert error["error_type"] == "procqueue.worker.UnknownTask"
     assert (error["attempt"], error["final"], error["transient"]) == (1, True, False)
     assert "no task named 'product:update'" in error["message"]
 
@@ -111,7 +111,7 @@ async def test_arguments_a_task_does_not_take_fail_with_a_reason_naming_them(
     await drain(app, concurrency=1)
     assert (await job_row(database, job_id))["status"] == "failed"
     (error,) = await error_rows(database, job_id)
-    assert error["error_type"] == "procqueue.runtime.InvalidJobArgs"
+    assert error["error_type"] == "procqueue.worker.InvalidJobArgs"
     assert error["final"] and not error["transient"]
     assert "test:flaky" in error["message"] and "bogus" in error["message"]
     assert "failures" in error["message"]  # the argument it lacks
@@ -160,7 +160,7 @@ async def test_a_job_whose_args_are_not_an_object_fails_and_frees_its_row(
     assert (await job_row(database, bad))["status"] == "failed"
     assert (await job_row(database, later))["status"] == "succeeded"
     (error,) = await error_rows(database, bad)
-    assert error["error_type"] == "procqueue.runtime.InvalidJobArgs"
+    assert error["error_type"] == "procqueue.worker.InvalidJobArgs"
     assert error["final"]
     assert "must be a JSON object" in error["message"] and "'oops'" in error["message"]
 
@@ -197,7 +197,7 @@ async def test_migrating_fails_the_jobs_whose_args_are_not_an_object(fresh_datab
     assert (await job_row(database, good))["status"] == "todo"
     for job_id in (waiting, stuck):
         (error,) = await error_rows(database, job_id)
-        assert error["error_type"] == "procqueue.runtime.InvalidJobArgs"
+        assert error["error_type"] == "procqueue.worker.InvalidJobArgs"
         assert error["final"] and "must be a JSON object" in error["message"]
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.CheckViolation):

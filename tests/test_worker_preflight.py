@@ -24,9 +24,10 @@ from procqueue.app import build_app
 from procqueue.entities import LISTING
 from procqueue.migrate import migrate
 from procqueue.preflight import PreflightError
-from procqueue.runtime import ProcqueueApp, WorkerStopped
+from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
 from procqueue.settings import Settings
+from procqueue.worker import WorkerStopped
 from tests.conftest import make_settings
 from tests.support.supabase import as_role, supabase_database
 from tests.support.worker import QUIET, drain, eventually

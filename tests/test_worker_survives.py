@@ -22,7 +22,8 @@ import pytest
 from procqueue.app import build_app
 from procqueue.entities import LISTING
 from procqueue.migrate import migrate
-from procqueue.runtime import WORKER_APPLICATION, ProcqueueApp
+from procqueue.runtime import ProcqueueApp
+from procqueue.worker import WORKER_APPLICATION
 from tests.conftest import make_settings
 from tests.support import cli_worker
 from tests.support.cluster import ThrowawayCluster, throwaway_cluster

@@ -2,7 +2,7 @@
 
 The worker runs until SIGTERM or SIGINT (exit status 0): a database that goes
 away (killed connections, a restart) is waited for, never a reason to stop
-(procqueue/runtime.py). A worker that cannot work says why in one line and exits
+(procqueue/worker.py). A worker that cannot work says why in one line and exits
 non-zero (2): a bad setting, the database does not answer at start, the preflight
 checks fail (procqueue/preflight.py), or a side task failed on something other
 than the database being away."""
