@@ -244,9 +244,26 @@ class Worker(procrastinate_worker.Worker):
             while True:
                 async for notify in conn.notifies(timeout=LISTEN_KEEPALIVE):
                     await self._handle_notification(
-                        channel=notify.channel, notification=json.loads(notify.payload)
+                        channel=notify.channel, notification=_payload(notify.payload)
                     )
                 await conn.execute("SELECT 1")  # a connection cut silently fails here
+
+    async def _handle_notification(self, *, channel: str, notification: Any) -> None:
+        """A notification is a hint, never an order: anyone who can connect may NOTIFY
+        on any channel (Postgres checks no privilege; Supabase's API roles can). So a
+        new-job hint only wakes the fetch, an abort hint makes the worker read which
+        of its jobs the jobs table says to abort, and anything else is ignored."""
+        kind = notification.get("type") if isinstance(notification, dict) else None
+        if kind == "job_inserted":
+            self._new_job_event.set()
+        elif kind == "abort_job_requested":
+            try:
+                requested = await self.app.job_manager.list_jobs_to_abort_async()
+            except Exception as error:
+                if not is_database_outage(error):
+                    raise
+                return  # the abort poller asks again
+            self._handle_abort_jobs_requested(requested)
 
     # Fetching and running jobs ---------------------------------------------
 
@@ -476,6 +493,14 @@ class Worker(procrastinate_worker.Worker):
                 )
             self.worker_id = None
         logger.info("Stopped worker on %s", procrastinate_utils.queues_display(self.queues))
+
+
+def _payload(text: str) -> Any:
+    """A notification's JSON payload, or None when it is not JSON (a stranger's)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _json_kind(value: Any) -> str:
