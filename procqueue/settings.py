@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from procqueue.entities import DEFAULT_ENTITIES, Entity, load_entities
 from procqueue.errors import ConfigError
+from procqueue.queue.failures import redact
 from procqueue.queue.health import HealthConfig
 
 SUPABASE_TRANSACTION_POOLER_PORT = 6543
@@ -395,13 +396,31 @@ def _cloudinary_url_parts(text: str) -> tuple[str, str, str, str | None]:
     return parts.hostname, unquote(parts.username), unquote(parts.password), prefix
 
 
-def _describe(error: ValidationError) -> str:
+#: Settings whose value is a secret as a whole: an error never shows what was given.
+_SECRET_WORDS = ("database_url", "secret", "password", "api_key", "cloudinary_url", "dsn", "json")
+
+
+def _variable(model: type[BaseSettings], location: tuple[Any, ...]) -> str:
+    """The environment variable a user sets for the field at `location`, as they
+    write it: PROCQUEUE_CONCURRENCY, or DATABASE_URL for a field with an alias."""
+    first = str(location[0]) if location else ""
+    field = model.model_fields.get(first)
+    if field is None:
+        return first.upper() or "settings"
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"PROCQUEUE_{first.upper()}"
+
+
+def _describe(error: ValidationError, model: type[BaseSettings]) -> str:
     first = error.errors()[0]
-    name = "_".join(str(part) for part in first["loc"]).upper() or "settings"
+    name = _variable(model, tuple(first["loc"]))
     if first["type"] == "missing":
         return f"setting {name} is missing: set it in the environment or in .env"
-    secret = any(word in name.lower() for word in ("database_url", "secret", "cloudinary_url"))
-    received = "" if secret else f" (got {first.get('input')!r})"
+    secret = any(word in name.lower() for word in _SECRET_WORDS)
+    # Any other value may still carry credentials (a URL's user:password@): redacted.
+    received = "" if secret else f" (got {redact(repr(first.get('input')))})"
     return f"setting {name} is invalid: {first['msg']}{received}"
 
 
@@ -410,7 +429,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+        raise ConfigError(_describe(error, Settings)) from None
 
 
 def load_schema_settings(**overrides: Any) -> SchemaSettings:
@@ -418,7 +437,7 @@ def load_schema_settings(**overrides: Any) -> SchemaSettings:
     try:
         return SchemaSettings(**overrides)
     except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+        raise ConfigError(_describe(error, SchemaSettings)) from None
 
 
 @lru_cache(maxsize=1)

@@ -55,8 +55,8 @@ def test_missing_database_url_is_one_clear_line() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        ("PROCQUEUE_CONCURRENCY", "lots", "setting CONCURRENCY is invalid"),
-        ("PROCQUEUE_CONCURRENCY", "0", "greater than or equal to 1"),
+        ("PROCQUEUE_CONCURRENCY", "lots", "setting PROCQUEUE_CONCURRENCY is invalid"),
+        ("PROCQUEUE_CONCURRENCY", "0", "PROCQUEUE_CONCURRENCY is invalid.*greater than or equal"),
         ("ELASTICSEARCH_URL", "localhost:9200", "http:// or https://"),
     ],
 )
@@ -68,6 +68,24 @@ def test_malformed_setting_names_the_setting_and_the_problem(
     with pytest.raises(ConfigError, match=expected) as error:
         load_settings()
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ELASTICSEARCH_URL", "htp://elastic:EsPassw0rd@es.example.com:9200"),
+        ("PROCQUEUE_CLOUDINARY_UPLOAD_PREFIX", "ftp://key:EsPassw0rd@api.example.com"),
+        ("CLOUDINARY_URL", "cloudinary:/key:EsPassw0rd@demo"),
+    ],
+)
+def test_no_url_setting_error_echoes_its_credentials(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", DSN)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"setting {name} is invalid") as error:
+        load_settings()
+    assert "EsPassw0rd" not in str(error.value)
 
 
 def test_malformed_database_url_does_not_echo_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
