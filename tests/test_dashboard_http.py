@@ -331,3 +331,22 @@ async def test_local_only_needs_no_sign_in_but_still_csrf(
         response = await client.post(f"/jobs/{failed_job}/retry", data={})
         assert response.status_code == 403
         assert (await client.get("/login")).status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/jobs?task=a%00b", "parameter 'task' contains a NUL byte"),
+        ("/jobs?entity=listing:%00", "parameter 'entity' contains a NUL byte"),
+        ("/audit?before=99999999999999999999999", "before must be an id between 0 and"),
+        ("/jobs?after=-1", "after must be an id between 0 and"),
+        ("/jobs?before=soon", "before must be a whole number, not 'soon'"),
+        ("/jobs/99999999999999999999999", "job_id must be an id between 0 and"),
+    ],
+)
+async def test_bad_input_answers_400_with_one_line_not_500(
+    admin: httpx.AsyncClient, path: str, says: str
+) -> None:
+    response = await admin.get(path)
+    assert response.status_code == 400, response.text
+    assert says in response.text and "\n" not in response.text.strip()

@@ -7,6 +7,7 @@ one too (else 401) and the session's CSRF token (else 403).
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,9 +55,28 @@ def page(handler: Page) -> Callable[[Dashboard, Request], Awaitable[Response]]:
         if user is None:
             here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(here, safe='')}", status_code=303)
-        return await handler(self, request, user)
+        return await _answer_bad_input(handler(self, request, user), request)
 
     return wrapped
+
+
+class BadInput(Exception):
+    """A request parameter the dashboard cannot use; answered 400 with the message."""
+
+
+async def _answer_bad_input(answer: Awaitable[Response], request: Request) -> Response:
+    """The handler's answer, or 400 with one line for a parameter it cannot use."""
+    try:
+        for name, value in [*request.query_params.multi_items(), *request.path_params.items()]:
+            if "\x00" in str(value):
+                raise BadInput(f"parameter {name!r} contains a NUL byte: remove it")
+            if isinstance(value, int):
+                _checked_id(name, value)
+        return await answer
+    except BadInput as error:
+        if inspect.iscoroutine(answer):
+            answer.close()
+        return PlainTextResponse(f"bad request: {error}", status_code=400)
 
 
 def partial(handler: Page) -> Callable[[Dashboard, Request], Awaitable[Response]]:
@@ -67,7 +87,7 @@ def partial(handler: Page) -> Callable[[Dashboard, Request], Awaitable[Response]
         user = current_user(request, self.access)
         if user is None:
             return PlainTextResponse("sign in first", status_code=401)
-        return await handler(self, request, user)
+        return await _answer_bad_input(handler(self, request, user), request)
 
     return wrapped
 
@@ -92,11 +112,24 @@ def action(handler: Action) -> Callable[[Dashboard, Request], Awaitable[Response
     return wrapped
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+#: Job and audit ids are Postgres bigints.
+LARGEST_ID = 2**63 - 1
+
+
+def _checked_id(name: str, value: int) -> int:
+    if not 0 <= value <= LARGEST_ID:
+        raise BadInput(f"{name} must be an id between 0 and {LARGEST_ID}, not {value}")
+    return value
+
+
+def _int(value: Any, name: str = "id") -> int | None:
+    """An id from the query string ("" or absent: None); BadInput if it is not one."""
+    if value in (None, ""):
         return None
+    try:
+        return _checked_id(name, int(value))
+    except (TypeError, ValueError):
+        raise BadInput(f"{name} must be a whole number, not {str(value)[:40]!r}") from None
 
 
 def _text(form: FormData, name: str) -> str | None:
@@ -261,7 +294,10 @@ class Dashboard:
         )
         async with self.pool.connection() as conn:
             found = await store.job_page(
-                conn, filters, before=_int(params.get("before")), after=_int(params.get("after"))
+                conn,
+                filters,
+                before=_int(params.get("before"), "before"),
+                after=_int(params.get("after"), "after"),
             )
             tasks = await store.names(conn, "task")
             queues = await store.names(conn, "queue")
@@ -313,7 +349,7 @@ class Dashboard:
 
     @page
     async def audit(self, request: Request, user: str) -> Response:
-        before = _int(request.query_params.get("before"))
+        before = _int(request.query_params.get("before"), "before")
         async with self.pool.connection() as conn:
             entries = await store.audit(conn, before)
         older = entries[-1]["id"] if len(entries) == store.PAGE_SIZE else None
