@@ -29,4 +29,4 @@ ALTER TABLE procrastinate.procrastinate_jobs
     ADD CONSTRAINT procqueue_job_args_are_an_object CHECK (jsonb_typeof(args) = 'object');
 COMMENT ON CONSTRAINT procqueue_job_args_are_an_object ON procrastinate.procrastinate_jobs IS
     'A job''s args are its task''s keyword arguments: enqueue a JSON object, e.g. '
-    'procqueue.add_job(''listing:update'', ''{"id": "..."}''::jsonb, ''sync'')';
+    'procqueue.add_job(''<task>'', ''{"id": "..."}''::jsonb, ''<queue>'')';
