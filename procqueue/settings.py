@@ -113,6 +113,7 @@ class CloudinaryConfig:
     timeout: float = 10.0
     batch_size: int = CLOUDINARY_MAX_IDS_PER_CALL
     domains: tuple[str, ...] = ()  # custom delivery domains
+    folders: tuple[str, ...] = ("items", "listings")  # cleanup deletes from these only; "*": any
 
 
 class SchemaSettings(BaseSettings):
@@ -226,6 +227,8 @@ class Settings(SchemaSettings):
     )
     cloudinary_upload_prefix: str | None = Field(default=None, pattern=r"^https?://\S+$")
     cloudinary_domains: str = ""  # custom delivery domains, comma-separated
+    # The folders the marketplace uploads to: cleanup deletes nothing outside them.
+    cloudinary_folders: str = Field(default="items,listings", min_length=1)
     cloudinary_batch_size: int = Field(default=100, ge=1, le=100)
     cloudinary_timeout: float = Field(default=10.0, gt=0)
 
@@ -363,6 +366,11 @@ class Settings(SchemaSettings):
             timeout=self.cloudinary_timeout,
             batch_size=self.cloudinary_batch_size,
             domains=self.cloudinary_domain_list,
+            folders=tuple(
+                part.strip().strip("/")
+                for part in self.cloudinary_folders.split(",")
+                if part.strip().strip("/")
+            ),
         )
 
     @property

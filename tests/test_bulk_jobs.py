@@ -108,9 +108,9 @@ async def test_a_bulk_delete_removes_the_documents_and_cleans_images_in_batches(
     app: ProcqueueApp, dsn: str, db: psycopg.AsyncConnection[Any], cloud: CloudinaryServer
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    public_ids = [f"{prefix}/p{n}" for n in range(1, 251)]
+    public_ids = [f"listings/{prefix}/p{n}" for n in range(1, 251)]
     cloud.store(*public_ids)
-    base = f"https://res.cloudinary.com/demo/image/upload/v1/{prefix}/p"
+    base = f"https://res.cloudinary.com/demo/image/upload/v1/listings/{prefix}/p"
     await insert_listings(db, 250, prefix, image_base=base)
     await drain(app, **ALL_QUEUES)
 

@@ -65,7 +65,7 @@ async def app(dsn: str, es_url: str, cloud: CloudinaryServer) -> AsyncIterator[P
 
 def fresh(*names: str) -> list[str]:
     """Public ids no other test uses."""
-    prefix = f"t{uuid.uuid4().hex[:8]}"
+    prefix = f"listings/t{uuid.uuid4().hex[:8]}"  # in a folder cleanup may delete from
     return [f"{prefix}/{name}" for name in names]
 
 
@@ -569,3 +569,35 @@ async def test_orphans_dry_run_lists_removed_unreferenced_images(
     assert all(row["public_id"] != reused for row in listed)
     assert cloud.calls_for([orphan, reused]) == []
     await db.execute("DELETE FROM procrastinate.procrastinate_jobs WHERE id = %s", [job["id"]])
+
+
+async def test_an_api_user_cannot_have_an_asset_outside_the_marketplace_folders_deleted(
+    app: ProcqueueApp, db: psycopg.AsyncConnection[Any], cloud: CloudinaryServer
+) -> None:
+    """The attack: a user points a listing at another asset of the account (the CEO's
+    avatar), then drops it; cleanup keeps it, since it is outside the folders the
+    marketplace uploads to (PROCQUEUE_CLOUDINARY_FOLDERS), and still deletes the
+    user's own orphan from the same job."""
+    avatar = f"avatars/ceo_profile_photo_{uuid.uuid4().hex[:6]}"
+    [own] = fresh("own")
+    cloud.store(avatar, own)
+    since = await last_job_id(db)
+    async with db.transaction():
+        await act_as_api_user(db, "authenticated", SELLER_ID, local=True)
+        cursor = await db.execute(
+            "INSERT INTO listings (user_id, title, main_image_url, additional_image_urls) "
+            "VALUES (%s, 'bait', %s, %s) RETURNING id",
+            [SELLER_ID, url(avatar), [url(own)]],
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        await db.execute(
+            "UPDATE listings SET main_image_url = NULL, additional_image_urls = '{}' WHERE id = %s",
+            [row[0]],
+        )
+    await drain(app, **IMAGES)
+
+    assert cloud.stored(avatar), "an asset outside the marketplace's folders was deleted"
+    assert not cloud.stored(own)
+    assert cloud.calls_for([avatar]) == []
+    assert [job["status"] for job in await cleanup_jobs(db, since)] == ["succeeded"]

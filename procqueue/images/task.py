@@ -36,6 +36,7 @@ class CleanupReport:
     deleted: list[Asset] = field(default_factory=list)
     already_gone: list[Asset] = field(default_factory=list)
     kept: list[Asset] = field(default_factory=list)
+    outside_folders: list[Asset] = field(default_factory=list)
     skipped_urls: int = 0
 
     def summary(self) -> dict[str, int]:
@@ -43,6 +44,7 @@ class CleanupReport:
             "deleted": len(self.deleted),
             "already_gone": len(self.already_gone),
             "kept": len(self.kept),
+            "outside_folders": len(self.outside_folders),
             "skipped_urls": self.skipped_urls,
         }
 
@@ -55,8 +57,19 @@ async def cleanup_images(
 ) -> CleanupReport:
     """Delete the assets behind `urls` that no row references now."""
     parsed = [parse_delivery_url(url, deleter.delivery) for url in urls]
-    assets = sorted({asset for asset in parsed if asset is not None})
+    found = sorted({asset for asset in parsed if asset is not None})
     report = CleanupReport(skipped_urls=parsed.count(None))
+    # Rows are written by API users: a URL in one may name any asset of the account
+    # (another user's avatar, a logo). Only the marketplace's own folders are ever
+    # deleted from.
+    folders = deleter.config.folders
+    assets = [asset for asset in found if in_folders(asset.public_id, folders)]
+    report.outside_folders = [asset for asset in found if asset not in assets]
+    for asset in report.outside_folders:
+        logger.warning(
+            "image %s is outside PROCQUEUE_CLOUDINARY_FOLDERS (%s): kept, never deleted by "
+            "cleanup", asset, ", ".join(folders),
+        )  # fmt: skip
     if not assets:
         return report
     async with pool.connection() as conn:
@@ -69,6 +82,11 @@ async def cleanup_images(
         deletion = await deleter.delete(orphans)
         report.deleted, report.already_gone = deletion.deleted, deletion.not_found
     return report
+
+
+def in_folders(public_id: str, folders: Sequence[str]) -> bool:
+    """Whether the asset lies in one of `folders` (or below it); "*" is every folder."""
+    return any(folder == "*" or public_id.startswith(f"{folder}/") for folder in folders)
 
 
 def make_deleter(config: CloudinaryConfig | None) -> CloudinaryDeleter:
