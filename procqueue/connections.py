@@ -15,6 +15,9 @@ reached by schema-qualified names (procqueue/qualified.py), never a `search_path
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
@@ -95,3 +98,19 @@ def async_pool(
         **pool_options,
     )
     return AsyncConnectionPool(**arguments, open=False)
+
+
+def pool_lifespan(
+    pool: AsyncConnectionPool[Any],
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A Starlette lifespan that opens `pool` at start-up and closes it at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        await pool.open()
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    return lifespan

@@ -4,9 +4,7 @@ without a session), all on one small connection pool."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from procqueue.connections import async_pool
+from procqueue.connections import async_pool, pool_lifespan
 from procqueue.dashboard.security import SECURITY_HEADERS, SESSION_MAX_AGE, Access
 from procqueue.dashboard.views import Dashboard
 from procqueue.features import FEATURES
@@ -135,14 +133,6 @@ def create_app(settings: Settings, access: Access) -> Starlette:
     )
     dashboard = Dashboard(settings, access, pool, health, make_templates(settings), specs)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await pool.open()
-        try:
-            yield
-        finally:
-            await pool.close()
-
     return Starlette(
         routes=[
             *health_routes(health),
@@ -160,7 +150,7 @@ def create_app(settings: Settings, access: Access) -> Starlette:
                 https_only=access.cookie_secure,
             ),
         ],
-        lifespan=lifespan,
+        lifespan=pool_lifespan(pool),
     )
 
 

@@ -10,10 +10,8 @@ Each request reads one health snapshot from Postgres; if Postgres does not answe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -25,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from procqueue.connections import async_pool
+from procqueue.connections import async_pool, pool_lifespan
 from procqueue.queue.health import (
     HealthConfig,
     Snapshot,
@@ -103,15 +101,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     source = HealthSource(settings.health, pool)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await pool.open()
-        try:
-            yield
-        finally:
-            await pool.close()
-
-    return Starlette(routes=health_routes(source), lifespan=lifespan)
+    return Starlette(routes=health_routes(source), lifespan=pool_lifespan(pool))
 
 
 def make_server(settings: Settings, host: str, port: int) -> uvicorn.Server:
