@@ -24,7 +24,7 @@ from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.sentry_server import SentryServer
-from tests.support.worker import drain
+from tests.support.worker import drain, job_status
 
 SECRET_KEY = "es-api-key-9f8e7d6c5b"
 
@@ -139,12 +139,5 @@ async def test_without_a_dsn_nothing_is_sent_and_jobs_still_fail_normally(
             await drain(plain, concurrency=1)
     finally:
         init_sentry(app.services.settings)  # the other tests of this module use it
-    async with await psycopg.AsyncConnection.connect(database) as conn:
-        row = await (
-            await conn.execute(
-                "SELECT status::text FROM procrastinate.procrastinate_jobs WHERE id = %s",
-                [job_id],
-            )
-        ).fetchone()
-    assert row == ("failed",)
+    assert await job_status(database, job_id) == "failed"
     assert await sent_events(sentry) == []

@@ -14,7 +14,7 @@ from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.supabase import act_as_api_user
-from tests.support.worker import eventually, running_worker
+from tests.support.worker import eventually, job_status, running_worker
 
 #: A worker of every queue listens on the first, one of the `tests` queue on the second.
 CHANNELS = ("procrastinate_any_queue_v1", "procrastinate_queue_v1#tests")
@@ -26,18 +26,6 @@ async def app(database: str, es_url: str) -> AsyncIterator[ProcqueueApp]:
     tasks.register(application)
     async with application.open_async():
         yield application
-
-
-async def status(database: str, job_id: int) -> str:
-    async with await psycopg.AsyncConnection.connect(database) as conn:
-        row = await (
-            await conn.execute(
-                "SELECT status::text FROM procrastinate.procrastinate_jobs WHERE id = %s",
-                [job_id],
-            )
-        ).fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 async def test_a_forged_abort_from_anon_aborts_nothing_and_garbage_stops_no_worker(
@@ -63,7 +51,7 @@ async def test_a_forged_abort_from_anon_aborts_nothing_and_garbage_stops_no_work
         # ones: once it is aborted, the worker has read everything sent before it.
         assert await app.job_manager.cancel_job_by_id_async(witness, abort=True)
         await eventually(lambda: _has_status(database, witness, "aborted"))
-        assert await status(database, target) == "doing"
+        assert await job_status(database, target) == "doing"
         assert not worker.done(), "a notification stopped the worker"
         # The target is aborted when the jobs table says so.
         assert await app.job_manager.cancel_job_by_id_async(target, abort=True)
@@ -71,4 +59,4 @@ async def test_a_forged_abort_from_anon_aborts_nothing_and_garbage_stops_no_work
 
 
 async def _has_status(database: str, job_id: int, wanted: str) -> bool:
-    return await status(database, job_id) == wanted
+    return await job_status(database, job_id) == wanted

@@ -26,7 +26,7 @@ from tests.support.cluster import ThrowawayCluster
 from tests.support.proxy import TcpProxy
 from tests.support.repo import REPO_DIR
 from tests.support.supabase import as_role
-from tests.support.worker import eventually
+from tests.support.worker import eventually, sink_circuit
 
 #: The least-privilege role of sql/roles/worker_role.sql: the workers log in as it,
 #: so "all worker connections" are exactly this role's backends.
@@ -530,14 +530,8 @@ class Faults:
 
 def circuit_open(dsn: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        async with await psycopg.AsyncConnection.connect(dsn) as conn:
-            row = await (
-                await conn.execute(
-                    "SELECT count(*) FROM procqueue.sink_circuits"
-                    " WHERE sink = 'elasticsearch' AND is_open"
-                )
-            ).fetchone()
-        return bool(row and row[0])
+        state = await sink_circuit(dsn, "elasticsearch")
+        return state is not None and state[0]
 
     return check
 

@@ -92,3 +92,13 @@ async def sink_circuit(dsn: str, sink: str) -> tuple[bool, str] | None:
         )
         row = await cursor.fetchone()
     return None if row is None else (bool(row[0]), str(row[1]))
+
+
+async def job_status(dsn: str, job_id: int) -> str | None:
+    """A job's status, or None if there is no such job."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = await conn.execute(
+            "SELECT status::text FROM procrastinate.procrastinate_jobs WHERE id = %s", [job_id]
+        )
+        row = await cursor.fetchone()
+    return None if row is None else str(row[0])
