@@ -14,13 +14,16 @@ from procqueue.settings import SchemaConfig
 
 
 def attach_image_trigger_sql(entity: Entity, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> str:
-    """The image cleanup trigger (sql/triggers/image_cleanup.sql) on an entity's table,
-    or its removal when the entity has no image columns (any more)."""
+    """The image cleanup triggers (sql/triggers/image_cleanup.sql) on an entity's table,
+    row and TRUNCATE, or their removal when the entity has no image columns (any more)."""
     table = sql.SQL("{schema}.{table}").format(
         schema=sql.Identifier(entity.schema_name), table=sql.Identifier(entity.table_name)
     )
     if not entity.image_columns:
-        statement = sql.SQL("DROP TRIGGER IF EXISTS procqueue_image_cleanup ON {table};\n")
+        statement = sql.SQL(
+            "DROP TRIGGER IF EXISTS procqueue_image_cleanup ON {table};\n"
+            "DROP TRIGGER IF EXISTS procqueue_image_cleanup_truncate ON {table};\n"
+        )
         return statement.format(table=table).as_string(None)
     # In the order sql/triggers/image_cleanup.sql reads them.
     arguments = [
@@ -32,6 +35,10 @@ def attach_image_trigger_sql(entity: Entity, grace_seconds: float = DEFAULT_GRAC
             "CREATE OR REPLACE TRIGGER procqueue_image_cleanup\n"
             "    AFTER UPDATE OF {columns} OR DELETE ON {table}\n"
             "    FOR EACH ROW EXECUTE FUNCTION procqueue.enqueue_image_cleanup({arguments});\n"
+            "CREATE OR REPLACE TRIGGER procqueue_image_cleanup_truncate\n"
+            "    BEFORE TRUNCATE ON {table}\n"
+            "    FOR EACH STATEMENT\n"
+            "    EXECUTE FUNCTION procqueue.enqueue_image_cleanup({arguments});\n"
         )
         .format(
             columns=sql.SQL(", ").join(sql.Identifier(column) for column in entity.image_columns),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from procqueue.feature import Feature
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
-from procqueue.search import bulk, jobs, reconcile, schema, sync
+from procqueue.search import bulk, jobs, reconcile, schema, sync, truncate
 from procqueue.search.client import SEARCH_INDEX, SearchIndex
 
 
@@ -15,6 +15,7 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
     sync.register(app, retry)
     bulk.register(app, retry)
     reconcile.register(app, retry)
+    truncate.register(app, retry)
 
 
 FEATURE = Feature(

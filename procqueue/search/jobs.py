@@ -1,5 +1,6 @@
 """The search slice's jobs: `<entity>:create|update|delete` for one row, locked on
-`<entity>:<id>`, and `<entity>:bulk` for a chunk of ids, never locked."""
+`<entity>:<id>`, `<entity>:bulk` for a chunk of ids, never locked, and
+`<entity>:truncate` after a TRUNCATE, coalesced on its task name."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def bulk_job(entity: Entity) -> JobSpec:
     return JobSpec(f"{entity.name}:bulk", entity.queue, sink=SINK)
 
 
+def truncate_job(entity: Entity) -> JobSpec:
+    """After a TRUNCATE of the entity's table: args {}, one waiting job at most."""
+    return JobSpec(f"{entity.name}:truncate", entity.queue, sink=SINK)
+
+
 def row_args(entity_id: str) -> dict[str, Any]:
     return {"id": entity_id}
 
@@ -45,5 +51,9 @@ def job_specs(schema: SchemaConfig) -> list[JobSpec]:
     return [
         spec
         for entity in schema.entities
-        for spec in (*(row_job(entity, op) for op in ROW_OPERATIONS.values()), bulk_job(entity))
+        for spec in (
+            *(row_job(entity, op) for op in ROW_OPERATIONS.values()),
+            bulk_job(entity),
+            truncate_job(entity),
+        )
     ] + [RECONCILE]

@@ -8,7 +8,7 @@ from psycopg import sql
 
 from procqueue.entities import Entity
 from procqueue.feature import Step
-from procqueue.search.jobs import ROW_OPERATIONS, bulk_job, row_job
+from procqueue.search.jobs import ROW_OPERATIONS, bulk_job, row_job, truncate_job
 from procqueue.settings import SchemaConfig
 
 DEFAULT_BULK_THRESHOLD = SchemaConfig.bulk_threshold
@@ -40,7 +40,7 @@ def attach_trigger_sql(
     bulk_chunk_size: int = DEFAULT_BULK_CHUNK_SIZE,
 ) -> str:
     """The sync trigger (sql/triggers/entity_sync.sql), once per event: PostgreSQL
-    allows transition tables only on single-event triggers."""
+    allows transition tables only on single-event triggers; and the truncate trigger."""
     statements = [
         sql.SQL(
             "CREATE OR REPLACE TRIGGER {name}\n"
@@ -59,6 +59,20 @@ def attach_trigger_sql(
         )
         for name, event, tables in SYNC_TRIGGERS
     ]
+    truncate = truncate_job(entity)
+    statements.append(
+        sql.SQL(
+            "CREATE OR REPLACE TRIGGER procqueue_sync_truncate\n"
+            "    AFTER TRUNCATE ON {schema}.{table}\n"
+            "    FOR EACH STATEMENT\n"
+            "    EXECUTE FUNCTION procqueue.enqueue_entity_truncate({queue}, {task});\n"
+        ).format(
+            schema=sql.Identifier(entity.schema_name),
+            table=sql.Identifier(entity.table_name),
+            queue=sql.Literal(truncate.queue),
+            task=sql.Literal(truncate.task_name),
+        )
+    )
     return "".join(statement.as_string(None) for statement in statements)
 
 

@@ -105,3 +105,25 @@ BEGIN
 END;
 $$;
 REVOKE ALL ON FUNCTION procqueue.enqueue_entity_sync() FROM PUBLIC;
+
+-- TRUNCATE fires no row or DELETE trigger (and Supabase grants it to the API roles),
+-- so the sync tables get one more statement trigger: AFTER TRUNCATE, it enqueues the
+-- entity's truncate job (procqueue/search/truncate.py), which deletes every document
+-- whose row is gone when it runs. One waiting job at most (its queueing lock is its
+-- task name): it reads the table when it runs, so a second TRUNCATE adds nothing.
+--   TG_ARGV[0]  queue name
+--   TG_ARGV[1]  task name of the truncate job
+CREATE OR REPLACE FUNCTION procqueue.enqueue_entity_truncate()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = procrastinate, pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO procrastinate.procrastinate_jobs (queue_name, task_name, queueing_lock, args)
+    VALUES (TG_ARGV[0], TG_ARGV[1], TG_ARGV[1], '{}')
+    ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING;
+    RETURN NULL;
+END;
+$$;
+REVOKE ALL ON FUNCTION procqueue.enqueue_entity_truncate() FROM PUBLIC;

@@ -24,7 +24,9 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION procqueue.image_urls(jsonb) FROM PUBLIC;
 
--- The one row trigger for every table with image columns, configured by its
+-- The one trigger for every table with image columns: for each row on UPDATE and
+-- DELETE, and BEFORE TRUNCATE for the statement (a TRUNCATE fires no row trigger:
+-- every URL the table holds is removed, in jobs of 100). Configured by its
 -- arguments, which `procqueue migrate` writes from the cleanup job's spec and the
 -- settings:
 --   TG_ARGV[0]  entity name (recorded in the job, for the logs)
@@ -51,6 +53,28 @@ DECLARE
     removed text[];
     batch_job bigint;
 BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        -- Only the configured columns the table has: a missing one yields no URL.
+        EXECUTE format(
+            'SELECT coalesce(array_agg(DISTINCT found.url ORDER BY found.url), ''{}'') '
+            'FROM %I.%I AS t CROSS JOIN LATERAL unnest($1) AS c (image_column) '
+            'CROSS JOIN LATERAL procqueue.image_urls(to_jsonb(t) -> c.image_column) '
+            'AS found (url)', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+        INTO removed
+        USING ARRAY(SELECT a.attname::text FROM pg_attribute AS a
+                    WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped
+                      AND a.attname = ANY (TG_ARGV[4:]));
+        PERFORM procqueue.add_job(
+            task_name => TG_ARGV[2],
+            args => jsonb_build_object('urls', to_jsonb(part.urls), 'entity', TG_ARGV[0]),
+            queue_name => TG_ARGV[1],
+            run_at => now() + make_interval(secs => grace))
+        FROM (SELECT array_agg(one.url ORDER BY one.n) AS urls
+              FROM unnest(removed) WITH ORDINALITY AS one (url, n)
+              GROUP BY (one.n - 1) / 100) AS part;
+        RETURN NULL;
+    END IF;
+
     SELECT coalesce(array_agg(gone.url ORDER BY gone.url), '{}')
     INTO removed
     FROM (
