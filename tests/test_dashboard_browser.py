@@ -45,7 +45,7 @@ if not CHROMIUM.exists():
         pytest.fail(reason + " — CI must run the browser test", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
 
-from playwright.async_api import Page, async_playwright, expect  # noqa: E402
+from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +143,52 @@ async def test_sign_in_see_the_failure_retry_and_see_it_succeed(
             await shoot(page, "audit")
         finally:
             await browser.close()
+
+
+#: Each table and, when it is wider than the window, its scroll box: (table's
+#: right edge, box's right edge, box's scrollWidth, box's clientWidth, overflow-x).
+TABLE_BOXES = """() => [...document.querySelectorAll('main table')].map(table => {
+    const box = table.closest('.scroll') || table.parentElement;
+    return [table.getBoundingClientRect().right, box.getBoundingClientRect().right,
+            box.scrollWidth, box.clientWidth, getComputedStyle(box).overflowX];
+})"""
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield launched
+        await launched.close()
+
+
+@pytest.mark.parametrize("width", [800, 480])
+async def test_wide_tables_scroll_in_their_box_instead_of_being_cut_off(
+    app: ProcqueueApp, browser: Browser, database: str, es_url: str, width: int
+) -> None:
+    job_id = await app.configure_task("test:broken").defer_async(reason="long " + "x" * 300)
+    await drain(app)
+    local = make_settings(database, es_url)  # --local-only: no sign-in to go through
+    async with served(local, access_for(local, "127.0.0.1", True)) as base:
+        page = await browser.new_page(viewport={"width": width, "height": 900})
+        for path in ("/", "/jobs", f"/jobs/{job_id}", "/failures", "/audit"):
+            await page.goto(f"{base}{path}")
+            await expect(page.locator("main h1")).to_be_visible()
+            page_width = await page.evaluate(
+                "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+            )
+            assert page_width[0] <= page_width[1], (path, page_width)  # nothing sticks out
+            for right, box_right, scroll, client, overflow in await page.evaluate(TABLE_BOXES):
+                assert right <= box_right + 1 or (overflow == "auto" and scroll > client), (
+                    path, right, box_right, overflow,
+                )  # fmt: skip
+        # The queue table's last column is reachable: scroll its box to the end.
+        await page.goto(f"{base}/")
+        lag = page.locator("#overview-panel table").first.locator("th").last
+        await expect(lag).to_have_text("lag")
+        await lag.scroll_into_view_if_needed()
+        box = await lag.bounding_box()
+        assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= width, box
+        await page.close()

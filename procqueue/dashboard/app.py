@@ -5,6 +5,7 @@ without a session), all on one small connection pool."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +28,7 @@ from procqueue.connections import async_pool, pool_lifespan
 from procqueue.dashboard.security import SECURITY_HEADERS, SESSION_MAX_AGE, Access
 from procqueue.dashboard.views import Dashboard
 from procqueue.features import FEATURES
+from procqueue.preflight import RUN_MIGRATE
 from procqueue.queue.failures import redact
 from procqueue.queue.health import human_bytes
 from procqueue.queue.server import HealthSource, health_routes
@@ -34,6 +38,15 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
 SESSION_COOKIE = "procqueue_dashboard"
+FAVICON = "/static/favicon.svg"
+#: What Postgres answers when the queue's schemas, tables or functions are missing.
+NOT_MIGRATED = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.InvalidSchemaName,
+)
+
+logger = logging.getLogger(__name__)
 
 
 class SecurityHeaders:
@@ -114,6 +127,19 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute("SET jit = off")
 
 
+async def _not_migrated(request: Request, error: Exception) -> Response:
+    """Any page or action on a database `procqueue migrate` never ran on (or not
+    fully): one line for the admin and one for the log, no traceback."""
+    found = error.diag.message_primary if isinstance(error, psycopg.Error) else None
+    line = f"the queue is not installed in this database ({found or error}): {RUN_MIGRATE}"
+    logger.error("dashboard %s %s: %s", request.method, request.url.path, line)
+    return PlainTextResponse(line, status_code=503)
+
+
+async def _favicon(request: Request) -> Response:
+    return RedirectResponse(FAVICON, status_code=301)
+
+
 def create_app(settings: Settings, access: Access) -> Starlette:
     # Through a transaction pooler a session SET would reach other clients of the
     # pooled server connection: the dashboard then leaves jit as the server has it.
@@ -137,6 +163,7 @@ def create_app(settings: Settings, access: Access) -> Starlette:
         routes=[
             *health_routes(health),
             *dashboard.routes(),
+            Route("/favicon.ico", _favicon),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         middleware=[
@@ -150,6 +177,7 @@ def create_app(settings: Settings, access: Access) -> Starlette:
                 https_only=access.cookie_secure,
             ),
         ],
+        exception_handlers=dict.fromkeys(NOT_MIGRATED, _not_migrated),
         lifespan=pool_lifespan(pool),
     )
 

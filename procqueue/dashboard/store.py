@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from procqueue.queries import query, query_with
 from procqueue.queue.jobs import JobSpec
+from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 
 Connection = psycopg.AsyncConnection[Any]
 
@@ -40,14 +41,23 @@ class JobFilter:
     task: str = ""
     queue: str = ""
     entity: str = ""
+    #: Show the maintenance queue's periodic jobs (rescue, prune, reconcile) too.
+    maintenance: bool = False
     #: The features' job specs, to tell a lock ("listing:<id>") from a bare id.
     specs: tuple[JobSpec, ...] = ()
 
     def query(self) -> dict[str, str]:
         """The filters as the job list's query parameters."""
         return {
-            "status": self.status, "task": self.task, "queue": self.queue, "entity": self.entity
+            "status": self.status, "task": self.task, "queue": self.queue, "entity": self.entity,
+            "maintenance": "1" if self.maintenance else "",
         }  # fmt: skip
+
+    @property
+    def hides_maintenance(self) -> bool:
+        """Maintenance jobs run every few seconds and would bury the others: hidden
+        unless asked for, or a queue or task is picked (then it is what was asked)."""
+        return not (self.maintenance or self.queue or self.task)
 
     def entity_id(self) -> str:
         """The id in the entity filter: a job's lock (`listing:<id>`,
@@ -71,6 +81,9 @@ class JobFilter:
         if self.queue:
             conditions.append(sql.SQL("j.queue_name = %(queue)s"))
             params["queue"] = self.queue
+        if self.hides_maintenance:
+            conditions.append(sql.SQL("j.queue_name <> %(maintenance_queue)s"))
+            params["maintenance_queue"] = MAINTENANCE_QUEUE
         if self.entity:
             # Jobs of one row or object carry {"id": ...}, bulk jobs {"ids": [...]}.
             entity_id = self.entity_id()

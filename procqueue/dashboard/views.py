@@ -35,6 +35,7 @@ from procqueue.dashboard.security import (
     sign_out,
 )
 from procqueue.queue.jobs import JobSpec
+from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_failed
 from procqueue.queue.server import HealthSource
 from procqueue.settings import Settings
@@ -165,9 +166,11 @@ class Dashboard:
         return self.templates.TemplateResponse(request, name, context, status_code=status_code)
 
     def finish(self, request: Request, form: FormData, outcome: Outcome) -> Response:
+        # A single refusal is the message itself: list only what it does not say.
+        problems = [problem for problem in outcome.problems if problem != outcome.message]
         request.session["flash"] = {
             "message": outcome.message,
-            "problems": outcome.problems[:20],
+            "problems": problems[:20],
             "ok": bool(outcome.done) or not outcome.problems,
         }
         return RedirectResponse(safe_next(_text(form, "back")), status_code=303)
@@ -222,11 +225,13 @@ class Dashboard:
     # Pages -----------------------------------------------------------------
 
     async def overview_context(self) -> dict[str, Any]:
-        read = await self.health.read()
         async with self.pool.connection() as conn:
             failed = await store.failed_per_queue(conn)
             hour = await store.activity(conn, timedelta(hours=1), timedelta(minutes=1))
             day = await store.activity(conn, timedelta(days=1), timedelta(minutes=30))
+        # After the dashboard's own reads: an unmigrated database fails those with
+        # one line (app.py), before the health SQL would log its own warning.
+        read = await self.health.read()
         snapshot, verdict = read if read else (None, None)
         queues = [
             {**vars(queue), "failed": failed.get(queue.queue_name, 0)}
@@ -270,6 +275,7 @@ class Dashboard:
             },
             "storage_total": sum(t.total_bytes for t in snapshot.tables) if snapshot else 0,
             "refresh_seconds": REFRESH_SECONDS,
+            "failed_kept": self.settings.prune_failed_after,
             "now_label": datetime.now(UTC).strftime("%H:%M:%S UTC"),
         }
 
@@ -290,6 +296,7 @@ class Dashboard:
             task=params.get("task", "").strip(),
             queue=params.get("queue", "").strip(),
             entity=params.get("entity", "").strip()[:200],
+            maintenance=params.get("maintenance") == "1",
             specs=self.job_specs,
         )
         async with self.pool.connection() as conn:
@@ -314,6 +321,8 @@ class Dashboard:
             newer_url=_page_url(base, "after", found.newer),
             older_url=_page_url(base, "before", found.older),
             first_url=f"/jobs?{urlencode(base)}",
+            maintenance_queue=MAINTENANCE_QUEUE,
+            maintenance_url=f"/jobs?{urlencode({**base, 'maintenance': '1'})}",
         )
 
     @page
