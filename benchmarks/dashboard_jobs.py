@@ -33,7 +33,7 @@ DASHBOARD_INDEXES = (
     "procqueue_jobs_status_id_idx",
     "procqueue_jobs_task_id_idx",
     "procqueue_jobs_queue_id_idx",
-    "procqueue_jobs_args_idx",
+    "procqueue_jobs_lock_id_idx",
 )
 BUDGET_MS = 100.0
 

@@ -5,9 +5,10 @@ Procrastinate's and our indexes on the jobs table, Procrastinate's row triggers 
 `deferred` event row, the NOTIFY) and the trigger's own work. Each variant runs the
 same N single-row INSERT statements (each its own statement, so each fires the
 statement trigger once) in a transaction that is rolled back, with one part taken
-away before (and put back after), so every variant starts from the same table; rounds alternate and the best
-of them counts. Commit cost (the WAL flush, the same for every variant) is left
-out: what is printed is CPU per enqueue, and what removing each part would save.
+away before (and put back after), so every variant starts from the same table;
+rounds alternate and the best of them counts. Commit cost (the WAL flush, the
+same for every variant) is left out: what is printed is CPU per enqueue, and what
+removing each part would save.
 
     .venv/bin/python -m benchmarks.job_row_cost [--statements 2000] [--rounds 5]
 """
@@ -34,7 +35,8 @@ def parts(conn: psycopg.Connection) -> dict[str, tuple[str, str]]:
         "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'procrastinate' "
         "AND tablename = 'procrastinate_jobs' "
         # The key, and the unique index the trigger's ON CONFLICT needs, cannot go.
-        "AND indexname NOT IN ('procrastinate_jobs_pkey', 'procrastinate_jobs_queueing_lock_idx_v1') "
+        "AND indexname NOT IN "
+        "('procrastinate_jobs_pkey', 'procrastinate_jobs_queueing_lock_idx_v1') "
         "ORDER BY indexname"
     ).fetchall():
         found[f"index {name}"] = (f"DROP INDEX procrastinate.{name}", definition)

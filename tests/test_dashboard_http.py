@@ -280,10 +280,17 @@ async def test_job_list_pages_by_keyset_and_filters(
         for n in range(120):
             await conn.execute(
                 "SELECT procqueue.add_job(%s, %s, 'paging', NULL, NULL, now() + interval '1 day')",
-                [f"page:{n % 3}", psycopg.types.json.Jsonb({"id": entity if n == 7 else str(n)})],
+                [f"page:{n % 3}", psycopg.types.json.Jsonb({"id": str(n)})],
             )
+        # The entity's jobs: a row job locked on it, a bulk job carrying it.
         await conn.execute(
-            "SELECT procqueue.add_job('page:bulk', %s, 'paging')",
+            "SELECT procqueue.add_job('listing:update', %s, 'paging', %s, NULL, "
+            "now() + interval '1 day')",
+            [psycopg.types.json.Jsonb({"id": entity}), f"listing:{entity}"],
+        )
+        await conn.execute(
+            "SELECT procqueue.add_job('listing:bulk', %s, 'paging', NULL, NULL, "
+            "now() + interval '1 day')",
             [psycopg.types.json.Jsonb({"ids": ["x", entity]})],
         )
     seen: list[int] = []
@@ -293,7 +300,7 @@ async def test_job_list_pages_by_keyset_and_filters(
         seen += [int(i) for i in _job_ids(html)]
         older = _link(html, "next")
         url = older
-    assert len(seen) == 121 and len(set(seen)) == 121 and seen == sorted(seen, reverse=True)
+    assert len(seen) == 122 and len(set(seen)) == 122 and seen == sorted(seen, reverse=True)
     # Back one page from the second page gives the first page again.
     second = (await admin.get(f"/jobs?queue=paging&before={seen[49]}")).text
     assert _job_ids(second)[0] == str(seen[50])
@@ -303,7 +310,7 @@ async def test_job_list_pages_by_keyset_and_filters(
     task_page = (await admin.get("/jobs?queue=paging&task=page:1")).text
     assert len(_job_ids(task_page)) == 40
     found = _job_ids((await admin.get(f"/jobs?entity=listings:{entity}")).text)
-    assert len(found) == 2  # {"id": entity} and {"ids": [..., entity]}
+    assert len(found) == 2  # locked on listing:<entity>, and {"ids": [..., entity]}
     failed_only = (await admin.get("/jobs?status=failed&queue=paging")).text
     assert _job_ids(failed_only) == []
 

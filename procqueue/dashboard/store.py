@@ -12,7 +12,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from procqueue.queries import query, query_with
 from procqueue.queue.jobs import JobSpec
@@ -85,12 +84,26 @@ class JobFilter:
             conditions.append(sql.SQL("j.queue_name <> %(maintenance_queue)s"))
             params["maintenance_queue"] = MAINTENANCE_QUEUE
         if self.entity:
-            # Jobs of one row or object carry {"id": ...}, bulk jobs {"ids": [...]}.
-            entity_id = self.entity_id()
-            conditions.append(sql.SQL("(j.args @> %(by_id)s OR j.args @> %(by_ids)s)"))
-            params["by_id"] = Jsonb({"id": entity_id})
-            params["by_ids"] = Jsonb({"ids": [entity_id]})
+            conditions.append(self.entity_condition(self.entity_id()))
         return conditions, params
+
+    def entity_condition(self, key: str) -> sql.Composable:
+        """Jobs of one row or object by their lock (`listing:<id>`, indexed), jobs of
+        many keys by their task and the key in their args."""
+        locks = [lock for spec in self.specs if (lock := spec.lock(key)) is not None]
+        alternatives: list[sql.Composable] = [
+            sql.SQL("j.lock = ANY({locks})").format(locks=sql.Literal(locks))
+        ]
+        alternatives += [
+            sql.SQL("(j.task_name = {task} AND j.args -> {member} ? {key})").format(
+                task=sql.Literal(spec.task_name),
+                member=sql.Literal(spec.keys_arg),
+                key=sql.Literal(key),
+            )
+            for spec in self.specs
+            if spec.keys_arg is not None
+        ]
+        return sql.SQL("({})").format(sql.SQL(" OR ").join(alternatives))
 
 
 @dataclass(frozen=True)

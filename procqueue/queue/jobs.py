@@ -22,12 +22,14 @@ class JobSpec:
     """One kind of job: its task, its queue, the service its task calls and, for jobs
     of one row or one object, the prefix of its lock. Such jobs take `lock_prefix +
     key` as both lock (never two at once) and queueing lock (a second enqueue while
-    one waits is coalesced)."""
+    one waits is coalesced). Jobs of many keys name the args member holding them."""
 
     task_name: str
     queue: str
     lock_prefix: str | None = None
     sink: str | None = None  # the outside service its task calls (its circuit's name)
+    #: For jobs of many keys: the args member listing them ({"ids": [...]}).
+    keys_arg: str | None = None
 
     def lock(self, key: str) -> str | None:
         return None if self.lock_prefix is None else f"{self.lock_prefix}{key}"

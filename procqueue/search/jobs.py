@@ -31,7 +31,7 @@ def row_job(entity: Entity, operation: str) -> JobSpec:
 
 def bulk_job(entity: Entity) -> JobSpec:
     """A chunk of ids: args {"ids": [...]} (and "attempt" on a retry)."""
-    return JobSpec(f"{entity.name}:bulk", entity.queue, sink=SINK)
+    return JobSpec(f"{entity.name}:bulk", entity.queue, sink=SINK, keys_arg="ids")
 
 
 def truncate_job(entity: Entity) -> JobSpec:

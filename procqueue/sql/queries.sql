@@ -444,10 +444,16 @@ coalesce(CASE WHEN pg_column_size({column}) > 1024 THEN octet_length({column}::t
 
 -- ids_without_pending_sync: which of these ids no waiting or running sync job covers
 -- (a row job locked on it, or a bulk job carrying it): those the reconciliation repairs
+WITH in_bulk AS MATERIALIZED (
+    SELECT DISTINCT jsonb_array_elements_text(job.args -> 'ids') AS id
+    FROM procrastinate.procrastinate_jobs AS job
+    WHERE job.status IN ('todo', 'doing') AND job.task_name = ANY(%(tasks)s)
+      AND jsonb_typeof(job.args -> 'ids') = 'array'
+)
 SELECT wanted.id FROM unnest(%(ids)s::text[]) AS wanted (id)
 WHERE NOT EXISTS (
     SELECT FROM procrastinate.procrastinate_jobs AS job
-    WHERE job.status IN ('todo', 'doing') AND job.task_name = ANY(%(tasks)s)
-      AND (job.lock = %(lock_prefix)s || wanted.id
-           OR job.args @> jsonb_build_object('ids', jsonb_build_array(wanted.id)))
-);
+    WHERE job.status IN ('todo', 'doing') AND job.lock = %(lock_prefix)s || wanted.id
+      AND job.task_name = ANY(%(tasks)s)
+)
+AND NOT EXISTS (SELECT FROM in_bulk WHERE in_bulk.id = wanted.id);

@@ -65,15 +65,12 @@ BEGIN
         FROM pg_attribute AS a
         WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped
           AND a.attname <> ALL (TG_ARGV[8:]);
-        -- Rows whose key itself changed pair with nothing: both keys need a job.
+        -- One full join pairs old and new rows by key; a row whose key itself
+        -- changed pairs with nothing, and both its keys need a job.
         EXECUTE format(
-            'SELECT array_agg(id) FROM ('
-            ' SELECT n.%1$I::text AS id FROM procqueue_new AS n'
-            '   JOIN procqueue_old AS o ON o.%1$I = n.%1$I WHERE %2$s'
-            ' UNION ALL SELECT n.%1$I::text FROM procqueue_new AS n WHERE NOT EXISTS'
-            '   (SELECT FROM procqueue_old AS o WHERE o.%1$I = n.%1$I)'
-            ' UNION ALL SELECT o.%1$I::text FROM procqueue_old AS o WHERE NOT EXISTS'
-            '   (SELECT FROM procqueue_new AS n WHERE n.%1$I = o.%1$I)) AS changed',
+            'SELECT array_agg(coalesce(n.%1$I, o.%1$I)::text)'
+            ' FROM procqueue_new AS n FULL JOIN procqueue_old AS o ON o.%1$I = n.%1$I'
+            ' WHERE n.%1$I IS NULL OR o.%1$I IS NULL OR %2$s',
             key, coalesce(differs, 'false'))
         INTO ids;
     END IF;
@@ -96,10 +93,8 @@ BEGIN
         ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING;
     ELSE
         INSERT INTO procrastinate.procrastinate_jobs (queue_name, task_name, args)
-        SELECT TG_ARGV[2], TG_ARGV[5], jsonb_build_object('ids', jsonb_agg(part.id))
-        FROM (SELECT one.id, (one.n - 1) / chunk AS number
-              FROM unnest(ids) WITH ORDINALITY AS one (id, n)) AS part
-        GROUP BY part.number;
+        SELECT TG_ARGV[2], TG_ARGV[5], jsonb_build_object('ids', to_jsonb(ids[first:first + chunk - 1]))
+        FROM generate_series(1, cardinality(ids), chunk) AS first;
     END IF;
     RETURN NULL;
 END;
