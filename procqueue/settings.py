@@ -116,6 +116,23 @@ class CloudinaryConfig:
     folders: tuple[str, ...] = ("items", "listings")  # cleanup deletes from these only; "*": any
 
 
+@dataclass(frozen=True)
+class SupabaseAuthConfig:
+    """How the dashboard signs admins in with their Supabase Auth accounts
+    (procqueue/dashboard/supabase_auth.py)."""
+
+    url: str  # the project URL, https://<ref>.supabase.co
+    anon_key: SecretStr
+    jwt_secret: SecretStr | None  # None: asymmetric keys only, read from the JWKS
+    admin_claim: tuple[str, ...]  # the path into the access token's claims
+    admin_value: str  # what the claim must be (or contain, for a list)
+    timeout: float = 10.0
+
+    @property
+    def issuer(self) -> str:
+        return f"{self.url}/auth/v1"
+
+
 class SchemaSettings(BaseSettings):
     """The settings that shape the schema. They load without DATABASE_URL, so that
     `procqueue migrate --from-scratch` builds the same triggers as `procqueue migrate`."""
@@ -236,6 +253,24 @@ class Settings(SchemaSettings):
     # dashboard only starts bound to 127.0.0.1 with --local-only.
     dashboard_secret: SecretStr | None = None
     dashboard_cookie_secure: bool = False  # True behind HTTPS: the session cookie is Secure
+    # Absolute: a session ends this long after sign-in, however active (checked server-side).
+    dashboard_session_lifetime: timedelta = Field(
+        default=timedelta(hours=12), gt=timedelta(0), le=timedelta(days=30)
+    )
+    # Supabase Auth sign-in (docs/dashboard.md): set SUPABASE_URL and SUPABASE_ANON_KEY and
+    # admins sign in as themselves; the shared secret is then not accepted.
+    supabase_url: str | None = Field(
+        default=None, validation_alias=_env("SUPABASE_URL"), pattern=r"^https?://[^\s/]+/?$"
+    )
+    supabase_anon_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("SUPABASE_ANON_KEY")
+    )
+    supabase_jwt_secret: SecretStr | None = Field(
+        default=None, validation_alias=_env("SUPABASE_JWT_SECRET")
+    )
+    dashboard_admin_claim: str = Field(
+        default="app_metadata.role=admin", pattern=r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*=\S+$"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -371,6 +406,25 @@ class Settings(SchemaSettings):
                 for part in self.cloudinary_folders.split(",")
                 if part.strip().strip("/")
             ),
+        )
+
+    @property
+    def supabase_auth(self) -> SupabaseAuthConfig | None:
+        """None: no SUPABASE_URL (the dashboard falls back to its shared secret)."""
+        if not self.supabase_url:
+            return None
+        if self.supabase_anon_key is None or not self.supabase_anon_key.get_secret_value():
+            raise ConfigError(
+                "SUPABASE_URL is set but SUPABASE_ANON_KEY is not: set it to the project's "
+                "anon key (Supabase: Project Settings > API), or unset SUPABASE_URL"
+            )
+        path, value = self.dashboard_admin_claim.split("=", 1)
+        return SupabaseAuthConfig(
+            url=self.supabase_url.rstrip("/"),
+            anon_key=self.supabase_anon_key,
+            jwt_secret=self.supabase_jwt_secret or None,
+            admin_claim=tuple(path.split(".")),
+            admin_value=value,
         )
 
     @property
