@@ -13,6 +13,7 @@ config's `repr` shows a secret: secrets stay `SecretStr`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
@@ -259,18 +260,14 @@ class Settings(SchemaSettings):
     )
     # Supabase Auth sign-in (docs/dashboard.md): set SUPABASE_URL and SUPABASE_ANON_KEY and
     # admins sign in as themselves; the shared secret is then not accepted.
-    supabase_url: str | None = Field(
-        default=None, validation_alias=_env("SUPABASE_URL"), pattern=r"^https?://[^\s/]+/?$"
-    )
+    supabase_url: str | None = Field(default=None, validation_alias=_env("SUPABASE_URL"))
     supabase_anon_key: SecretStr | None = Field(
         default=None, validation_alias=_env("SUPABASE_ANON_KEY")
     )
     supabase_jwt_secret: SecretStr | None = Field(
         default=None, validation_alias=_env("SUPABASE_JWT_SECRET")
     )
-    dashboard_admin_claim: str = Field(
-        default="app_metadata.role=admin", pattern=r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*=\S+$"
-    )
+    dashboard_admin_claim: str = "app_metadata.role=admin"
 
     @field_validator("database_url")
     @classmethod
@@ -306,6 +303,20 @@ class Settings(SchemaSettings):
             self.cloudinary_api_secret = self.cloudinary_api_secret or SecretStr(secret)
             self.cloudinary_upload_prefix = self.cloudinary_upload_prefix or prefix
         return self
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _check_supabase_url(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"https?://[^\s/@]+/?", value):
+            raise ValueError("must be the project URL alone, like https://<ref>.supabase.co")
+        return value
+
+    @field_validator("dashboard_admin_claim")
+    @classmethod
+    def _check_admin_claim(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*=\S+", value):
+            raise ValueError("must be <claim path>=<value>, like app_metadata.role=admin")
+        return value
 
     @field_validator("elasticsearch_url")
     @classmethod

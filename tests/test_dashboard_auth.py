@@ -241,6 +241,22 @@ def test_supabase_url_without_the_anon_key_is_one_clear_line(database: str, es_u
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("dashboard_admin_claim", "role", "PROCQUEUE_DASHBOARD_ADMIN_CLAIM is invalid"),
+        ("supabase_url", "https://u:hunter2@abc.supabase.co/x", "SUPABASE_URL is invalid"),
+        ("dashboard_session_lifetime", "P90D", "PROCQUEUE_DASHBOARD_SESSION_LIFETIME is invalid"),
+    ],
+)
+def test_wrong_sign_in_settings_are_one_clear_line(
+    database: str, es_url: str, setting: str, value: str, says: str
+) -> None:
+    with pytest.raises(ConfigError, match=says) as error:
+        make_settings(database, es_url, **{setting: value})
+    assert "\n" not in str(error.value) and "hunter2" not in str(error.value)
+
+
 async def test_sign_in_is_rate_limited_per_address_with_backoff(
     database: str, es_url: str, gotrue: GoTrueState
 ) -> None:
