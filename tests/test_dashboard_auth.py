@@ -155,9 +155,12 @@ async def test_the_admin_claim_is_configurable(
     admin, other = new_email(), new_email()
     gotrue.add_user(admin, PASSWORD, roles=["support", "queue-admin"])
     gotrue.add_user(other, PASSWORD, role="admin")
+    reads = gotrue.jwks_reads
     async with dashboard(settings) as client:
         assert (await sign_in_as(client(), admin, PASSWORD)).status_code == 303
         assert (await sign_in_as(client(), other, PASSWORD)).status_code == 401
+    # ES256: the JWKS is read once and its key kept; HS256 needs no JWKS.
+    assert gotrue.jwks_reads - reads == (1 if gotrue.signing == "ES256" else 0)
 
 
 async def test_a_wrong_password_is_refused(database: str, es_url: str, gotrue: GoTrueState) -> None:
@@ -268,13 +271,13 @@ async def test_sign_in_is_rate_limited_per_address_with_backoff(
         for _ in range(5):
             assert (await sign_in_as(attacker, email, "guess")).status_code == 401
         before = len(await audit_rows(database))
-        grants = gotrue.grants
+        requests = gotrue.token_requests
         for password in ["guess"] * 50 + [PASSWORD]:
             response = await sign_in_as(attacker, email, password)
             assert response.status_code == 429
         assert "too many failed sign-ins" in response.text and "\n" not in response.text.strip()
         assert response.headers["retry-after"] == "60"
-        assert gotrue.grants == grants  # a locked address is not even checked
+        assert gotrue.token_requests == requests  # a locked address is not even checked
         assert len(await audit_rows(database)) == before  # and writes nothing
         # Another address is not locked out.
         assert (await sign_in_as(client("198.51.100.1"), email, PASSWORD)).status_code == 303

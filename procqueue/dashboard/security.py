@@ -1,7 +1,8 @@
 """Who may use the dashboard, and how requests prove it.
 
-- Start-up: an admin secret (PROCQUEUE_DASHBOARD_SECRET) is required, unless the
-  dashboard is bound to 127.0.0.1 with the explicit --local-only flag (then
+- Start-up: Supabase Auth (SUPABASE_URL) or an admin secret
+  (PROCQUEUE_DASHBOARD_SECRET) is required, unless the dashboard is bound to
+  127.0.0.1 with the explicit --local-only flag (then
   whoever can reach this machine's loopback is an admin, named "local").
 - Sign-in: with Supabase Auth configured (SUPABASE_URL), an admin's own email
   and password (procqueue/dashboard/supabase_auth.py); else a name (recorded in
@@ -89,7 +90,7 @@ def access_for(settings: Settings, host: str, local_only: bool) -> Access:
         else secrets.token_urlsafe(32)
     )
     return Access(
-        secret if supabase is None and secret else None,
+        None if supabase else (secret or None),
         key,
         settings.dashboard_cookie_secure,
         supabase,

@@ -54,7 +54,7 @@ class GoTrueState:
     users: dict[str, User] = field(default_factory=dict)
     claim_overrides: dict[str, Any] = field(default_factory=dict)  # merged into next tokens
     forge: bool = False  # sign the next tokens with a key the project does not have
-    grants: int = 0  # password grants answered
+    token_requests: int = 0  # POSTs to /auth/v1/token, answered or refused
     jwks_reads: int = 0
 
     def add_user(self, email: str, password: str, **app_metadata: Any) -> User:
@@ -121,6 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
         if parts.path != "/auth/v1/token":
             self._reply(404, {"code": 404, "msg": "Not found"})
             return
+        state.token_requests += 1
         if self.headers.get("apikey") != state.anon_key:
             self._reply(401, {"message": "Invalid API key"})
             return
@@ -141,7 +142,6 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
-        state.grants += 1
         self._reply(
             200,
             {
