@@ -18,7 +18,13 @@ def run(args: argparse.Namespace) -> int:
     host = args.host or LOCAL_HOST
     access = access_for(settings, host, args.local_only)
     server = make_server(settings, access, host, args.port)
-    how = "no sign-in (--local-only)" if access.open_locally else "sign in with the admin secret"
+    how = (
+        "no sign-in (--local-only)"
+        if access.open_locally
+        else "admins sign in with Supabase Auth"
+        if access.supabase
+        else "sign in with the admin secret"
+    )
     print(f"dashboard on http://{host}:{args.port}/ ({how}); /metrics and /healthz open")
     asyncio.run(server.serve())
     return 0

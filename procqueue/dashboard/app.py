@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from procqueue.connections import async_pool, pool_lifespan
-from procqueue.dashboard.security import SECURITY_HEADERS, SESSION_MAX_AGE, Access
+from procqueue.dashboard.security import SECURITY_HEADERS, Access
+from procqueue.dashboard.signin_limits import SignInLimiter
+from procqueue.dashboard.supabase_auth import SupabaseAuth
 from procqueue.dashboard.views import Dashboard
 from procqueue.features import FEATURES
 from procqueue.preflight import RUN_MIGRATE
@@ -140,7 +144,10 @@ async def _favicon(request: Request) -> Response:
     return RedirectResponse(FAVICON, status_code=301)
 
 
-def create_app(settings: Settings, access: Access) -> Starlette:
+def create_app(
+    settings: Settings, access: Access, clock: Callable[[], float] = time.monotonic
+) -> Starlette:
+    """The dashboard app; `clock` (monotonic seconds) times sign-in lock-outs."""
     # Through a transaction pooler a session SET would reach other clients of the
     # pooled server connection: the dashboard then leaves jit as the server has it.
     pooled = settings.uses_transaction_pooler
@@ -157,7 +164,16 @@ def create_app(settings: Settings, access: Access) -> Starlette:
     specs = tuple(
         spec for feature in FEATURES for spec in feature.job_specs(settings.schema_config())
     )
-    dashboard = Dashboard(settings, access, pool, health, make_templates(settings), specs)
+    dashboard = Dashboard(
+        settings,
+        access,
+        pool,
+        health,
+        make_templates(settings),
+        specs,
+        limiter=SignInLimiter(clock),
+        supabase=SupabaseAuth(access.supabase, clock) if access.supabase else None,
+    )
 
     return Starlette(
         routes=[
@@ -172,7 +188,7 @@ def create_app(settings: Settings, access: Access) -> Starlette:
                 SessionMiddleware,
                 secret_key=access.session_key,
                 session_cookie=SESSION_COOKIE,
-                max_age=SESSION_MAX_AGE,
+                max_age=int(access.session_lifetime.total_seconds()),
                 same_site="strict",
                 https_only=access.cookie_secure,
             ),

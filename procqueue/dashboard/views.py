@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -28,12 +28,15 @@ from procqueue.dashboard.security import (
     Access,
     csrf_token,
     csrf_valid,
-    current_user,
+    current_admin,
     safe_next,
     secret_matches,
     sign_in,
     sign_out,
 )
+from procqueue.dashboard.sessions import Admin, open_session, revoke_session
+from procqueue.dashboard.signin_limits import SignInLimiter
+from procqueue.dashboard.supabase_auth import AuthUnavailable, SignInRefused, SupabaseAuth
 from procqueue.queue.jobs import JobSpec
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_failed
@@ -41,6 +44,7 @@ from procqueue.queue.server import HealthSource
 from procqueue.settings import Settings
 
 MAX_NAME_LENGTH = 64
+MAX_EMAIL_LENGTH = 254
 REFRESH_SECONDS = 5
 
 Page = Callable[["Dashboard", Request, str], Awaitable[Response]]
@@ -52,11 +56,11 @@ def page(handler: Page) -> Callable[[Dashboard, Request], Awaitable[Response]]:
 
     @functools.wraps(handler)
     async def wrapped(self: Dashboard, request: Request) -> Response:
-        user = current_user(request, self.access)
-        if user is None:
+        admin = await current_admin(request, self.access, self.pool)
+        if admin is None:
             here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(here, safe='')}", status_code=303)
-        return await _answer_bad_input(handler(self, request, user), request)
+        return await _answer_bad_input(handler(self, request, admin.name), request)
 
     return wrapped
 
@@ -85,10 +89,10 @@ def partial(handler: Page) -> Callable[[Dashboard, Request], Awaitable[Response]
 
     @functools.wraps(handler)
     async def wrapped(self: Dashboard, request: Request) -> Response:
-        user = current_user(request, self.access)
-        if user is None:
+        admin = await current_admin(request, self.access, self.pool)
+        if admin is None:
             return PlainTextResponse("sign in first", status_code=401)
-        return await _answer_bad_input(handler(self, request, user), request)
+        return await _answer_bad_input(handler(self, request, admin.name), request)
 
     return wrapped
 
@@ -98,8 +102,8 @@ def action(handler: Action) -> Callable[[Dashboard, Request], Awaitable[Response
 
     @functools.wraps(handler)
     async def wrapped(self: Dashboard, request: Request) -> Response:
-        user = current_user(request, self.access)
-        if user is None:
+        admin = await current_admin(request, self.access, self.pool)
+        if admin is None:
             return PlainTextResponse("sign in first: POST /login", status_code=401)
         form = await request.form()
         given = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
@@ -107,7 +111,7 @@ def action(handler: Action) -> Callable[[Dashboard, Request], Awaitable[Response
             return PlainTextResponse(
                 "missing or wrong CSRF token: reload the page and try again", status_code=403
             )
-        actor = Actor(user, request.client.host if request.client else None)
+        actor = Actor(admin.actor, _address(request))
         return await handler(self, request, actor, form)
 
     return wrapped
@@ -138,6 +142,10 @@ def _text(form: FormData, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
 @dataclass
 class Dashboard:
     settings: Settings
@@ -146,6 +154,8 @@ class Dashboard:
     health: HealthSource
     templates: Jinja2Templates
     job_specs: tuple[JobSpec, ...] = ()
+    limiter: SignInLimiter = field(default_factory=SignInLimiter)
+    supabase: SupabaseAuth | None = None  # admins sign in with Supabase Auth accounts
 
     def render(
         self,
@@ -178,15 +188,34 @@ class Dashboard:
     # Sign-in ---------------------------------------------------------------
 
     async def login_form(self, request: Request) -> Response:
-        if current_user(request, self.access) is not None:
+        if await current_admin(request, self.access, self.pool) is not None:
             return RedirectResponse(safe_next(request.query_params.get("next")), 303)
+        return self.login_page(request, safe_next(request.query_params.get("next")), None)
+
+    def login_page(
+        self, request: Request, target: str, error: str | None, status: int = 200
+    ) -> Response:
         return self.render(
             request,
             "login.html",
             None,
-            next=safe_next(request.query_params.get("next")),
-            error=None,
+            status_code=status,
+            next=target,
+            error=error,
+            supabase_sign_in=self.supabase is not None,
         )
+
+    async def authenticate(self, form: FormData) -> Admin:
+        """The admin these credentials prove; SignInRefused or AuthUnavailable if none."""
+        if self.supabase is not None:
+            email = (_text(form, "email") or "").strip()[:MAX_EMAIL_LENGTH]
+            return await self.supabase.sign_in(email, _text(form, "password") or "")
+        name = (_text(form, "name") or "").strip()[:MAX_NAME_LENGTH]
+        if not name or not secret_matches(self.access, _text(form, "secret") or ""):
+            raise SignInRefused(
+                "wrong name or secret", "Wrong secret (or no name given): try again."
+            )
+        return Admin(name, name)
 
     async def login(self, request: Request) -> Response:
         form = await request.form()
@@ -196,30 +225,49 @@ class Dashboard:
             return PlainTextResponse(
                 "missing or wrong CSRF token: reload the sign-in page and try again", 403
             )
-        name = (_text(form, "name") or "").strip()[:MAX_NAME_LENGTH]
-        secret = _text(form, "secret") or ""
-        actor = Actor(name or "?", request.client.host if request.client else None)
-        if not name or not secret_matches(self.access, secret):
-            async with self.pool.connection() as conn:
-                await record(conn, actor, "sign_in_refused", {}, "wrong name or secret")
-            return self.render(
-                request,
-                "login.html",
-                None,
-                status_code=401,
-                next=target,
-                error="Wrong secret (or no name given): try again.",
+        address = _address(request)
+        wait = self.limiter.wait(address)
+        if wait is not None:
+            return PlainTextResponse(
+                f"too many failed sign-ins: try again in {wait} s",
+                status_code=429,
+                headers={"Retry-After": str(wait)},
             )
-        sign_in(request, name)
+        try:
+            admin = await self.authenticate(form)
+        except AuthUnavailable as error:
+            return self.login_page(request, target, str(error), 503)
+        except SignInRefused as refused:
+            claimed = _text(form, "email" if self.supabase else "name") or ""
+            actor = Actor(claimed.strip()[:MAX_EMAIL_LENGTH] or "?", address)
+            who = {"user_id": refused.user_id, "email": refused.email} if refused.user_id else {}
+            lock = self.limiter.failed(address)
+            async with self.pool.connection() as conn:
+                await record(conn, actor, "sign_in_refused", who, str(refused))
+                if lock is not None:
+                    scope = {"scope": "all addresses" if lock.everyone else "address"}
+                    await record(conn, actor, "sign_in_locked", scope, lock.describe())
+            return self.login_page(request, target, refused.shown, 401)
+        self.limiter.succeeded(address)
         async with self.pool.connection() as conn:
-            await record(conn, actor, "sign_in", {}, "signed in")
+            token = await open_session(conn, admin, address, self.access.session_lifetime)
+            who = {"user_id": admin.user_id, "email": admin.email} if admin.user_id else {}
+            await record(conn, Actor(admin.actor, address), "sign_in", who, "signed in")
+        sign_in(request, token)
         return RedirectResponse(target, status_code=303)
 
     async def logout(self, request: Request) -> Response:
         form = await request.form()
         if not csrf_valid(request, _text(form, CSRF_FIELD)):
             return PlainTextResponse("missing or wrong CSRF token", status_code=403)
-        sign_out(request)
+        admin = await current_admin(request, self.access, self.pool)
+        token = sign_out(request)
+        if token is not None:
+            async with self.pool.connection() as conn:
+                await revoke_session(conn, token)
+                if admin is not None:
+                    actor = Actor(admin.actor, _address(request))
+                    await record(conn, actor, "sign_out", {}, "signed out")
         return RedirectResponse("/login", status_code=303)
 
     # Pages -----------------------------------------------------------------

@@ -284,6 +284,21 @@ WHERE (%(before)s::bigint IS NULL OR a.id < %(before)s)
 ORDER BY a.id DESC
 LIMIT %(limit)s;
 
+-- dashboard_session_open: a new dashboard session, known by the SHA-256 of its token (migration 0015)
+INSERT INTO procqueue.dashboard_sessions (token_hash, actor, user_id, email, remote_addr)
+VALUES (%(token_hash)s, %(actor)s, %(user_id)s, %(email)s, %(remote_addr)s);
+
+-- dashboard_session_find: the admin of a session that is younger than the lifetime
+SELECT s.actor, s.user_id, s.email
+FROM procqueue.dashboard_sessions AS s
+WHERE s.token_hash = %(token_hash)s AND s.created_at > now() - %(lifetime)s::interval;
+
+-- dashboard_session_revoke: end one session (sign-out)
+DELETE FROM procqueue.dashboard_sessions WHERE token_hash = %(token_hash)s;
+
+-- dashboard_sessions_prune: forget sessions older than the lifetime
+DELETE FROM procqueue.dashboard_sessions WHERE created_at <= now() - %(lifetime)s::interval;
+
 -- lock_publish_shared: a sync job's hold on its entity's publish key, until its write is done (docs/bulk.md)
 SELECT pg_advisory_xact_lock_shared(procqueue.sync_publish_key(%(entity)s));
 

@@ -36,12 +36,15 @@ async def dashboard_client(settings: Any, access: Access) -> AsyncIterator[httpx
             yield client
 
 
-async def sign_in(client: httpx.AsyncClient, name: str, secret: str) -> httpx.Response:
+async def post_login(client: httpx.AsyncClient, **fields: str) -> httpx.Response:
+    """Fetch the sign-in page (for its CSRF token) and post the sign-in form."""
     form = await client.get("/login")
     token = csrf_from(form.text)
-    return await client.post(
-        "/login", data={"csrf_token": token, "name": name, "secret": secret, "next": "/"}
-    )
+    return await client.post("/login", data={"csrf_token": token, "next": "/", **fields})
+
+
+async def sign_in(client: httpx.AsyncClient, name: str, secret: str) -> httpx.Response:
+    return await post_login(client, name=name, secret=secret)
 
 
 def free_port() -> int:
