@@ -171,6 +171,9 @@ async def test_a_signal_stops_the_demo_and_every_server_it_started(
         assert answers(port)
         process.send_signal(stop)
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        assert process.stderr is not None
+        logged = (await process.stderr.read()).decode().splitlines()
+        assert len(logged) <= 4, logged  # start-up and shutdown: a few lines, not one per job
     finally:
         if process.returncode is None:
             process.kill()
