@@ -1,9 +1,15 @@
 """The local demo: `./scripts/demo` runs this.
 
-Brings up Postgres (DATABASE_URL, else the server on 127.0.0.1:5432, else a
-throwaway pgserver) and an Elasticsearch-API server (ELASTICSEARCH_URL, else a
-local one), applies the sample schema and the migrations, seeds sample rows and
-runs a worker and the dashboard until Ctrl-C. `--check` stops once the seeded rows are indexed.
+Makes its own database (`procqueue_demo`; `procqueue_demo_check` with --check) on
+the Postgres server on 127.0.0.1:5432, else on a throwaway pgserver (or on
+--server), marked with a COMMENT so that the demo only ever replaces or drops a
+database it made, and never one in use. Uses an Elasticsearch-API server
+(ELASTICSEARCH_URL, else a local one). Applies the sample schema and the
+migrations, seeds sample rows, indexes them, then runs a worker and the dashboard
+until Ctrl-C, SIGTERM or SIGHUP, which all stop every server it started and drop
+its database. `--check` stops once the seeded rows are indexed. A database named by
+DATABASE_URL is used only with --use-existing (or if the demo made it): it is
+seeded only while its sample tables are empty, and never dropped.
 """
 
 from __future__ import annotations
@@ -12,47 +18,161 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
+import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from importlib.resources.abc import Traversable
+from typing import Any, TypeVar
 
 import psycopg
+import uvicorn
+from psycopg import sql
 
 from procqueue import resources
 from procqueue.app import build_app
 from procqueue.dashboard.app import make_server
 from procqueue.dashboard.security import LOCAL_HOST, access_for
 from procqueue.entities import DEFAULT_ENTITIES
-from procqueue.local import (
-    env,
-    install_sample_schema,
-    local_postgres,
-    local_search,
-    scratch_database,
-)
-from procqueue.migrate import migrate
+from procqueue.errors import ConfigError, ProcqueueError
+from procqueue.local import database_dsn, env, install_sample_schema, local_postgres, local_search
+from procqueue.migrate import first_line, migrate
+from procqueue.queries import query
 from procqueue.queue.failures import redact
-from procqueue.search.client import search_index
+from procqueue.queue.logs import configure_logging
+from procqueue.search.client import SearchIndex, search_index
+from procqueue.search.reindex import reindex_entity
 from procqueue.settings import Settings, load_settings
 
 logger = logging.getLogger("procqueue.demo")
+T = TypeVar("T")
+
+#: The comment on every database the demo makes: it drops or seeds no other.
+MARKER = "procqueue demo: made by ./scripts/demo, dropped when it stops"
+DEMO_DATABASE = "procqueue_demo"
+#: --check has its own, so that it never touches a demo running in another terminal.
+CHECK_DATABASE = "procqueue_demo_check"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP stop the demo as Ctrl-C does, cleaning up on the way out.
+    (Set again after each event loop: closing one resets the handlers it added.)"""
+    for number in STOP_SIGNALS:
+        signal.signal(number, _interrupt)
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coroutine)
+    finally:
+        stop_on_signals()
+
+
+def _state(admin: psycopg.Connection[Any], name: str) -> tuple[str | None, int] | None:
+    row = admin.execute(query("demo_database_state"), {"name": name}).fetchone()
+    return None if row is None else (row[0], int(row[1]))
 
 
 @contextlib.contextmanager
-def demo_database() -> Iterator[str]:
-    configured = env("DATABASE_URL")
+def own_database(admin_dsn: str, name: str) -> Iterator[str]:
+    """A new database `name` with the demo's marker, dropped afterwards. One left by an
+    earlier demo is replaced; one in use, or not the demo's, is refused."""
+    identifier = sql.Identifier(name)
+    try:
+        connection = psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as error:
+        raise ConfigError(
+            f"cannot connect to the Postgres server {redact(admin_dsn)}: {first_line(error)}"
+        ) from None
+    with connection as admin:
+        state = _state(admin, name)
+        if state is not None:
+            comment, sessions = state
+            if comment != MARKER:
+                raise ConfigError(
+                    f"database {name} exists and the demo did not make it, so the demo leaves "
+                    "it alone: pass --database <another name>"
+                )
+            if sessions:
+                raise ConfigError(
+                    f"database {name} is in use ({sessions} session(s)): another demo runs on "
+                    "it; stop that one first, or pass --database <another name>"
+                )
+            try:
+                admin.execute(sql.SQL("DROP DATABASE {}").format(identifier))
+            except psycopg.Error as error:
+                raise ConfigError(f"cannot replace database {name}: {first_line(error)}") from None
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(identifier))
+        admin.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(identifier, sql.Literal(MARKER))
+        )
+    try:
+        yield database_dsn(admin_dsn, name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            state = _state(admin, name)
+            if state is not None and state[0] == MARKER:
+                admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(identifier))
+
+
+def _made_by_the_demo(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(query("demo_current_marker")).fetchone()
+    return row is not None and row[0] == MARKER
+
+
+@contextlib.contextmanager
+def demo_database(args: argparse.Namespace) -> Iterator[str]:
+    """The database the demo may seed: its own, or DATABASE_URL's when allowed."""
+    configured = env("DATABASE_URL") if args.server is None else None
     if configured:
+        if not (args.use_existing or _made_by_the_demo(configured)):
+            params = psycopg.conninfo.conninfo_to_dict(configured)
+            raise ConfigError(
+                f"DATABASE_URL names database {params.get('dbname', '?')} on "
+                f"{params.get('host', 'localhost')}, which the demo did not make: the demo "
+                "would install its sample schema and seed sample rows there. Unset "
+                "DATABASE_URL (the demo then makes its own database), or pass --use-existing"
+            )
         yield configured
         return
-    with local_postgres() as admin, scratch_database(admin, "procqueue_demo") as dsn:
+    server = contextlib.nullcontext(args.server) if args.server is not None else local_postgres()
+    with server as admin, own_database(admin, args.database) as dsn:
         yield dsn
 
 
-def seed(dsn: str, seed_file: Traversable | None = None) -> None:
-    """Insert the sample rows (examples/seed.sql unless `seed_file`)."""
+def seed(dsn: str, seed_file: Traversable | None = None) -> bool:
+    """Insert the sample rows (examples/seed.sql unless `seed_file`), unless the sample
+    tables hold rows already; whether it did."""
     text = (resources.seed() if seed_file is None else seed_file).read_text(encoding="utf-8")
     with psycopg.connect(dsn) as conn:
+        row = conn.execute(query("demo_has_sample_rows")).fetchone()
+        if row and row[0]:
+            return False
         conn.execute(text)
+    return True
+
+
+async def index_existing_rows(settings: Settings) -> None:
+    """Sample rows from an earlier run: build each index the ES-API server lacks (a new
+    local server has none), as `procqueue reindex` does."""
+    search = SearchIndex.from_config(settings.search)
+    try:
+        for entity in DEFAULT_ENTITIES:
+            if await search.client.indices.exists_alias(name=search.alias(entity)):
+                continue
+            async with (
+                await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True) as conn,
+                await psycopg.AsyncConnection.connect(settings.dsn) as reader,
+            ):
+                await reindex_entity(conn, reader, search, entity)
+    finally:
+        await search.aclose()
 
 
 async def count_indexed(settings: Settings) -> dict[str, int]:
@@ -74,21 +194,44 @@ async def run_worker(settings: Settings, *, until_idle: bool) -> None:
     app = build_app(settings)
     async with app.open_async():
         try:
-            await app.run_worker_async(wait=not until_idle)
+            await app.run_worker_async(wait=not until_idle, install_signal_handlers=False)
         finally:
             await app.services.aclose()
 
 
-async def run_system(settings: Settings, dashboard_port: int) -> None:
-    """A worker and the dashboard (with /metrics and /healthz) until Ctrl-C."""
+class AnnouncingServer(uvicorn.Server):
+    """The dashboard's uvicorn server, setting `listening` once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.listening.set()
+
+
+async def run_system(settings: Settings, dashboard_port: int, ready: Callable[[], None]) -> None:
+    """A worker and the dashboard (with /metrics and /healthz) until Ctrl-C, SIGTERM or
+    SIGHUP; `ready()` once the dashboard answers."""
     access = access_for(settings, LOCAL_HOST, local_only=True)
-    dashboard = make_server(settings, access, LOCAL_HOST, dashboard_port)
+    dashboard = AnnouncingServer(make_server(settings, access, LOCAL_HOST, dashboard_port).config)
+    loop = asyncio.get_running_loop()
+    for number in STOP_SIGNALS:
+        loop.add_signal_handler(number, setattr, dashboard, "should_exit", True)
     app = build_app(settings)
     async with app.open_async():
         worker = asyncio.create_task(app.run_worker_async(install_signal_handlers=False))
+        serving = asyncio.create_task(dashboard.serve())
+        listening = asyncio.create_task(dashboard.listening.wait())
         try:
-            await dashboard.serve()  # returns on Ctrl-C
+            await asyncio.wait([serving, listening], return_when=asyncio.FIRST_COMPLETED)
+            if listening.done():
+                ready()
+            await serving  # returns on Ctrl-C, SIGTERM or SIGHUP
         finally:
+            listening.cancel()
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
@@ -107,32 +250,91 @@ Try, in another terminal:
   curl -s '{settings.elasticsearch_url}/listings/_search?q=title:Yeni&pretty'
   psql "{dsn}" -c \\
     "SELECT task_name, status, count(*) FROM procrastinate.procrastinate_jobs GROUP BY 1, 2"
-Ctrl-C stops the demo.
+Ctrl-C stops the demo (and drops a database it made).
 """
 
 
-def main(argv: list[str] | None = None) -> int:
+@contextlib.contextmanager
+def quiet_jobs(verbose: bool) -> Iterator[None]:
+    """No line per job while the seed is indexed: start-up stays a few lines."""
+    loggers = [
+        logging.getLogger(name) for name in ("procqueue.queue.middleware", "procqueue.worker")
+    ]
+    levels = [each.level for each in loggers]
+    for each in loggers if not verbose else ():
+        each.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for each, level in zip(loggers, levels, strict=True):
+            each.setLevel(level)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="procqueue-demo", description=__doc__)
     parser.add_argument("--check", action="store_true", help="stop once the seed is indexed")
     parser.add_argument("--dashboard-port", type=int, default=8484, help="dashboard port")
+    parser.add_argument(
+        "--database",
+        default=None,
+        help=f"name of the database the demo makes (default {DEMO_DATABASE}, "
+        f"with --check {CHECK_DATABASE})",
+    )
+    parser.add_argument(
+        "--server",
+        default=None,
+        help="admin DSN of the Postgres server to make it on (default: 127.0.0.1:5432 if it "
+        "answers, else a throwaway server); DATABASE_URL is then not used",
+    )
+    parser.add_argument(
+        "--use-existing",
+        action="store_true",
+        help="use DATABASE_URL's database although the demo did not make it (sample schema, "
+        "migrations, seed rows if its sample tables are empty; never dropped)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="every log line")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+    if args.database is None:
+        args.database = CHECK_DATABASE if args.check else DEMO_DATABASE
+    return args
 
-    with demo_database() as dsn, local_search(env("ELASTICSEARCH_URL")) as es_url:
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(verbose=args.verbose)
+    if not args.verbose:  # the worker's own start-up lines; the demo says what matters
+        logging.getLogger("procrastinate").setLevel(logging.WARNING)
+    stop_on_signals()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            return demo(args)
+    except ProcqueueError as error:
+        print(f"procqueue-demo: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    with demo_database(args) as dsn, local_search(env("ELASTICSEARCH_URL")) as es_url:
         settings = load_settings(database_url=dsn, elasticsearch_url=es_url)
         install_sample_schema(dsn)
         migrate(dsn)
-        seed(dsn)
-        logger.info("schema, queue and sample rows are in place")
+        seeded = seed(dsn)
+        if not seeded:
+            run(index_existing_rows(settings))
+        with quiet_jobs(args.verbose):
+            run(run_worker(settings, until_idle=True))
+        counts = run(count_indexed(settings))
+        logger.info(
+            "%s; indexed: %s",
+            "sample rows seeded" if seeded else "the sample tables had rows: not seeded",
+            ", ".join(f"{count} {index}" for index, count in counts.items()) or "nothing",
+        )
         if args.check:
-            asyncio.run(run_worker(settings, until_idle=True))
-            counts = asyncio.run(count_indexed(settings))
             print(f"indexed: {counts}")
             return 0 if counts and all(counts.values()) else 1
-        print(instructions(dsn, settings, args.dashboard_port))
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_system(settings, args.dashboard_port))
+        text = instructions(dsn, settings, args.dashboard_port)
+        run(run_system(settings, args.dashboard_port, lambda: print(text, flush=True)))
     return 0
 
 

@@ -8,6 +8,7 @@ TOML file named by PROCQUEUE_ENTITIES_FILE (see examples/entities.toml), never c
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -79,17 +80,17 @@ class Entity:
         return {"dynamic": "strict", "properties": properties}
 
     def validate(self) -> None:
-        where = f"entity {self.name!r}"
+        """ConfigError for a value no entity may have (the caller says which entity)."""
         if not _NAME.match(self.name):
-            raise ConfigError(f"{where}: name must be lower-case letters, digits and _")
+            raise ConfigError("name must be lower-case letters, digits and _")
         if not re.match(r"^[A-Za-z_][\w]*\.[A-Za-z_][\w]*$", self.table):
-            raise ConfigError(f"{where}: table must be schema-qualified, like public.listings")
+            raise ConfigError("table must be schema-qualified, like public.listings")
         if not re.match(r"^[a-z0-9][a-z0-9_\-]*$", self.index):
-            raise ConfigError(f"{where}: index {self.index!r} is not a valid index name")
+            raise ConfigError(f"index {self.index!r} is not a valid index name")
         unknown = sorted(set(self.fields.values()) - FIELD_MAPPINGS.keys())
         if unknown:
             raise ConfigError(
-                f"{where}: unknown field type(s) {unknown}; use one of {sorted(FIELD_MAPPINGS)}"
+                f"unknown field type(s) {unknown}; use one of {sorted(FIELD_MAPPINGS)}"
             )
         limit = self.max_document_bytes
         if (
@@ -98,13 +99,13 @@ class Entity:
             or not 0 < limit <= LARGEST_DOCUMENT_BYTES
         ):
             raise ConfigError(
-                f"{where}: max_document_bytes must be between 1 and {LARGEST_DOCUMENT_BYTES} "
+                f"max_document_bytes must be between 1 and {LARGEST_DOCUMENT_BYTES} "
                 "(Elasticsearch's default request limit)"
             )
         both = sorted(set(self.fields) & set(self.ignored_columns))
         if both:
             raise ConfigError(
-                f"{where}: {both} are both document fields and ignored columns; a document "
+                f"{both} are both document fields and ignored columns; a document "
                 "field must be synced when it changes, so remove it from one list"
             )
 
@@ -154,23 +155,79 @@ LISTING = Entity(
 DEFAULT_ENTITIES: tuple[Entity, ...] = (INVENTORY, LISTING)
 
 
+#: Each key an [[entity]] may have: the Python type of its value, and how to write it.
+ENTITY_KEYS: dict[str, tuple[type, str]] = {
+    "name": (str, 'a string, like name = "listing"'),
+    "table": (str, 'a schema-qualified table name, like table = "public.listings"'),
+    "index": (str, 'a string, like index = "listings"'),
+    "fields": (dict, 'a table of column = "type": a line [entity.fields], then id = "keyword"'),
+    "primary_key": (str, 'a column name, like primary_key = "id"'),
+    "image_columns": (list, 'a list of column names, like image_columns = ["main_image_url"]'),
+    "ignored_columns": (list, 'a list of column names, like ignored_columns = ["updated_at"]'),
+    "queue": (str, 'a queue name, like queue = "sync"'),
+    "max_document_bytes": (int, "a whole number of bytes, like max_document_bytes = 4194304"),
+}
+REQUIRED_KEYS = ("name", "table", "index", "fields")
+
+
+def _unknown_key(key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"the keys are {', '.join(known)}"
+    return f"unknown key {key!r}: {hint}"
+
+
+def _checked(raw: Mapping[str, Any], key: str) -> Any:
+    """The value of `key`, or ConfigError saying how to write it."""
+    kind, how = ENTITY_KEYS[key]
+    value = raw[key]
+    wrong = isinstance(value, bool) or not isinstance(value, kind)
+    if isinstance(value, list) and not wrong:
+        wrong = not all(isinstance(item, str) for item in value)
+    if wrong:
+        raise ConfigError(f"{key} must be {how}")
+    if key == "fields":
+        for column, field_type in value.items():
+            if not isinstance(field_type, str):
+                raise ConfigError(
+                    f'fields.{column} must be a type name, like {column} = "keyword" '
+                    f"(one of {', '.join(FIELD_MAPPINGS)})"
+                )
+    return value
+
+
 def entity_from_mapping(raw: Mapping[str, Any]) -> Entity:
-    try:
-        entity = Entity(
-            name=raw["name"],
-            table=raw["table"],
-            index=raw["index"],
-            fields=dict(raw["fields"]),
-            primary_key=raw.get("primary_key", "id"),
-            image_columns=tuple(raw.get("image_columns", ())),
-            ignored_columns=tuple(raw.get("ignored_columns", ())),
-            queue=raw.get("queue", "sync"),
-            max_document_bytes=raw.get("max_document_bytes", DEFAULT_MAX_DOCUMENT_BYTES),
-        )
-    except KeyError as missing:
-        raise ConfigError(f"entity {raw.get('name', '?')!r} is missing the key {missing}") from None
+    """The entity an [[entity]] table describes; ConfigError (without the entity's
+    name: `load_entities` adds where) for a key that is unknown, missing or of the
+    wrong type, or a value `Entity.validate` refuses."""
+    for key in raw:
+        if key not in ENTITY_KEYS:
+            raise ConfigError(_unknown_key(key, list(ENTITY_KEYS)))
+    missing = [key for key in REQUIRED_KEYS if key not in raw]
+    if missing:
+        raise ConfigError(f"missing the key {missing[0]!r}: add {ENTITY_KEYS[missing[0]][1]}")
+    values = {key: _checked(raw, key) for key in raw}
+    entity = Entity(
+        name=values["name"],
+        table=values["table"],
+        index=values["index"],
+        fields=dict(values["fields"]),
+        primary_key=values.get("primary_key", "id"),
+        image_columns=tuple(values.get("image_columns", ())),
+        ignored_columns=tuple(values.get("ignored_columns", ())),
+        queue=values.get("queue", "sync"),
+        max_document_bytes=values.get("max_document_bytes", DEFAULT_MAX_DOCUMENT_BYTES),
+    )
     entity.validate()
     return entity
+
+
+def _described(number: int, raw: Any) -> str:
+    """How an error names the [[entity]] it is about: its name, else its table."""
+    name = raw.get("name") if isinstance(raw, Mapping) else None
+    if isinstance(name, str):
+        return f"entity {name!r}"
+    table = raw.get("table") if isinstance(raw, Mapping) else None
+    return f"entity #{number}" + (f" (table {table})" if isinstance(table, str) else "")
 
 
 def load_entities(path: Path | None) -> tuple[Entity, ...]:
@@ -181,13 +238,33 @@ def load_entities(path: Path | None) -> tuple[Entity, ...]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"cannot read entities file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"entities file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
+            f"position {error.start}): save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"entities file {path} is not valid TOML: {error}") from None
-    entities = tuple(entity_from_mapping(item) for item in raw.get("entity", []))
+    where = f"entities file {path}"
+    for key in raw:
+        if key != "entity":
+            raise ConfigError(f"{where}: {_unknown_key(key, ['entity'])}")
+    items = raw.get("entity", [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ConfigError(
+            f"{where}: entity must be an array of tables: write each one as [[entity]] "
+            "followed by its keys (see examples/entities.toml)"
+        )
+    entities = []
+    for number, item in enumerate(items, start=1):
+        try:
+            entities.append(entity_from_mapping(item))
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {_described(number, item)}: {error}") from None
     if not entities:
-        raise ConfigError(f"entities file {path} describes no [[entity]]")
+        raise ConfigError(f"{where} describes no [[entity]]")
     _check_unique(entities)
-    return entities
+    return tuple(entities)
 
 
 def _check_unique(entities: Sequence[Entity]) -> None:

@@ -447,6 +447,38 @@ async def test_bad_credentials_fail_at_once_and_the_secret_stays_secret(
     assert wrong_secret not in caplog.text
 
 
+async def test_unconfigured_cloudinary_skips_cleanup_at_once_like_unset_smtp(
+    dsn: str,
+    es_url: str,
+    db: psycopg.AsyncConnection[Any],
+    cloud: CloudinaryServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No Cloudinary credentials (the demo): the cleanup job succeeds at once with one
+    line saying it was skipped, as a notification of an unset channel is, and calls
+    nothing; no retry, no failure row."""
+    [photo] = fresh("photo")
+    cloud.store(photo)
+    since = await last_job_id(db)
+    settings = make_settings(dsn, es_url)
+    assert settings.cloudinary is None
+    caplog.set_level(logging.INFO, logger="procqueue.images")
+    async with opened(settings) as app:
+        await db.execute(
+            "DELETE FROM listings WHERE id = %s", [await insert_listing(db, url(photo))]
+        )
+        await drain(app, **IMAGES)
+
+    [job] = await cleanup_jobs(db, since)
+    assert job["status"] == "succeeded"
+    assert await job_errors(db, [job["id"]]) == []
+    assert cloud.calls_for([photo]) == [] and cloud.stored(photo)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("procqueue.images")]
+    assert lines == [
+        "images:cleanup for listing: skipped: Cloudinary is not configured (set CLOUDINARY_URL)"
+    ]
+
+
 async def test_cloudinary_failure_scenario_converges_once_the_server_is_back(
     dsn: str, es_url: str, db: psycopg.AsyncConnection[Any], cloud: CloudinaryServer
 ) -> None:

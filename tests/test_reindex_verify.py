@@ -113,6 +113,7 @@ async def test_interrupted_reindex_resumes_and_completes(
         if chunks == 3:
             interrupted.set()
 
+    await search.ensure_index(INVENTORY)  # an alias in use: the copy goes to a new index
     await db.execute(
         "INSERT INTO inventory_items (user_id, name) "
         "SELECT %s, 'item ' || g FROM generate_series(1, 1500) AS g",
@@ -216,3 +217,44 @@ async def test_verify_creates_no_index_and_reports_a_missing_one_as_every_row_mi
     client = search_index(app.services).client
     assert not await client.indices.exists(index=f"{prefix}listings_v1")
     assert not await client.indices.exists_alias(name=f"{prefix}listings")
+
+
+async def versioned(search: SearchIndex, entity: Entity) -> list[str]:
+    """Every `<alias>_v<N>` index of the entity, behind the alias or not."""
+    found = await search.client.indices.get(index=f"{search.alias(entity)}_v*")
+    return sorted(found.keys())
+
+
+async def test_reindex_on_an_empty_cluster_leaves_one_index_behind_the_alias(
+    app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any]
+) -> None:
+    """No alias yet (a new cluster, or a table that had rows before `migrate`): the
+    copy fills `_v1` itself; no empty index is left beside it."""
+    await insert_listings(db, 30, "empty-cluster")
+    search = SearchIndex(search_index(app.services).client, f"e{uuid.uuid4().hex[:8]}_")
+    result = await reindex(database, search, LISTING, batch_size=7)
+    alias = search.alias(LISTING)
+    assert result.index == f"{alias}_v1" and result.previous == ()
+    assert await versioned(search, LISTING) == [result.index]
+    assert await live_indexes(search, LISTING) == [result.index]
+    await search.client.indices.refresh(index=alias)
+    rows = await (await db.execute("SELECT count(*) FROM listings")).fetchone()
+    assert rows is not None and (await search.client.count(index=alias))["count"] == rows[0]
+    targets = await (await db.execute("SELECT count(*) FROM procqueue.search_targets")).fetchone()
+    assert targets == (0,)
+
+
+async def test_drop_old_drops_every_older_index_not_behind_the_alias(
+    app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any]
+) -> None:
+    await insert_listings(db, 5, "drop-old")
+    search = SearchIndex(search_index(app.services).client, f"d{uuid.uuid4().hex[:8]}_")
+    alias = search.alias(LISTING)
+    await reindex(database, search, LISTING)
+    await reindex(database, search, LISTING)  # v2; v1 is kept without --drop-old
+    assert await versioned(search, LISTING) == [f"{alias}_v1", f"{alias}_v2"]
+    result = await reindex(database, search, LISTING, drop_old=True)
+    assert result.index == f"{alias}_v3" and result.dropped
+    assert result.deleted == (f"{alias}_v1", f"{alias}_v2")
+    assert await versioned(search, LISTING) == [f"{alias}_v3"]
+    assert await live_indexes(search, LISTING) == [f"{alias}_v3"]

@@ -229,10 +229,11 @@ class CloudinaryDeleter:
         return PermanentError(f"{reason} ({type(error).__name__})")
 
 
-#: The app's one CloudinaryDeleter, in its Services (procqueue/images/feature.py provides it).
-CLOUDINARY_DELETER: ServiceKey[CloudinaryDeleter] = ServiceKey("cloudinary")
+#: The app's one CloudinaryDeleter, in its Services (procqueue/images/feature.py provides
+#: it); None when the deployment has no Cloudinary credentials.
+CLOUDINARY_DELETER: ServiceKey[CloudinaryDeleter | None] = ServiceKey("cloudinary")
 
 
-def cloudinary_deleter(services: Services) -> CloudinaryDeleter:
-    """The Cloudinary deleter the app's jobs share."""
+def cloudinary_deleter(services: Services) -> CloudinaryDeleter | None:
+    """The Cloudinary deleter the app's jobs share (None: Cloudinary is not configured)."""
     return services.get(CLOUDINARY_DELETER)

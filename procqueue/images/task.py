@@ -89,15 +89,15 @@ def in_folders(public_id: str, folders: Sequence[str]) -> bool:
     return any(folder == "*" or public_id.startswith(f"{folder}/") for folder in folders)
 
 
-def make_deleter(config: CloudinaryConfig | None) -> CloudinaryDeleter:
-    """The deleter of the configured account; a job without one fails for good."""
-    if config is None:
-        raise PermanentError(
-            "Cloudinary is not configured: set CLOUDINARY_URL=cloudinary://<key>:<secret>@"
-            "<cloud> (or CLOUDINARY_CLOUD_NAME, CLOUDINARY_API_KEY and CLOUDINARY_API_SECRET)"
-            ", or remove image_columns from the entity configuration"
-        )
-    return CloudinaryDeleter(config)
+#: The outcome of a cleanup job when the deployment has no Cloudinary credentials (as
+#: an unset SMTP host or FCM key makes notifications "skipped"): nothing can be deleted,
+#: and retrying would not change that.
+NOT_CONFIGURED = "skipped: Cloudinary is not configured (set CLOUDINARY_URL)"
+
+
+def make_deleter(config: CloudinaryConfig | None) -> CloudinaryDeleter | None:
+    """The deleter of the configured account; None when none is configured."""
+    return None if config is None else CloudinaryDeleter(config)
 
 
 def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
@@ -107,15 +107,14 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
     @app.task(name=CLEANUP.task_name, queue=CLEANUP.queue, pass_context=True, retry=retry)
     async def cleanup(
         context: JobContext, urls: list[str], entity: str | None = None
-    ) -> dict[str, int]:
+    ) -> dict[str, int] | str:
         if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
             raise PermanentError("images:cleanup expects args {'urls': [<delivery URL>, ...]}")
+        fields = {"job_id": context.job.id, "task": CLEANUP.task_name}
         deleter = cloudinary_deleter(app.services)
+        if deleter is None:
+            logger.warning("images:cleanup for %s: %s", entity or "?", NOT_CONFIGURED, extra=fields)
+            return NOT_CONFIGURED
         report = await cleanup_images(app.pool, app.services.entities.entities, deleter, urls)
-        logger.info(
-            "images:cleanup for %s: %s",
-            entity or "?",
-            report.summary(),
-            extra={"job_id": context.job.id, "task": CLEANUP.task_name},
-        )
+        logger.info("images:cleanup for %s: %s", entity or "?", report.summary(), extra=fields)
         return report.summary()

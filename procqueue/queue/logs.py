@@ -5,6 +5,11 @@ queue, attempt, duration, outcome) and Procrastinate's `action`. Messages and
 tracebacks are clipped (failures.clip: head and tail around a marker) and then
 redacted with the settings' secret values, so a line costs little to write
 whatever a job's args hold (Procrastinate logs every job's args on "Starting job").
+
+By default (no -v) the output is what an operator reads: one line per job attempt
+(the middleware's, with its outcome), no line per HTTP request and no traceback of a
+client's own retry (each failure reaches our code, which says it once), and nothing
+from routine maintenance that found nothing to do (`RoutineFilter`).
 """
 
 from __future__ import annotations
@@ -16,12 +21,21 @@ from typing import Any
 
 from procqueue.errors import ConfigError
 from procqueue.queue.failures import MAX_MESSAGE, MAX_TRACEBACK, clip, redact
+from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 from procqueue.settings import get_settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOB_FIELDS = ("job_id", "task", "queue", "attempt", "duration", "outcome", "action")
 #: Longest value of an `extra` field a JSON line carries.
 MAX_FIELD = 1024
+#: Client libraries' loggers and their level unless verbose. elastic_transport logs
+#: each request at INFO and each failed one at WARNING with a traceback; the errors
+#: reach our code, which logs them once, in one line.
+CLIENT_LOGGERS = {"elastic_transport": logging.ERROR, "httpx": logging.WARNING}
+#: Procrastinate's own line before and after each attempt: the middleware's one line
+#: per attempt says the same with the outcome (a final failure's traceback is kept).
+_ATTEMPT_ACTIONS = frozenset({"start_job", "job_success", "job_error_retry", "job_aborted_retry"})
+_ROUTINE_ACTIONS = frozenset({"periodic_task_deferred", "registering_periodic_task"})
 
 
 def _bounded(text: str, limit: int, secrets: tuple[str, ...]) -> str:
@@ -83,8 +97,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class RoutineFilter(logging.Filter):
+    """Leaves out lines that repeat another one or report routine work: Procrastinate's
+    start/end line of each attempt, its periodic deferrals, and a maintenance job's
+    attempt that succeeded (rescue and prune log themselves when they do something)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        action = record.__dict__.get("action")
+        if record.name.startswith("procrastinate.worker") and action in _ATTEMPT_ACTIONS:
+            return False
+        if record.name.startswith("procrastinate.periodic") and action in _ROUTINE_ACTIONS:
+            return False
+        routine = record.__dict__.get("queue") == MAINTENANCE_QUEUE
+        return not (routine and record.__dict__.get("outcome") == "succeeded")
+
+
 def configure_logging(*, verbose: bool = False) -> None:
-    """Root logging for the CLI: text by default, JSON when the settings say so."""
+    """Root logging for the CLI: text by default, JSON when the settings say so;
+    `verbose` shows debug lines and everything RoutineFilter and CLIENT_LOGGERS hide."""
     level = logging.DEBUG if verbose else logging.INFO
     try:
         settings = get_settings()
@@ -95,4 +125,8 @@ def configure_logging(*, verbose: bool = False) -> None:
     handler.setFormatter(
         JsonFormatter(secrets) if log_format == "json" else RedactingFormatter(secrets)
     )
+    if not verbose:
+        handler.addFilter(RoutineFilter())
+    for name, quiet in CLIENT_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else quiet)
     logging.basicConfig(level=level, handlers=[handler], force=True)

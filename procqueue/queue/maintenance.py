@@ -179,13 +179,14 @@ async def prune(app: ProcqueueApp, now: datetime | None = None) -> PruneReport:
         app, now - settings.prune_failed_after, deadline
     )
     report.complete = report.complete and complete
-    logger.info(
-        "pruned %d succeeded and %d failed/cancelled/aborted jobs, %d orphan error rows%s",
-        report.succeeded,
-        report.unsuccessful,
-        report.orphan_errors,
-        "" if report.complete else " (time budget used up; the next run goes on)",
-    )
+    if report.succeeded or report.unsuccessful or report.orphan_errors or not report.complete:
+        logger.info(
+            "pruned %d succeeded and %d failed/cancelled/aborted jobs, %d orphan error rows%s",
+            report.succeeded,
+            report.unsuccessful,
+            report.orphan_errors,
+            "" if report.complete else " (time budget used up; the next run goes on)",
+        )
     return report
 
 

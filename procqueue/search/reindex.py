@@ -8,7 +8,10 @@
    checkpoint; each chunk is read and written like a bulk job (publish key held
    exclusively, external versions), so the copy never overwrites a newer state.
 3. The alias moves to the new index in one atomic `_aliases` call; the target is
-   forgotten; the old index is deleted only with `drop_old`.
+   forgotten; with `drop_old`, every older `<alias>_v<N>` not behind the alias is
+   deleted (not only the one the alias left).
+With no alias yet (a new cluster), the copy fills the `_v1` it creates behind the
+alias itself, so no empty index is left beside the one in use.
 A row Elasticsearch refuses, or that cannot have a document (unreadable, too
 large), is recorded in procqueue.sync_item_errors and counted; the copy goes on.
 Interrupted (Ctrl-C, a crash, an outage: a transient error), a re-run resumes
@@ -32,7 +35,7 @@ from procqueue.errors import PermanentError, TransientError
 from procqueue.queries import query
 from procqueue.queue.failures import is_transient
 from procqueue.search.bulk import record_item_errors, sync_chunk
-from procqueue.search.client import SearchIndex, translate_errors
+from procqueue.search.client import INITIAL_VERSION, SearchIndex, translate_errors
 from procqueue.search.sync import entity_query
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class ReindexResult:
     copied: int
     failed: int
     dropped: bool
+    deleted: tuple[str, ...] = ()  # the older indexes `drop_old` deleted
 
 
 async def live_indexes(search: SearchIndex, entity: Entity) -> list[str]:
@@ -55,18 +59,23 @@ async def live_indexes(search: SearchIndex, entity: Entity) -> list[str]:
     return sorted(found.keys())
 
 
-async def next_version(search: SearchIndex, entity: Entity) -> int:
+async def versioned_indexes(search: SearchIndex, entity: Entity) -> dict[str, int]:
+    """Every `<alias>_v<N>` index of the entity, with its N."""
     pattern = re.compile(rf"^{re.escape(search.alias(entity))}_v(\d+)$")
     with translate_errors("listing indexes"):
         names = await search.client.indices.get(index=f"{search.alias(entity)}_v*")
-    versions = [int(m.group(1)) for name in names if (m := pattern.match(name))]
-    return max(versions, default=0) + 1
+    return {name: int(m.group(1)) for name in names if (m := pattern.match(name))}
+
+
+async def next_version(search: SearchIndex, entity: Entity) -> int:
+    return max((await versioned_indexes(search, entity)).values(), default=0) + 1
 
 
 async def _target(
-    conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity
+    conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity, *, first: bool
 ) -> tuple[str, str | None, int]:
-    """The index to fill: the one an interrupted run registered, else a new one."""
+    """The index to fill: the one an interrupted run registered, else the `_v1` just
+    made behind the alias (`first`), else a new one."""
     rows = await (await conn.execute(query("reindex_targets"), {"entity": entity.name})).fetchall()
     for name, resume_after, copied in rows:
         if await search.client.indices.exists(index=name):
@@ -75,7 +84,10 @@ async def _target(
             await conn.execute(
                 query("drop_reindex_target"), {"entity": entity.name, "index_name": name}
             )
-    name = await search.create_index(entity, await next_version(search, entity), alias=False)
+    if first:
+        name = search.versioned_name(entity, INITIAL_VERSION)
+    else:
+        name = await search.create_index(entity, await next_version(search, entity), alias=False)
     async with conn.transaction():
         params = {"entity": entity.name, "index_name": name}
         await conn.execute(query("register_reindex_target"), params)
@@ -98,8 +110,12 @@ async def reindex_entity(
     """Rebuild the entity's index from its table: `conn` (autocommit) keeps the
     bookkeeping, `reader` (not autocommit) reads the rows. on_start(total estimate,
     already copied) and on_chunk(rows) report progress."""
+    alias = search.alias(entity)
+    with translate_errors(f"checking alias {alias}"):
+        first = not await search.client.indices.exists_alias(name=alias)
     await search.ensure_index(entity)
-    index, resume_after, copied = await _target(conn, search, entity)
+    index, resume_after, copied = await _target(conn, search, entity, first=first)
+    in_use = index in await live_indexes(search, entity)  # filling _v1 in place
     try:
         copied, failed = await _copy(
             conn, reader, search, entity, index, resume_after, copied,
@@ -108,32 +124,56 @@ async def reindex_entity(
     except Exception as error:
         if is_transient(error):
             raise
-        await _abandon(conn, search, entity, index, error)
+        await _abandon(conn, search, entity, index, error, delete=not in_use)
         raise PermanentError(
-            f"reindex of {entity.table} abandoned and {index} deleted: {error}"
+            f"reindex of {entity.table} abandoned"
+            f"{'' if in_use else f' and {index} deleted'}: {error}"
         ) from error
     previous = tuple(name for name in await live_indexes(search, entity) if name != index)
     await swap_alias(search, entity, index, previous)
     await conn.execute(query("drop_reindex_target"), {"entity": entity.name, "index_name": index})
-    if drop_old and previous:
-        with translate_errors(f"deleting {', '.join(previous)}"):
-            await search.client.indices.delete(index=",".join(previous))
-    return ReindexResult(entity.name, index, previous, copied, failed, drop_old and bool(previous))
+    deleted = await _drop_older(conn, search, entity, index) if drop_old else ()
+    return ReindexResult(
+        entity.name, index, previous, copied, failed, bool(deleted), deleted=deleted
+    )
+
+
+async def _drop_older(
+    conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity, index: str
+) -> tuple[str, ...]:
+    """Delete every `<alias>_v<N>` older than `index` that neither the alias nor a
+    registered reindex target uses."""
+    versions = await versioned_indexes(search, entity)
+    rows = await (await conn.execute(query("reindex_targets"), {"entity": entity.name})).fetchall()
+    kept = {index, *await live_indexes(search, entity), *(str(row[0]) for row in rows)}
+    older = tuple(
+        sorted(
+            (name for name, version in versions.items()
+             if version < versions[index] and name not in kept),
+            key=versions.__getitem__,
+        )
+    )  # fmt: skip
+    if older:
+        with translate_errors(f"deleting {', '.join(older)}"):
+            await search.client.indices.delete(index=",".join(older))
+    return older
 
 
 async def _abandon(
     conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity, index: str,
-    error: Exception,
+    error: Exception, *, delete: bool,
 ) -> None:  # fmt: skip
-    """Forget and delete a half-made index (best effort: the error matters more)."""
+    """Forget a half-made index, and delete it unless the alias uses it (best effort:
+    the error matters more)."""
     try:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             await conn.rollback()
         await conn.execute(
             query("drop_reindex_target"), {"entity": entity.name, "index_name": index}
         )
-        with translate_errors(f"deleting {index}"):
-            await search.client.indices.delete(index=index, ignore_unavailable=True)
+        if delete:
+            with translate_errors(f"deleting {index}"):
+                await search.client.indices.delete(index=index, ignore_unavailable=True)
     except Exception as cleanup_error:
         logger.warning(
             "reindex of %s failed (%s) and %s could not be removed: %s",

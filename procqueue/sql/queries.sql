@@ -350,6 +350,17 @@ WHERE entity = %(entity)s AND index_name = %(index_name)s;
 -- drop_reindex_target: the index is live (or abandoned): syncs stop writing it separately
 DELETE FROM procqueue.search_targets WHERE entity = %(entity)s AND index_name = %(index_name)s;
 
+-- demo_database_state: a database's comment (the demo's marker) and how many sessions use it
+SELECT shobj_description(d.oid, 'pg_database') AS comment,
+       (SELECT count(*) FROM pg_stat_activity AS a WHERE a.datid = d.oid) AS sessions
+FROM pg_database AS d WHERE d.datname = %(name)s;
+
+-- demo_current_marker: the comment on this connection's database (the demo's marker, or not)
+SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = current_database();
+
+-- demo_has_sample_rows: whether the sample tables hold rows already (the demo seeds only empty ones)
+SELECT EXISTS (SELECT FROM public.inventory_items) OR EXISTS (SELECT FROM public.listings);
+
 -- preflight_schemas: the queue's schemas: present, and usable by this role (procqueue/preflight.py)
 SELECT wanted.name, n.oid IS NOT NULL AS present,
        coalesce(has_schema_privilege(n.oid, 'USAGE'), false) AS usable
