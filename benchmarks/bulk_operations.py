@@ -1,7 +1,7 @@
 """Bulk operations (docs/bulk.md), ratios measured side by side in one run:
 
 1. one UPDATE of N listings: wall time with the triggers / the same UPDATE of an
-   identical table without them (target <= 1.5);
+   identical table without them (target <= 1.3);
 2. from that commit until all N documents are current (the bulk jobs drained by
    one in-process worker, concurrency 10) / a direct `elasticsearch.helpers`
    bulk overwriting the same N documents in the same server (target <= 2);
@@ -9,7 +9,9 @@
 3. `procqueue reindex` rows/s / a direct bulk of the same N documents into a
    fresh index (both insert into an empty index).
 
-    .venv/bin/python -m benchmarks.bulk_operations [--rows 100000]
+    .venv/bin/python -m benchmarks.bulk_operations [--rows 100000] [--update-only]
+
+`--update-only` measures the first ratio alone (a minute instead of several).
 """
 
 from __future__ import annotations
@@ -62,7 +64,23 @@ def update_timings(dsn: str, rounds: int) -> dict[str, float]:
     return best
 
 
-async def run(rows: int) -> None:
+def update_ratio(dsn: str, rows: int) -> None:
+    """Ratio 1, and what the triggers enqueue for a change of ignored columns only."""
+    timings = update_timings(dsn, rounds=3)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("ALTER TABLE listings DISABLE TRIGGER listing_review_notification")
+        conn.execute("UPDATE listings SET view_count = 0, updated_at = now()")
+        ignored = conn.execute("SELECT count(*) FROM procrastinate.procrastinate_jobs").fetchone()
+        conn.rollback()
+    print(
+        f"UPDATE of {rows} rows: with procqueue's triggers {timings['with']:.2f} s, "
+        f"without {timings['without']:.2f} s -> ratio "
+        f"{timings['with'] / timings['without']:.2f} (target <= 1.3); a view_count reset "
+        f"enqueues {ignored[0] if ignored else '?'} jobs"
+    )
+
+
+async def run(rows: int, update_only: bool) -> None:
     with environment("bulk_operations") as env:
         with psycopg.connect(env.dsn, autocommit=True) as conn:
             conn.execute(
@@ -72,6 +90,9 @@ async def run(rows: int) -> None:
             )
             conn.execute("DELETE FROM procrastinate.procrastinate_jobs")
             conn.execute("VACUUM ANALYZE listings")
+        if update_only:
+            update_ratio(env.dsn, rows)
+            return
         app = build_app(env.settings(concurrency=10))
         async with app.open_async():
             search = search_index(app.services)
@@ -102,7 +123,7 @@ async def run(rows: int) -> None:
             print(
                 f"UPDATE of {rows} rows: with procqueue's triggers {timings['with']:.2f} s, "
                 f"without {timings['without']:.2f} s -> ratio "
-                f"{timings['with'] / timings['without']:.2f} (target <= 1.5); "
+                f"{timings['with'] / timings['without']:.2f} (target <= 1.3); "
                 f"{jobs[0] if jobs else '?'} bulk jobs"
             )
             await drain(app, concurrency=10)
@@ -120,8 +141,9 @@ async def run(rows: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--update-only", action="store_true")
     args = parser.parse_args()
-    asyncio.run(run(args.rows))
+    asyncio.run(run(args.rows, args.update_only))
 
 
 if __name__ == "__main__":
