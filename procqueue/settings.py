@@ -30,7 +30,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sentry_sdk.utils import BadDsn, Dsn
 
@@ -292,8 +291,7 @@ class Settings(SchemaSettings):
         if self.heartbeat_interval >= self.stalled_timeout:
             heartbeat = _variable(Settings, ("heartbeat_interval",))
             stalled = _variable(Settings, ("stalled_timeout",))
-            raise PydanticCustomError(
-                "heartbeat_too_slow",
+            raise ValueError(
                 f"{heartbeat} ({self.heartbeat_interval:g} s) must be shorter than {stalled} "
                 f"({self.stalled_timeout:g} s), or the stalled-job rescue takes live workers "
                 "for dead: keep the timeout at least three heartbeat intervals",
@@ -452,7 +450,7 @@ def _variable(model: type[BaseSettings], location: tuple[Any, ...]) -> str:
 def _describe(error: ValidationError, model: type[BaseSettings]) -> str:
     first = error.errors()[0]
     if not first["loc"]:  # a rule between settings: its message names them, shows no input
-        return f"settings do not fit together: {first['msg']}"
+        return f"settings do not fit together: {first['msg'].removeprefix('Value error, ')}"
     name = _variable(model, tuple(first["loc"]))
     if first["type"] == "missing":
         return f"setting {name} is missing: set it in the environment or in .env"
