@@ -273,6 +273,13 @@ class Settings(SchemaSettings):
             self.cloudinary_upload_prefix = self.cloudinary_upload_prefix or prefix
         return self
 
+    @field_validator("elasticsearch_url")
+    @classmethod
+    def _check_elasticsearch_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
     @field_validator("sentry_dsn")
     @classmethod
     def _check_sentry_dsn(cls, value: SecretStr | None) -> SecretStr | None:
@@ -297,13 +304,6 @@ class Settings(SchemaSettings):
                 "for dead: keep the timeout at least three heartbeat intervals",
             )
         return self
-
-    @field_validator("elasticsearch_url")
-    @classmethod
-    def _check_elasticsearch_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
 
     @property
     def dsn(self) -> str:
