@@ -2,16 +2,20 @@
 
 `procqueue.app.app` is built on first access from the process settings, so
 `procrastinate --app=procqueue.app.app worker` works; tests and tools call
-`build_app(settings)` with settings of their own.
+`build_app(settings)` with settings of their own. Settings that are missing or
+wrong end the process there with one line and status 2, as `procqueue` does:
+Procrastinate's command would otherwise print the whole traceback of the import.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
-from procqueue.connections import pool_arguments
+from procqueue.connections import FailFastPool, pool_arguments
 from procqueue.entities import EntityRegistry, load_entities
+from procqueue.errors import ProcqueueError
 from procqueue.features import FEATURES
 from procqueue.qualified import QualifiedPsycopgConnector
 from procqueue.queue import maintenance
@@ -36,7 +40,8 @@ def make_connector(settings: Settings) -> QualifiedPsycopgConnector:
             min_size=1,
             max_size=settings.concurrency + 2,
             name="procqueue",
-        )
+        ),
+        pool_factory=FailFastPool,
     )
 
 
@@ -90,6 +95,10 @@ def __getattr__(name: str) -> Any:
     global _app
     if name == "app":
         if _app is None:
-            _app = build_app(get_settings())
+            try:
+                _app = build_app(get_settings())
+            except ProcqueueError as error:
+                print(f"procqueue: error: {error}", file=sys.stderr)
+                raise SystemExit(2) from None
         return _app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

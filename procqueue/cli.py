@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from procqueue import __version__
 from procqueue.commands import bulk, dashboard, health, images, jobs, metrics, migrate, worker
+from procqueue.connections import database_error
 from procqueue.errors import ProcqueueError
 from procqueue.queue.logs import configure_logging
+from procqueue.settings import get_settings
+
+#: The status of a command whose reader went away (`procqueue health --json | head`):
+#: what a shell shows for a process that SIGPIPE ended.
+CLOSED_PIPE_STATUS = 141
 
 #: Each command group adds its parsers; add a group by adding its module here.
 COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
@@ -25,14 +32,40 @@ COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but a usage mistake is one line (not the usage, then it)
+    and says where the usage is. Sub-command parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _verbose_after_commands(parser: argparse.ArgumentParser) -> None:
+    """Accept -v after the sub-command too (`procqueue health -v`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument(
+                    "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                    help="debug logging",
+                )  # fmt: skip
+                _verbose_after_commands(command)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="procqueue", description=__doc__)
+    parser = _Parser(prog="procqueue", description=__doc__)
     parser.add_argument("--version", action="version", version=f"procqueue {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     for register in COMMAND_GROUPS:
         register(commands)
+    _verbose_after_commands(parser)
     return parser
+
+
+def _failed(error: ProcqueueError) -> int:
+    print(f"procqueue: error: {error}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,12 +73,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(verbose=args.verbose)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # a reader gone away shows here, not at the interpreter's exit
+        return status
     except ProcqueueError as error:
-        print(f"procqueue: error: {error}", file=sys.stderr)
-        return 2
+        return _failed(error)
+    except BrokenPipeError:
+        # Later writes (the interpreter's last flush) go nowhere instead of failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return CLOSED_PIPE_STATUS
     except KeyboardInterrupt:
         return 130
+    except Exception as error:
+        # The settings loaded (a command reached the database): the DSN is theirs.
+        translated = database_error(error, get_settings().dsn)
+        if translated is None:
+            raise
+        return _failed(translated)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,35 @@ reached by schema-qualified names (procqueue/qualified.py), never a `search_path
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
+
+from procqueue.errors import DatabaseUnreachable, NotMigrated
+
+#: Seconds the first connection of a pool may take before it counts as refused.
+FIRST_CONNECT_TIMEOUT = 10
+#: What to check, by what Postgres (or the network) said when refusing to connect.
+_CONNECT_ADVICE = (
+    ("password authentication failed", "check the user name and password in DATABASE_URL"),
+    ("no password supplied", "check the user name and password in DATABASE_URL"),
+    ("role ", "check the user name in DATABASE_URL"),
+    ("database ", "check the database name in DATABASE_URL"),
+    ("pg_hba.conf", "check the user, database and sslmode in DATABASE_URL"),
+)
+_CONNECT_FALLBACK = "check the host and port in DATABASE_URL and that Postgres runs there"
+#: Errors meaning the queue's schema lacks something (and which object).
+_MISSING_OBJECT = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.InvalidSchemaName,
+)
+_QUEUE_SCHEMAS = re.compile(r"\b(?:procrastinate|procqueue)\b")
 
 
 def connection_kwargs(*, transaction_pooler: bool, application_name: str) -> dict[str, Any]:
@@ -114,3 +137,88 @@ def pool_lifespan(
             await pool.close()
 
     return lifespan
+
+
+def shown_dsn(dsn: str) -> str:
+    """`dsn` as user@host:port/database: never its password."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "DATABASE_URL"
+    user = params.get("user") or ""
+    return (
+        f"postgresql://{user}{'@' if user else ''}{params.get('host') or 'localhost'}:"
+        f"{params.get('port') or 5432}/{params.get('dbname') or user}"
+    )
+
+
+def unreachable(error: psycopg.OperationalError, dsn: str) -> DatabaseUnreachable:
+    """One line for a connection Postgres refused: its reason, and what to check."""
+    reason = " ".join(str(error).split("\n")[0].split()) or type(error).__name__
+    advice = next((tip for cue, tip in _CONNECT_ADVICE if cue in reason), _CONNECT_FALLBACK)
+    return DatabaseUnreachable(
+        f"cannot connect to the database (DATABASE_URL={shown_dsn(dsn)}): {reason}; {advice}"
+    )
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and what it wraps (Procrastinate's connector wraps psycopg's errors)."""
+    current: BaseException | None = error
+    for _ in range(5):
+        if current is None:
+            return
+        yield current
+        current = current.__cause__
+
+
+def not_migrated(error: BaseException) -> NotMigrated | None:
+    """A NotMigrated when `error` says an object of the queue's schemas does not exist."""
+    for current in _chain(error):
+        if isinstance(current, _MISSING_OBJECT):
+            message = current.diag.message_primary or str(current)
+            if _QUEUE_SCHEMAS.search(message):
+                return NotMigrated(
+                    f"the queue is not installed in this database, or is older than this "
+                    f"procqueue ({message}): {NotMigrated.ADVICE}"
+                )
+    return None
+
+
+def database_error(error: BaseException, dsn: str) -> NotMigrated | DatabaseUnreachable | None:
+    """The one-line error a command-line user gets for a database error, if any."""
+    missing = not_migrated(error)
+    if missing is not None:
+        return missing
+    for current in _chain(error):
+        if isinstance(current, psycopg.OperationalError):
+            return unreachable(current, dsn)
+    return None
+
+
+async def check_reachable(dsn: str, kwargs: dict[str, Any]) -> None:
+    """Open and close one connection; DatabaseUnreachable (one line) if refused."""
+    options = dict(kwargs)
+    if "connect_timeout" not in conninfo_to_dict(dsn):
+        options.setdefault("connect_timeout", FIRST_CONNECT_TIMEOUT)
+    refused: DatabaseUnreachable | None = None
+    try:
+        conn = await psycopg.AsyncConnection.connect(dsn, **options)
+    except psycopg.OperationalError as error:
+        refused = unreachable(error, dsn)
+    else:
+        await conn.close()
+    if refused is not None:
+        # Raised outside the handler, chained to nothing: Procrastinate's command
+        # prints every error of a chain, one per line.
+        raise refused
+
+
+class FailFastPool(AsyncConnectionPool[Any]):
+    """A pool whose waiting `open` fails at once, saying why, when Postgres refuses
+    the first connection (a wrong password, no such database), instead of retrying
+    in the background until its timeout (30 s) and raising a bare PoolTimeout."""
+
+    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        if wait and self.closed and isinstance(self.conninfo, str) and not callable(self.kwargs):
+            await check_reachable(self.conninfo, self.kwargs or {})
+        await super().open(wait=wait, timeout=timeout)

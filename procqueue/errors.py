@@ -65,3 +65,15 @@ class SinkUnavailable(TransientError):
 
 class PermanentError(JobError):
     """A failure retrying cannot fix (bad data, 4xx, unknown entity): fail now."""
+
+
+class NotMigrated(ConfigError):
+    """The database lacks the queue's schema, or an object of it: `procqueue migrate`
+    never ran there, or not since this version of procqueue."""
+
+    ADVICE = "run `procqueue migrate` with this DATABASE_URL (as the role that owns the tables)"
+
+
+class DatabaseUnreachable(ConfigError):
+    """Postgres refused the connection (wrong password, no such database or role) or
+    does not answer at DATABASE_URL."""

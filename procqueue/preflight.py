@@ -32,14 +32,14 @@ import psycopg
 from psycopg.rows import dict_row
 
 from procqueue.entities import Entity
-from procqueue.errors import ProcqueueError
+from procqueue.errors import NotMigrated, ProcqueueError
 from procqueue.migrate import PROCRASTINATE_RECORD, PROCRASTINATE_SCHEMA, migration_files
 from procqueue.qualified import QUALIFIED
 from procqueue.queries import query
 
 QUEUE_SCHEMA = "procqueue"
 WORKER_ROLE_FILE = "sql/roles/worker_role.sql"
-RUN_MIGRATE = "run `procqueue migrate` with this DATABASE_URL (as the role that owns the tables)"
+RUN_MIGRATE = NotMigrated.ADVICE
 
 
 class PreflightError(ProcqueueError):
@@ -64,8 +64,9 @@ async def _rows(
     return await cursor.fetchall()
 
 
-async def check_queue(conn: psycopg.AsyncConnection[Any], role: str) -> None:
-    """The queue is installed, migrated, and usable by this role."""
+async def check_installed(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """The queue's schemas exist (also before `procqueue verify` and `reindex`); their
+    rows of the `preflight_schemas` query."""
     schemas = await _rows(
         conn, "preflight_schemas", {"schemas": [PROCRASTINATE_SCHEMA, QUEUE_SCHEMA]}
     )
@@ -75,6 +76,12 @@ async def check_queue(conn: psycopg.AsyncConnection[Any], role: str) -> None:
                 f"the queue is not installed in this database (no schema {schema['name']}): "
                 f"{RUN_MIGRATE}"
             )
+    return schemas
+
+
+async def check_queue(conn: psycopg.AsyncConnection[Any], role: str) -> None:
+    """The queue is installed, migrated, and usable by this role."""
+    schemas = await check_installed(conn)
     for schema in schemas:
         if not schema["usable"]:
             raise PreflightError(

@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sentry_sdk.utils import BadDsn, Dsn
 
 from procqueue.entities import DEFAULT_ENTITIES, Entity, load_entities
 from procqueue.errors import ConfigError
@@ -325,6 +326,31 @@ class Settings(SchemaSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _check_sentry_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            try:
+                Dsn(value.get_secret_value())
+            except BadDsn:
+                raise ValueError(
+                    "must look like https://<key>@<host>/<project> "
+                    "(Sentry: Project Settings > Client Keys (DSN))"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_heartbeat_against_stalled_timeout(self) -> Settings:
+        if self.heartbeat_interval >= self.stalled_timeout:
+            heartbeat = _variable(Settings, ("heartbeat_interval",))
+            stalled = _variable(Settings, ("stalled_timeout",))
+            raise ValueError(
+                f"{heartbeat} ({self.heartbeat_interval:g} s) must be shorter than {stalled} "
+                f"({self.stalled_timeout:g} s), or the stalled-job rescue takes live workers "
+                "for dead: keep the timeout at least three heartbeat intervals",
+            )
+        return self
+
     @property
     def dsn(self) -> str:
         return self.database_url.get_secret_value()
@@ -488,6 +514,8 @@ def _variable(model: type[BaseSettings], location: tuple[Any, ...]) -> str:
 
 def _describe(error: ValidationError, model: type[BaseSettings]) -> str:
     first = error.errors()[0]
+    if not first["loc"]:  # a rule between settings: its message names them, shows no input
+        return f"settings do not fit together: {first['msg'].removeprefix('Value error, ')}"
     name = _variable(model, tuple(first["loc"]))
     if first["type"] == "missing":
         return f"setting {name} is missing: set it in the environment or in .env"

@@ -44,6 +44,7 @@ async def app(database: str, es_url: str, sentry: SentryServer) -> AsyncIterator
         environment="test",
         elasticsearch_api_key=SECRET_KEY,
         stalled_timeout=1,
+        heartbeat_interval=0.25,  # shorter than the stalled timeout, as settings require
     )
     application = build_app(settings)
     tasks.register(application)

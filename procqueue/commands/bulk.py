@@ -11,9 +11,11 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from procqueue.connections import connect_async
+from procqueue.commands.arguments import POSITIVE
+from procqueue.connections import connect_async, not_migrated
 from procqueue.entities import Entity, EntityRegistry, load_entities
 from procqueue.errors import ProcqueueError
+from procqueue.preflight import check_installed
 from procqueue.progress import Progress
 from procqueue.queue.failures import is_transient
 from procqueue.search.client import SearchIndex
@@ -41,6 +43,9 @@ def one_line_errors(command: str, entity: Entity) -> Iterator[None]:
     try:
         yield
     except Exception as error:
+        missing = not_migrated(error)
+        if missing is not None:
+            raise missing from error
         resumable = command == "reindex" and is_transient(error)
         if not isinstance(error, ProcqueueError | psycopg.Error) or (
             isinstance(error, ProcqueueError) and not resumable
@@ -64,6 +69,7 @@ async def _reindex(args: argparse.Namespace) -> int:
                 await _connect(settings, autocommit=True) as conn,
                 await _connect(settings) as reader,
             ):
+                await check_installed(conn)
                 with one_line_errors("reindex", entity):
                     result = await reindex_entity(
                         conn, reader, search, entity, batch_size=args.batch_size,
@@ -95,6 +101,7 @@ async def _verify(args: argparse.Namespace) -> int:
         for entity in chosen_entities(settings, args.entity):
             bar = Progress(f"verify {entity.table}", 0)
             async with await _connect(settings, autocommit=True) as conn:
+                await check_installed(conn)
                 with one_line_errors("verify", entity):
                     drift = await verify_entity(
                         conn, search, entity, batch_size=args.batch_size, on_chunk=bar.advance
@@ -140,10 +147,10 @@ def register(commands: Any) -> None:
         "entity", nargs="?", default="all", help="listings, inventory_items or all"
     )
     reindex.add_argument("--drop-old", action="store_true", help="delete the previous index")
-    reindex.add_argument("--batch-size", type=int, default=1000, help="rows per _bulk request")
+    reindex.add_argument("--batch-size", type=POSITIVE, default=1000, help="rows per _bulk request")
     reindex.set_defaults(handler=lambda args: asyncio.run(_reindex(args)))
     verify = commands.add_parser("verify", help="compare Postgres and the index; exit 1 on drift")
     verify.add_argument("entity", nargs="?", default="all", help="listings, inventory_items or all")
     verify.add_argument("--repair", action="store_true", help="enqueue sync jobs for drifted ids")
-    verify.add_argument("--batch-size", type=int, default=1000, help="rows per page")
+    verify.add_argument("--batch-size", type=POSITIVE, default=1000, help="rows per page")
     verify.set_defaults(handler=lambda args: asyncio.run(_verify(args)))

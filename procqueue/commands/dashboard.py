@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from procqueue.commands.arguments import PORT
 from procqueue.dashboard.app import make_server
 from procqueue.dashboard.security import LOCAL_HOST, access_for
 from procqueue.settings import get_settings
@@ -35,7 +36,7 @@ def register(commands: Any) -> None:
         "dashboard", help="serve the web dashboard: queues, jobs, failures, retry and cancel"
     )
     parser.add_argument("--host", default=None, help=f"address to listen on (default {LOCAL_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    parser.add_argument("--port", type=PORT, default=DEFAULT_PORT, help="port to listen on")
     parser.add_argument(
         "--local-only",
         action="store_true",

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from procqueue.commands.arguments import positive_seconds
 from procqueue.commands.output import table
 from procqueue.connections import connect_async
 from procqueue.queue.health import (
@@ -158,6 +159,9 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
-        "--window", type=float, default=None, help="seconds of task history (default: setting)"
+        "--window",
+        type=positive_seconds,
+        default=None,
+        help="seconds of task history (default: setting)",
     )
     parser.set_defaults(handler=run)

@@ -12,23 +12,19 @@ from typing import Any
 
 import psycopg
 
+from procqueue.commands.arguments import POSITIVE
 from procqueue.commands.output import table
 from procqueue.connections import connect_async
-from procqueue.errors import ConfigError
 from procqueue.queue import operations
 from procqueue.settings import Settings, get_settings
 
 
 @contextlib.asynccontextmanager
 async def _connect(settings: Settings) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    try:
-        conn = await connect_async(
-            settings.dsn, transaction_pooler=settings.uses_transaction_pooler, autocommit=True
-        )
-    except psycopg.OperationalError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"cannot connect to the database (DATABASE_URL): {first}") from None
-    async with conn:
+    """A connection refused, or a queue not installed, is one line at the CLI's boundary."""
+    async with await connect_async(
+        settings.dsn, transaction_pooler=settings.uses_transaction_pooler, autocommit=True
+    ) as conn:
         yield conn
 
 
@@ -112,14 +108,16 @@ def cancel(args: argparse.Namespace) -> int:
 def register(commands: Any) -> None:
     failed = commands.add_parser("failed", help="failed jobs with their last error")
     failed.add_argument("--task", default=None, help="only this task")
-    failed.add_argument("--limit", type=int, default=50, help="at most this many (newest first)")
+    failed.add_argument(
+        "--limit", type=POSITIVE, default=50, help="at most this many (newest first)"
+    )
     failed.add_argument("--json", action="store_true", help="print JSON")
     failed.add_argument("--traceback", action="store_true", help="print each job's traceback")
     failed.set_defaults(handler=show_failed)
 
     retry_parser = commands.add_parser("retry", help="put failed jobs back in the queue")
     which = retry_parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("job_id", nargs="?", type=int, default=None, help="one failed job")
+    which.add_argument("job_id", nargs="?", type=POSITIVE, default=None, help="one failed job")
     which.add_argument("--task", default=None, help="every failed job of this task")
     which.add_argument("--all-failed", action="store_true", help="every failed job")
     retry_parser.set_defaults(handler=retry)
@@ -127,7 +125,7 @@ def register(commands: Any) -> None:
     cancel_parser = commands.add_parser(
         "cancel", help="cancel a waiting job (with --abort: also stop a running one)"
     )
-    cancel_parser.add_argument("job_id", type=int)
+    cancel_parser.add_argument("job_id", type=POSITIVE)
     cancel_parser.add_argument(
         "--abort", action="store_true", help="a running job: ask its worker to abort it"
     )

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from procqueue.commands.arguments import PORT
 from procqueue.queue.server import make_server
 from procqueue.settings import get_settings
 
@@ -24,5 +25,5 @@ def register(commands: Any) -> None:
         "metrics", help="serve Prometheus /metrics and /healthz (queue gauges from the health SQL)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    parser.add_argument("--port", type=PORT, default=DEFAULT_PORT, help="port to listen on")
     parser.set_defaults(handler=run)

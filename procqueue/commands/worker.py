@@ -18,28 +18,37 @@ from procrastinate.exceptions import ConnectorException
 from psycopg_pool import PoolTimeout
 
 from procqueue.app import build_app
+from procqueue.commands.arguments import whole_number
 from procqueue.errors import ConfigError
 from procqueue.queue.server import start_worker_metrics_server
 from procqueue.runtime import ProcqueueApp
 from procqueue.settings import get_settings
+
+#: PROCQUEUE_CONCURRENCY's range (procqueue/settings.py).
+CONCURRENCY = whole_number(1, 200)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.concurrency:
         settings = settings.model_copy(update={"concurrency": args.concurrency})
-    return serve(build_app(settings), queues=args.queue, name=args.name)
+    return serve(build_app(settings), queues=args.queue, name=args.name, wait=not args.one_shot)
 
 
 def serve(
-    app: ProcqueueApp, *, queues: Iterable[str] | None = None, name: str | None = None
+    app: ProcqueueApp,
+    *,
+    queues: Iterable[str] | None = None,
+    name: str | None = None,
+    wait: bool = True,
 ) -> int:
-    """Run a worker of `app` until a signal stops it; 0, or a ProcqueueError."""
+    """Run a worker of `app` until a signal stops it (`wait=False`: until no job is
+    left to run now); 0, or a ProcqueueError."""
     settings = app.services.settings
     if settings.metrics_port:
         start_worker_metrics_server(settings.metrics_port)
 
-    options: dict[str, Any] = {"name": name}
+    options: dict[str, Any] = {"name": name, "wait": wait}
     if queues:  # else every queue (queues=[] would match no queue at all)
         options["queues"] = list(queues)
 
@@ -62,7 +71,14 @@ def serve(
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("worker", help="run a worker")
-    parser.add_argument("--concurrency", type=int, default=None, help="jobs run at once")
+    parser.add_argument(
+        "--concurrency", type=CONCURRENCY, default=None, help="jobs run at once (1 to 200)"
+    )
     parser.add_argument("--queue", action="append", help="only this queue (repeatable)")
     parser.add_argument("--name", default=None, help="worker name shown in logs")
+    parser.add_argument(
+        "--one-shot",
+        action="store_true",
+        help="run the jobs that are due now, then exit (as `procrastinate worker --one-shot`)",
+    )
     parser.set_defaults(handler=run)

@@ -77,11 +77,18 @@ class DeliveryConfig:
 
     cloud_name: str
     custom_domains: frozenset[str] = frozenset()
+    #: Every cloud's URLs count, each asset with its own cloud: for listing only
+    #: (`procqueue images orphans` with no cloud name set), never for deleting.
+    any_cloud: bool = False
 
     @classmethod
     def of(cls, cloud_name: str, custom_domains: Iterable[str] = ()) -> DeliveryConfig:
         domains = frozenset(domain.strip().lower() for domain in custom_domains if domain.strip())
         return cls(cloud_name.strip(), domains)
+
+    @classmethod
+    def every_cloud(cls) -> DeliveryConfig:
+        return cls("", any_cloud=True)
 
 
 def _is_transformation(segment: str) -> bool:
@@ -158,7 +165,7 @@ def _explain(url: str, config: DeliveryConfig) -> Asset:
     raw_segments = parts.path.split("/")[1:]
     segments = [unquote(segment) for segment in raw_segments]
     cloud, path = _cloud_and_path(host, segments, config)
-    if cloud.lower() != config.cloud_name.lower():
+    if not config.any_cloud and cloud.lower() != config.cloud_name.lower():
         raise _Reject(RejectionKind.OTHER_CLOUD, f"cloud {cloud!r}, not {config.cloud_name!r}")
     if len(path) < 3:
         raise _Reject(RejectionKind.MALFORMED, "expected /<resource_type>/<type>/<public_id>")
@@ -171,7 +178,8 @@ def _explain(url: str, config: DeliveryConfig) -> Asset:
             f"delivery type {delivery_type!r} (only {', '.join(sorted(DELETABLE_TYPES))} "
             "assets are deleted)",
         )
-    return Asset(config.cloud_name, resource_type, delivery_type, _public_id(resource_type, rest))
+    owner = cloud if config.any_cloud else config.cloud_name
+    return Asset(owner, resource_type, delivery_type, _public_id(resource_type, rest))
 
 
 def explain(url: str, config: DeliveryConfig) -> Asset | Rejection:
