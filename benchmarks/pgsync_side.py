@@ -5,8 +5,10 @@ its own (made on first use under ~/.cache/procqueue/, reused afterwards) and is
 never imported: `bootstrap` installs its triggers and replication slot, a one-shot
 `pgsync` run is its initial sync, `pgsync --daemon` follows changes
 (LISTEN/NOTIFY -> Redis -> Elasticsearch). Its settings are its defaults, except
-where the brief needs them: our cluster, our ES-API server, our Redis database,
-and a working directory of its own for the checkpoint file and logs.
+where the benchmark needs them: our cluster, our ES-API server (with the request
+timeout procqueue gets too: the shared emulator, loaded, can take over PGSync's
+default 10 s for a 5,000-document `_bulk`), our Redis database, and a working
+directory of its own for the checkpoint file and logs.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class PgSync:
         database: str,
         index: str,
         es_url: str,
+        es_timeout: float,
         redis_url: str,
         table: str,
         columns: Sequence[str],
@@ -80,6 +83,7 @@ class PgSync:
             "PG_USER": "postgres",
             "PG_DATABASE": database,
             "ELASTICSEARCH_URL": es_url,
+            "ELASTICSEARCH_TIMEOUT": str(es_timeout),
             "REDIS_URL": redis_url,
             "CHECKPOINT_PATH": str(work_dir),
             "CONSOLE_LOGGING_HANDLER_MIN_LEVEL": "WARNING",

@@ -70,6 +70,9 @@ from tests.support.cluster import ThrowawayCluster
 from tests.support.worker import table_documents
 
 SYSTEMS = ("procqueue", "pgsync", "direct")
+#: Every client's Elasticsearch request timeout: a loaded, shared emulator can take
+#: longer than the clients' default 10 s for a large `_bulk`.
+ES_TIMEOUT = 60.0
 
 # Identical rows in both databases: ids and values are functions of the row number.
 SEED = """
@@ -501,13 +504,15 @@ async def run(options: Options) -> None:
         local_search(env("ELASTICSEARCH_URL")) as es_url,
         tempfile.TemporaryDirectory(prefix="procqueue-vs-pgsync-") as work_dir,
     ):
-        settings = Environment(procqueue_dsn, es_url).settings(index_prefix=prefix)
+        settings = Environment(procqueue_dsn, es_url).settings(
+            index_prefix=prefix, elasticsearch_timeout=ES_TIMEOUT
+        )
         es = make_client(settings.search)
         pgsync = PgSync.configure(
             bin_dir, Path(work_dir), host="127.0.0.1", port=cluster.port,
             database=f"vs_{token}_pgsync", index=index["pgsync"], es_url=es_url,
-            redis_url=options.redis_url, table=LISTING.table, columns=list(LISTING.fields),
-            properties=LISTING.mappings()["properties"],
+            es_timeout=ES_TIMEOUT, redis_url=options.redis_url, table=LISTING.table,
+            columns=list(LISTING.fields), properties=LISTING.mappings()["properties"],
         )  # fmt: skip
         port = urlsplit(es_url).port
         bench = Bench(
@@ -521,6 +526,7 @@ async def run(options: Options) -> None:
                 "ELASTICSEARCH_URL": es_url,
                 "PROCQUEUE_INDEX_PREFIX": prefix,
                 "PROCQUEUE_RECONCILE_CRON": "",
+                "PROCQUEUE_ELASTICSEARCH_TIMEOUT": str(ES_TIMEOUT),
             },
             procqueue_dsn=procqueue_dsn,
             pgsync_dsn=pgsync_dsn,
