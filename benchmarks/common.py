@@ -8,15 +8,19 @@ this machine is shared and noisy and the ES-API emulator is not Elasticsearch.
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from procqueue.local import env, local_postgres, local_search, scratch_database
 from procqueue.migrate import migrate
 from procqueue.settings import Settings, load_settings
+from tests.support.cluster import ThrowawayCluster, throwaway_cluster
 
+_TICKS = os.sysconf("SC_CLK_TCK")
 USER_ID = "00000000-0000-4000-8000-00000000be01"
 
 
@@ -50,13 +54,14 @@ def environment(name: str) -> Iterator[Environment]:
         yield Environment(dsn, es_url)
 
 
+def _proc_stat(proc: Path) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (field 3 onwards)."""
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_cpu_seconds(cmdline_part: str) -> float | None:
     """CPU time (user + system) used so far by the process whose command line
     contains `cmdline_part` (e.g. the ES-API server sharing this machine's cores)."""
-    import os
-    from pathlib import Path
-
-    ticks = os.sysconf("SC_CLK_TCK")
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -64,11 +69,47 @@ def process_cpu_seconds(cmdline_part: str) -> float | None:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             if cmdline_part not in cmdline:
                 continue
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = _proc_stat(proc)
         except OSError:
             continue
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return (int(fields[11]) + int(fields[12])) / _TICKS
     return None
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by process `pid` and all its descendants, live or reaped
+    (a postmaster and its backends, a worker and its threads)."""
+    stats: dict[int, list[str]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                stats[int(proc.name)] = _proc_stat(proc)
+    children: dict[int, list[int]] = {}
+    for child, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(child)
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        if current not in stats:
+            continue
+        fields = stats[current]
+        # utime, stime, and cutime, cstime: the children it has reaped.
+        total += sum(int(value) for value in fields[11:15])
+        todo.extend(children.get(current, []))
+    return total / _TICKS
+
+
+@contextlib.contextmanager
+def logical_cluster() -> Iterator[ThrowawayCluster]:
+    """A throwaway PostgreSQL cluster of this run's own with `wal_level=logical`
+    (what PGSync's replication slot needs), removed afterwards."""
+    import psycopg
+
+    with throwaway_cluster() as cluster:
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET wal_level = logical")
+        cluster.restart(downtime=0)  # wal_level is read at server start only
+        yield cluster
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
