@@ -31,6 +31,7 @@ from procqueue.queries import query
 from procqueue.queue import metrics, sentry
 from procqueue.queue.batch import JOB_RUNNER
 from procqueue.queue.failures import describe, record_failed_attempt
+from procqueue.queue.finishing import Finisher
 
 if TYPE_CHECKING:
     from procqueue.runtime import ProcqueueApp
@@ -127,6 +128,12 @@ class Worker(procrastinate_worker.Worker):
         self._registering = asyncio.Lock()
         self._signatures: dict[str, inspect.Signature | None] = {}
         self.additional_context = {**(self.additional_context or {}), JOB_RUNNER: self}
+        self._finisher = Finisher(
+            lambda: self._procqueue.pool,
+            lambda job, status, delete: self.app.job_manager.finish_job(
+                job=job, status=status, delete_job=delete
+            ),
+        )
 
     @property
     def _procqueue(self) -> ProcqueueApp:
@@ -463,7 +470,7 @@ class Worker(procrastinate_worker.Worker):
             DeleteJobCondition.NEVER: False,
             DeleteJobCondition.SUCCESSFUL: status == Status.SUCCEEDED,
         }[self.delete_jobs]
-        await manager.finish_job(job=job, status=status, delete_job=delete)
+        await self._finisher.finish(job, status, delete)
 
     async def _fail_unsaved(self, job: Job, error: Exception) -> None:
         logger.error(

@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from procqueue.app import build_app
 from procqueue.entities import LISTING
 from procqueue.queue.batch import BatchSpec, claim_jobs_like
+from procqueue.queue.finishing import Finisher
 from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
 from procqueue.settings import Settings
@@ -95,6 +96,16 @@ async def row_job_states(database: str, ids: list[str]) -> dict[str, tuple[str, 
         return {row[0]: (row[1], row[2]) for row in await cursor.fetchall()}
 
 
+async def event_timelines(database: str) -> set[tuple[str, ...]]:
+    """The distinct event sequences of the jobs in the queue."""
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cursor = await conn.execute(
+            "SELECT array_agg(e.type::text ORDER BY e.id) FROM procrastinate.procrastinate_events"
+            " AS e GROUP BY e.job_id"
+        )
+        return {tuple(row[0]) for row in await cursor.fetchall()}
+
+
 @pytest.mark.parametrize("batch_size", [1, BATCH])
 async def test_a_burst_is_written_in_fewer_bulk_requests_than_jobs(
     database: str, db: psycopg.AsyncConnection[Any], proxy: TcpProxy, batch_size: int
@@ -109,6 +120,8 @@ async def test_a_burst_is_written_in_fewer_bulk_requests_than_jobs(
         assert await indexed_documents(app, LISTING) == await table_documents(database, LISTING)
     states = await row_job_states(database, ids)
     assert set(states.values()) == {("succeeded", 1)} and len(states) == BURST
+    # Procrastinate's own events, as for jobs it fetched and finished itself.
+    assert await event_timelines(database) == {("deferred", "started", "succeeded")}
     if batch_size == 1:
         assert requests == BURST  # one `_bulk` a job: the count is right
     else:
@@ -340,3 +353,48 @@ async def test_a_batch_of_a_killed_worker_is_rescued_job_by_job(
             " WHERE error_type LIKE '%%WorkerLost' AND transient AND NOT final"
         )
         assert await cursor.fetchone() == (len(ids),)
+
+
+async def test_jobs_ending_together_are_finished_in_one_statement_or_else_one_by_one(
+    app: ProcqueueApp, database: str
+) -> None:
+    """The Finisher saves jobs ending in the same turn with one call of Procrastinate's
+    finish function per job; when one of them is no longer running, the others are
+    still finished and that one alone meets Procrastinate's refusal."""
+    await clear_queue(database)
+    worker_id = await app.job_manager.register_worker()
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        for number in range(3):
+            await conn.execute(
+                "SELECT procqueue.add_job('listing:update', jsonb_build_object('id', %s::text),"
+                " 'sync')",
+                [f"finish-{number}"],
+            )
+    spec = BatchSpec(ROW_TASKS, "id", 10)
+    jobs = await claim_jobs_like(app.pool, spec, "sync", worker_id, 10)
+    assert len(jobs) == 3
+    finisher = Finisher(
+        lambda: app.pool,
+        lambda job, status, delete: app.job_manager.finish_job(
+            job=job, status=status, delete_job=delete
+        ),
+    )
+    # jobs[2] was finished meanwhile by someone else (as after a rescue): no longer running.
+    await app.job_manager.finish_job(jobs[2], status=Status.FAILED, delete_job=False)
+    results = await asyncio.gather(
+        *(finisher.finish(job, Status.SUCCEEDED, False) for job in jobs), return_exceptions=True
+    )
+    assert results[:2] == [None, None]
+    refusal = results[2]
+    assert isinstance(refusal, Exception)
+    assert "Job was not found" in str(refusal.__cause__ or refusal)
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cursor = await conn.execute(
+            "SELECT id, status::text, attempts FROM procrastinate.procrastinate_jobs ORDER BY id"
+        )
+        rows = await cursor.fetchall()
+    assert [(status, attempts) for _, status, attempts in rows] == [
+        ("succeeded", 1), ("succeeded", 1), ("failed", 1),
+    ]  # fmt: skip
+    assert await event_timelines(database) >= {("deferred", "started", "succeeded")}
+    await clear_queue(database)

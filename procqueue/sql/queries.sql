@@ -485,3 +485,9 @@ RETURNING jobs.id, jobs.status, jobs.task_name, jobs.priority, jobs.lock, jobs.q
 -- try_lock_entities: take the sync keys of many rows of one entity exclusively, without waiting: the ids whose key this transaction now holds
 SELECT wanted.id FROM unnest(%(ids)s::text[]) AS wanted (id)
 WHERE pg_try_advisory_xact_lock(procqueue.sync_lock_key(%(entity)s, wanted.id));
+
+-- finish_jobs: Procrastinate's finish of many jobs in one statement (procqueue/queue/finishing.py); if one of them is not running it raises and finishes none
+SELECT procrastinate.procrastinate_finish_job_v1(
+           j.id, j.status::procrastinate.procrastinate_job_status, j.delete_job)
+FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(deletes)s::boolean[])
+     AS j (id, status, delete_job);
