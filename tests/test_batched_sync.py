@@ -19,7 +19,6 @@ import pytest
 from procrastinate.jobs import Status
 from psycopg.types.json import Jsonb
 
-from procqueue.app import build_app
 from procqueue.entities import LISTING
 from procqueue.queue.batch import BatchSpec, claim_jobs_like
 from procqueue.queue.finishing import Finisher
@@ -27,14 +26,16 @@ from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
 from procqueue.settings import Settings
 from tests.conftest import make_settings
-from tests.support.proxy import TcpProxy
+from tests.support.proxy import TcpProxy, started_proxy
+from tests.support.worker import app_with as app_on
 from tests.support.worker import (
-    SELLER_ID,
     drain,
     eventually,
     indexed_documents,
+    insert_listings,
     job_counts,
     running_worker,
+    strict_target_without_location,
     table_documents,
 )
 
@@ -54,29 +55,14 @@ def settings(database: str, es_url: str) -> Settings:
 
 @pytest.fixture
 async def proxy(es_url: str) -> AsyncIterator[TcpProxy]:
-    tcp_proxy = TcpProxy(es_url)
-    await tcp_proxy.start()
-    yield tcp_proxy
-    await tcp_proxy.go_down()
+    async with started_proxy(es_url) as tcp_proxy:
+        yield tcp_proxy
 
 
-@contextlib.asynccontextmanager
-async def app_with(database: str, es_url: str, **overrides: Any) -> AsyncIterator[ProcqueueApp]:
-    app = build_app(make_settings(database, es_url, index_prefix=INDEX_PREFIX, **overrides))
-    async with app.open_async():
-        yield app
-    await app.services.aclose()
-
-
-async def insert_listings(db: psycopg.AsyncConnection[Any], count: int, title: str) -> list[str]:
-    """`count` single-row transactions, as users make them: `count` row jobs."""
-    ids = [str(uuid.uuid4()) for _ in range(count)]
-    for listing_id in ids:
-        await db.execute(
-            "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, %s)",
-            [listing_id, SELLER_ID, title],
-        )
-    return ids
+def app_with(
+    database: str, es_url: str, **overrides: Any
+) -> contextlib.AbstractAsyncContextManager[ProcqueueApp]:
+    return app_on(make_settings(database, es_url, index_prefix=INDEX_PREFIX, **overrides))
 
 
 async def clear_queue(database: str) -> None:
@@ -204,17 +190,8 @@ async def test_a_refused_item_fails_only_its_own_job_with_its_error_recorded(
     of the batch that has a location: that job fails with Elasticsearch's reason; the
     other jobs of its batch succeed."""
     await clear_queue(database)
-    search = search_index(app.services)
-    await search.ensure_index(LISTING)
-    target = f"{search.alias(LISTING)}_strict"
-    mappings = LISTING.mappings()
-    del mappings["properties"]["location"]
-    await search.client.indices.create(index=target, mappings=mappings)
-    await db.execute(
-        "INSERT INTO procqueue.search_targets (entity, index_name) VALUES ('listing', %s)",
-        [target],
-    )
-    try:
+    await search_index(app.services).ensure_index(LISTING)
+    async with strict_target_without_location(app, db) as target:
         ids = await insert_listings(db, 30, "refused")
         await db.execute("UPDATE listings SET location = 'İzmir' WHERE id = %s", [ids[7]])
         await clear_queue(database)  # one job per row, the update's coalesced or not
@@ -226,8 +203,6 @@ async def test_a_refused_item_fails_only_its_own_job_with_its_error_recorded(
                     [listing_id, f"listing:{listing_id}", f"listing:{listing_id}"],
                 )
         await drain(app, concurrency=1)
-    finally:
-        await db.execute("DELETE FROM procqueue.search_targets WHERE index_name = %s", [target])
     states = await row_job_states(database, ids)
     assert states.pop(ids[7]) == ("failed", 1)
     assert set(states.values()) == {("succeeded", 1)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
@@ -124,3 +125,14 @@ class TcpProxy:
                 await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def started_proxy(target_url: str) -> AsyncIterator[TcpProxy]:
+    """A proxy to `target_url`, listening for the block."""
+    proxy = TcpProxy(target_url)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.go_down()
