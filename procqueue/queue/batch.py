@@ -10,11 +10,13 @@ worker, and hands them to the worker (`JobRunner.adopt`), which runs each throug
 same middleware and saves each outcome with Procrastinate's own functions, as if it
 had fetched them: heartbeats, aborts, the stalled-job rescue, retries, failure
 records, circuits, metrics and events see ordinary jobs. The claiming job (the
-leader) then does the work for every key at once; each claimed job (a follower)
-waits for its key's outcome, a result or an error, and returns or raises it.
+leader) does its own job's work at once, while it claims, then one piece of work for
+every key it claimed; each claimed job (a follower) waits for its key's outcome, a
+result or an error, and returns or raises it.
 
-Nothing waits to fill a batch: with no other ready job the leader works alone at
-once, and with `size` 1 it claims nothing (no query).
+Nothing waits to fill a batch, and a job's own work never waits for a claim: with no
+other ready job the leader's claim finds none, and with `size` 1 it claims nothing
+(no query).
 """
 
 from __future__ import annotations
@@ -111,15 +113,31 @@ class Batches:
 
     async def run(self, context: JobContext, key: str, work: Work) -> Any:
         """The outcome of `context.job` (whose key is `key`): a follower's from its
-        leader's work; a leader's from `work` over its own key and those of the jobs
-        it claims now."""
+        leader's work; a leader's from `work` over its own key. A leader claims more
+        jobs meanwhile (so that its own job waits for no claim) and then serves them
+        with one more `work` before it ends."""
         job = context.job
         pending = self._pending.pop(job.id, None) if job.id is not None else None
         if pending is not None:
             return await pending.wait()
-        followers = await self._claim(context)
+        claiming = asyncio.create_task(self._claim(context))
+        try:
+            own: Any = (await work([key]))[key]
+        except Exception as error:
+            own = error
+        except BaseException:
+            await self._lead(context, await claiming, work, cancelled=True)
+            raise
+        await self._lead(context, await claiming, work, cancelled=False)
+        return _result(own)
+
+    async def _lead(
+        self, context: JobContext, followers: Sequence[Job], work: Work, *, cancelled: bool
+    ) -> None:
+        """Hand `followers` to the worker, each waiting for its key's outcome of one
+        `work` over all their keys (or, when the leader was `cancelled`, for an error)."""
         if not followers:
-            return _result((await work([key]))[key])
+            return
         waiting = {follower.id: _Pending(str(follower.task_kwargs[self.spec.key_arg]))
                    for follower in followers if follower.id is not None}  # fmt: skip
         self._pending.update(waiting)
@@ -127,22 +145,26 @@ class Batches:
         runner.adopt(followers)
         outcomes: Outcomes = {}
         failure: BaseException | None = None
+        if cancelled:
+            failure = TransientError(
+                f"job {context.job.id}, which was to write this job's batch, was cancelled "
+                "(a timeout or an abort) first"
+            )
         try:
-            outcomes = await work(list(dict.fromkeys([key, *(p.key for p in waiting.values())])))
+            if failure is None:
+                outcomes = await work(list(dict.fromkeys(p.key for p in waiting.values())))
         except Exception as error:
             failure = error
-            raise
         except BaseException:
             failure = TransientError(
-                f"job {job.id}, which wrote this job's batch, was cancelled (a timeout or an "
-                "abort) before the batch was written"
+                f"job {context.job.id}, which wrote this job's batch, was cancelled (a timeout "
+                "or an abort) before the batch was written"
             )
             raise
         finally:
             for job_id, follower in waiting.items():
                 self._pending.pop(job_id, None)
                 follower.settle(failure if failure is not None else outcomes[follower.key])
-        return _result(outcomes[key])
 
     async def _claim(self, context: JobContext) -> list[Job]:
         runner: JobRunner | None = context.additional_context.get(JOB_RUNNER)
