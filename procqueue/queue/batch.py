@@ -10,9 +10,9 @@ worker, and hands them to the worker (`JobRunner.adopt`), which runs each throug
 same middleware and saves each outcome with Procrastinate's own functions, as if it
 had fetched them: heartbeats, aborts, the stalled-job rescue, retries, failure
 records, circuits, metrics and events see ordinary jobs. The claiming job (the
-leader) does its own job's work at once, while it claims, then one piece of work for
-every key it claimed; each claimed job (a follower) waits for its key's outcome, a
-result or an error, and returns or raises it.
+leader) does its own job's work at once and, beside it, one piece of work for every
+key it claimed; each claimed job (a follower) waits for its key's outcome, a result
+or an error, and returns or raises it.
 
 Nothing waits to fill a batch, and a job's own work never waits for a claim: with no
 other ready job the leader's claim finds none, and with `size` 1 it claims nothing
@@ -22,6 +22,7 @@ other ready job the leader's claim finds none, and with `size` 1 it claims nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -113,58 +114,71 @@ class Batches:
 
     async def run(self, context: JobContext, key: str, work: Work) -> Any:
         """The outcome of `context.job` (whose key is `key`): a follower's from its
-        leader's work; a leader's from `work` over its own key. A leader claims more
-        jobs meanwhile (so that its own job waits for no claim) and then serves them
-        with one more `work` before it ends."""
+        leader's work; a leader's from `work` over its own key, while it claims more
+        jobs and serves them with one more `work` (so that no job waits for a claim)."""
         job = context.job
         pending = self._pending.pop(job.id, None) if job.id is not None else None
         if pending is not None:
             return await pending.wait()
-        claiming = asyncio.create_task(self._claim(context))
+        leading = asyncio.create_task(self._lead(context, work))
         try:
             own: Any = (await work([key]))[key]
         except Exception as error:
             own = error
         except BaseException:
-            await self._lead(context, await claiming, work, cancelled=True)
+            leading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leading
             raise
-        await self._lead(context, await claiming, work, cancelled=False)
+        await leading
         return _result(own)
 
-    async def _lead(
-        self, context: JobContext, followers: Sequence[Job], work: Work, *, cancelled: bool
-    ) -> None:
-        """Hand `followers` to the worker, each waiting for its key's outcome of one
-        `work` over all their keys (or, when the leader was `cancelled`, for an error)."""
-        if not followers:
+    async def _lead(self, context: JobContext, work: Work) -> None:
+        """Claim jobs, hand them to the worker and serve them with one `work` over
+        their keys; each waits for its key's outcome (an error, if this is cancelled)."""
+        claiming = asyncio.create_task(self._claim(context))
+        cancelled = TransientError(
+            f"job {context.job.id}, which was to write this job's batch, was cancelled (a "
+            "timeout or an abort) first"
+        )
+        try:
+            followers = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # The claim may have committed: its jobs are ours to end.
+            self._adopt(context, await claiming, failure=cancelled)
+            raise
+        waiting = self._adopt(context, followers)
+        if not waiting:
             return
-        waiting = {follower.id: _Pending(str(follower.task_kwargs[self.spec.key_arg]))
-                   for follower in followers if follower.id is not None}  # fmt: skip
-        self._pending.update(waiting)
-        runner: JobRunner = context.additional_context[JOB_RUNNER]
-        runner.adopt(followers)
         outcomes: Outcomes = {}
         failure: BaseException | None = None
-        if cancelled:
-            failure = TransientError(
-                f"job {context.job.id}, which was to write this job's batch, was cancelled "
-                "(a timeout or an abort) first"
-            )
         try:
-            if failure is None:
-                outcomes = await work(list(dict.fromkeys(p.key for p in waiting.values())))
+            outcomes = await work(list(dict.fromkeys(p.key for p in waiting.values())))
         except Exception as error:
             failure = error
         except BaseException:
-            failure = TransientError(
-                f"job {context.job.id}, which wrote this job's batch, was cancelled (a timeout "
-                "or an abort) before the batch was written"
-            )
+            failure = cancelled
             raise
         finally:
             for job_id, follower in waiting.items():
                 self._pending.pop(job_id, None)
                 follower.settle(failure if failure is not None else outcomes[follower.key])
+
+    def _adopt(
+        self, context: JobContext, jobs: Sequence[Job], failure: BaseException | None = None
+    ) -> dict[int, _Pending]:
+        """Hand claimed `jobs` to the worker, waiting for an outcome (`failure`, if given)."""
+        if not jobs:
+            return {}
+        waiting = {job.id: _Pending(str(job.task_kwargs[self.spec.key_arg]))
+                   for job in jobs if job.id is not None}  # fmt: skip
+        if failure is not None:
+            for follower in waiting.values():
+                follower.settle(failure)
+        self._pending.update(waiting)
+        runner: JobRunner = context.additional_context[JOB_RUNNER]
+        runner.adopt(jobs)
+        return waiting
 
     async def _claim(self, context: JobContext) -> list[Job]:
         runner: JobRunner | None = context.additional_context.get(JOB_RUNNER)
