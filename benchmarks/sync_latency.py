@@ -170,21 +170,21 @@ async def run(rate: float, seconds: float, sizes: list[int]) -> None:
             sys.executable, "-c", DRAIN, env=worker_env, stderr=subprocess.DEVNULL
         )
         await seeding.wait()
-        queued = {
-            size: await queue_path(
+        queued = [
+            (size, await queue_path(
                 env.dsn, {**worker_env, "PROCQUEUE_SYNC_BATCH_SIZE": str(size)}, ids, rate, seconds
-            )
+            ))
             for size in sizes
-        }
+        ]  # fmt: skip
         direct = await direct_updates(settings, ids, rate, seconds)
     print(f"rate {rate:g} changes/s for {seconds:g} s, random gaps")
-    for size, latencies in queued.items():
+    for size, latencies in queued:
         print(
             f"queue path, batch size {size:3}: {summary_ms(latencies)}  "
             "(target p50 <= 8 ms, p99 <= 20 ms)"
         )
     print(f"direct path: {summary_ms(direct)}")
-    for size, latencies in queued.items():
+    for size, latencies in queued:
         ratios = []
         for fraction in (0.5, 0.95, 0.99):
             ratio = percentile(latencies, fraction) / percentile(direct, fraction)
