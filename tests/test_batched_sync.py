@@ -11,7 +11,6 @@ import signal
 import statistics
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -26,7 +25,7 @@ from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
 from procqueue.settings import Settings
 from tests.conftest import make_settings
-from tests.support.proxy import TcpProxy, started_proxy
+from tests.support.proxy import TcpProxy
 from tests.support.worker import app_with as app_on
 from tests.support.worker import (
     drain,
@@ -51,12 +50,6 @@ INDEX_PREFIX = f"t{uuid.uuid4().hex[:8]}_"
 @pytest.fixture(scope="module")
 def settings(database: str, es_url: str) -> Settings:
     return make_settings(database, es_url, index_prefix=INDEX_PREFIX)
-
-
-@pytest.fixture
-async def proxy(es_url: str) -> AsyncIterator[TcpProxy]:
-    async with started_proxy(es_url) as tcp_proxy:
-        yield tcp_proxy
 
 
 def app_with(

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-import pytest
 
 from procqueue.entities import LISTING
 from procqueue.queue.health import evaluate, read_snapshot
@@ -19,7 +17,7 @@ from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
 from tests.conftest import make_settings
 from tests.support.history import run_cli
-from tests.support.proxy import TcpProxy, started_proxy
+from tests.support.proxy import TcpProxy
 from tests.support.worker import (
     SELLER_ID,
     eventually,
@@ -34,12 +32,6 @@ from tests.support.worker import app_with as app_on
 
 # Every app of this module writes the same indexes, whichever server URL it uses.
 INDEX_PREFIX = f"t{uuid.uuid4().hex[:8]}_"
-
-
-@pytest.fixture
-async def proxy(es_url: str) -> AsyncIterator[TcpProxy]:
-    async with started_proxy(es_url) as tcp_proxy:
-        yield tcp_proxy
 
 
 def app_with(

@@ -11,6 +11,8 @@ import re
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+import pytest
+
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 
 
@@ -136,3 +138,10 @@ async def started_proxy(target_url: str) -> AsyncIterator[TcpProxy]:
         yield proxy
     finally:
         await proxy.go_down()
+
+
+@pytest.fixture
+async def proxy(es_url: str) -> AsyncIterator[TcpProxy]:
+    """A proxy to the test ES-API server, for one test."""
+    async with started_proxy(es_url) as tcp_proxy:
+        yield tcp_proxy
