@@ -8,9 +8,12 @@ latency = the job's `succeeded` event minus its `deferred` event (both stamped
 by Postgres; `deferred` is written in the user's transaction).
 Direct path: commit, then `index()` from the writer; latency measured around it.
 
-    .venv/bin/python -m benchmarks.sync_latency [--rate 100] [--seconds 20]
+    .venv/bin/python -m benchmarks.sync_latency [--rate 100] [--seconds 20] [--sizes 1,100]
 
-Target: queue path p50 <= 20 ms, p99 <= 100 ms.
+The queue path is measured once per PROCQUEUE_SYNC_BATCH_SIZE asked for (1: no
+micro-batches; the default), one after the other in the same run.
+
+Target: queue path p50 <= 8 ms, p99 <= 20 ms (batching must not cost latency).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import uuid
 import psycopg
 from psycopg.rows import dict_row
 
-from benchmarks.common import USER_ID, environment, summary_ms
+from benchmarks.common import USER_ID, environment, percentile, summary_ms
 from procqueue.entities import LISTING
 from procqueue.search.client import SearchIndex, make_client
 from procqueue.search.document import document_from_row
@@ -119,14 +122,42 @@ async def direct_updates(
     return latencies
 
 
-async def run(rate: float, seconds: float) -> None:
+async def max_job_id(dsn: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        row = await (await conn.execute(
+            "SELECT coalesce(max(id), 0) FROM procrastinate.procrastinate_jobs"
+        )).fetchone()  # fmt: skip
+    return int(row[0]) if row else 0
+
+
+async def queue_path(
+    dsn: str, worker_env: dict[str, str], ids: list[str], rate: float, seconds: float
+) -> list[float]:
+    """Commit-to-indexed latencies of steady updates with a `procqueue worker` running."""
+    since = await max_job_id(dsn)
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "procqueue.cli", "worker", env=worker_env,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await until_worker_registered(dsn)
+        made = await steady_updates(dsn, ids, rate, seconds)
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            for _ in range(600):
+                queued = await (await conn.execute(LATENCIES, [since])).fetchall()
+                if len(queued) >= made:
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        worker.terminate()
+        await worker.wait()
+    return [float(value) for (value,) in queued]
+
+
+async def run(rate: float, seconds: float, sizes: list[int]) -> None:
     with environment("latency") as env:
         settings = env.settings(concurrency=10)
         ids = await seed(env.dsn, int(rate * seconds) + 100)
-        async with await psycopg.AsyncConnection.connect(env.dsn) as conn:
-            last = await (await conn.execute(
-                "SELECT coalesce(max(id), 0) FROM procrastinate.procrastinate_jobs"
-            )).fetchone()  # fmt: skip
         worker_env = {
             **os.environ,
             "DATABASE_URL": env.dsn,
@@ -139,37 +170,26 @@ async def run(rate: float, seconds: float) -> None:
             sys.executable, "-c", DRAIN, env=worker_env, stderr=subprocess.DEVNULL
         )
         await seeding.wait()
-        async with await psycopg.AsyncConnection.connect(env.dsn) as conn:
-            last = await (await conn.execute(
-                "SELECT coalesce(max(id), 0) FROM procrastinate.procrastinate_jobs"
-            )).fetchone()  # fmt: skip
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "procqueue.cli", "worker", env=worker_env,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            await until_worker_registered(env.dsn)
-            made = await steady_updates(env.dsn, ids, rate, seconds)
-            async with await psycopg.AsyncConnection.connect(env.dsn) as conn:
-                for _ in range(600):
-                    since = last[0] if last else 0
-                    queued = await (await conn.execute(LATENCIES, [since])).fetchall()
-                    if len(queued) >= made:
-                        break
-                    await asyncio.sleep(0.1)
-        finally:
-            worker.terminate()
-            await worker.wait()
-        queue_latencies = [float(value) for (value,) in queued]
+        queued = [
+            (size, await queue_path(
+                env.dsn, {**worker_env, "PROCQUEUE_SYNC_BATCH_SIZE": str(size)}, ids, rate, seconds
+            ))
+            for size in sizes
+        ]  # fmt: skip
         direct = await direct_updates(settings, ids, rate, seconds)
     print(f"rate {rate:g} changes/s for {seconds:g} s, random gaps")
-    print(f"queue path : {summary_ms(queue_latencies)}  (target p50 <= 20 ms, p99 <= 100 ms)")
+    for size, latencies in queued:
+        print(
+            f"queue path, batch size {size:3}: {summary_ms(latencies)}  "
+            "(target p50 <= 8 ms, p99 <= 20 ms)"
+        )
     print(f"direct path: {summary_ms(direct)}")
-    from benchmarks.common import percentile
-
-    for fraction in (0.5, 0.95, 0.99):
-        ratio = percentile(queue_latencies, fraction) / percentile(direct, fraction)
-        print(f"ratio queue / direct at p{int(fraction * 100)}: {ratio:.1f}")
+    for size, latencies in queued:
+        ratios = []
+        for fraction in (0.5, 0.95, 0.99):
+            ratio = percentile(latencies, fraction) / percentile(direct, fraction)
+            ratios.append(f"p{int(fraction * 100)} {ratio:.1f}")
+        print(f"ratio queue (batch size {size}) / direct: {', '.join(ratios)}")
 
 
 DRAIN = """
@@ -189,8 +209,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--sizes", default=f"1,{Settings.model_fields['sync_batch_size'].default}",
+        help="PROCQUEUE_SYNC_BATCH_SIZE of the worker, one measured run each, comma-separated",
+    )  # fmt: skip
     args = parser.parse_args()
-    asyncio.run(run(args.rate, args.seconds))
+    asyncio.run(run(args.rate, args.seconds, [int(size) for size in args.sizes.split(",")]))
 
 
 if __name__ == "__main__":

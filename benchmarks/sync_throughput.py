@@ -1,11 +1,15 @@
-"""Sustained sync throughput: 20,000 single-row transactions (each enqueues one
-`listing:create` job), drained by one worker with concurrency 10, against
-Procrastinate's own throughput for a no-op task drained the same way in the
-same run.
+"""Sustained sync throughput: 20,000 single-row writes (each an UPDATE of its own,
+already indexed listing, in its own transaction: one `listing:update` job each),
+drained by one worker (concurrency 10), against a direct `_bulk` of the same
+documents on the same server (read from the table, 500 a request), measured side by
+side in the same run, for each PROCQUEUE_SYNC_BATCH_SIZE asked for (1: one job, one
+read, one `_bulk`; the default: micro-batches, procqueue/search/batched.py).
 
     .venv/bin/python -m benchmarks.sync_throughput [--rows 20000] [--concurrency 10]
+        [--sizes 1,50] [--noop]
 
-Target: sync throughput / no-op throughput >= 0.7.
+Target: drained rows/s / direct `_bulk` rows/s >= 0.8. `--noop` also drains as many
+no-op jobs (Procrastinate's own ceiling for one worker).
 """
 
 from __future__ import annotations
@@ -13,25 +17,50 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.rows import dict_row
 
-from benchmarks.common import USER_ID, environment, process_cpu_seconds
+from benchmarks.common import USER_ID, Environment, environment, process_cpu_seconds
 from procqueue.app import build_app
+from procqueue.entities import LISTING
 from procqueue.runtime import ProcqueueApp
-from procqueue.search.client import search_index
+from procqueue.search.client import SearchIndex, search_index
+from procqueue.search.document import document_from_row
+from procqueue.search.sync import entity_query
 from procqueue.settings import Settings
 
+DIRECT_CHUNK = 500
 
-async def insert_rows(dsn: str, rows: int) -> float:
-    """`rows` single-row transactions, as users would make them."""
+
+async def seed(env: Environment, settings: Settings, rows: int) -> list[str]:
+    """`rows` listings, indexed (by bulk jobs), so that every later write overwrites."""
+    with psycopg.connect(env.dsn) as conn:
+        ids = [
+            str(row[0])
+            for row in conn.execute(
+                "INSERT INTO listings (user_id, title, budget) "
+                "SELECT %s, 'listing ' || g, g FROM generate_series(1, %s) AS g RETURNING id",
+                [USER_ID, rows],
+            ).fetchall()
+        ]
+    app = build_app(settings)
+    async with app.open_async():
+        await drain(app, settings.concurrency)
+        await app.services.aclose()
+    return ids
+
+
+async def update_rows(dsn: str, ids: list[str], round_number: int) -> float:
+    """One single-row UPDATE transaction per id, as users make them."""
     started = time.perf_counter()
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for number in range(rows):
+        for number, listing_id in enumerate(ids):
             await conn.execute(
-                "INSERT INTO listings (user_id, title, budget) VALUES (%s, %s, %s)",
-                [USER_ID, f"listing {number}", number],
+                "UPDATE listings SET title = %s, budget = %s WHERE id = %s",
+                [f"round {round_number} listing {number}", number + round_number, listing_id],
             )
     return time.perf_counter() - started
 
@@ -57,64 +86,95 @@ async def drain_measured(app: ProcqueueApp, concurrency: int, es_url: str) -> di
     }
 
 
-def noop_app(settings: Settings) -> ProcqueueApp:
+async def direct_bulk(dsn: str, search: SearchIndex, ids: list[str]) -> float:
+    """Read the rows and index their documents, DIRECT_CHUNK per `_bulk`; seconds."""
+    alias = search.alias(LISTING)
+    read = entity_query("read_entity_chunk", LISTING)
+    started = time.perf_counter()
+    async with await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row) as conn:
+        for start in range(0, len(ids), DIRECT_CHUNK):
+            cursor = await conn.execute(read, {"ids": ids[start : start + DIRECT_CHUNK]})
+            operations: list[dict[str, Any]] = []
+            for row in await cursor.fetchall():
+                operations += [
+                    {"index": {"_index": alias, "_id": row["id"]}},
+                    document_from_row(LISTING, row),
+                ]
+            response = await search.client.bulk(operations=operations)
+            assert not response["errors"], "the direct bulk was refused"
+    return time.perf_counter() - started
+
+
+async def job_states(dsn: str) -> dict[str, int]:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = await conn.execute(
+            "SELECT status::text, count(*) FROM procrastinate.procrastinate_jobs GROUP BY 1"
+        )
+        return {status: count for status, count in await cursor.fetchall()}
+
+
+async def measure_size(
+    env: Environment, settings: Settings, ids: list[str], size: int, round_number: int
+) -> None:
+    write_seconds = await update_rows(env.dsn, ids, round_number)
+    app = build_app(settings.model_copy(update={"sync_batch_size": size}))
+    async with app.open_async():
+        run = await drain_measured(app, settings.concurrency, env.es_url)
+        search = search_index(app.services)
+        direct_seconds = await direct_bulk(env.dsn, search, ids)
+        await app.services.aclose()
+    rows = len(ids)
+    drained, direct = rows / run["wall"], rows / direct_seconds
+    print(
+        f"batch size {size:4}: {rows} single-row UPDATEs written in {write_seconds:.1f} s; "
+        f"drained {drained:.0f} rows/s ({run['wall']:.1f} s), direct _bulk {direct:.0f} rows/s "
+        f"({direct_seconds:.1f} s); ratio {drained / direct:.2f} (target >= 0.8); CPU per row: "
+        f"worker {run['worker_cpu'] / rows * 1000:.2f} ms, ES-API server "
+        f"{run['es_cpu'] / rows * 1000:.2f} ms; jobs {await job_states(env.dsn)}"
+    )
+
+
+async def noop_ceiling(env: Environment, settings: Settings, rows: int) -> None:
     app = build_app(settings)
 
     @app.task(name="bench:noop", queue="bench")
     async def noop(n: int) -> None:
         return None
 
-    return app
-
-
-async def run(rows: int, concurrency: int) -> None:
-    with environment("throughput") as env:
-        settings = env.settings(concurrency=concurrency)
-        insert_seconds = await insert_rows(env.dsn, rows)
-        sync_app = build_app(settings)
-        async with sync_app.open_async():
-            search = search_index(sync_app.services)
-            await search.ensure_index(sync_app.services.entities.get("listing"))
-            sync_run = await drain_measured(sync_app, concurrency, env.es_url)
-            sync_seconds = sync_run["wall"]
-            alias = search.alias(sync_app.services.entities.get("listing"))
-            await search.client.indices.refresh(index=alias)
-            documents = await search.client.count(index=alias)
-            await sync_app.services.aclose()
-
-        with psycopg.connect(env.dsn) as conn:
-            conn.execute(
-                "SELECT procqueue.add_job('bench:noop', jsonb_build_object('n', g), 'bench') "
-                "FROM generate_series(1, %s) AS g",
-                [rows],
-            )
-        bench_app = noop_app(settings)
-        async with bench_app.open_async():
-            noop_run = await drain_measured(bench_app, concurrency, env.es_url)
-            noop_seconds = noop_run["wall"]
-
-        with psycopg.connect(env.dsn) as conn:
-            states: dict[str, int] = dict(conn.execute(
-                "SELECT status::text, count(*) FROM procrastinate.procrastinate_jobs GROUP BY 1"
-            ).fetchall())  # fmt: skip
-    sync_rate, noop_rate = rows / sync_seconds, rows / noop_seconds
-    print(f"{rows} single-row transactions written in {insert_seconds:.1f} s")
-    for label, rate, measured in (("sync", sync_rate, sync_run), ("no-op", noop_rate, noop_run)):
-        print(
-            f"{label:5} jobs: {rate:.0f} jobs/s ({measured['wall']:.1f} s); CPU per job: worker "
-            f"{measured['worker_cpu'] / rows * 1000:.2f} ms, ES-API server "
-            f"{measured['es_cpu'] / rows * 1000:.2f} ms (same 2 cores)"
+    with psycopg.connect(env.dsn) as conn:
+        conn.execute(
+            "SELECT procqueue.add_job('bench:noop', jsonb_build_object('n', g), 'bench') "
+            "FROM generate_series(1, %s) AS g",
+            [rows],
         )
-    print(f"documents in the index: {documents['count']}")
-    print(f"ratio sync / no-op: {sync_rate / noop_rate:.2f} (target >= 0.7); job states: {states}")
+    async with app.open_async():
+        run = await drain_measured(app, settings.concurrency, env.es_url)
+    print(f"no-op jobs: {rows / run['wall']:.0f} jobs/s ({run['wall']:.1f} s)")
+
+
+async def run(rows: int, concurrency: int, sizes: list[int], noop: bool) -> None:
+    with environment("throughput") as env:
+        settings = env.settings(concurrency=concurrency, maintenance_tasks=False)
+        ids = await seed(env, settings, rows)
+        print(f"{rows} listings seeded and indexed; every write below overwrites a document")
+        for round_number, size in enumerate(sizes, start=1):
+            await measure_size(env, settings, ids, size, round_number)
+        if noop:
+            await noop_ceiling(env, settings, rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument(
+        "--sizes", default=f"1,{Settings.model_fields['sync_batch_size'].default}",
+        help="batch sizes to measure, comma-separated",
+    )  # fmt: skip
+    parser.add_argument("--noop", action="store_true")
     args = parser.parse_args()
-    asyncio.run(run(args.rows, args.concurrency))
+    sizes = [int(size) for size in args.sizes.split(",")]
+    asyncio.run(run(args.rows, args.concurrency, sizes, args.noop))
 
 
 if __name__ == "__main__":

@@ -184,6 +184,8 @@ class Settings(SchemaSettings):
     reconcile_cron: str = "*/5 * * * *"  # "": no periodic reconciliation
     reconcile_batch: int = Field(default=5000, ge=1, le=1_000_000)  # rows per entity per run
     circuit_max_wait: float = Field(default=30.0, gt=0, le=3600)  # longest wait between probes
+    # Row sync jobs of one entity served by one read and one `_bulk` (1: one by one).
+    sync_batch_size: int = Field(default=100, ge=1, le=1000)
     retry_backoff: float = Field(default=2.0, ge=0)
     retry_backoff_max: float = Field(default=300.0, ge=0)
     polling_interval: float = Field(default=5.0, gt=0)

@@ -5,12 +5,13 @@ failure it meets before a task runs (`Worker`); `ProcqueueApp.run_worker_async`
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,7 +29,9 @@ from procqueue.connections import connect_async
 from procqueue.errors import PermanentError, ProcqueueError
 from procqueue.queries import query
 from procqueue.queue import metrics, sentry
+from procqueue.queue.batch import JOB_RUNNER
 from procqueue.queue.failures import describe, record_failed_attempt
+from procqueue.queue.finishing import Finisher
 
 if TYPE_CHECKING:
     from procqueue.runtime import ProcqueueApp
@@ -124,6 +127,13 @@ class Worker(procrastinate_worker.Worker):
         super().__init__(*args, **kwargs)
         self._registering = asyncio.Lock()
         self._signatures: dict[str, inspect.Signature | None] = {}
+        self.additional_context = {**(self.additional_context or {}), JOB_RUNNER: self}
+        self._finisher = Finisher(
+            lambda: self._procqueue.pool,
+            lambda job, status, delete: self.app.job_manager.finish_job(
+                job=job, status=status, delete_job=delete
+            ),
+        )
 
     @property
     def _procqueue(self) -> ProcqueueApp:
@@ -309,6 +319,28 @@ class Worker(procrastinate_worker.Worker):
             )
             await self._fail_unrun(context, error)
 
+    # Jobs a running job claimed for its batch (procqueue/queue/batch.py) ----
+
+    def claiming_worker_id(self) -> int | None:
+        return None if self._stop_event.is_set() else self.worker_id
+
+    def adopt(self, jobs: Sequence[Job]) -> None:
+        """Run jobs a running job claimed as if this worker had fetched them: same
+        middleware, same saving of outcomes, seen by heartbeats, aborts, shutdown and
+        re-registration; outside the concurrency limit, as they wait on their batch."""
+        for job in jobs:
+            context = JobContext(
+                app=self.app, worker_name=self.worker_name, worker_queues=self.queues,
+                additional_context=dict(self.additional_context or {}), job=job,
+                abort_reason=functools.partial(self._job_ids_to_abort.get, job.id or 0),
+                start_timestamp=time.time(),
+            )  # fmt: skip
+            task = asyncio.create_task(
+                self._process_job(context), name=f"process job {job.task_name}[{job.id}]"
+            )
+            self._running_jobs[task] = context
+            task.add_done_callback(lambda done: self._running_jobs.pop(done, None))
+
     def _refusal(self, job: Job) -> Exception | None:
         """Why `job` cannot run at all, or None."""
         kwargs: Any = job.task_kwargs
@@ -438,7 +470,7 @@ class Worker(procrastinate_worker.Worker):
             DeleteJobCondition.NEVER: False,
             DeleteJobCondition.SUCCESSFUL: status == Status.SUCCEEDED,
         }[self.delete_jobs]
-        await manager.finish_job(job=job, status=status, delete_job=delete)
+        await self._finisher.finish(job, status, delete)
 
     async def _fail_unsaved(self, job: Job, error: Exception) -> None:
         logger.error(

@@ -30,11 +30,12 @@ from tests.support.supabase import supabase_database
 from tests.support.worker import SELLER_ID
 
 #: Fixtures of loopback services: SMTP and FCM (notifications), Cloudinary (images),
-#: pgbouncer in transaction mode (the transaction pooler).
+#: pgbouncer in transaction mode (the transaction pooler), a proxy to the ES-API server.
 pytest_plugins = [
     "tests.support.notifications",
     "tests.support.cloudinary_server",
     "tests.support.pgbouncer",
+    "tests.support.proxy",
 ]
 
 

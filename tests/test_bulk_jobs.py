@@ -25,6 +25,7 @@ from tests.support.worker import (
     drain,
     indexed_documents,
     running_worker,
+    strict_target_without_location,
     table_documents,
 )
 
@@ -175,15 +176,7 @@ async def test_one_refused_item_is_recorded_and_the_other_499_are_indexed(
     """A reindex target whose strict mapping lacks `location` (say, deployed before
     the column existed) refuses exactly the one listing that has a location."""
     search = search_index(app.services)
-    target = f"{search.alias(LISTING)}_strict"
-    mappings = LISTING.mappings()
-    del mappings["properties"]["location"]
-    await search.client.indices.create(index=target, mappings=mappings)
-    await db.execute(
-        "INSERT INTO procqueue.search_targets (entity, index_name) VALUES ('listing', %s)",
-        [target],
-    )
-    try:
+    async with strict_target_without_location(app, db) as target:
         tag = f"one{uuid.uuid4().hex[:6]}"
         await insert_listings(db, 500, tag)
         await db.execute(
@@ -212,8 +205,6 @@ async def test_one_refused_item_is_recorded_and_the_other_499_are_indexed(
         assert "strict" in errors[0][3]
         # The alias (with location mapped) got all 500, the bad one included.
         await index_equals_table(app, dsn)
-    finally:
-        await db.execute("DELETE FROM procqueue.search_targets WHERE index_name = %s", [target])
 
 
 async def test_a_many_row_update_of_primary_keys_moves_every_document(

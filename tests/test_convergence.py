@@ -1,5 +1,7 @@
 """After the queue drains, the index equals the table, under
-concurrent writers, a worker running ten jobs at once, and coalescing."""
+concurrent writers, a worker running ten jobs at once, coalescing, and micro-batches
+(the default PROCQUEUE_SYNC_BATCH_SIZE: row jobs of one entity claimed and written
+together, procqueue/search/batched.py)."""
 
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ async def random_change(
 async def test_index_converges_to_table_under_concurrent_writers(
     app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any]
 ) -> None:
+    assert app.services.settings.sync_batch_size > 1, "batching is on by default"
     items: list[str] = []
     listings: list[str] = []
     async with running_worker(app, concurrency=10):

@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-import pytest
 
-from procqueue.app import build_app
 from procqueue.entities import LISTING
 from procqueue.queue.health import evaluate, read_snapshot
 from procqueue.queue.metrics import render_metrics
@@ -25,40 +22,22 @@ from tests.support.worker import (
     SELLER_ID,
     eventually,
     indexed_documents,
+    insert_listings,
     job_counts,
     running_worker,
     sink_circuit,
     table_documents,
 )
+from tests.support.worker import app_with as app_on
 
 # Every app of this module writes the same indexes, whichever server URL it uses.
 INDEX_PREFIX = f"t{uuid.uuid4().hex[:8]}_"
 
 
-@pytest.fixture
-async def proxy(es_url: str) -> AsyncIterator[TcpProxy]:
-    tcp_proxy = TcpProxy(es_url)
-    await tcp_proxy.start()
-    yield tcp_proxy
-    await tcp_proxy.go_down()
-
-
-@contextlib.asynccontextmanager
-async def app_with(database: str, es_url: str, **overrides: Any) -> AsyncIterator[ProcqueueApp]:
-    app = build_app(make_settings(database, es_url, index_prefix=INDEX_PREFIX, **overrides))
-    async with app.open_async():
-        yield app
-    await app.services.aclose()
-
-
-async def insert_listings(db: psycopg.AsyncConnection[Any], count: int, title: str) -> list[str]:
-    ids = [str(uuid.uuid4()) for _ in range(count)]
-    for listing_id in ids:
-        await db.execute(
-            "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, %s)",
-            [listing_id, SELLER_ID, title],
-        )
-    return ids
+def app_with(
+    database: str, es_url: str, **overrides: Any
+) -> contextlib.AbstractAsyncContextManager[ProcqueueApp]:
+    return app_on(make_settings(database, es_url, index_prefix=INDEX_PREFIX, **overrides))
 
 
 async def queue_is_done(database: str) -> bool:

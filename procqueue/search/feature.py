@@ -5,14 +5,14 @@ from __future__ import annotations
 from procqueue.feature import Feature
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
-from procqueue.search import bulk, jobs, reconcile, schema, sync, truncate
+from procqueue.search import batched, bulk, jobs, reconcile, schema, truncate
 from procqueue.search.client import SEARCH_INDEX, SearchIndex
 
 
 def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
     config = app.services.settings.search
     app.services.provide(SEARCH_INDEX, lambda: SearchIndex.from_config(config), SearchIndex.aclose)
-    sync.register(app, retry)
+    batched.register(app, retry)
     bulk.register(app, retry)
     reconcile.register(app, retry)
     truncate.register(app, retry)

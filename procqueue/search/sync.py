@@ -29,18 +29,15 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from procqueue.entities import Entity
-from procqueue.errors import PermanentError, TransientError
+from procqueue.errors import JobError, PermanentError, TransientError
 from procqueue.queries import query, query_with
-from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp
-from procqueue.search.client import ItemFailure, SearchIndex, Write, search_index
+from procqueue.search.client import ItemFailure, SearchIndex, Write
 from procqueue.search.document import (
     DOCUMENT_COLUMN,
     Unindexable,
     document_columns,
     document_from_row,
 )
-from procqueue.search.jobs import ROW_OPERATIONS, row_job
 
 LOCK_RETRY_SECONDS = (0.002, 0.01, 0.05)
 READ_SAVEPOINT = sql.SQL("SAVEPOINT procqueue_read")
@@ -162,14 +159,33 @@ async def write_all(
     return failures
 
 
-def raise_for(failures: Sequence[ItemFailure], what: str) -> None:
+def failure_error(failures: Sequence[ItemFailure], what: str) -> JobError | None:
+    """The error of a job whose writes Elasticsearch refused (None: none refused):
+    transient if any refusal was (429, 5xx)."""
     if not failures:
-        return
+        return None
     first = failures[0]
     reason = f"Elasticsearch refused {what} in {first.write.index} ({first.status}): {first.reason}"
     if any(failure.transient for failure in failures):
-        raise TransientError(reason)
-    raise PermanentError(reason)
+        return TransientError(reason)
+    return PermanentError(reason)
+
+
+def raise_for(failures: Sequence[ItemFailure], what: str) -> None:
+    error = failure_error(failures, what)
+    if error is not None:
+        raise error
+
+
+def still_written(entity: Entity, entity_id: str, patience: float) -> TransientError:
+    """Hand the row's sync to a new job `patience` seconds later, spending no retry."""
+    return TransientError.postpone(
+        f"a writer of {entity.name} {entity_id}'s key is still in its transaction", patience
+    )
+
+
+async def wait_for_writers(attempt: int) -> None:
+    await asyncio.sleep(LOCK_RETRY_SECONDS[min(attempt, len(LOCK_RETRY_SECONDS) - 1)])
 
 
 async def sync_entity(
@@ -202,30 +218,6 @@ async def sync_entity(
                     return "deleted" if row is None else "indexed"
             # A writer of this entity has not committed yet: wait for it.
             if time.monotonic() > give_up_at:
-                raise TransientError.postpone(
-                    f"a writer of {entity.name} {entity_id}'s key is still in its transaction",
-                    patience,
-                )
-            await asyncio.sleep(LOCK_RETRY_SECONDS[min(attempt, len(LOCK_RETRY_SECONDS) - 1)])
+                raise still_written(entity, entity_id, patience)
+            await wait_for_writers(attempt)
     raise AssertionError("unreachable")
-
-
-def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
-    """`<entity>:create|update|delete` for every entity: one processor, three names
-    (procqueue/search/jobs.py)."""
-    for entity in app.services.entities.entities:
-        _register_entity(app, entity, retry)
-
-
-def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> None:
-    # Wait for an open writer at most a third of the job timeout; then hand the
-    # work to a new job instead of failing: a long user transaction (an admin's
-    # open SQL session) must not use up this job's retries and leave it stale.
-    patience = app.services.settings.job_timeout / 3
-
-    async def sync(id: str) -> str:
-        return await sync_entity(app.pool, search_index(app.services), entity, id, patience)
-
-    for operation in ROW_OPERATIONS.values():
-        spec = row_job(entity, operation)
-        app.task(name=spec.task_name, queue=spec.queue, retry=retry)(sync)

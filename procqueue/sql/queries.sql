@@ -483,3 +483,43 @@ WHERE NOT EXISTS (
       AND job.task_name = ANY(%(tasks)s)
 )
 AND NOT EXISTS (SELECT FROM in_bulk WHERE in_bulk.id = wanted.id);
+
+-- claim_jobs_like: take up to %(limit)s more ready jobs of these tasks in one queue for this worker, whose args are one string %(key_arg)s (procqueue/queue/batch.py); the rules of Procrastinate's procrastinate_fetch_job_v2: a job whose lock has a running job, or a waiting one of higher priority or queued first, is not taken; highest priority, then oldest first; jobs another worker is taking are skipped
+WITH candidate AS (
+    SELECT jobs.id
+    FROM procrastinate.procrastinate_jobs AS jobs
+    WHERE jobs.status = 'todo'
+      AND jobs.queue_name = %(queue)s
+      AND jobs.task_name = ANY(%(task_names)s::text[])
+      AND (jobs.scheduled_at IS NULL OR jobs.scheduled_at <= now())
+      AND jsonb_typeof(jobs.args -> %(key_arg)s::text) = 'string'
+      AND jobs.args - %(key_arg)s::text = '{}'::jsonb
+      AND NOT EXISTS (
+          SELECT 1 FROM procrastinate.procrastinate_jobs AS other_jobs
+          WHERE jobs.lock IS NOT NULL
+            AND other_jobs.lock = jobs.lock
+            AND (other_jobs.status = 'doing'
+                 OR (other_jobs.status = 'todo'
+                     AND (other_jobs.priority > jobs.priority
+                          OR (other_jobs.priority = jobs.priority AND other_jobs.id < jobs.id))))
+      )
+    ORDER BY jobs.priority DESC, jobs.id ASC
+    LIMIT %(limit)s
+    FOR UPDATE OF jobs SKIP LOCKED
+)
+UPDATE procrastinate.procrastinate_jobs AS jobs
+SET status = 'doing', worker_id = %(worker_id)s
+FROM candidate
+WHERE jobs.id = candidate.id
+RETURNING jobs.id, jobs.status, jobs.task_name, jobs.priority, jobs.lock, jobs.queueing_lock,
+          jobs.args, jobs.scheduled_at, jobs.queue_name, jobs.attempts, jobs.worker_id;
+
+-- try_lock_entities: take the sync keys of many rows of one entity exclusively, without waiting: the ids whose key this transaction now holds
+SELECT wanted.id FROM unnest(%(ids)s::text[]) AS wanted (id)
+WHERE pg_try_advisory_xact_lock(procqueue.sync_lock_key(%(entity)s, wanted.id));
+
+-- finish_jobs: Procrastinate's finish of many jobs in one statement (procqueue/queue/finishing.py); if one of them is not running it raises and finishes none
+SELECT procrastinate.procrastinate_finish_job_v1(
+           j.id, j.status::procrastinate.procrastinate_job_status, j.delete_job)
+FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(deletes)s::boolean[])
+     AS j (id, status, delete_job);

@@ -1,12 +1,48 @@
 """A loopback TCP proxy the tests put between the worker and a server, to cut
 the connection (outage) or hold it open without answering (a hung server),
-the same way against the ES-API emulator or a real Elasticsearch."""
+the same way against the ES-API emulator or a real Elasticsearch. It also notes
+the HTTP requests it forwards (method and path), so a test can count them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
+
+import pytest
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+
+
+class _RequestLines:
+    """The request lines of one connection's client-to-server HTTP/1.1 stream, read
+    request by request (head, then a body of its Content-Length) as bytes arrive."""
+
+    def __init__(self, seen: list[tuple[str, str]]) -> None:
+        self.seen = seen
+        self.buffer = bytearray()
+        self.body_left = 0
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self.body_left:
+                skipped = min(self.body_left, len(self.buffer))
+                del self.buffer[:skipped]
+                self.body_left -= skipped
+                if self.body_left:
+                    return
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buffer[: end + 2])
+            del self.buffer[: end + 4]
+            method, path, *_ = head.split(b"\r\n", 1)[0].split(b" ")
+            self.seen.append((method.decode(), path.decode()))
+            length = _CONTENT_LENGTH.search(head)
+            self.body_left = int(length[1]) if length else 0
 
 
 class TcpProxy:
@@ -21,6 +57,8 @@ class TcpProxy:
         self._flowing.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        #: (method, path) of every HTTP request forwarded, in order.
+        self.requests: list[tuple[str, str]] = []
 
     @property
     def url(self) -> str:
@@ -58,7 +96,7 @@ class TcpProxy:
             return
         self._writers.add(up_writer)
         pumps = [
-            asyncio.create_task(self._pump(reader, up_writer)),
+            asyncio.create_task(self._pump(reader, up_writer, _RequestLines(self.requests))),
             asyncio.create_task(self._pump(up_reader, writer)),
         ]
         try:
@@ -72,9 +110,38 @@ class TcpProxy:
                 w.close()
                 self._writers.discard(w)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def count(self, path_suffix: str) -> int:
+        """How many requests went to a path ending in `path_suffix` (query string aside)."""
+        return sum(1 for _, path in self.requests if path.split("?")[0].endswith(path_suffix))
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        requests: _RequestLines | None = None,
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(65536):
+                if requests is not None:
+                    requests.feed(data)
                 await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def started_proxy(target_url: str) -> AsyncIterator[TcpProxy]:
+    """A proxy to `target_url`, listening for the block."""
+    proxy = TcpProxy(target_url)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.go_down()
+
+
+@pytest.fixture
+async def proxy(es_url: str) -> AsyncIterator[TcpProxy]:
+    """A proxy to the test ES-API server, for one test."""
+    async with started_proxy(es_url) as tcp_proxy:
+        yield tcp_proxy

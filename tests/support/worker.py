@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
 from elasticsearch import helpers
 
-from procqueue.entities import Entity
+from procqueue.app import build_app
+from procqueue.entities import LISTING, Entity
 from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
 from procqueue.search.document import document_from_row
 from procqueue.search.sync import entity_query
+from procqueue.settings import Settings
 
 #: The user owning the rows tests write (inserted by the `db` fixture).
 SELLER_ID = "00000000-0000-4000-8000-0000000000aa"
@@ -102,3 +105,45 @@ async def job_status(dsn: str, job_id: int) -> str | None:
         )
         row = await cursor.fetchone()
     return None if row is None else str(row[0])
+
+
+@contextlib.asynccontextmanager
+async def app_with(settings: Settings) -> AsyncIterator[ProcqueueApp]:
+    """An app of its own on `settings`, open for the block, its clients closed after."""
+    app = build_app(settings)
+    async with app.open_async():
+        yield app
+    await app.services.aclose()
+
+
+async def insert_listings(db: psycopg.AsyncConnection[Any], count: int, title: str) -> list[str]:
+    """`count` single-row INSERT transactions, as users make them (one row job each)."""
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    for listing_id in ids:
+        await db.execute(
+            "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, %s)",
+            [listing_id, SELLER_ID, title],
+        )
+    return ids
+
+
+@contextlib.asynccontextmanager
+async def strict_target_without_location(
+    app: ProcqueueApp, db: psycopg.AsyncConnection[Any]
+) -> AsyncIterator[str]:
+    """A reindex target of listings whose strict mapping lacks `location` (say,
+    deployed before the column existed): it refuses every listing with a location.
+    Syncs write it while the block runs."""
+    search = search_index(app.services)
+    target = f"{search.alias(LISTING)}_strict"
+    mappings = LISTING.mappings()
+    del mappings["properties"]["location"]
+    await search.client.indices.create(index=target, mappings=mappings)
+    await db.execute(
+        "INSERT INTO procqueue.search_targets (entity, index_name) VALUES ('listing', %s)",
+        [target],
+    )
+    try:
+        yield target
+    finally:
+        await db.execute("DELETE FROM procqueue.search_targets WHERE index_name = %s", [target])
