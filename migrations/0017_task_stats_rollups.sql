@@ -78,7 +78,7 @@ $function$;
 -- not counted by long windows.
 CREATE FUNCTION procqueue.roll_up_task_stats(
     max_hours integer DEFAULT 24,
-    grace interval DEFAULT interval '5 minutes',
+    grace interval DEFAULT interval '1 minute',
     keep interval DEFAULT interval '90 days'
 )
     RETURNS integer

@@ -15,7 +15,8 @@ that a busy queue never piles them up.
   PROCQUEUE_PRUNE_FAILED_AFTER, with their events and error rows, in batches
   of PROCQUEUE_PRUNE_BATCH_SIZE, each its own short transaction, for at most
   half the job timeout per run (the rest waits for the next run). Each run
-  first rolls up the completed hours of task stats (migration 0017).
+  first rolls up the completed hours of task stats (migration 0017); so does
+  each rescue run, for at most 24 hours.
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
 
     async def rescue_stalled(timestamp: int) -> dict[str, list[int]]:
         report = await rescue_stalled_jobs(app, retry)
+        await roll_up_task_stats(app.pool, deadline=0)  # keeps the hourly stats a minute behind
         return {"retried": report.retried, "failed": report.failed}
 
     async def prune_old_jobs(timestamp: int) -> dict[str, int]:
