@@ -45,11 +45,9 @@ CREATE FUNCTION procqueue.task_attempts(from_at timestamptz, until_at timestampt
     SET jit = off
 AS $function$
 BEGIN
+    -- MATERIALIZED: each attempt's duration subquery runs once, not once per use.
     RETURN QUERY EXECUTE $query$
-    SELECT a.task_name, a.type::text, a.seconds,
-           CASE WHEN a.seconds < 0.001 THEN 0
-                ELSE 1 + floor(ln(a.seconds / 0.001) / ln(1.04))::integer END
-    FROM (
+    WITH a AS MATERIALIZED (
         SELECT (SELECT j.task_name::text FROM procrastinate.procrastinate_jobs AS j
                 WHERE j.id = ended.job_id) AS task_name,
                ended.type,
@@ -63,7 +61,11 @@ BEGIN
         FROM procrastinate.procrastinate_events AS ended
         WHERE ended.type IN ('succeeded', 'failed', 'deferred_for_retry', 'aborted')
           AND ended.at >= $1 AND ended.at < $2
-    ) AS a
+    )
+    SELECT a.task_name, a.type::text, a.seconds,
+           CASE WHEN a.seconds < 0.001 THEN 0
+                ELSE 1 + floor(ln(a.seconds / 0.001) / ln(1.04))::integer END
+    FROM a
     $query$ USING from_at, until_at;
 END;
 $function$;

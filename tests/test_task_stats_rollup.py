@@ -1,13 +1,15 @@
 """Hourly rollups of task stats (migration 0017): the rolled-up hours count what
 the events say, long task_stats windows built on them match the live
 computation (counts exactly, percentiles within 2 %), rolling up again or
-twice at once counts nothing twice, and pruning after the rollup keeps them."""
+twice at once counts nothing twice, the maintenance tasks keep them current,
+and pruning after the rollup keeps them."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +20,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from procqueue.app import build_app
 from procqueue.queue.health import roll_up_task_stats
-from procqueue.queue.maintenance import prune
+from procqueue.queue.maintenance import RESCUE_TASK, prune
+from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support.history import finished_job
 
@@ -126,6 +129,21 @@ async def assert_rollups_match_events(conn: psycopg.AsyncConnection[Any]) -> Non
         assert len(row["buckets"]) == len(row["bucket_counts"])
 
 
+@asynccontextmanager
+async def maintenance_app(database: str, es_url: str) -> AsyncIterator[ProcqueueApp]:
+    settings = make_settings(
+        database,
+        es_url,
+        maintenance_tasks=True,
+        prune_succeeded_after=timedelta(days=7),
+        prune_batch_size=100,
+    )
+    application = build_app(settings)
+    async with application.open_async():
+        yield application
+    await application.services.aclose()
+
+
 @pytest.fixture
 async def conn(fresh_database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     connection = await psycopg.AsyncConnection.connect(fresh_database, autocommit=True)
@@ -220,14 +238,17 @@ async def test_prune_rolls_up_first_so_long_windows_keep_pruned_jobs(
         )
     stats = "SELECT * FROM procqueue.task_stats(interval '10 days')"
     before = await rows(conn, stats)
-    settings = make_settings(
-        fresh_database, es_url, prune_succeeded_after=timedelta(days=7), prune_batch_size=100
-    )
-    application = build_app(settings)
-    async with application.open_async():
+    async with maintenance_app(fresh_database, es_url) as application:
         report = await prune(application)
-    await application.services.aclose()
     assert report.succeeded == 3
     after = await rows(conn, stats)
     assert [{k: r[k] for k in COUNTS} for r in after] == [{k: r[k] for k in COUNTS} for r in before]
     assert [r["max_seconds"] for r in after] == pytest.approx([r["max_seconds"] for r in before])
+
+
+async def test_the_rescue_task_keeps_the_rollups_current(
+    conn: psycopg.AsyncConnection[Any], fresh_database: str, es_url: str
+) -> None:
+    async with maintenance_app(fresh_database, es_url) as application:
+        await application.tasks[RESCUE_TASK].func(timestamp=0)
+    await assert_rollups_match_events(conn)
