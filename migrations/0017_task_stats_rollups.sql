@@ -75,9 +75,9 @@ $function$;
 -- event's time is its transaction's start). One caller at a time (a second,
 -- concurrent call returns 0 at once), and an hour's row is inserted once
 -- (ON CONFLICT DO NOTHING): running it again or twice at once never counts
--- twice. Rollups older than `keep` are deleted. An event written into an hour
--- after that hour was rolled up (a transaction open longer than `grace`) is
--- not counted by long windows.
+-- twice. Hours that ended more than `keep` ago are deleted. An event written
+-- into an hour after that hour was rolled up (a transaction open longer than
+-- `grace`) is not counted by long windows.
 CREATE FUNCTION procqueue.roll_up_task_stats(
     max_hours integer DEFAULT 24,
     grace interval DEFAULT interval '1 minute',
@@ -97,7 +97,7 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(x'70717374'::bigint) THEN  -- "pqst"
         RETURN 0;
     END IF;
-    DELETE FROM procqueue.task_stats_hours AS d WHERE d.hour < now() - keep;
+    DELETE FROM procqueue.task_stats_hours AS d WHERE d.hour + interval '1 hour' <= now() - keep;
     oldest := least(
         (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'succeeded'),
         (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'failed'),

@@ -252,3 +252,20 @@ async def test_the_rescue_task_keeps_the_rollups_current(
     async with maintenance_app(fresh_database, es_url) as application:
         await application.tasks[RESCUE_TASK].func(timestamp=0)
     await assert_rollups_match_events(conn)
+
+
+async def test_rollups_older_than_keep_are_deleted_once(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    keep = "SELECT procqueue.roll_up_task_stats(10000, interval '1 minute', interval '10 hours')"
+    assert await roll_up(conn) >= 30
+    row = await (await conn.execute(keep)).fetchone()
+    assert row == (0,)  # nothing new to roll up, nothing rolled up again
+    row = await (
+        await conn.execute(
+            "SELECT count(*), bool_and(hour + interval '1 hour' > now() - interval '10 hours')"
+            " FROM procqueue.task_stats_hours"
+        )
+    ).fetchone()
+    assert row is not None and row[1] and 9 <= row[0] <= 11
+    assert await (await conn.execute(keep)).fetchone() == (0,)
