@@ -1,7 +1,9 @@
 """Health SQL on a big history: each health query's time with 1,000,000 finished
 jobs retained (plus a waiting backlog, running jobs and workers), with the
-indexes of migration 0006 and, for the ratio, without them. Also: how long
-building those indexes takes on that table, and one prune batch.
+indexes of migration 0006 and, for the ratio, without them; task_stats over
+a day and a week on the hourly rollups of migration 0017 (and live, before
+them). Also: how long building those indexes takes on that table, the first
+rollup of that history, and one prune batch.
 
     .venv/bin/python -m benchmarks.health_queries [--jobs 1000000] [--backlog 10000] [--runs 20]
 
@@ -37,9 +39,14 @@ QUERIES: dict[str, tuple[str, dict[str, Any]]] = {
     "storage_health": ("SELECT * FROM procqueue.storage_health", {}),
     "failed jobs (CLI, 50)": ("failed_jobs", {"task": None, "limit": 50}),
 }
-INFO_QUERIES: dict[str, tuple[str, dict[str, Any]]] = {
-    "task_stats (1 day)": ("SELECT * FROM procqueue.task_stats(interval '1 day')", {}),
+DAY: tuple[str, dict[str, Any]] = ("SELECT * FROM procqueue.task_stats(interval '1 day')", {})
+# After the hourly rollups (migration 0017) are filled, as the maintenance task keeps them.
+ROLLUP_QUERIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "task_stats (1 day)": DAY,
+    "task_stats (7 days)": ("SELECT * FROM procqueue.task_stats(interval '7 days')", {}),
 }
+LIVE_DAY = "task_stats (1 day), live"
+LAGGING_DAY = "task_stats (1 day), last hour not rolled up"
 
 
 def index_statements() -> list[str]:
@@ -78,6 +85,26 @@ def measure(
         run = functools.partial(run_query, conn, text, params)
         results[name] = [timed(run) for _ in range(runs)]
     return results
+
+
+def roll_up(conn: psycopg.Connection[Any]) -> int:
+    """What the maintenance task does: roll up every completed hour not rolled up yet."""
+    total = 0
+    while True:
+        row = conn.execute(query("roll_up_task_stats"), {"max_hours": 24}).fetchone()
+        if not row or not row[0]:
+            return total
+        total += int(row[0])
+
+
+def report(results: dict[str, list[float]], info: tuple[str, ...] = ()) -> None:
+    for name, values in results.items():
+        p50, p95 = percentile(values, 0.5) * 1000, percentile(values, 0.95) * 1000
+        note = "  (informational)" if name in info else ""
+        print(
+            f"  {name:44} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  "
+            f"p95/budget {p95 / BUDGET_MS:5.2f}{note}"
+        )
 
 
 def fill(conn: psycopg.Connection[Any], jobs: int, backlog: int) -> float:
@@ -119,14 +146,22 @@ def main() -> None:
             print(
                 f"\nwith migration 0006's indexes ({args.runs} runs each, budget {BUDGET_MS:g} ms)"
             )
-            with_indexes = measure(conn, {**QUERIES, **INFO_QUERIES}, args.runs)
-            for name, values in with_indexes.items():
-                p50, p95 = percentile(values, 0.5) * 1000, percentile(values, 0.95) * 1000
-                info = "  (informational: a day-long window)" if name in INFO_QUERIES else ""
-                print(
-                    f"  {name:24} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  "
-                    f"p95/budget {p95 / BUDGET_MS:5.2f}{info}"
-                )
+            live_day = measure(conn, {LIVE_DAY: DAY}, max(3, args.runs // 4))
+            started = time.perf_counter()
+            hours = roll_up(conn)
+            rolled_in = time.perf_counter() - started
+            with_indexes = measure(conn, {**QUERIES, **ROLLUP_QUERIES}, args.runs)
+            report({**with_indexes, **live_day}, info=(LIVE_DAY,))
+            conn.execute(
+                "DELETE FROM procqueue.task_stats_hours"
+                " WHERE hour = (SELECT max(hour) FROM procqueue.task_stats_hours)"
+            )
+            report(measure(conn, {LAGGING_DAY: DAY}, args.runs))
+            roll_up(conn)
+            print(
+                f"  ({LIVE_DAY}: before any rollup, every attempt of the day read from the "
+                f"events; the first rollup of this history, {hours} hours, took {rolled_in:.1f} s)"
+            )
 
             for name in index_names():
                 conn.execute(f"DROP INDEX procrastinate.{name}")

@@ -3,18 +3,21 @@
 `read_snapshot` runs the four health queries on one connection; `evaluate`
 turns a snapshot into a verdict (healthy / degraded / unhealthy, with reasons)
 using the thresholds of a HealthConfig (`Settings.health`). The CLI, `/healthz`
-and the Prometheus gauges all read the same snapshot.
+and the Prometheus gauges all read the same snapshot. `roll_up_task_stats`
+keeps the hourly rollups of long task_stats windows current (maintenance).
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 
 from procqueue.queries import query
 
@@ -148,6 +151,23 @@ async def read_snapshot(conn: psycopg.AsyncConnection[Any], config: HealthConfig
         window=config.window,
         open_circuits=[CircuitHealth(**row) for row in circuits],
     )
+
+
+async def roll_up_task_stats(
+    pool: AsyncConnectionPool[Any], deadline: float, hours_per_call: int = 24
+) -> int:
+    """Roll up every completed hour not rolled up yet (migration 0017), oldest
+    first, `hours_per_call` per short transaction, until none is left or
+    `time.monotonic()` passes `deadline`; the hours rolled up."""
+    total = 0
+    while True:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(query("roll_up_task_stats"), {"max_hours": hours_per_call})
+            row = await cursor.fetchone()
+        done: int = row[0] if row else 0
+        total += done
+        if done < hours_per_call or time.monotonic() >= deadline:
+            return total
 
 
 def _worse(current: Status, new: Status) -> Status:

@@ -14,7 +14,9 @@ that a busy queue never piles them up.
   PROCQUEUE_PRUNE_SUCCEEDED_AFTER, failed/cancelled/aborted ones older than
   PROCQUEUE_PRUNE_FAILED_AFTER, with their events and error rows, in batches
   of PROCQUEUE_PRUNE_BATCH_SIZE, each its own short transaction, for at most
-  half the job timeout per run (the rest waits for the next run).
+  half the job timeout per run (the rest waits for the next run). Each run
+  first rolls up the completed hours of task stats (migration 0017); so does
+  each rescue run, for at most 24 hours.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from procqueue.errors import ConfigError, TransientError
 from procqueue.queries import query
 from procqueue.queue import sentry
 from procqueue.queue.failures import record_failed_attempt
+from procqueue.queue.health import roll_up_task_stats
 from procqueue.queue.retry import BackoffRetry
 from procqueue.runtime import ProcqueueApp
 
@@ -166,6 +169,8 @@ async def prune(app: ProcqueueApp, now: datetime | None = None) -> PruneReport:
     now = now or datetime.now(UTC)
     deadline = time.monotonic() + settings.job_timeout / 2
     report = PruneReport()
+    # First, while the events that the hourly task stats need still exist.
+    await roll_up_task_stats(app.pool, deadline)
     for status in FINISHED_SUCCESSFULLY + FINISHED_UNSUCCESSFULLY:
         successful = status in FINISHED_SUCCESSFULLY
         age = settings.prune_succeeded_after if successful else settings.prune_failed_after
@@ -205,6 +210,7 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
 
     async def rescue_stalled(timestamp: int) -> dict[str, list[int]]:
         report = await rescue_stalled_jobs(app, retry)
+        await roll_up_task_stats(app.pool, deadline=0)  # keeps the hourly stats a minute behind
         return {"retried": report.retried, "failed": report.failed}
 
     async def prune_old_jobs(timestamp: int) -> dict[str, int]:

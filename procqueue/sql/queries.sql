@@ -94,6 +94,9 @@ SELECT * FROM procqueue.queue_stats();
 -- health_tasks: per-task health over a window (migration 0006)
 SELECT * FROM procqueue.task_stats(%(since)s);
 
+-- roll_up_task_stats: roll up the oldest completed hours for long task_stats windows, at most max_hours (migration 0017)
+SELECT procqueue.roll_up_task_stats(%(max_hours)s) AS hours;
+
 -- health_workers: every worker's heartbeat and jobs in hand (migration 0006)
 SELECT * FROM procqueue.worker_stats(%(stalled_after)s);
 
