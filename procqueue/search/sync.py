@@ -53,9 +53,27 @@ ROW_READ_ERRORS = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded
 READ_ERRORS = (*ROW_READ_ERRORS, psycopg.errors.SyntaxErrorOrAccessRuleViolation)
 
 
-def entity_query(name: str, entity: Entity, **extra: str | sql.Composable) -> sql.Composed:
+def entity_query(
+    name: str, entity: Entity, **extra: str | sql.Composable
+) -> sql.SQL | sql.Composed:
     """A named query over an entity's table (alias t), reading its key and its
-    search document (procqueue/search/document.py)."""
+    search document (procqueue/search/document.py). Without `extra` it is rendered
+    once per entity and query: composing it took about 1 ms of CPU, more than the rest
+    of a row job's own work (benchmarks/RESULTS.md, "Micro-batched sync")."""
+    if extra:
+        return _composed(name, entity, **extra)
+    key = (name, entity.table, entity.primary_key, tuple(entity.fields.items()),
+           entity.max_document_bytes)  # fmt: skip
+    rendered = _RENDERED.get(key)
+    if rendered is None:
+        rendered = _RENDERED[key] = sql.SQL(_composed(name, entity).as_string(None))
+    return rendered
+
+
+_RENDERED: dict[tuple[object, ...], sql.SQL] = {}
+
+
+def _composed(name: str, entity: Entity, **extra: str | sql.Composable) -> sql.Composed:
     return query_with(
         name,
         columns=document_columns(entity),
