@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -18,7 +17,6 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from procqueue.app import build_app
 from procqueue.cli import main as cli_main
 from procqueue.entities import DEFAULT_ENTITIES, LISTING, Entity
 from procqueue.images.jobs import CLEANUP
@@ -36,7 +34,7 @@ from tests.support.cloudinary_server import (
     rate_limited,
 )
 from tests.support.supabase import act_as_api_user
-from tests.support.worker import SELLER_ID, drain, eventually, running_worker
+from tests.support.worker import SELLER_ID, app_with, drain, eventually, running_worker
 
 IMAGES = {"queues": ["images"]}
 
@@ -49,17 +47,9 @@ def image_settings(dsn: str, es_url: str, cloud: CloudinaryServer, **overrides: 
     return make_settings(dsn, es_url, **{**values, **overrides})
 
 
-@contextlib.asynccontextmanager
-async def opened(settings: Settings) -> AsyncIterator[ProcqueueApp]:
-    application = build_app(settings)
-    async with application.open_async():
-        yield application
-    await application.services.aclose()
-
-
 @pytest.fixture(scope="module")
 async def app(dsn: str, es_url: str, cloud: CloudinaryServer) -> AsyncIterator[ProcqueueApp]:
-    async with opened(image_settings(dsn, es_url, cloud)) as application:
+    async with app_with(image_settings(dsn, es_url, cloud)) as application:
         yield application
 
 
@@ -375,7 +365,7 @@ async def test_a_used_up_rate_limit_defers_the_next_call_to_the_reset_header(
     first, second = fresh("first", "second")
     cloud.store(first, second)
     reset = datetime.fromtimestamp(math.ceil(time.time()) + 120, UTC)
-    async with opened(image_settings(dsn, es_url, cloud)) as app:
+    async with app_with(image_settings(dsn, es_url, cloud)) as app:
         await drain(app, **IMAGES)  # jobs other tests left would use up the one call
         since = await last_job_id(db)
         cloud.reset_at, cloud.rate_limit = reset, 1  # this call uses the last one
@@ -418,7 +408,7 @@ async def test_bad_credentials_fail_at_once_and_the_secret_stays_secret(
         dsn, es_url, cloud, cloudinary_url=cloud.credentials_url(wrong_secret)
     )
     assert wrong_secret in settings.secret_values()
-    async with opened(settings) as app:
+    async with app_with(settings) as app:
         await db.execute(
             "DELETE FROM listings WHERE id = %s", [await insert_listing(db, url(photo))]
         )
@@ -463,7 +453,7 @@ async def test_unconfigured_cloudinary_skips_cleanup_at_once_like_unset_smtp(
     settings = make_settings(dsn, es_url)
     assert settings.cloudinary is None
     caplog.set_level(logging.INFO, logger="procqueue.images")
-    async with opened(settings) as app:
+    async with app_with(settings) as app:
         await db.execute(
             "DELETE FROM listings WHERE id = %s", [await insert_listing(db, url(photo))]
         )
@@ -502,7 +492,7 @@ async def test_cloudinary_failure_scenario_converges_once_the_server_is_back(
     # No retry allowed at all: an outage of Cloudinary must need none.
     settings = image_settings(dsn, es_url, cloud, max_retries=0, retry_backoff=0.05)
 
-    async with opened(settings) as app, running_worker(app, **IMAGES):
+    async with app_with(settings) as app, running_worker(app, **IMAGES):
         with cloud.outage(error(503, "Service Unavailable"), DROP, error(502, "Bad Gateway")):
             await db.execute("DELETE FROM listings WHERE id = %s", [from_item])
             await db.execute(

@@ -13,7 +13,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from procqueue.app import build_app
 from procqueue.entities import INVENTORY, LISTING
 from procqueue.runtime import ProcqueueApp
 from procqueue.search.jobs import truncate_job
@@ -22,6 +21,7 @@ from tests.support.cloudinary_server import CloudinaryServer
 from tests.support.supabase import act_as_api_user
 from tests.support.worker import (
     SELLER_ID,
+    app_with,
     drain,
     indexed_documents,
     job_counts,
@@ -34,10 +34,8 @@ async def app(dsn: str, es_url: str, cloud: CloudinaryServer) -> AsyncIterator[P
     settings = make_settings(
         dsn, es_url, cloudinary_url=cloud.credentials_url(), cloudinary_upload_prefix=cloud.url
     )
-    application = build_app(settings)
-    async with application.open_async():
+    async with app_with(settings) as application:
         yield application
-    await application.services.aclose()
 
 
 def image(name: str) -> tuple[str, str]:
