@@ -112,6 +112,25 @@ def logical_cluster() -> Iterator[ThrowawayCluster]:
         yield cluster
 
 
+@dataclass(frozen=True)
+class MachineCpu:
+    """The machine's CPU time counters (/proc/stat), busy and idle, in ticks."""
+
+    busy: int
+    idle: int
+
+    def busy_share_since(self, earlier: MachineCpu) -> float:
+        busy, idle = self.busy - earlier.busy, self.idle - earlier.idle
+        return busy / max(1, busy + idle)
+
+
+def machine_cpu() -> MachineCpu:
+    """Every process's CPU time so far: what this shared machine's cores did."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return MachineCpu(busy=sum(fields[:8]) - idle, idle=idle)
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))

@@ -3,8 +3,13 @@
 Writers commit single-row writes of `listings` at --rate per second (exponential gaps,
 dispatched to --writers connections so a slow commit does not lower the rate) for
 --seconds, while --workers `procqueue worker` processes (default settings) keep the
-index in step, all on this machine. A probe sends one `mget` of every write not yet
-visible every 10 ms and stamps each write when its document shows what was written.
+index in step, all on this machine. Every 10 ms a probe sends one `mget` of the
+PROBE_BATCH oldest writes not yet visible and stamps each write when its document shows
+what was written. The cap keeps the probe's own load on the ES-API server fixed (an
+`mget` costs that server ~15 µs of CPU per document: probing a backlog of thousands
+every 10 ms would take more than its core and slow the very writes it waits for); with
+more writes pending than the cap, a younger write that became visible early is stamped
+when it reaches the probe's window, so a backlog can only make the latencies worse.
 After the load: how long until every write is visible and no sync job is left.
 
 Side by side, same run, same rate: the direct path, where each writer indexes its row
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import subprocess
@@ -34,13 +40,23 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from benchmarks.common import USER_ID, Environment, environment, percentile
+from benchmarks.common import (
+    USER_ID,
+    Environment,
+    environment,
+    machine_cpu,
+    percentile,
+    process_cpu_seconds,
+)
 from benchmarks.sync_latency import DRAIN, until_worker_registered
 from procqueue.entities import LISTING
 from procqueue.search.client import SearchIndex, make_client
 from procqueue.search.document import document_from_row
 from procqueue.search.sync import entity_query
 
+CORES = os.cpu_count() or 1
+PROBE_BATCH = 100
+ES_SERVER = "noida-db start"  # its CPU is printed when it runs here (not ELASTICSEARCH_URL)
 BACKLOG = (
     "SELECT count(*) FROM procrastinate.procrastinate_jobs "
     "WHERE status IN ('todo', 'doing') AND task_name LIKE 'listing:%%'"
@@ -66,7 +82,7 @@ class Probe:
             await asyncio.sleep(0.01)
             if not self.pending:
                 continue
-            wanted = dict(self.pending)
+            wanted = dict(itertools.islice(self.pending.items(), PROBE_BATCH))
             answer = await search.client.mget(
                 index=self.index, ids=list(wanted), source_includes=["title"]
             )
@@ -156,6 +172,8 @@ class Outcome:
     superseded: int
     drained_after: float
     max_backlog: int
+    es_cpu: float  # the ES-API server's CPU seconds, load and drain
+    machine_busy: float  # share of all cores busy during the load, 0..1
 
 
 async def measure(
@@ -165,33 +183,45 @@ async def measure(
     stop = asyncio.Event()
     watching = asyncio.create_task(probe.watch(search, stop))
     max_backlog = 0
+    started = time.perf_counter()
 
     async def sample_backlog() -> None:
         nonlocal max_backlog
         async with await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as conn:
             while not stop.is_set():
                 row = await (await conn.execute(BACKLOG)).fetchone()
-                max_backlog = max(max_backlog, int(row[0]) if row else 0)
+                backlog = int(row[0]) if row else 0
+                max_backlog = max(max_backlog, backlog)
+                if args.timeline:
+                    print(f"  {time.perf_counter() - started:5.1f} s: backlog {backlog}")
                 await asyncio.sleep(0.5)
 
     sampling = asyncio.create_task(sample_backlog())
+    es_before = process_cpu_seconds(ES_SERVER) or 0.0
+    busy_before = machine_cpu()
     made = await load(env.dsn, write, probe, ids, args.rate, args.seconds, args.writers)
     ended = time.perf_counter()
+    machine_busy = machine_cpu().busy_share_since(busy_before)
     stop.set()
     await asyncio.wait_for(watching, timeout=600)
     drained_after = time.perf_counter() - ended
     await sampling
-    return Outcome(made, probe.latencies, probe.superseded, drained_after, max_backlog)
+    es_cpu = (process_cpu_seconds(ES_SERVER) or 0.0) - es_before
+    return Outcome(made, probe.latencies, probe.superseded, drained_after, max_backlog, es_cpu,
+                   machine_busy)  # fmt: skip
 
 
 def report(name: str, outcome: Outcome, seconds: float) -> None:
     values = outcome.latencies
+    cpu_per_write = outcome.machine_busy * CORES * seconds / outcome.made
     print(
         f"{name:7}: {outcome.made} writes ({outcome.made / seconds:.0f}/s), visible "
         f"p50 {percentile(values, 0.5) * 1000:.0f} ms, p99 {percentile(values, 0.99) * 1000:.0f} "
         f"ms, max {max(values) * 1000:.0f} ms (n={len(values)}, {outcome.superseded} "
         f"superseded); all visible {outcome.drained_after:.2f} s after the load; "
-        f"largest backlog {outcome.max_backlog} jobs"
+        f"largest backlog {outcome.max_backlog} jobs; ES-API server CPU "
+        f"{outcome.es_cpu / outcome.made * 1000:.2f} ms per write; cores busy during the "
+        f"load {outcome.machine_busy:.0%} ({cpu_per_write * 1000:.2f} ms of CPU per write)"
     )
 
 
@@ -261,6 +291,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--kind", choices=("insert", "update"), default="insert")
+    parser.add_argument("--timeline", action="store_true", help="print the backlog every 0.5 s")
     asyncio.run(run(parser.parse_args()))
 
 

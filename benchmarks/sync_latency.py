@@ -5,7 +5,8 @@ servers in the same run.
 
 Queue path: a `procqueue worker` subprocess (concurrency 10, LISTEN/NOTIFY);
 latency = the job's `succeeded` event minus its `deferred` event (both stamped
-by Postgres; `deferred` is written in the user's transaction).
+by Postgres; `deferred` is written in the user's transaction); printed with the
+part of it until the job was taken (its `started` event: NOTIFY, fetch or claim).
 Direct path: commit, then `index()` from the writer; latency measured around it.
 
     .venv/bin/python -m benchmarks.sync_latency [--rate 100] [--seconds 20] [--sizes 1,100]
@@ -38,9 +39,11 @@ from procqueue.search.sync import entity_query
 from procqueue.settings import Settings
 
 LATENCIES = """
-SELECT extract(epoch FROM done.at - made.at)
+SELECT extract(epoch FROM done.at - made.at), extract(epoch FROM started.at - made.at)
 FROM procrastinate.procrastinate_jobs AS job
 JOIN procrastinate.procrastinate_events AS made ON made.job_id = job.id AND made.type = 'deferred'
+JOIN procrastinate.procrastinate_events AS started
+  ON started.job_id = job.id AND started.type = 'started'
 JOIN procrastinate.procrastinate_events AS done ON done.job_id = job.id AND done.type = 'succeeded'
 WHERE job.task_name LIKE 'listing:%%' AND job.id > %s
 """
@@ -132,8 +135,9 @@ async def max_job_id(dsn: str) -> int:
 
 async def queue_path(
     dsn: str, worker_env: dict[str, str], ids: list[str], rate: float, seconds: float
-) -> list[float]:
-    """Commit-to-indexed latencies of steady updates with a `procqueue worker` running."""
+) -> tuple[list[float], list[float]]:
+    """Commit-to-indexed latencies of steady updates with a `procqueue worker` running,
+    and the part of each until its job was taken."""
     since = await max_job_id(dsn)
     worker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "procqueue.cli", "worker", env=worker_env,
@@ -151,7 +155,7 @@ async def queue_path(
     finally:
         worker.terminate()
         await worker.wait()
-    return [float(value) for (value,) in queued]
+    return [float(row[0]) for row in queued], [float(row[1]) for row in queued]
 
 
 async def run(rate: float, seconds: float, sizes: list[int]) -> None:
@@ -170,7 +174,7 @@ async def run(rate: float, seconds: float, sizes: list[int]) -> None:
             sys.executable, "-c", DRAIN, env=worker_env, stderr=subprocess.DEVNULL
         )
         await seeding.wait()
-        queued = [
+        queued: list[tuple[int, tuple[list[float], list[float]]]] = [
             (size, await queue_path(
                 env.dsn, {**worker_env, "PROCQUEUE_SYNC_BATCH_SIZE": str(size)}, ids, rate, seconds
             ))
@@ -178,16 +182,17 @@ async def run(rate: float, seconds: float, sizes: list[int]) -> None:
         ]  # fmt: skip
         direct = await direct_updates(settings, ids, rate, seconds)
     print(f"rate {rate:g} changes/s for {seconds:g} s, random gaps")
-    for size, latencies in queued:
+    for size, (latencies, until_taken) in queued:
         print(
             f"queue path, batch size {size:3}: {summary_ms(latencies)}  "
             "(target p50 <= 8 ms, p99 <= 20 ms)"
         )
+        print(f"  of which until the job was taken: {summary_ms(until_taken)}")
     print(f"direct path: {summary_ms(direct)}")
-    for size, latencies in queued:
+    for size, (queue_latencies, _) in queued:
         ratios = []
         for fraction in (0.5, 0.95, 0.99):
-            ratio = percentile(latencies, fraction) / percentile(direct, fraction)
+            ratio = percentile(queue_latencies, fraction) / percentile(direct, fraction)
             ratios.append(f"p{int(fraction * 100)} {ratio:.1f}")
         print(f"ratio queue (batch size {size}) / direct: {', '.join(ratios)}")
 
