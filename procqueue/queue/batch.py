@@ -77,8 +77,10 @@ async def claim_jobs_like(
         "limit": limit, "worker_id": worker_id,
     }  # fmt: skip
     async with pool.connection() as conn:
-        cursor = conn.cursor(row_factory=dict_row)
-        await cursor.execute(query("claim_jobs_like"), params)
+        async with conn.pipeline():
+            await conn.execute(query("walk_jobs_in_fetch_order"))
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(query("claim_jobs_like"), params)
         return [Job.from_row(row) for row in await cursor.fetchall()]
 
 
