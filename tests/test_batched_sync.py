@@ -171,9 +171,10 @@ def _rows_of_waiting_jobs_read(plan: dict[str, Any]) -> int:
 
 async def test_a_claim_reads_no_more_waiting_jobs_than_it_takes(database: str) -> None:
     """At a backlog that ANALYZE has not seen (the statistics of an empty table, as
-    autovacuum leaves them after a quiet night) a claim walks Procrastinate's index of waiting jobs in order and stops
-    at its limit, instead of testing and sorting every waiting job: one claim per
-    batch, so reading the whole backlog each time made a drain quadratic."""
+    autovacuum leaves them after a quiet night) a claim walks Procrastinate's index of
+    waiting jobs in order and stops at its limit, instead of testing and sorting every
+    waiting job: one claim per batch, so reading the whole backlog each time made a
+    drain quadratic."""
     await clear_queue(database)
     params = {"queue": "sync", "task_names": list(ROW_TASKS), "key_arg": "id",
               "limit": 10, "worker_id": None}  # fmt: skip
