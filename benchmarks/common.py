@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from procqueue.local import env, local_postgres, local_search, scratch_database
 from procqueue.migrate import migrate
@@ -74,6 +75,12 @@ def process_cpu_seconds(cmdline_part: str) -> float | None:
             continue
         return (int(fields[11]) + int(fields[12])) / _TICKS
     return None
+
+
+def es_server_marker(es_url: str) -> str:
+    """What the command line of the ES-API server this run started on `es_url` holds
+    (for process_cpu_seconds; none matches a server given by ELASTICSEARCH_URL)."""
+    return f"--elasticsearch-port {urlsplit(es_url).port}"
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -44,6 +44,7 @@ from benchmarks.common import (
     USER_ID,
     Environment,
     environment,
+    es_server_marker,
     machine_cpu,
     percentile,
     process_cpu_seconds,
@@ -56,7 +57,6 @@ from procqueue.search.sync import entity_query
 
 CORES = os.cpu_count() or 1
 PROBE_BATCH = 100
-ES_SERVER = "noida-db start"  # its CPU is printed when it runs here (not ELASTICSEARCH_URL)
 BACKLOG = (
     "SELECT count(*) FROM procrastinate.procrastinate_jobs "
     "WHERE status IN ('todo', 'doing') AND task_name LIKE 'listing:%%'"
@@ -197,7 +197,8 @@ async def measure(
                 await asyncio.sleep(0.5)
 
     sampling = asyncio.create_task(sample_backlog())
-    es_before = process_cpu_seconds(ES_SERVER) or 0.0
+    es_server = es_server_marker(env.es_url)
+    es_before = process_cpu_seconds(es_server) or 0.0
     busy_before = machine_cpu()
     made = await load(env.dsn, write, probe, ids, args.rate, args.seconds, args.writers)
     ended = time.perf_counter()
@@ -206,7 +207,7 @@ async def measure(
     await asyncio.wait_for(watching, timeout=600)
     drained_after = time.perf_counter() - ended
     await sampling
-    es_cpu = (process_cpu_seconds(ES_SERVER) or 0.0) - es_before
+    es_cpu = (process_cpu_seconds(es_server) or 0.0) - es_before
     return Outcome(made, probe.latencies, probe.superseded, drained_after, max_backlog, es_cpu,
                    machine_busy)  # fmt: skip
 

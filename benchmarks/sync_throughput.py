@@ -18,12 +18,17 @@ import argparse
 import asyncio
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.rows import dict_row
 
-from benchmarks.common import USER_ID, Environment, environment, process_cpu_seconds
+from benchmarks.common import (
+    USER_ID,
+    Environment,
+    environment,
+    es_server_marker,
+    process_cpu_seconds,
+)
 from procqueue.app import build_app
 from procqueue.entities import LISTING
 from procqueue.runtime import ProcqueueApp
@@ -75,7 +80,7 @@ async def drain(app: ProcqueueApp, concurrency: int) -> float:
 
 async def drain_measured(app: ProcqueueApp, concurrency: int, es_url: str) -> dict[str, float]:
     """Wall time, this worker's CPU time and the ES-API server's CPU time."""
-    es_marker = f"--elasticsearch-port {urlsplit(es_url).port}"
+    es_marker = es_server_marker(es_url)
     es_before = process_cpu_seconds(es_marker) or 0.0
     cpu_before = time.process_time()
     wall = await drain(app, concurrency)

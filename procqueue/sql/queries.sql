@@ -487,7 +487,7 @@ WHERE NOT EXISTS (
 )
 AND NOT EXISTS (SELECT FROM in_bulk WHERE in_bulk.id = wanted.id);
 
--- walk_jobs_in_fetch_order: for the rest of this transaction, plan the claim below as Procrastinate's index of waiting jobs (priority, id) walked in order, stopping at the limit. The planner cannot estimate the claim's args tests, nor a burst of waiting jobs that ANALYZE has not seen yet: it took every waiting job, ran the lock test for each and sorted them (130-160 ms a claim of 99 at 20,000 waiting; 130 s with the statistics of an empty table) instead of 11 ms (benchmarks/RESULTS.md, "Micro-batched sync")
+-- walk_jobs_in_fetch_order: for the rest of this transaction, plan the claim below as Procrastinate's index of waiting jobs (priority, id) walked in order, stopping at the limit. The planner cannot estimate the claim's args tests, nor a burst of waiting jobs that ANALYZE has not seen yet: it took every waiting job, ran the lock test for each and sorted them (130-160 ms a claim of 99 at 20,000 waiting; 130 s with the statistics of an empty table) instead of 11 ms (benchmarks/RESULTS.md, "The claim read the whole backlog")
 SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true);
 
 -- claim_jobs_like: take up to %(limit)s more ready jobs of these tasks in one queue for this worker, whose args are one string %(key_arg)s (procqueue/queue/batch.py); the rules of Procrastinate's procrastinate_fetch_job_v2: a job whose lock has a running job, or a waiting one of higher priority or queued first, is not taken; highest priority, then oldest first; jobs another worker is taking are skipped
