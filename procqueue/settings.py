@@ -76,6 +76,7 @@ class SearchConfig:
     api_key: SecretStr | None = None
     timeout: float = 10.0
     index_prefix: str = ""
+    bulk_concurrency: int = 2
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,8 @@ class Settings(SchemaSettings):
         default=None, validation_alias=_env("ELASTICSEARCH_API_KEY")
     )
     elasticsearch_timeout: float = Field(default=10.0, gt=0)
+    # `_bulk` requests one worker has in flight at once; more wait their turn in it.
+    elasticsearch_bulk_concurrency: int = Field(default=2, ge=1, le=64)
     index_prefix: str = Field(default="", pattern=r"^[a-z0-9_\-]*$")
 
     concurrency: int = Field(default=10, ge=1, le=200)
@@ -388,6 +391,7 @@ class Settings(SchemaSettings):
             api_key=self.elasticsearch_api_key,
             timeout=self.elasticsearch_timeout,
             index_prefix=self.index_prefix,
+            bulk_concurrency=self.elasticsearch_bulk_concurrency,
         )
 
     @property

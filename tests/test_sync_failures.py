@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from typing import Any
 
 import psycopg
+import pytest
 
 from procqueue.entities import LISTING
 from procqueue.queue.health import evaluate, read_snapshot
@@ -56,6 +58,15 @@ async def error_rows(database: str, where: str = "true") -> list[tuple[Any, ...]
             f"WHERE {where} ORDER BY id"
         )
         return await cursor.fetchall()
+
+
+async def errors_of(
+    database: str, listing_ids: list[str], where: str = "true"
+) -> list[tuple[Any, ...]]:
+    """error_rows of the jobs of these listings (others are earlier tests')."""
+    locks = ", ".join(f"'listing:{listing_id}'" for listing_id in listing_ids)
+    jobs = f"SELECT id FROM procrastinate.procrastinate_jobs WHERE lock IN ({locks})"
+    return await error_rows(database, f"job_id IN ({jobs}) AND {where}")
 
 
 async def timed_out(database: str) -> bool:
@@ -254,3 +265,64 @@ async def test_job_waiting_on_a_long_open_writer_is_postponed_not_failed(
         title = await indexed_title(app, listing_id)
     assert title == "after"
     assert "failed" not in await job_counts(database)
+
+
+async def test_a_worker_keeps_at_most_its_bulk_concurrency_of_writes_in_flight(
+    database: str, db: psycopg.AsyncConnection[Any], proxy: TcpProxy
+) -> None:
+    """On a server that answers slowly, jobs wait for a `_bulk` slot in the worker,
+    not in the server's queue (where they would run into the client's timeout while
+    the server still did their work): the rest are sent as slots free up, once each."""
+    async with app_with(
+        database, proxy.url, concurrency=6, sync_batch_size=1, elasticsearch_bulk_concurrency=2
+    ) as app:
+        await search_index(app.services).ensure_index(LISTING)
+        await db.execute("DELETE FROM procrastinate.procrastinate_jobs")  # earlier tests'
+        proxy.stall()
+        ids = await insert_listings(db, 6, "slow server")
+        async with running_worker(app):
+            await proxy.until_count("/_bulk", 2)
+            # That no third request comes is an absence: no event to await. Six
+            # jobs start at once, so without the limit the rest come within this.
+            await asyncio.sleep(0.5)
+            assert proxy.count("/_bulk") == 2
+            await proxy.come_back()
+            await eventually(lambda: queue_is_done(database))
+        titles = [await indexed_title(app, listing_id) for listing_id in ids]
+    assert titles == ["slow server"] * 6
+    assert proxy.count("/_bulk") == 6
+    assert await errors_of(database, ids) == []
+
+
+async def test_a_write_waiting_too_long_for_a_bulk_slot_opens_the_circuit_spending_no_retry(
+    database: str,
+    db: psycopg.AsyncConnection[Any],
+    proxy: TcpProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Waiting for a slot is bounded by PROCQUEUE_ELASTICSEARCH_TIMEOUT, as a request
+    is: a server that holds every slot that long is down, and the jobs behind them
+    are postponed, not left to run into the job timeout (which spends a retry; with
+    none allowed, the third job of one slot would fail)."""
+    async with app_with(
+        database, proxy.url, concurrency=4, sync_batch_size=1, elasticsearch_bulk_concurrency=1,
+        elasticsearch_timeout=0.4, job_timeout=1.0, max_retries=0,
+    ) as app:  # fmt: skip
+        await search_index(app.services).ensure_index(LISTING)
+        await db.execute("DELETE FROM procrastinate.procrastinate_jobs")  # earlier tests'
+        caplog.set_level(logging.INFO, "procqueue")
+        proxy.stall()
+        ids = await insert_listings(db, 4, "held slots")
+        async with running_worker(app):
+
+            async def waited_too_long() -> bool:  # its postponement is logged, not recorded
+                return any("postponed in" in r.getMessage() and "is too slow" in r.getMessage()
+                           for r in caplog.records)  # fmt: skip
+
+            await eventually(waited_too_long)
+            await proxy.come_back()
+            await eventually(lambda: queue_is_done(database))
+        titles = [await indexed_title(app, listing_id) for listing_id in ids]
+    assert titles == ["held slots"] * 4
+    assert "failed" not in await job_counts(database)
+    assert await errors_of(database, ids, "error_type LIKE '%JobTimeout'") == []

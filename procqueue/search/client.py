@@ -11,8 +11,9 @@ SearchIndex through the app's Services: `search_index(app.services)`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,15 +97,30 @@ def translate_errors(action: str) -> Iterator[None]:
 class SearchIndex:
     """Documents of the configured entities in Elasticsearch."""
 
-    def __init__(self, client: AsyncElasticsearch, prefix: str = "") -> None:
+    def __init__(
+        self,
+        client: AsyncElasticsearch,
+        prefix: str = "",
+        bulk_concurrency: int = 2,
+        timeout: float = 10.0,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self._ready: set[str] = set()
+        # A request that waits in a busy server's queue runs into the client's
+        # timeout, and the server still does its work: the circuit then stops
+        # every job and the writes are sent again. Waiting here costs neither,
+        # as long as it is bounded by the same timeout (then it is an outage).
+        self._bulk_slots = asyncio.Semaphore(bulk_concurrency)
+        self._bulk_concurrency = bulk_concurrency
+        self._timeout = timeout
 
     @classmethod
     def from_config(cls, config: SearchConfig) -> SearchIndex:
         """A client of its own on `config`'s cluster and prefix; `aclose` closes it."""
-        return cls(make_client(config), config.index_prefix)
+        return cls(
+            make_client(config), config.index_prefix, config.bulk_concurrency, config.timeout
+        )
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -145,10 +161,28 @@ class SearchIndex:
         with translate_errors(f"indexing {entity.name} {entity_id}"):
             await self.client.index(index=self.alias(entity), id=entity_id, document=document)
 
+    @contextlib.asynccontextmanager
+    async def _bulk_slot(self, action: str) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._bulk_slots.acquire()
+        except TimeoutError:
+            raise SinkUnavailable(
+                SINK,
+                f"Elasticsearch is too slow: {action} waited {self._timeout:g} s for one of "
+                f"this worker's {self._bulk_concurrency} bulk requests in flight to end "
+                "(PROCQUEUE_ELASTICSEARCH_BULK_CONCURRENCY)",
+            ) from None
+        try:
+            yield
+        finally:
+            self._bulk_slots.release()
+
     async def write_versioned(self, writes: Sequence[Write], version: int) -> list[ItemFailure]:
         """One `_bulk` request: index or delete each write with `version` as its
         external version, so an older read never overwrites a newer one (409: a
-        newer state is there = done). Returns the items Elasticsearch refused."""
+        newer state is there = done), once one of this index's `bulk_concurrency`
+        slots is free. Returns the items Elasticsearch refused."""
         if not writes:
             return []
         operations: list[Mapping[str, Any]] = []
@@ -161,8 +195,10 @@ class SearchIndex:
                 operations.append({"delete": meta})
             else:
                 operations += [{"index": meta}, write.document]
-        with translate_errors(f"a bulk write of {len(writes)} documents"):
-            response = await self.client.bulk(operations=operations)
+        action = f"a bulk write of {len(writes)} documents"
+        async with self._bulk_slot(action):
+            with translate_errors(action):
+                response = await self.client.bulk(operations=operations)
         failures = []
         for write, entry in zip(writes, response["items"], strict=True):
             failure = _failure(write, next(iter(entry.values())))

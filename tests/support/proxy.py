@@ -20,8 +20,9 @@ class _RequestLines:
     """The request lines of one connection's client-to-server HTTP/1.1 stream, read
     request by request (head, then a body of its Content-Length) as bytes arrive."""
 
-    def __init__(self, seen: list[tuple[str, str]]) -> None:
+    def __init__(self, seen: list[tuple[str, str]], noted: asyncio.Event) -> None:
         self.seen = seen
+        self.noted = noted
         self.buffer = bytearray()
         self.body_left = 0
 
@@ -41,6 +42,7 @@ class _RequestLines:
             del self.buffer[: end + 4]
             method, path, *_ = head.split(b"\r\n", 1)[0].split(b" ")
             self.seen.append((method.decode(), path.decode()))
+            self.noted.set()
             length = _CONTENT_LENGTH.search(head)
             self.body_left = int(length[1]) if length else 0
 
@@ -59,6 +61,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         #: (method, path) of every HTTP request forwarded, in order.
         self.requests: list[tuple[str, str]] = []
+        self._noted = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -96,7 +99,9 @@ class TcpProxy:
             return
         self._writers.add(up_writer)
         pumps = [
-            asyncio.create_task(self._pump(reader, up_writer, _RequestLines(self.requests))),
+            asyncio.create_task(
+                self._pump(reader, up_writer, _RequestLines(self.requests, self._noted))
+            ),
             asyncio.create_task(self._pump(up_reader, writer)),
         ]
         try:
@@ -113,6 +118,12 @@ class TcpProxy:
     def count(self, path_suffix: str) -> int:
         """How many requests went to a path ending in `path_suffix` (query string aside)."""
         return sum(1 for _, path in self.requests if path.split("?")[0].endswith(path_suffix))
+
+    async def until_count(self, path_suffix: str, count: int) -> None:
+        """Until `count` requests to `path_suffix` have been noted (answered or not)."""
+        while self.count(path_suffix) < count:
+            self._noted.clear()
+            await self._noted.wait()
 
     async def _pump(
         self,
