@@ -106,6 +106,16 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / _TICKS
 
 
+def postmaster_pid(dsn: str) -> int:
+    """The pid of the server `dsn` reaches (on this machine): its backend's parent."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(_proc_stat(Path(f"/proc/{row[0]}"))[1])
+
+
 @contextlib.contextmanager
 def logical_cluster() -> Iterator[ThrowawayCluster]:
     """A throwaway PostgreSQL cluster of this run's own with `wal_level=logical`

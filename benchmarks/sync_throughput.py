@@ -27,7 +27,10 @@ from benchmarks.common import (
     Environment,
     environment,
     es_server_marker,
+    machine_cpu,
+    postmaster_pid,
     process_cpu_seconds,
+    tree_cpu_seconds,
 )
 from procqueue.app import build_app
 from procqueue.entities import LISTING
@@ -78,16 +81,20 @@ async def drain(app: ProcqueueApp, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-async def drain_measured(app: ProcqueueApp, concurrency: int, es_url: str) -> dict[str, float]:
-    """Wall time, this worker's CPU time and the ES-API server's CPU time."""
-    es_marker = es_server_marker(es_url)
-    es_before = process_cpu_seconds(es_marker) or 0.0
-    cpu_before = time.process_time()
+async def drain_measured(env: Environment, app: ProcqueueApp, concurrency: int) -> dict[str, float]:
+    """Wall time; CPU time of this worker, the ES-API server and Postgres (every
+    backend of the cluster); the share of the machine's cores busy meanwhile."""
+    es_marker = es_server_marker(env.es_url)
+    postgres = postmaster_pid(env.dsn)
+    es_before, pg_before = process_cpu_seconds(es_marker) or 0.0, tree_cpu_seconds(postgres)
+    cpu_before, machine_before = time.process_time(), machine_cpu()
     wall = await drain(app, concurrency)
     return {
         "wall": wall,
         "worker_cpu": time.process_time() - cpu_before,
         "es_cpu": (process_cpu_seconds(es_marker) or 0.0) - es_before,
+        "postgres_cpu": tree_cpu_seconds(postgres) - pg_before,
+        "machine_busy": machine_cpu().busy_share_since(machine_before),
     }
 
 
@@ -124,7 +131,7 @@ async def measure_size(
     write_seconds = await update_rows(env.dsn, ids, round_number)
     app = build_app(settings.model_copy(update={"sync_batch_size": size}))
     async with app.open_async():
-        run = await drain_measured(app, settings.concurrency, env.es_url)
+        run = await drain_measured(env, app, settings.concurrency)
         search = search_index(app.services)
         direct_seconds = await direct_bulk(env.dsn, search, ids)
         await app.services.aclose()
@@ -135,7 +142,8 @@ async def measure_size(
         f"drained {drained:.0f} rows/s ({run['wall']:.1f} s), direct _bulk {direct:.0f} rows/s "
         f"({direct_seconds:.1f} s); ratio {drained / direct:.2f} (target >= 0.8); CPU per row: "
         f"worker {run['worker_cpu'] / rows * 1000:.2f} ms, ES-API server "
-        f"{run['es_cpu'] / rows * 1000:.2f} ms; jobs {await job_states(env.dsn)}"
+        f"{run['es_cpu'] / rows * 1000:.2f} ms, Postgres {run['postgres_cpu'] / rows * 1000:.2f} "
+        f"ms; cores busy {run['machine_busy']:.0%}; jobs {await job_states(env.dsn)}"
     )
 
 
@@ -153,7 +161,7 @@ async def noop_ceiling(env: Environment, settings: Settings, rows: int) -> None:
             [rows],
         )
     async with app.open_async():
-        run = await drain_measured(app, settings.concurrency, env.es_url)
+        run = await drain_measured(env, app, settings.concurrency)
     print(f"no-op jobs: {rows / run['wall']:.0f} jobs/s ({run['wall']:.1f} s)")
 
 

@@ -11,7 +11,9 @@ triggers), PGSync 7.3.0 in its own virtualenv (benchmarks/pgsync_side.py) with i
 queue in Redis (`--redis-url`, a database of its own; its keys are removed at the
 end), procqueue's `procqueue worker` as a subprocess with its defaults except the
 periodic reconciliation, which is off (it would check 5,000 rows in the middle of a
-measurement). Each run, the systems' order rotates:
+measurement); other `PROCQUEUE_*` settings pass through from the environment
+(`PROCQUEUE_SYNC_BATCH_SIZE=1000 .venv/bin/python -m benchmarks.vs_pgsync`). Each
+run, the systems' order rotates:
 
 1. initial sync rows/s: `procqueue reindex listings` / a one-shot `pgsync` run / a
    direct bulk of the same documents, each into an empty index of its own while the
@@ -47,7 +49,6 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 from elasticsearch import AsyncElasticsearch, helpers
@@ -55,8 +56,10 @@ from elasticsearch import AsyncElasticsearch, helpers
 from benchmarks.common import (
     USER_ID,
     Environment,
+    es_server_marker,
     logical_cluster,
     percentile,
+    postmaster_pid,
     process_cpu_seconds,
     tree_cpu_seconds,
 )
@@ -216,10 +219,6 @@ async def procqueue_worker(bench: Bench) -> AsyncIterator[asyncio.subprocess.Pro
     finally:
         process.terminate()
         await process.wait()
-
-
-def postmaster_pid(cluster: ThrowawayCluster) -> int:
-    return int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
 
 
 @dataclass(frozen=True)
@@ -388,7 +387,7 @@ async def one_run(bench: Bench, run: int, results: Results) -> None:
 
     ids = [row_id(n) for n in random.Random(run + 100).sample(range(1, options.rows + 1),
                                                                  options.updates)]  # fmt: skip
-    postmaster = postmaster_pid(bench.cluster)
+    postmaster = postmaster_pid(bench.cluster.dsn)
     with bench.pgsync.daemon() as daemon:
         async with procqueue_worker(bench) as worker:
             consumers = {"procqueue": worker.pid, "pgsync": daemon.pid, "direct": None}
@@ -543,12 +542,11 @@ async def run(options: Options) -> None:
             es_timeout=ES_TIMEOUT, redis_url=options.redis_url, table=LISTING.table,
             columns=list(LISTING.fields), properties=LISTING.mappings()["properties"],
         )  # fmt: skip
-        port = urlsplit(es_url).port
         bench = Bench(
             options=options,
             cluster=cluster,
             es=es,
-            es_marker=None if env("ELASTICSEARCH_URL") else f"--elasticsearch-port {port}",
+            es_marker=None if env("ELASTICSEARCH_URL") else es_server_marker(es_url),
             procqueue_env={
                 **os.environ,
                 "DATABASE_URL": procqueue_dsn,

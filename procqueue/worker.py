@@ -391,7 +391,7 @@ class Worker(procrastinate_worker.Worker):
         await record_failed_attempt(self._procqueue.pool, job, error, final=True, secrets=secrets)
         sentry.capture_final_failure(error, job)
         metrics.observe_job(job.task_name, job.queue, "failed", 0.0)
-        error_type, message, _ = describe(error, secrets)
+        error_type, message = describe(error, secrets)
         logger.error(
             "job %s (%s) attempt %d failed for good: %s: %s",
             job.id,

@@ -66,6 +66,16 @@ async def clear_queue(database: str) -> None:
         await conn.execute("DELETE FROM procrastinate.procrastinate_jobs")
 
 
+async def add_row_jobs(database: str, task_name: str, ids: list[str]) -> None:
+    """One row job per id, as the triggers enqueue them (their lock and queueing lock)."""
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        for listing_id in ids:
+            await conn.execute(
+                "SELECT procqueue.add_job(%s, jsonb_build_object('id', %s::text), 'sync', %s, %s)",
+                [task_name, listing_id, f"listing:{listing_id}", f"listing:{listing_id}"],
+            )
+
+
 async def row_job_states(database: str, ids: list[str]) -> dict[str, tuple[str, int]]:
     """(status, attempts) of the row job of each listing id."""
     async with await psycopg.AsyncConnection.connect(database) as conn:
@@ -240,13 +250,7 @@ async def test_a_refused_item_fails_only_its_own_job_with_its_error_recorded(
         ids = await insert_listings(db, 30, "refused")
         await db.execute("UPDATE listings SET location = 'İzmir' WHERE id = %s", [ids[7]])
         await clear_queue(database)  # one job per row, the update's coalesced or not
-        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
-            for listing_id in ids:
-                await conn.execute(
-                    "SELECT procqueue.add_job('listing:update', jsonb_build_object('id', %s::text),"
-                    " 'sync', %s, %s)",
-                    [listing_id, f"listing:{listing_id}", f"listing:{listing_id}"],
-                )
+        await add_row_jobs(database, "listing:update", ids)
         await drain(app, concurrency=1)
     states = await row_job_states(database, ids)
     assert states.pop(ids[7]) == ("failed", 1)
@@ -264,6 +268,32 @@ async def test_a_refused_item_fails_only_its_own_job_with_its_error_recorded(
     assert f"listing {ids[7]}" in message and target in message and "strict" in message
     # The alias maps location: every row is there, the refused one included.
     assert await indexed_documents(app, LISTING) == await table_documents(database, LISTING)
+
+
+async def test_an_error_of_the_whole_batch_is_recorded_for_each_job_with_its_own_traceback(
+    fresh_database: str, es_url: str
+) -> None:
+    """The batch's rows cannot be read (a column the document needs is gone): every
+    job fails with that error, and each record's traceback is that job's, not a pile
+    of the others'. Raising one exception object in every job of a batch used to add
+    each job's frames to it: the 30th record held 30 jobs' frames, and formatting
+    them took a worker a core once batches were large and failing."""
+    database = fresh_database
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute("ALTER TABLE public.listings RENAME COLUMN title TO headline")
+    ids = [str(uuid.uuid4()) for _ in range(30)]
+    await add_row_jobs(database, "listing:update", ids)
+    async with app_with(database, es_url) as app:
+        await drain(app, concurrency=1)
+    states = await row_job_states(database, ids)
+    assert set(states.values()) == {("failed", 1)}
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cursor = await conn.execute("SELECT message, traceback FROM procqueue.job_errors")
+        errors = await cursor.fetchall()
+    assert len(errors) == 30
+    assert all("title" in message for message, _ in errors)
+    frames = [trace.count('\n  File "') for _, trace in errors]
+    assert max(frames) <= 2 * min(frames), frames
 
 
 async def test_idle_queue_runs_a_single_job_at_once(

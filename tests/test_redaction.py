@@ -16,7 +16,7 @@ import pytest
 
 from procqueue.app import build_app
 from procqueue.entities import LISTING
-from procqueue.queue.failures import MAX_MESSAGE, clip, describe, redact
+from procqueue.queue.failures import MAX_MESSAGE, clip, describe, redact, traceback_text
 from procqueue.queue.logs import MAX_FIELD, JsonFormatter, RedactingFormatter
 from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
@@ -118,7 +118,8 @@ def test_describe_bounds_an_error_record() -> None:
     try:
         raise ValueError(f"postgresql://app:{SECRET}@db/x " + "v " * 500_000)
     except ValueError as error:
-        error_type, message, trace = describe(error, (SECRET,))
+        error_type, message = describe(error, (SECRET,))
+        trace = traceback_text(error, (SECRET,))
     assert error_type == "builtins.ValueError"
     assert len(message) < MAX_MESSAGE + 60 and "characters cut]" in message
     assert "postgresql://app:***@db/x" in message and SECRET not in trace

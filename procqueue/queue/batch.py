@@ -26,6 +26,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Protocol
 
 import psycopg
@@ -89,14 +90,21 @@ class _Pending:
     key: str
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: Any = None
+    traceback: TracebackType | None = None
 
     def settle(self, outcome: Any) -> None:
         self.outcome = outcome
+        if isinstance(outcome, BaseException):
+            self.traceback = outcome.__traceback__
         self.ready.set()
 
     async def wait(self) -> Any:
         await self.ready.wait()
-        return _result(self.outcome)
+        if isinstance(self.outcome, BaseException):
+            # One error can be every follower's: each raise would add that follower's
+            # frames to the shared object (as asyncio's Future, start from the original).
+            raise self.outcome.with_traceback(self.traceback)
+        return self.outcome
 
 
 def _result(outcome: Any) -> Any:

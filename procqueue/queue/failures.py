@@ -130,22 +130,27 @@ def _strip_secret_edges(text: str, secrets: tuple[str, ...], *, at_end: bool) ->
     return text[:-piece] if at_end else text[piece:]
 
 
-def describe(error: BaseException, secrets: tuple[str, ...] = ()) -> tuple[str, str, str]:
-    """(type, message, traceback) of an error, with secrets removed, each at most
-    about MAX_MESSAGE / MAX_TRACEBACK characters."""
+def describe(error: BaseException, secrets: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(type, message) of an error, with secrets removed, the message at most about
+    MAX_MESSAGE characters."""
     error_type = f"{type(error).__module__}.{type(error).__qualname__}"
     message = redact(clip(str(error) or type(error).__name__, MAX_MESSAGE, secrets), secrets)
-    trace = redact(
-        clip("".join(traceback.format_exception(error)), MAX_TRACEBACK, secrets), secrets
-    )
-    return error_type, message, trace
+    return error_type, message
+
+
+def traceback_text(error: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """The error's traceback, with secrets removed, at most about MAX_TRACEBACK
+    characters. Formatting one costs (Python 3.11 parses each frame's line), so only
+    a recorded attempt pays for it, not a postponement."""
+    return redact(clip("".join(traceback.format_exception(error)), MAX_TRACEBACK, secrets), secrets)
 
 
 async def record_failed_attempt(
     pool: Any, job: Job, error: BaseException, *, final: bool, secrets: tuple[str, ...]
 ) -> None:
     """Write one failed attempt of `job` to procqueue.job_errors, secrets removed."""
-    error_type, message, trace = describe(error, secrets)
+    error_type, message = describe(error, secrets)
+    trace = traceback_text(error, secrets)
     try:
         async with pool.connection() as conn:
             await conn.execute(

@@ -118,7 +118,7 @@ class HandleOutcome:
         await record_failed_attempt(pool, job, error, final=final, secrets=self.secrets)
         if final:
             sentry.capture_final_failure(error, job)
-        error_type, message, _ = describe(error, self.secrets)
+        error_type, message = describe(error, self.secrets)
         return ("failed" if final else "retried"), f"{error_type.rsplit('.', 1)[-1]}: {message}"
 
     async def _outage(self, job: Job, error: SinkUnavailable, worker: Worker) -> None:
