@@ -293,7 +293,7 @@ async def test_an_error_of_the_whole_batch_is_recorded_for_each_job_with_its_own
     assert len(errors) == 30
     assert all("title" in message for message, _ in errors)
     frames = [trace.count('\n  File "') for _, trace in errors]
-    assert max(frames) <= 2 * min(frames), frames
+    assert max(frames) - min(frames) <= 5, frames  # the leader raised it from elsewhere
 
 
 async def test_idle_queue_runs_a_single_job_at_once(
