@@ -303,16 +303,16 @@ async def test_a_write_waiting_too_long_for_a_bulk_slot_opens_the_circuit_spendi
     """Waiting for a slot is bounded by PROCQUEUE_ELASTICSEARCH_TIMEOUT, as a request
     is: a server that holds every slot that long is down, and the jobs behind them
     are postponed, not left to run into the job timeout (which spends a retry; with
-    none allowed, the third job of one slot would fail)."""
+    none allowed, the sixth job behind one slot would fail)."""
     async with app_with(
-        database, proxy.url, concurrency=4, sync_batch_size=1, elasticsearch_bulk_concurrency=1,
-        elasticsearch_timeout=0.4, job_timeout=1.0, max_retries=0,
+        database, proxy.url, concurrency=6, sync_batch_size=1, elasticsearch_bulk_concurrency=1,
+        elasticsearch_timeout=0.4, job_timeout=2.0, max_retries=0,
     ) as app:  # fmt: skip
         await search_index(app.services).ensure_index(LISTING)
         await db.execute("DELETE FROM procrastinate.procrastinate_jobs")  # earlier tests'
         caplog.set_level(logging.INFO, "procqueue")
         proxy.stall()
-        ids = await insert_listings(db, 4, "held slots")
+        ids = await insert_listings(db, 6, "held slots")
         async with running_worker(app):
 
             async def waited_too_long() -> bool:  # its postponement is logged, not recorded
@@ -323,6 +323,6 @@ async def test_a_write_waiting_too_long_for_a_bulk_slot_opens_the_circuit_spendi
             await proxy.come_back()
             await eventually(lambda: queue_is_done(database))
         titles = [await indexed_title(app, listing_id) for listing_id in ids]
-    assert titles == ["held slots"] * 4
+    assert titles == ["held slots"] * 6
     assert "failed" not in await job_counts(database)
     assert await errors_of(database, ids, "error_type LIKE '%JobTimeout'") == []
