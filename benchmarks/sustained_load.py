@@ -57,6 +57,7 @@ from procqueue.search.sync import entity_query
 
 CORES = os.cpu_count() or 1
 PROBE_BATCH = 100
+DRAIN_TIMEOUT = 600.0  # seconds after the load for every write to become visible
 BACKLOG = (
     "SELECT count(*) FROM procrastinate.procrastinate_jobs "
     "WHERE status IN ('todo', 'doing') AND task_name LIKE 'listing:%%'"
@@ -176,6 +177,30 @@ class Outcome:
     machine_busy: float  # share of all cores busy during the load, 0..1
 
 
+async def still_pending(dsn: str, probe: Probe) -> str:
+    """Why writes are still not visible: their rows' jobs by state, their error
+    records and the circuits, read before the benchmark's database is dropped."""
+    locks = [f"listing:{listing_id}" for listing_id in probe.pending]
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        jobs = await (await conn.execute(
+            "SELECT status::text, count(*) FROM procrastinate.procrastinate_jobs "
+            "WHERE lock = ANY(%s) GROUP BY 1", [locks],
+        )).fetchall()  # fmt: skip
+        errors = await (await conn.execute(
+            "SELECT e.error_type, count(*) FROM procqueue.job_errors AS e "
+            "JOIN procrastinate.procrastinate_jobs AS j ON j.id = e.job_id "
+            "WHERE j.lock = ANY(%s) GROUP BY 1", [locks],
+        )).fetchall()  # fmt: skip
+        circuits = await (await conn.execute(
+            "SELECT sink, is_open FROM procqueue.sink_circuits"
+        )).fetchall()  # fmt: skip
+    return (
+        f"{len(probe.pending)} writes still not visible {DRAIN_TIMEOUT:g} s after the load "
+        f"ended; their rows' jobs {dict(jobs)}, error records {dict(errors)}, circuits "
+        f"{dict(circuits)}"
+    )
+
+
 async def measure(
     env: Environment, search: SearchIndex, write: Write, ids: list[str], args: argparse.Namespace
 ) -> Outcome:
@@ -204,7 +229,10 @@ async def measure(
     ended = time.perf_counter()
     machine_busy = machine_cpu().busy_share_since(busy_before)
     stop.set()
-    await asyncio.wait_for(watching, timeout=600)
+    try:
+        await asyncio.wait_for(watching, timeout=DRAIN_TIMEOUT)
+    except TimeoutError:
+        raise RuntimeError(await still_pending(env.dsn, probe)) from None
     drained_after = time.perf_counter() - ended
     await sampling
     es_cpu = (process_cpu_seconds(es_server) or 0.0) - es_before
