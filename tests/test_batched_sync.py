@@ -30,6 +30,7 @@ from tests.conftest import make_settings
 from tests.support.proxy import TcpProxy
 from tests.support.worker import app_with as app_on
 from tests.support.worker import (
+    clear_queue,
     drain,
     eventually,
     indexed_documents,
@@ -58,12 +59,6 @@ def app_with(
     database: str, es_url: str, **overrides: Any
 ) -> contextlib.AbstractAsyncContextManager[ProcqueueApp]:
     return app_on(make_settings(database, es_url, index_prefix=INDEX_PREFIX, **overrides))
-
-
-async def clear_queue(database: str) -> None:
-    """Forget earlier tests' jobs, so that counts are this test's."""
-    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
-        await conn.execute("DELETE FROM procrastinate.procrastinate_jobs")
 
 
 async def add_row_jobs(database: str, task_name: str, ids: list[str]) -> None:

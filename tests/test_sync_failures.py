@@ -22,6 +22,7 @@ from tests.support.history import run_cli
 from tests.support.proxy import TcpProxy
 from tests.support.worker import (
     SELLER_ID,
+    clear_queue,
     eventually,
     indexed_documents,
     insert_listings,
@@ -277,7 +278,7 @@ async def test_a_worker_keeps_at_most_its_bulk_concurrency_of_writes_in_flight(
         database, proxy.url, concurrency=6, sync_batch_size=1, elasticsearch_bulk_concurrency=2
     ) as app:
         await search_index(app.services).ensure_index(LISTING)
-        await db.execute("DELETE FROM procrastinate.procrastinate_jobs")  # earlier tests'
+        await clear_queue(database)
         proxy.stall()
         ids = await insert_listings(db, 6, "slow server")
         async with running_worker(app):
@@ -309,7 +310,7 @@ async def test_a_write_waiting_too_long_for_a_bulk_slot_opens_the_circuit_spendi
         elasticsearch_timeout=0.4, job_timeout=2.0, max_retries=0,
     ) as app:  # fmt: skip
         await search_index(app.services).ensure_index(LISTING)
-        await db.execute("DELETE FROM procrastinate.procrastinate_jobs")  # earlier tests'
+        await clear_queue(database)
         caplog.set_level(logging.INFO, "procqueue")
         proxy.stall()
         ids = await insert_listings(db, 6, "held slots")

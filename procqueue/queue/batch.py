@@ -107,12 +107,6 @@ class _Pending:
         return self.outcome
 
 
-def _result(outcome: Any) -> Any:
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
-
-
 class Batches:
     """The batches of one task family in one app: which running jobs wait for a
     leader's work (by job id)."""
@@ -131,17 +125,18 @@ class Batches:
         if pending is not None:
             return await pending.wait()
         leading = asyncio.create_task(self._lead(context, work))
+        own = _Pending(key)
         try:
-            own: Any = (await work([key]))[key]
+            own.settle((await work([key]))[key])
         except Exception as error:
-            own = error
+            own.settle(error)
         except BaseException:
             leading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await leading
             raise
         await leading
-        return _result(own)
+        return await own.wait()
 
     async def _lead(self, context: JobContext, work: Work) -> None:
         """Claim jobs, hand them to the worker and serve them with one `work` over

@@ -42,6 +42,12 @@ async def running_worker(app: ProcqueueApp, **options: Any) -> AsyncIterator[asy
             await task
 
 
+async def clear_queue(database: str) -> None:
+    """Forget earlier tests' jobs, so that counts are this test's."""
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute("DELETE FROM procrastinate.procrastinate_jobs")
+
+
 async def eventually(
     check: Callable[[], Awaitable[bool]], timeout: float = 20.0, interval: float = 0.05
 ) -> None:
