@@ -25,8 +25,8 @@ from elasticsearch import helpers
 
 from benchmarks.common import USER_ID, environment
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import LISTING
-from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
 from procqueue.search.reindex import reindex_entity
 from tests.support.worker import drain, table_documents

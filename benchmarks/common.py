@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from procqueue.features import Settings, load_settings
 from procqueue.local import env, local_postgres, local_search, scratch_database
 from procqueue.migrate import migrate
-from procqueue.settings import Settings, load_settings
 from tests.support.cluster import ThrowawayCluster, throwaway_cluster
 
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -25,9 +25,9 @@ from benchmarks.common import percentile
 from benchmarks.health_queries import fill
 from procqueue.dashboard.app import create_app
 from procqueue.dashboard.security import access_for
+from procqueue.features import load_settings
 from procqueue.local import env, local_postgres, scratch_database
 from procqueue.migrate import migrate
-from procqueue.settings import load_settings
 
 DASHBOARD_INDEXES = (
     "procqueue_jobs_status_id_idx",

@@ -27,7 +27,7 @@ from benchmarks.common import percentile
 from procqueue import resources
 from procqueue.local import env, local_postgres, scratch_database
 from procqueue.migrate import migrate
-from procqueue.queries import query
+from procqueue.queue.queries import query
 
 FILL_SQL = Path(__file__).with_name("health_fill.sql")
 BUDGET_MS = 100.0

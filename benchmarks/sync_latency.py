@@ -33,10 +33,10 @@ from psycopg.rows import dict_row
 
 from benchmarks.common import USER_ID, environment, percentile, summary_ms
 from procqueue.entities import LISTING
+from procqueue.features import Settings
 from procqueue.search.client import SearchIndex, make_client
 from procqueue.search.document import document_from_row
 from procqueue.search.sync import entity_query
-from procqueue.settings import Settings
 
 LATENCIES = """
 SELECT extract(epoch FROM done.at - made.at), extract(epoch FROM started.at - made.at)
@@ -200,7 +200,7 @@ async def run(rate: float, seconds: float, sizes: list[int]) -> None:
 DRAIN = """
 import asyncio
 from procqueue.app import build_app
-from procqueue.settings import load_settings
+from procqueue.features import load_settings
 app = build_app(load_settings())
 async def main():
     async with app.open_async():

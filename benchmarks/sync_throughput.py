@@ -33,12 +33,12 @@ from benchmarks.common import (
     tree_cpu_seconds,
 )
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import LISTING
-from procqueue.runtime import ProcqueueApp
+from procqueue.features import Settings
 from procqueue.search.client import SearchIndex, search_index
 from procqueue.search.document import document_from_row
 from procqueue.search.sync import entity_query
-from procqueue.settings import Settings
 
 DIRECT_CHUNK = 500
 

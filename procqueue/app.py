@@ -13,17 +13,17 @@ import logging
 import sys
 from typing import Any
 
-from procqueue.connections import FailFastPool, pool_arguments
+from procqueue.engine.app import ProcqueueApp
+from procqueue.engine.connections import FailFastPool, pool_arguments
+from procqueue.engine.qualified import QualifiedPsycopgConnector
+from procqueue.engine.services import Services
+from procqueue.engine.worker import WORKER_APPLICATION
 from procqueue.entities import EntityRegistry, load_entities
 from procqueue.errors import ProcqueueError
-from procqueue.features import FEATURES
-from procqueue.qualified import QualifiedPsycopgConnector
+from procqueue.features import FEATURES, Settings, get_settings
 from procqueue.queue import maintenance
 from procqueue.queue.middleware import worker_middleware
 from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp, Services
-from procqueue.settings import Settings, get_settings
-from procqueue.worker import WORKER_APPLICATION
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +80,12 @@ def build_app(settings: Settings) -> ProcqueueApp:
     app = ProcqueueApp(connector=make_connector(settings))
     app.services = Services(settings=settings, entities=entities)
     app.worker_defaults = worker_options(settings)  # type: ignore[assignment]
-    retry = BackoffRetry(settings.max_retries, settings.retry_backoff, settings.retry_backoff_max)
+    app.retry = BackoffRetry(
+        settings.max_retries, settings.retry_backoff, settings.retry_backoff_max
+    )
     for feature in FEATURES:
-        feature.register(app, retry)
-    maintenance.register(app, retry)
+        feature.register(app)
+    maintenance.register(app)
     return app
 
 

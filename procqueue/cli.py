@@ -10,10 +10,10 @@ from typing import Any, NoReturn
 
 from procqueue import __version__
 from procqueue.commands import bulk, dashboard, health, images, jobs, metrics, migrate, worker
-from procqueue.connections import database_error
+from procqueue.engine.connections import database_error
 from procqueue.errors import ProcqueueError
+from procqueue.features import get_settings
 from procqueue.queue.logs import configure_logging
-from procqueue.settings import get_settings
 
 #: The status of a command whose reader went away (`procqueue health --json | head`):
 #: what a shell shows for a process that SIGPIPE ended.
@@ -70,7 +70,7 @@ def _failed(error: ProcqueueError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(verbose=args.verbose)
+    configure_logging(get_settings, verbose=args.verbose)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         status = handler(args)

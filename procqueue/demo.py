@@ -35,16 +35,17 @@ from procqueue.dashboard.app import make_server
 from procqueue.dashboard.security import LOCAL_HOST, access_for
 from procqueue.entities import DEFAULT_ENTITIES
 from procqueue.errors import ConfigError, ProcqueueError
+from procqueue.features import Settings, get_settings, load_settings
 from procqueue.local import database_dsn, env, install_sample_schema, local_postgres, local_search
 from procqueue.migrate import first_line, migrate
-from procqueue.queries import query
-from procqueue.queue.failures import redact
+from procqueue.queries import NamedQueries
 from procqueue.queue.logs import configure_logging
+from procqueue.redaction import redact
 from procqueue.search.client import SearchIndex, search_index
 from procqueue.search.reindex import reindex_entity
-from procqueue.settings import Settings, load_settings
 
 logger = logging.getLogger("procqueue.demo")
+query = NamedQueries("procqueue", "sql/demo.sql").query
 T = TypeVar("T")
 
 #: The comment on every database the demo makes: it drops or seeds no other.
@@ -258,7 +259,7 @@ Ctrl-C stops the demo (and drops a database it made).
 def quiet_jobs(verbose: bool) -> Iterator[None]:
     """No line per job while the seed is indexed: start-up stays a few lines."""
     loggers = [
-        logging.getLogger(name) for name in ("procqueue.queue.middleware", "procqueue.worker")
+        logging.getLogger(name) for name in ("procqueue.queue.outcomes", "procqueue.engine")
     ]
     levels = [each.level for each in loggers]
     for each in loggers if not verbose else ():
@@ -301,7 +302,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging(verbose=args.verbose)
+    configure_logging(get_settings, verbose=args.verbose)
     if not args.verbose:  # the worker's own start-up lines; the demo says what matters
         logging.getLogger("procrastinate").setLevel(logging.WARNING)
     stop_on_signals()

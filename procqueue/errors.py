@@ -27,9 +27,9 @@ class TransientError(JobError):
     """A failure that may go away by itself (network, timeout, 429, 5xx): retry.
     `retry_at`: the earliest time the service said it may be called again (a rate
     limit's reset, an HTTP Retry-After); the retry waits for it (queue/retry.py).
-    `spends_attempt=False` (see `postpone`): not a failure but a hand-over: the
-    worker enqueues the same job again, due at `retry_at`, and this one succeeds,
-    so the wait uses up none of the job's retries."""
+    `spends_attempt=False` (see `postpone`): not a failure but a wait: the worker
+    puts the same job row back to waiting, due at `retry_at`, attempts unchanged
+    (queue/outcomes.py `Postponed`), so the wait uses up none of its retries."""
 
     def __init__(
         self, message: str, *, retry_at: datetime | None = None, spends_attempt: bool = True
@@ -46,7 +46,7 @@ class TransientError(JobError):
 
     @classmethod
     def postpone(cls, message: str, seconds: float) -> Self:
-        """Come back in `seconds` with a new job, spending no retry (for waits that
+        """Wait `seconds` and run the same job again, spending no retry (for waits that
         are not failures: another transaction holds what the job needs)."""
         when = datetime.now(UTC) + timedelta(seconds=seconds)
         return cls(message, retry_at=when, spends_attempt=False)

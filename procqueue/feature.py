@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from procqueue.settings import SchemaConfig
+from procqueue.settings import SchemaConfig, Section
 
 if TYPE_CHECKING:
+    from procqueue.engine.app import ProcqueueApp
     from procqueue.queue.jobs import JobSpec
-    from procqueue.queue.retry import BackoffRetry
-    from procqueue.runtime import ProcqueueApp
 
 
 @dataclass(frozen=True)
@@ -33,9 +32,12 @@ SchemaSteps = Callable[[SchemaConfig, "psycopg.Connection | None"], list[Step]]
 
 @dataclass(frozen=True)
 class Feature:
-    """A feature slice: its name, how it registers its tasks, which triggers it needs."""
+    """A feature slice: its name, how it registers its tasks, which triggers it needs,
+    and its settings section (read from `app.services.settings.section(settings)`;
+    procqueue/features.py puts every feature's section into the one `Settings`)."""
 
     name: str
-    register: Callable[[ProcqueueApp, BackoffRetry], None]
+    register: Callable[[ProcqueueApp], None]
     schema_steps: SchemaSteps
     job_specs: Callable[[SchemaConfig], list[JobSpec]]
+    settings: type[Section]

@@ -10,25 +10,28 @@ same steps are either executed or printed (`--print-sql`).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from importlib import resources
-from importlib.resources.abc import Traversable
 
 import procrastinate
 import psycopg
 from procrastinate import schema as procrastinate_schema
 
-from procqueue import connections
 from procqueue import resources as shipped
+from procqueue.engine import connections
+from procqueue.engine.queries import query
+from procqueue.engine.schema import (
+    PROCRASTINATE_RECORD,
+    PROCRASTINATE_SCHEMA,
+    migration_files,
+    version_key,
+)
 from procqueue.entities import Entity
 from procqueue.errors import MigrationError
 from procqueue.feature import Step
-from procqueue.queries import query
+from procqueue.features import FEATURES
 from procqueue.settings import SchemaConfig
 
-PROCRASTINATE_SCHEMA = "procrastinate"
-PROCRASTINATE_RECORD = "procrastinate"
 MIGRATE_LOCK_KEY = 0x70726F63  # "proc"
 DEFAULT_SCHEMA = SchemaConfig()
 BOOTSTRAP_SQL = """\
@@ -47,10 +50,6 @@ def checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
-
-
 def procrastinate_steps(installed: str | None) -> list[Step]:
     """Install Procrastinate's schema, or upgrade it with its own migrations."""
     current = procrastinate.__version__
@@ -65,7 +64,7 @@ def procrastinate_steps(installed: str | None) -> list[Step]:
                 checksum=current,
             )
         ]
-    if _version_key(installed) >= _version_key(current):
+    if version_key(installed) >= version_key(current):
         return []
     steps = []
     migrations = resources.files("procrastinate.sql") / "migrations"
@@ -73,7 +72,7 @@ def procrastinate_steps(installed: str | None) -> list[Step]:
         if not item.name.endswith(".sql"):
             continue
         version = item.name.split("_", 1)[0]
-        if _version_key(installed) < _version_key(version) <= _version_key(current):
+        if version_key(installed) < version_key(version) <= version_key(current):
             steps.append(
                 Step(
                     f"Procrastinate migration {item.name}",
@@ -90,15 +89,6 @@ def _in_procrastinate_schema(body: str, *, create: bool) -> str:
         f"{head}SET LOCAL search_path TO {PROCRASTINATE_SCHEMA};\n"
         f"{body}\nSET LOCAL search_path TO DEFAULT;\n"
     )
-
-
-def migration_files(directory: Traversable | None = None) -> list[Traversable]:
-    """The numbered migrations, in order (see procqueue.resources for where they are)."""
-    files = shipped.sql_files(shipped.migrations() if directory is None else directory)
-    names = [file.name for file in files]
-    if not all(re.match(r"^\d{4}_[a-z0-9_]+\.sql$", name) for name in names):
-        raise MigrationError(f"migration files must be named NNNN_description.sql: {names}")
-    return files
 
 
 def our_migration_steps(applied: dict[str, str]) -> list[Step]:
@@ -149,10 +139,6 @@ def check_tables(conn: psycopg.Connection, entities: Sequence[Entity]) -> None:
 def schema_steps(schema: SchemaConfig, conn: psycopg.Connection | None = None) -> list[Step]:
     """The triggers each feature attaches for `schema`; with a connection, checked
     against the tables."""
-    # Imported here: the features' tasks import the worker runtime, whose start checks
-    # import this module's migration bookkeeping.
-    from procqueue.features import FEATURES
-
     return [step for feature in FEATURES for step in feature.schema_steps(schema, conn)]
 
 

@@ -82,8 +82,3 @@ def sample_schema() -> Traversable:
 def seed() -> Traversable:
     """`examples/seed.sql`: the demo's sample rows."""
     return example("seed.sql")
-
-
-def queries() -> Traversable:
-    """`procqueue/sql/queries.sql`: the named queries of procqueue.queries."""
-    return _package() / "sql" / "queries.sql"

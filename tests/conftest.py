@@ -22,10 +22,10 @@ import psycopg
 import pytest
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
+from procqueue.features import Settings, load_settings
 from procqueue.local import local_postgres, local_search
 from procqueue.migrate import migrate
-from procqueue.runtime import ProcqueueApp
-from procqueue.settings import Settings, load_settings
 from tests.support.supabase import supabase_database
 from tests.support.worker import SELLER_ID
 

@@ -19,13 +19,14 @@ from procrastinate.jobs import Status
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import LISTING
-from procqueue.queries import query
+from procqueue.features import Settings
 from procqueue.queue.batch import BatchSpec, claim_jobs_like
 from procqueue.queue.finishing import Finisher
-from procqueue.runtime import ProcqueueApp
+from procqueue.queue.queries import query
 from procqueue.search.client import search_index
-from procqueue.settings import Settings
+from procqueue.search.settings import SearchSettings
 from tests.conftest import make_settings
 from tests.support.proxy import TcpProxy
 from tests.support.worker import app_with as app_on
@@ -298,7 +299,7 @@ async def test_idle_queue_runs_a_single_job_at_once(
     single write is indexed about as soon as it commits (median well under a second;
     the emulator alone can stall ~0.45 s while it saves its state)."""
     await clear_queue(database)
-    assert app.services.settings.sync_batch_size > 1
+    assert app.services.settings.section(SearchSettings).sync_batch_size > 1
     await search_index(app.services).ensure_index(LISTING)
     latencies = []
     async with running_worker(app, concurrency=10):

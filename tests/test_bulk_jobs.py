@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import DEFAULT_ENTITIES, LISTING
-from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
 from tests.conftest import make_settings
 from tests.support.cloudinary_server import CloudinaryServer

@@ -21,10 +21,10 @@ import psycopg
 import pytest
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import INVENTORY, LISTING
+from procqueue.features import load_settings
 from procqueue.migrate import migrate
-from procqueue.runtime import ProcqueueApp
-from procqueue.settings import load_settings
 from tests.support.chaos import (
     WORKER_ROLE,
     Faults,
@@ -267,8 +267,8 @@ async def report(
     succeeded = sum(count for _, status, count, _ in statistics["tasks"] if status == "succeeded")
     postponed = postponements(fleet.workers)
     print(
-        f"chaos: {succeeded} jobs succeeded, {postponed} of them postponements (the circuit "
-        f"open: a new job took over), so {succeeded - postponed} did their work; "
+        f"chaos: {succeeded} jobs succeeded; {postponed} postponements (a sink's circuit "
+        f"open, a writer holding the row: the same job waited again, no attempt spent); "
         f"{statistics['deferred_for_retry']} retries"
     )
     for task, status, count, attempts in statistics["tasks"]:

@@ -12,7 +12,7 @@ from pydantic import AliasChoices
 from pydantic.fields import FieldInfo
 
 from procqueue.cli import build_parser
-from procqueue.settings import Settings
+from procqueue.features import Settings
 from tests.support.repo import REPO_DIR
 
 COMPOSE = yaml.safe_load((REPO_DIR / "docker-compose.yml").read_text())

@@ -12,8 +12,9 @@ from typing import Any
 
 import psycopg
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import INVENTORY, LISTING
-from procqueue.runtime import ProcqueueApp
+from procqueue.search.settings import SearchSettings
 from tests.support.worker import (
     SELLER_ID,
     drain,
@@ -90,7 +91,8 @@ async def random_change(
 async def test_index_converges_to_table_under_concurrent_writers(
     app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any]
 ) -> None:
-    assert app.services.settings.sync_batch_size > 1, "batching is on by default"
+    search_settings = app.services.settings.section(SearchSettings)
+    assert search_settings.sync_batch_size > 1, "batching is on by default"
     items: list[str] = []
     listings: list[str] = []
     async with running_worker(app, concurrency=10):

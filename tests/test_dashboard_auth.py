@@ -24,7 +24,7 @@ import pytest
 from procqueue.dashboard.app import SESSION_COOKIE, create_app
 from procqueue.dashboard.security import access_for
 from procqueue.errors import ConfigError
-from procqueue.settings import Settings
+from procqueue.features import Settings
 from tests.conftest import make_settings
 from tests.support.dashboard import audit_rows, csrf_from, free_port, post_login, sign_in
 from tests.support.gotrue_server import GoTrueState, Signing, gotrue_server

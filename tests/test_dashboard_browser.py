@@ -17,7 +17,8 @@ import pytest
 
 from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
-from procqueue.runtime import ProcqueueApp
+from procqueue.engine.app import ProcqueueApp
+from procqueue.features import Settings
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.dashboard import job_status, served
@@ -74,7 +75,7 @@ async def shoot(page: Page, name: str) -> None:
 async def test_sign_in_see_the_failure_retry_and_see_it_succeed(
     app: ProcqueueApp, database: str
 ) -> None:
-    settings = app.services.settings
+    settings = app.services.settings.section(Settings)
     # Some history for the charts, then a job that fails while its switch is broken.
     for n in range(6):
         await app.configure_task("test:flaky").defer_async(failures=n % 3)

@@ -17,9 +17,9 @@ import pytest
 
 from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
+from procqueue.engine.app import ProcqueueApp
 from procqueue.errors import ConfigError
-from procqueue.runtime import ProcqueueApp
-from procqueue.settings import Settings
+from procqueue.features import Settings
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.dashboard import (

@@ -16,9 +16,9 @@ from psycopg.types.json import Jsonb
 
 from procqueue.dashboard.app import STATIC_DIR, TEMPLATES_DIR
 from procqueue.dashboard.security import access_for
+from procqueue.features import Settings
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE, PRUNE_TASK, RESCUE_TASK
 from procqueue.search.jobs import RECONCILE
-from procqueue.settings import Settings
 from tests.conftest import make_settings
 from tests.support.dashboard import csrf_from, dashboard_client, sign_in
 from tests.support.supabase import supabase_database

@@ -18,6 +18,8 @@ from psycopg.rows import dict_row
 
 from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
+from procqueue.engine.app import ProcqueueApp
+from procqueue.features import Settings
 from procqueue.migrate import migrate
 from procqueue.queue.health import (
     HealthConfig,
@@ -27,7 +29,6 @@ from procqueue.queue.health import (
     WorkerHealth,
     evaluate,
 )
-from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.dashboard import csrf_from, dashboard_client, sign_in
@@ -94,7 +95,7 @@ async def test_a_job_of_an_unknown_task_fails_with_its_reason_recorded(
     await drain(app, concurrency=1)
     assert (await job_row(database, job_id))["status"] == "failed"
     (error,) = await error_rows(database, job_id)
-    assert error["error_type"] == "procqueue.worker.UnknownTask"
+    assert error["error_type"] == "procqueue.engine.refusals.UnknownTask"
     assert (error["attempt"], error["final"], error["transient"]) == (1, True, False)
     assert "no task named 'product:update'" in error["message"]
 
@@ -111,7 +112,7 @@ async def test_arguments_a_task_does_not_take_fail_with_a_reason_naming_them(
     await drain(app, concurrency=1)
     assert (await job_row(database, job_id))["status"] == "failed"
     (error,) = await error_rows(database, job_id)
-    assert error["error_type"] == "procqueue.worker.InvalidJobArgs"
+    assert error["error_type"] == "procqueue.engine.refusals.InvalidJobArgs"
     assert error["final"] and not error["transient"]
     assert "test:flaky" in error["message"] and "bogus" in error["message"]
     assert "failures" in error["message"]  # the argument it lacks
@@ -160,7 +161,7 @@ async def test_a_job_whose_args_are_not_an_object_fails_and_frees_its_row(
     assert (await job_row(database, bad))["status"] == "failed"
     assert (await job_row(database, later))["status"] == "succeeded"
     (error,) = await error_rows(database, bad)
-    assert error["error_type"] == "procqueue.worker.InvalidJobArgs"
+    assert error["error_type"] == "procqueue.engine.refusals.InvalidJobArgs"
     assert error["final"]
     assert "must be a JSON object" in error["message"] and "'oops'" in error["message"]
 
@@ -197,6 +198,7 @@ async def test_migrating_fails_the_jobs_whose_args_are_not_an_object(fresh_datab
     assert (await job_row(database, good))["status"] == "todo"
     for job_id in (waiting, stuck):
         (error,) = await error_rows(database, job_id)
+        # The migration's record names the class where it lived then (append-only).
         assert error["error_type"] == "procqueue.worker.InvalidJobArgs"
         assert error["final"] and "must be a JSON object" in error["message"]
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
@@ -226,7 +228,7 @@ async def test_a_retry_from_the_dashboard_is_not_an_attempt(
     job_id = await app.configure_task("test:broken").defer_async(reason="bad data")
     await drain(app, concurrency=1)
     assert (await job_row(database, job_id))["attempts"] == 1
-    settings = app.services.settings
+    settings = app.services.settings.section(Settings)
     async with dashboard_client(settings, access_for(settings, "0.0.0.0", False)) as client:
         assert (await sign_in(client, "alice", SECRET)).status_code == 303
         page = await client.get(f"/jobs/{job_id}")
@@ -305,7 +307,7 @@ async def test_procqueue_health_is_degraded_by_5_failures_in_31_runs(fresh_datab
 
 
 async def test_the_dashboards_counters_say_what_they_count(app: ProcqueueApp) -> None:
-    settings = app.services.settings
+    settings = app.services.settings.section(Settings)
     async with dashboard_client(settings, access_for(settings, "0.0.0.0", False)) as client:
         assert (await sign_in(client, "alice", SECRET)).status_code == 303
         html = (await client.get("/")).text

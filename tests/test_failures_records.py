@@ -15,8 +15,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.queue.logs import JsonFormatter, RedactingFormatter
-from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.history import run_cli
@@ -191,7 +191,7 @@ async def test_json_logs_carry_job_id_task_attempt_and_duration(
     app: ProcqueueApp, caplog: pytest.LogCaptureFixture
 ) -> None:
     job_id = await app.configure_task("test:flaky").defer_async(failures=1)
-    with caplog.at_level(logging.INFO, logger="procqueue.queue.middleware"):
+    with caplog.at_level(logging.INFO, logger="procqueue.queue.outcomes"):
         await drain(app, concurrency=1)
     formatter = JsonFormatter((SECRET_KEY,))
     lines = [

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from procqueue.app import build_app
-from procqueue.runtime import ProcqueueApp
+from procqueue.engine.app import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.worker import eventually, running_worker

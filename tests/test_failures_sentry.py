@@ -12,15 +12,14 @@ import psycopg
 import pytest
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.queue.maintenance import rescue_stalled_jobs
-from procqueue.queue.retry import BackoffRetry
 from procqueue.queue.sentry import (
     flush_sentry,
     init_sentry,
     sentry_enabled,
     shutdown_sentry,
 )
-from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.sentry_server import SentryServer
@@ -118,7 +117,7 @@ async def test_a_lost_worker_is_reported(
             " worker_id = (SELECT id FROM dead) WHERE id = %s",
             [job_id],
         )
-    report = await rescue_stalled_jobs(app, BackoffRetry(max_retries=3))
+    report = await rescue_stalled_jobs(app)
     assert report.retried == [job_id]
     (event,) = await sent_events(sentry)
     assert event["fingerprint"] == ["procqueue-lost-worker"]

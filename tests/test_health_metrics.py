@@ -16,9 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.local import free_port
 from procqueue.queue.server import make_server
-from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.worker import drain, eventually

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.queue.maintenance import prune
-from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support.history import error_row, finished_job
 

@@ -13,15 +13,15 @@ from typing import Any
 import psycopg
 import pytest
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import DEFAULT_MAX_DOCUMENT_BYTES, LISTING, Entity
 from procqueue.errors import PermanentError
-from procqueue.runtime import ProcqueueApp
+from procqueue.features import Settings
 from procqueue.search.bulk import sync_chunk
 from procqueue.search.client import search_index
 from procqueue.search.document import Unindexable, document_from_row
 from procqueue.search.reindex import live_indexes, reindex_entity
 from procqueue.search.sync import entity_query, sync_entity
-from procqueue.settings import Settings
 from tests.support.history import run_cli
 from tests.support.worker import SELLER_ID, drain, indexed_documents
 

@@ -14,8 +14,9 @@ import pytest
 
 from procqueue.dashboard.store import JobFilter
 from procqueue.entities import INVENTORY, LISTING
-from procqueue.features import FEATURES
+from procqueue.features import FEATURES, load_settings
 from procqueue.migrate import migrate
+from procqueue.notifications.jobs import CHANNELS
 from procqueue.queue.jobs import JobSpec
 from procqueue.settings import SchemaConfig
 from tests.support.repo import REPO_DIR
@@ -155,6 +156,19 @@ def test_notifications_enqueue_what_the_specs_say(database: str) -> None:
         f"procqueue: notification {notification_id} not sent on channel pager: no such "
         "channel; fix procqueue.notification_rules or the channels passed"
     ]
+
+
+def test_one_registry_gives_each_channel_its_job_its_sink_and_its_sender() -> None:
+    """CHANNELS (procqueue/notifications/jobs.py) is the only list of channels: the
+    job specs, the SQL's procqueue.notification_jobs rows and the tasks read it."""
+    [feature] = [feature for feature in FEATURES if feature.name == "notifications"]
+    assert feature.job_specs(SchemaConfig()) == [spec.job for spec in CHANNELS.values()]
+    settings = load_settings(database_url="postgresql://db/app")
+    for name, spec in CHANNELS.items():
+        assert spec.name == name and spec.job.task_name == f"notification:{name}"
+        assert spec.job.sink == spec.sink and spec.job.lock_prefix == f"notification:{name}:"
+        assert spec.make(settings).name == name  # unconfigured here: it says so by name
+    assert {name: spec.sink for name, spec in CHANNELS.items()} == {"email": "smtp", "push": "fcm"}
 
 
 def test_the_dashboards_entity_filter_reads_locks_by_the_specs() -> None:

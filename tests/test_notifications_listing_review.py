@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from procqueue.runtime import ProcqueueApp
+from procqueue.engine.app import ProcqueueApp
 from tests.support.fcm_server import FcmState
 from tests.support.notifications import (
     add_user,

@@ -42,6 +42,19 @@ async def finished_jobs(database: str, task: str, listing_id: str | None = None)
     return int(row[0]) if row else 0
 
 
+async def postponements(database: str, task: str, listing_id: str) -> int:
+    """How many times the listing's jobs were postponed (the same row waits again)."""
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cursor = await conn.execute(
+            "SELECT coalesce(sum(p.times), 0) FROM procrastinate.procrastinate_jobs AS j "
+            "JOIN procqueue.job_postponements AS p ON p.job_id = j.id "
+            "WHERE j.task_name = %s AND j.args->>'id' = %s",
+            [task, listing_id],
+        )
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
 async def run_worker_until(env: dict[str, str], log: Path, done: Any) -> str:
     """Run `procqueue worker` until `done()` holds, stop it with SIGTERM; its output."""
     process = await start_cli_worker(env, log)
@@ -70,10 +83,11 @@ async def test_a_worker_with_elasticsearch_down_logs_one_line_per_attempt_and_no
     listing = row[0]
 
     async def three_attempts() -> bool:
-        return await finished_jobs(database, "listing:create", listing) >= 3
+        return await postponements(database, "listing:create", listing) >= 3
 
     text = await run_worker_until(env, tmp_path / "worker.log", three_attempts)
-    attempts = await finished_jobs(database, "listing:create", listing)
+    assert await finished_jobs(database, "listing:create", listing) == 0
+    attempts = await postponements(database, "listing:create", listing)
     assert "Traceback" not in text and "elastic_transport" not in text, text[-3000:]
     about_the_job = [line for line in text.splitlines() if "(listing:create)" in line]
     assert len(about_the_job) == attempts, text[-3000:]

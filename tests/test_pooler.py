@@ -18,18 +18,18 @@ from procrastinate import sql as procrastinate_sql
 
 from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
-from procqueue.entities import LISTING
-from procqueue.migrate import migrate
-from procqueue.qualified import (
+from procqueue.engine.app import ProcqueueApp
+from procqueue.engine.qualified import (
     QUALIFIED,
     QualifiedPsycopgConnector,
     QualifiedSyncPsycopgConnector,
     qualify,
 )
-from procqueue.runtime import ProcqueueApp
+from procqueue.entities import LISTING
+from procqueue.features import Settings
+from procqueue.migrate import migrate
 from procqueue.search.client import search_index
 from procqueue.search.jobs import row_job
-from procqueue.settings import Settings
 from tests.conftest import make_settings
 from tests.support.dashboard import dashboard_client, sign_in
 from tests.support.history import run_cli

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from procqueue.settings import Settings
+from procqueue.features import Settings
 from tests.support.repo import REPO_DIR
 
 README = (REPO_DIR / "README.md").read_text(encoding="utf-8")

@@ -12,13 +12,13 @@ import psycopg
 import pytest
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import LISTING
 from procqueue.errors import ConfigError
-from procqueue.runtime import ProcqueueApp
+from procqueue.features import Settings
 from procqueue.search.client import search_index
 from procqueue.search.jobs import RECONCILE
 from procqueue.search.verify import Drift, check_documents
-from procqueue.settings import Settings
 from tests.conftest import make_settings
 from tests.support.worker import SELLER_ID, drain, indexed_documents, table_documents
 

@@ -15,10 +15,11 @@ import psycopg
 import pytest
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import LISTING
-from procqueue.queue.failures import MAX_MESSAGE, clip, describe, redact, traceback_text
+from procqueue.queue.failures import MAX_MESSAGE, describe, traceback_text
 from procqueue.queue.logs import MAX_FIELD, JsonFormatter, RedactingFormatter
-from procqueue.runtime import ProcqueueApp
+from procqueue.redaction import clip, redact
 from tests.conftest import make_settings
 from tests.support.cloudinary_server import CloudinaryServer
 from tests.support.worker import SELLER_ID, drain, indexed_documents

@@ -15,12 +15,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import INVENTORY, LISTING, Entity
-from procqueue.runtime import ProcqueueApp
+from procqueue.features import Settings
 from procqueue.search.client import SearchIndex, search_index
 from procqueue.search.reindex import live_indexes, reindex_entity
 from procqueue.search.verify import Drift, verify_entity
-from procqueue.settings import Settings
 from tests.support.worker import drain, indexed_documents, running_worker, table_documents
 
 USER_ID = "00000000-0000-4000-8000-0000000000b2"

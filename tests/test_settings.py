@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 
 from procqueue.app import worker_options
+from procqueue.dashboard.settings import DashboardSettings
+from procqueue.engine.services import ServiceKey, Services
 from procqueue.entities import DEFAULT_ENTITIES, EntityRegistry, load_entities
 from procqueue.errors import ConfigError
-from procqueue.runtime import ServiceKey, Services
-from procqueue.settings import load_settings
+from procqueue.features import FEATURES, Settings, load_settings
+from procqueue.search.settings import SearchSettings
+from procqueue.settings import CoreSettings, Section, load_section
 
 DSN = "postgresql://postgres:s3cr3t-pw@db.example.supabase.co:5432/postgres"
 
@@ -112,6 +115,93 @@ def test_cli_prints_one_line_and_exits_2_on_bad_settings(tmp_path: Path) -> None
 def test_secret_values_cover_the_dsn_and_its_password() -> None:
     secrets = load_settings(database_url=DSN, elasticsearch_api_key="k3y").secret_values()
     assert {"s3cr3t-pw", DSN, "k3y"} <= set(secrets)
+
+
+def test_secret_values_cover_every_sections_secrets() -> None:
+    secrets = load_settings(
+        database_url=DSN,
+        sentry_dsn="https://SentryKey1@o1.ingest.sentry.io/1",
+        elasticsearch_api_key="EsKey123",
+        cloudinary_url="cloudinary://1234:CloudSecret1@demo",
+        smtp_password="SmtpSecret1",
+        fcm_service_account_json='{"private_key": "FcmSecret1"}',
+        dashboard_secret="DashSecret1",
+        supabase_anon_key="AnonKey1",
+        supabase_jwt_secret="JwtSecret1",
+    ).secret_values()
+    text = " ".join(secrets)
+    for secret in (
+        "s3cr3t-pw", "SentryKey1", "EsKey123", "CloudSecret1", "SmtpSecret1", "FcmSecret1",
+        "DashSecret1", "AnonKey1", "JwtSecret1",
+    ):  # fmt: skip
+        assert secret in text
+
+
+def test_each_features_section_is_part_of_the_loaded_settings() -> None:
+    settings = load_settings(database_url=DSN)
+    sections: list[type[Section]] = [feature.settings for feature in FEATURES]
+    sections.append(DashboardSettings)
+    # The one settings class is the core's section and every feature's, nothing else.
+    assert set(Settings.__bases__) == {CoreSettings, *sections}
+    for section in sections:
+        assert isinstance(settings, section) and settings.section(section) is settings
+        assert section.__module__ != CoreSettings.__module__
+    # Each field is declared by one section: no feature redefines another's.
+    every: list[type[Section]] = [CoreSettings, *sections]
+    owned = [name for section in every for name in section.model_fields]
+    assert len(owned) == len(set(owned)) and set(owned) == set(Settings.model_fields)
+
+
+def test_a_features_config_comes_from_its_own_section_and_module() -> None:
+    settings = load_settings(
+        database_url=DSN,
+        smtp_host="smtp.example.com",
+        smtp_sender="shop@example.com",
+        cloudinary_url="cloudinary://1234:CloudSecret1@demo",
+        fcm_project_id="demo",
+        fcm_service_account_json="{}",
+        supabase_url="https://ref.supabase.co",
+        supabase_anon_key="anon",
+    )
+    homes = {
+        "search": "procqueue.search.settings",
+        "cloudinary": "procqueue.images.settings",
+        "smtp": "procqueue.notifications.settings",
+        "fcm": "procqueue.notifications.settings",
+        "supabase_auth": "procqueue.dashboard.settings",
+    }
+    for name, module in homes.items():
+        assert type(getattr(settings, name)).__module__ == module, name
+        [owner] = [base for base in Settings.__mro__ if name in base.__dict__]
+        assert owner.__module__ == module and owner is not Settings
+    assert "search" not in CoreSettings.__dict__ and not hasattr(CoreSettings, "smtp")
+
+
+def test_a_section_loads_alone_with_the_same_names_and_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ELASTICSEARCH_URL", "http://es.internal:9200")
+    monkeypatch.setenv("PROCQUEUE_SYNC_BATCH_SIZE", "7")
+    search = load_section(SearchSettings)  # no DATABASE_URL needed: the core's
+    assert (search.search.url, search.sync_batch_size) == ("http://es.internal:9200", 7)
+    monkeypatch.setenv("PROCQUEUE_SYNC_BATCH_SIZE", "0")
+    with pytest.raises(ConfigError, match="setting PROCQUEUE_SYNC_BATCH_SIZE is invalid"):
+        load_section(SearchSettings)
+
+
+def test_the_core_sections_errors_come_before_a_features(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ELASTICSEARCH_URL", "localhost:9200")
+    monkeypatch.setenv("PROCQUEUE_DASHBOARD_ADMIN_CLAIM", "nonsense")
+    with pytest.raises(ConfigError, match=r"^setting DATABASE_URL is missing"):
+        load_settings()
+
+
+def test_the_core_section_alone_has_no_feature_section() -> None:
+    core = load_section(CoreSettings, database_url=DSN)
+    with pytest.raises(TypeError, match="have no SearchSettings section"):
+        core.section(SearchSettings)
 
 
 def test_transaction_pooler_warns_and_falls_back_to_polling(

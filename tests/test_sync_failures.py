@@ -12,10 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import LISTING
 from procqueue.queue.health import evaluate, read_snapshot
 from procqueue.queue.metrics import render_metrics
-from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
 from tests.conftest import make_settings
 from tests.support.history import run_cli
@@ -88,10 +88,12 @@ async def metrics(app: ProcqueueApp, database: str) -> bytes:
 
 
 async def postponed_jobs(database: str) -> int:
+    """How many times listing jobs were postponed (each keeps its row: 0018)."""
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cursor = await conn.execute(
-            "SELECT count(*) FROM procrastinate.procrastinate_jobs "
-            "WHERE status = 'succeeded' AND task_name LIKE 'listing:%'"
+            "SELECT coalesce(sum(p.times), 0) FROM procqueue.job_postponements AS p "
+            "JOIN procrastinate.procrastinate_jobs AS j ON j.id = p.job_id "
+            "WHERE j.task_name LIKE 'listing:%'"
         )
         row = await cursor.fetchone()
     return int(row[0]) if row else 0

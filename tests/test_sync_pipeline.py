@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import INVENTORY, LISTING
-from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
 from tests.support.worker import SELLER_ID, drain, indexed_documents, job_counts
 

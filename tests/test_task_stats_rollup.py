@@ -19,9 +19,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.queue.health import roll_up_task_stats
 from procqueue.queue.maintenance import RESCUE_TASK, prune
-from procqueue.runtime import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support.history import finished_job
 

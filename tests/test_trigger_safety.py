@@ -9,9 +9,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import DEFAULT_ENTITIES, INVENTORY, LISTING, Entity
 from procqueue.migrate import migrate
-from procqueue.runtime import ProcqueueApp
 from procqueue.settings import SchemaConfig
 from tests.support.supabase import act_as_api_user
 from tests.support.worker import SELLER_ID, drain, indexed_documents, job_counts, table_documents

@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import INVENTORY, LISTING
-from procqueue.runtime import ProcqueueApp
 from procqueue.search.jobs import truncate_job
 from tests.conftest import make_settings
 from tests.support.cloudinary_server import CloudinaryServer

@@ -183,7 +183,12 @@ def test_wheel_carries_every_file_of_the_package(wheel_names: set[str]) -> None:
         for path in package.rglob("*")
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
     }
-    assert {"procqueue/sql/queries.sql", "procqueue/dashboard/static/dashboard.css"} <= files
+    assert {
+        "procqueue/queue/queries.sql",
+        "procqueue/search/queries.sql",
+        "procqueue/sql/demo.sql",
+        "procqueue/dashboard/static/dashboard.css",
+    } <= files
     assert files - wheel_names == set()
 
 
@@ -236,12 +241,12 @@ def test_procqueue_comes_from_the_wheel(venv: Path, outside: Path) -> None:
     script = (
         "import procqueue, procqueue.resources as r\n"
         "print(procqueue.__file__)\n"
-        "for found in (r.migrations(), r.sql(), r.triggers(), r.sample_schema(), r.queries()):\n"
+        "for found in (r.migrations(), r.sql(), r.triggers(), r.sample_schema()):\n"
         "    print(found)\n"
     )
     lines = run([venv / "bin" / "python", "-c", script], cwd=outside,
                 env=command_env(venv)).stdout.split()  # fmt: skip
-    assert len(lines) == 6
+    assert len(lines) == 5
     for line in lines:
         assert Path(line).resolve().is_relative_to(venv.resolve()), lines
         assert not Path(line).resolve().is_relative_to(REPO_DIR), lines

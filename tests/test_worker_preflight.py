@@ -21,13 +21,13 @@ import pytest
 from psycopg import sql
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
+from procqueue.engine.preflight import PreflightError
+from procqueue.engine.worker import WorkerStopped
 from procqueue.entities import LISTING
+from procqueue.features import Settings
 from procqueue.migrate import migrate
-from procqueue.preflight import PreflightError
-from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index
-from procqueue.settings import Settings
-from procqueue.worker import WorkerStopped
 from tests.conftest import make_settings
 from tests.support.supabase import as_role, supabase_database
 from tests.support.worker import QUIET, drain, eventually

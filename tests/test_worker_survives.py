@@ -20,10 +20,10 @@ import psycopg
 import pytest
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
+from procqueue.engine.worker import WORKER_APPLICATION
 from procqueue.entities import LISTING
 from procqueue.migrate import migrate
-from procqueue.runtime import ProcqueueApp
-from procqueue.worker import WORKER_APPLICATION
 from tests.conftest import make_settings
 from tests.support import cli_worker
 from tests.support.cluster import ThrowawayCluster, throwaway_cluster

@@ -12,16 +12,16 @@ import psycopg
 from psycopg import AsyncConnection
 
 from procqueue.commands.arguments import POSITIVE
-from procqueue.connections import connect_async, not_migrated
+from procqueue.engine.connections import connect_async, not_migrated
+from procqueue.engine.preflight import check_installed
 from procqueue.entities import Entity, EntityRegistry, load_entities
 from procqueue.errors import ProcqueueError
-from procqueue.preflight import check_installed
+from procqueue.features import Settings, get_settings
 from procqueue.progress import Progress
 from procqueue.queue.failures import is_transient
 from procqueue.search.client import SearchIndex
 from procqueue.search.reindex import reindex_entity
 from procqueue.search.verify import repair, verify_entity
-from procqueue.settings import Settings, get_settings
 
 
 async def _connect(settings: Settings, *, autocommit: bool = False) -> AsyncConnection[Any]:

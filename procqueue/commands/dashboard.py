@@ -9,7 +9,7 @@ from typing import Any
 from procqueue.commands.arguments import PORT
 from procqueue.dashboard.app import make_server
 from procqueue.dashboard.security import LOCAL_HOST, access_for
-from procqueue.settings import get_settings
+from procqueue.features import get_settings
 
 DEFAULT_PORT = 8484
 

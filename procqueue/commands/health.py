@@ -15,7 +15,8 @@ import psycopg
 
 from procqueue.commands.arguments import positive_seconds
 from procqueue.commands.output import table
-from procqueue.connections import connect_async
+from procqueue.engine.connections import connect_async
+from procqueue.features import Settings, get_settings
 from procqueue.queue.health import (
     HealthConfig,
     Snapshot,
@@ -26,7 +27,6 @@ from procqueue.queue.health import (
     human_bytes,
     read_snapshot,
 )
-from procqueue.settings import Settings, get_settings
 
 
 def render(snapshot: Snapshot, verdict: Verdict) -> str:

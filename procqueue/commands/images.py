@@ -10,9 +10,9 @@ from typing import Any
 
 from procqueue.commands.output import table
 from procqueue.entities import load_entities
+from procqueue.features import get_settings
 from procqueue.images.orphans import find_orphans
 from procqueue.images.urls import DeliveryConfig
-from procqueue.settings import get_settings
 
 
 def show_orphans(args: argparse.Namespace) -> int:

@@ -14,9 +14,9 @@ import psycopg
 
 from procqueue.commands.arguments import POSITIVE
 from procqueue.commands.output import table
-from procqueue.connections import connect_async
+from procqueue.engine.connections import connect_async
+from procqueue.features import Settings, get_settings
 from procqueue.queue import operations
-from procqueue.settings import Settings, get_settings
 
 
 @contextlib.asynccontextmanager

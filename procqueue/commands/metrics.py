@@ -7,8 +7,8 @@ import asyncio
 from typing import Any
 
 from procqueue.commands.arguments import PORT
+from procqueue.features import get_settings
 from procqueue.queue.server import make_server
-from procqueue.settings import get_settings
 
 DEFAULT_PORT = 9464
 

@@ -10,9 +10,10 @@ import psycopg
 
 from procqueue import migrate
 from procqueue.errors import MigrationError
+from procqueue.features import get_settings
 from procqueue.local import install_sample_schema
 from procqueue.migrate import first_line
-from procqueue.settings import get_settings, load_schema_settings
+from procqueue.settings import load_schema_settings
 
 
 def run(args: argparse.Namespace) -> int:

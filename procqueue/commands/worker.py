@@ -2,9 +2,9 @@
 
 The worker runs until SIGTERM or SIGINT (exit status 0): a database that goes
 away (killed connections, a restart) is waited for, never a reason to stop
-(procqueue/worker.py). A worker that cannot work says why in one line and exits
+(procqueue/engine/worker.py). A worker that cannot work says why in one line and exits
 non-zero (2): a bad setting, the database does not answer at start, the preflight
-checks fail (procqueue/preflight.py), or a side task failed on something other
+checks fail (procqueue/engine/preflight.py), or a side task failed on something other
 than the database being away."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from psycopg_pool import PoolTimeout
 
 from procqueue.app import build_app
 from procqueue.commands.arguments import whole_number
+from procqueue.engine.app import ProcqueueApp
 from procqueue.errors import ConfigError
+from procqueue.features import get_settings
 from procqueue.queue.server import start_worker_metrics_server
-from procqueue.runtime import ProcqueueApp
-from procqueue.settings import get_settings
 
 #: PROCQUEUE_CONCURRENCY's range (procqueue/settings.py).
 CONCURRENCY = whole_number(1, 200)

@@ -26,17 +26,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from procqueue.connections import async_pool, pool_lifespan
 from procqueue.dashboard.security import SECURITY_HEADERS, Access
 from procqueue.dashboard.signin_limits import SignInLimiter
 from procqueue.dashboard.supabase_auth import SupabaseAuth
 from procqueue.dashboard.views import Dashboard
-from procqueue.features import FEATURES
-from procqueue.preflight import RUN_MIGRATE
-from procqueue.queue.failures import redact
+from procqueue.engine.connections import async_pool, pool_lifespan
+from procqueue.engine.preflight import RUN_MIGRATE
+from procqueue.features import FEATURES, Settings
 from procqueue.queue.health import human_bytes
 from procqueue.queue.server import HealthSource, health_routes
-from procqueue.settings import Settings
+from procqueue.redaction import redact
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES_DIR = HERE / "templates"

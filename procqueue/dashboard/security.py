@@ -30,8 +30,8 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 
 from procqueue.dashboard.sessions import Admin, find_session
+from procqueue.dashboard.settings import DashboardSettings, SupabaseAuthConfig
 from procqueue.errors import ConfigError
-from procqueue.settings import Settings, SupabaseAuthConfig
 
 LOCAL_HOST = "127.0.0.1"
 LOCAL_ADMIN = Admin("local", "local")
@@ -57,7 +57,7 @@ class Access:
         return self.secret is None and self.supabase is None
 
 
-def access_for(settings: Settings, host: str, local_only: bool) -> Access:
+def access_for(settings: DashboardSettings, host: str, local_only: bool) -> Access:
     """Check the exposure the dashboard is started with; raise ConfigError if unsafe."""
     if local_only and host != LOCAL_HOST:
         raise ConfigError(

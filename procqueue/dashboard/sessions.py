@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from procqueue.queries import query
+from procqueue.dashboard.queries import query
 
 Connection = psycopg.AsyncConnection[Any]
 

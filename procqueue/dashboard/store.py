@@ -1,6 +1,6 @@
 """What the dashboard reads from Postgres: job pages, one job, failure groups,
 activity buckets and the audit log. Every query is a named block in
-procqueue/sql/queries.sql; this module only picks and fills them."""
+procqueue/dashboard/queries.sql; this module only picks and fills them."""
 
 from __future__ import annotations
 
@@ -13,14 +13,22 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from procqueue.queries import query, query_with
+from procqueue.dashboard.queries import query, query_with
 from procqueue.queue.jobs import JobSpec
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE
+from procqueue.queue.queries import query as queue_query
 
 Connection = psycopg.AsyncConnection[Any]
 
-#: The statuses Procrastinate gives a job.
-STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborting", "aborted")
+#: The statuses Procrastinate gives a job, and "postponed": a waiting (`todo`) job
+#: that a sink's outage, a writer or a rate limit sent back to wait, no attempt spent.
+STATUSES = (
+    "todo", "postponed", "doing", "succeeded", "failed", "cancelled", "aborting", "aborted",
+)  # fmt: skip
+POSTPONED = sql.SQL(
+    "(j.status = 'todo' AND EXISTS (SELECT FROM procqueue.job_postponements AS pp"
+    " WHERE pp.job_id = j.id AND pp.attempts = j.attempts))"
+)
 PAGE_SIZE = 50
 
 
@@ -71,7 +79,9 @@ class JobFilter:
         """One-line SQL conditions (only the filters that are set) and their parameters."""
         conditions: list[sql.Composable] = []
         params: dict[str, Any] = {}
-        if self.status:
+        if self.status == "postponed":
+            conditions.append(POSTPONED)
+        elif self.status:
             conditions.append(sql.SQL("j.status = %(status)s"))
             params["status"] = self.status
         if self.task:
@@ -204,7 +214,7 @@ async def failure_groups(conn: Connection) -> list[dict[str, Any]]:
 
 async def failed_jobs(conn: Connection, limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
     """The newest failed jobs with their last error (the `procqueue failed` query)."""
-    return await rows(conn, query("failed_jobs"), {"task": None, "limit": limit})
+    return await rows(conn, queue_query("failed_jobs"), {"task": None, "limit": limit})
 
 
 async def audit(

@@ -23,8 +23,8 @@ import aiohttp
 import jwt
 
 from procqueue.dashboard.sessions import Admin
+from procqueue.dashboard.settings import SupabaseAuthConfig
 from procqueue.errors import ProcqueueError
-from procqueue.settings import SupabaseAuthConfig
 
 log = logging.getLogger(__name__)
 

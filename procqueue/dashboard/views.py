@@ -37,11 +37,11 @@ from procqueue.dashboard.security import (
 from procqueue.dashboard.sessions import Admin, open_session, revoke_session
 from procqueue.dashboard.signin_limits import SignInLimiter
 from procqueue.dashboard.supabase_auth import AuthUnavailable, SignInRefused, SupabaseAuth
+from procqueue.features import Settings
 from procqueue.queue.jobs import JobSpec
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_failed
 from procqueue.queue.server import HealthSource
-from procqueue.settings import Settings
 
 MAX_NAME_LENGTH = 64
 MAX_EMAIL_LENGTH = 254

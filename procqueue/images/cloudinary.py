@@ -4,7 +4,7 @@
 up to 100 public ids of one resource type and delivery type per call, so assets
 are grouped by those two and sent in batches. The SDK is synchronous: each call
 runs in a thread, never on the event loop. Credentials come from a
-CloudinaryConfig (`Settings.cloudinary`), are passed per call (the SDK's global
+CloudinaryConfig (`ImageSettings.cloudinary`), are passed per call (the SDK's global
 configuration is left alone) and never logged. A worker's jobs share one
 CloudinaryDeleter through the app's Services: `cloudinary_deleter(app.services)`.
 
@@ -31,11 +31,11 @@ from typing import Any
 import cloudinary.api
 import cloudinary.exceptions
 
+from procqueue.engine.services import ServiceKey, Services
 from procqueue.errors import PermanentError, SinkUnavailable, TransientError
 from procqueue.images.jobs import SINK
+from procqueue.images.settings import CLOUDINARY_MAX_IDS_PER_CALL, CloudinaryConfig
 from procqueue.images.urls import Asset, DeliveryConfig
-from procqueue.runtime import ServiceKey, Services
-from procqueue.settings import CLOUDINARY_MAX_IDS_PER_CALL, CloudinaryConfig
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from procqueue.connections import connect_async
+from procqueue.engine.connections import connect_async
 from procqueue.entities import Entity
 from procqueue.images.jobs import CLEANUP
+from procqueue.images.queries import query
 from procqueue.images.references import find_referenced
 from procqueue.images.urls import Asset, DeliveryConfig, explain
-from procqueue.queries import query
 
 
 @dataclass(frozen=True)

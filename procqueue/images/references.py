@@ -20,8 +20,8 @@ import psycopg
 from psycopg import sql
 
 from procqueue.entities import Entity
+from procqueue.images.queries import query_with
 from procqueue.images.urls import Asset, DeliveryConfig, Rejection, explain
-from procqueue.queries import query_with
 
 
 def image_columns(entities: Iterable[Entity]) -> list[tuple[Entity, str]]:

@@ -18,15 +18,14 @@ from typing import Any
 from procrastinate import JobContext
 from psycopg_pool import AsyncConnectionPool
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
 from procqueue.images.cloudinary import CloudinaryDeleter, cloudinary_deleter
 from procqueue.images.jobs import CLEANUP
 from procqueue.images.references import find_referenced
+from procqueue.images.settings import CloudinaryConfig
 from procqueue.images.urls import Asset, parse_delivery_url
-from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp
-from procqueue.settings import CloudinaryConfig
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +99,11 @@ def make_deleter(config: CloudinaryConfig | None) -> CloudinaryDeleter | None:
     return None if config is None else CloudinaryDeleter(config)
 
 
-def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+def register(app: ProcqueueApp) -> None:
     """`images:cleanup` on the `images` queue; its deleter is the app's
     (`cloudinary_deleter(app.services)`, provided by procqueue/images/feature.py)."""
 
-    @app.task(name=CLEANUP.task_name, queue=CLEANUP.queue, pass_context=True, retry=retry)
+    @app.task_of(CLEANUP, pass_context=True)
     async def cleanup(
         context: JobContext, urls: list[str], entity: str | None = None
     ) -> dict[str, int] | str:

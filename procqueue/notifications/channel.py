@@ -2,9 +2,10 @@
 how to send one rendered message there; everything else (rules, preferences,
 templates, delivery records, retries) is the dispatcher's and shared by all.
 
-Adding a channel (SMS, say) is one new module with a class like EmailChannel,
-listed in procqueue.notifications.tasks.CHANNELS, a template part for it
-and a rule row naming it: no other code changes. The app's Services own the
+Adding a channel (SMS, say) is one new module with a class like EmailChannel and
+its factory (`email_channel`), its settings in procqueue/notifications/settings.py,
+one entry in procqueue.notifications.jobs.CHANNELS, a template part for it and a
+rule row naming it: no other code changes. The app's Services own the
 channels (made on first use, closed with the app's other clients).
 """
 

@@ -9,9 +9,19 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from procqueue.errors import PermanentError
+from procqueue.notifications.channel import Channel, UnconfiguredChannel
 from procqueue.notifications.model import Message, Notification, Recipient, Target
+from procqueue.notifications.settings import NotificationSettings, SmtpConfig
 from procqueue.notifications.smtp import build_message, masked, send_email, valid_address
-from procqueue.settings import SmtpConfig
+from procqueue.settings import CoreSettings
+
+
+def email_channel(settings: CoreSettings) -> Channel:
+    """The email channel the settings describe (CHANNELS, procqueue/notifications/jobs.py)."""
+    config = settings.section(NotificationSettings).smtp
+    if config is None:
+        return UnconfiguredChannel("email", "email is not configured (PROCQUEUE_SMTP_HOST unset)")
+    return EmailChannel(config)
 
 
 class EmailChannel:

@@ -12,7 +12,7 @@ naming the registration token);
 SinkUnavailable for 429 and 5xx (its `retry_at` from Retry-After) and for network
 errors; PermanentError for any other refusal.
 
-The client takes an FcmConfig (`Settings.fcm`); it knows nothing of notifications
+The client takes an FcmConfig (`NotificationSettings.fcm`); it knows nothing of notifications
 (procqueue/notifications/push.py turns its errors into the channel's).
 """
 
@@ -34,8 +34,10 @@ from google.auth.transport.urllib3 import Request as Urllib3Request
 from google.oauth2 import service_account
 
 from procqueue.errors import ConfigError, PermanentError, SinkUnavailable, TransientError
-from procqueue.notifications.jobs import FCM_SINK as SINK
-from procqueue.settings import FcmConfig
+from procqueue.notifications.settings import FcmConfig
+
+#: The outside service push goes through: its outages open one circuit (queue/circuit.py).
+SINK = "fcm"
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 # Keys FCM refuses in a message's data payload.

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.feature import Feature
 from procqueue.notifications import jobs, schema, tasks
-from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp
+from procqueue.notifications.settings import NotificationSettings
 
 
-def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+def register(app: ProcqueueApp) -> None:
     tasks.provide_channels(app.services)
-    tasks.register(app, retry)
+    tasks.register(app)
 
 
 FEATURE = Feature(
-    "notifications", register=register, schema_steps=schema.schema_steps, job_specs=jobs.job_specs
+    "notifications",
+    register=register,
+    schema_steps=schema.schema_steps,
+    job_specs=jobs.job_specs,
+    settings=NotificationSettings,
 )

@@ -1,27 +1,57 @@
-"""The notifications slice's jobs: `notification:<channel>` on queue
-`notifications`, one per channel of a notification, locked on the channel and
-the notification's id (never delivered by two jobs at once; a second enqueue
-while one waits is coalesced)."""
+"""The notifications slice's channels and their jobs, in one registry (CHANNELS).
+
+A channel's job is `notification:<channel>` on queue `notifications`, one per
+channel of a notification, locked on the channel and the notification's id (never
+delivered by two jobs at once; a second enqueue while one waits is coalesced).
+The job specs, the schema step that tells the SQL which channels exist
+(procqueue/notifications/schema.py) and the tasks (tasks.py) all read CHANNELS:
+adding a channel (SMS) is a module with its class and factory (like email.py),
+its settings in settings.py, and one entry here; a rule naming a channel not
+listed enqueues nothing for it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from procqueue.notifications import fcm, smtp
+from procqueue.notifications.channel import Channel
+from procqueue.notifications.email import email_channel
+from procqueue.notifications.push import push_channel
 from procqueue.queue.jobs import JobSpec
-from procqueue.settings import SchemaConfig
+from procqueue.settings import CoreSettings, SchemaConfig
 
 QUEUE = "notifications"
-#: Every delivery channel, and the service it sends through (its outages open one
-#: circuit, queue/circuit.py); a rule naming another channel enqueues nothing for it.
-SMTP_SINK, FCM_SINK = "smtp", "fcm"
-SINKS = {"email": SMTP_SINK, "push": FCM_SINK}
-CHANNELS = tuple(SINKS)
 
 
-def delivery_job(channel: str) -> JobSpec:
-    """Args {"notification_id": "<id>"} (plus recipient, type and data from
-    procqueue.notify); lock `notification:<channel>:<id>`."""
-    task_name = f"notification:{channel}"
-    return JobSpec(task_name, QUEUE, lock_prefix=f"{task_name}:", sink=SINKS.get(channel))
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One delivery channel: its name, the outside service it sends through (its
+    outages open one circuit, queue/circuit.py) and how the app makes it from the
+    settings (made on first use, owned by the app's Services)."""
+
+    name: str
+    sink: str
+    make: Callable[[CoreSettings], Channel]
+
+    @property
+    def job(self) -> JobSpec:
+        """Args {"notification_id": "<id>"} (plus recipient, type and data from
+        procqueue.notify); lock `notification:<channel>:<id>`."""
+        task_name = f"notification:{self.name}"
+        return JobSpec(task_name, QUEUE, lock_prefix=f"{task_name}:", sink=self.sink)
+
+
+#: Every delivery channel, by name.
+CHANNELS: dict[str, ChannelSpec] = {
+    spec.name: spec
+    for spec in (
+        ChannelSpec("email", smtp.SINK, email_channel),
+        ChannelSpec("push", fcm.SINK, push_channel),
+    )
+}
 
 
 def job_specs(schema: SchemaConfig) -> list[JobSpec]:
-    return [delivery_job(channel) for channel in CHANNELS]
+    return [spec.job for spec in CHANNELS.values()]

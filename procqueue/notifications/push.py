@@ -8,11 +8,24 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from procqueue.notifications.channel import Channel, UnconfiguredChannel
 from procqueue.notifications.errors import TargetGone
 from procqueue.notifications.fcm import FcmClient, UnregisteredToken
 from procqueue.notifications.model import Message, Notification, Recipient, Target
+from procqueue.notifications.queries import query_with
+from procqueue.notifications.settings import NotificationSettings
 from procqueue.notifications.store import split_table
-from procqueue.queries import query_with
+from procqueue.settings import CoreSettings
+
+
+def push_channel(settings: CoreSettings) -> Channel:
+    """The push channel the settings describe (CHANNELS, procqueue/notifications/jobs.py)."""
+    config = settings.section(NotificationSettings).fcm
+    if config is None:
+        return UnconfiguredChannel(
+            "push", "push is not configured (PROCQUEUE_FCM_SERVICE_ACCOUNT_FILE unset)"
+        )
+    return PushChannel(FcmClient(config), settings.push_tokens_table)
 
 
 def token_key(token: str) -> str:

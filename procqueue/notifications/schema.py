@@ -6,10 +6,10 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from procqueue.engine.queries import query
 from procqueue.errors import MigrationError
 from procqueue.feature import Step
-from procqueue.notifications.jobs import CHANNELS, delivery_job
-from procqueue.queries import query
+from procqueue.notifications.jobs import CHANNELS
 from procqueue.settings import SchemaConfig
 
 NOTIFICATION_COLUMNS = ("id", "recipient_user_id", "type", "data")
@@ -49,10 +49,10 @@ def notification_jobs_step() -> Step:
         sql.SQL("({})").format(
             sql.SQL(", ").join(
                 sql.Literal(value)
-                for value in (channel, spec.task_name, spec.queue, spec.lock_prefix)
+                for value in (name, spec.job.task_name, spec.job.queue, spec.job.lock_prefix)
             )
         )
-        for channel, spec in ((channel, delivery_job(channel)) for channel in CHANNELS)
+        for name, spec in CHANNELS.items()
     ]
     statement = sql.SQL(
         "DELETE FROM procqueue.notification_jobs;\n"

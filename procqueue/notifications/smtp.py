@@ -8,7 +8,7 @@ Failures: a refused connection, a timeout, a dropped connection or any 4xx
 reply (421 "try again later", 451, 452) is transient; a 5xx reply (550 no such
 mailbox, 535 bad credentials) is permanent.
 
-The server is an SmtpConfig (`Settings.smtp`).
+The server is an SmtpConfig (`NotificationSettings.smtp`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from email.utils import formatdate
 import aiosmtplib
 
 from procqueue.errors import PermanentError, SinkUnavailable, TransientError
-from procqueue.notifications.jobs import SMTP_SINK as SINK
-from procqueue.settings import SmtpConfig
+from procqueue.notifications.settings import SmtpConfig
+
+#: The outside service email goes through: its outages open one circuit (queue/circuit.py).
+SINK = "smtp"
 
 _ADDRESS = re.compile(
     r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)+$"

@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 
 from procqueue.errors import PermanentError
 from procqueue.notifications.model import Notification, Recipient
-from procqueue.queries import query, query_with
+from procqueue.notifications.queries import query, query_with
 
 
 def split_table(table: str) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """`notification:<channel>` tasks on queue `notifications`: deliver one
-notification on one channel (procqueue.notifications.dispatch).
+notification on one channel (procqueue.notifications.dispatch), for every channel
+of CHANNELS (procqueue/notifications/jobs.py).
 
 Channels are built on first use and owned by the app's Services (key
 `notification:<name>`, closed by `app.services.aclose()`). A channel with no
@@ -11,44 +12,17 @@ fails its jobs at once with what to fix.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 from procrastinate import JobContext
 
-from procqueue.notifications.channel import Channel, UnconfiguredChannel
+from procqueue.engine.app import ProcqueueApp
+from procqueue.engine.services import ServiceKey, Services
+from procqueue.notifications.channel import Channel
 from procqueue.notifications.dispatch import Dispatcher
-from procqueue.notifications.email import EmailChannel
-from procqueue.notifications.fcm import FcmClient
-from procqueue.notifications.jobs import delivery_job
-from procqueue.notifications.push import PushChannel
+from procqueue.notifications.jobs import CHANNELS, ChannelSpec
+from procqueue.notifications.settings import NotificationSettings
 from procqueue.notifications.templates import Templates
-from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp, ServiceKey, Services
-from procqueue.settings import Settings
-
-
-def email_channel(settings: Settings) -> Channel:
-    config = settings.smtp
-    if config is None:
-        return UnconfiguredChannel("email", "email is not configured (PROCQUEUE_SMTP_HOST unset)")
-    return EmailChannel(config)
-
-
-def push_channel(settings: Settings) -> Channel:
-    config = settings.fcm
-    if config is None:
-        return UnconfiguredChannel(
-            "push", "push is not configured (PROCQUEUE_FCM_SERVICE_ACCOUNT_FILE unset)"
-        )
-    return PushChannel(FcmClient(config), settings.push_tokens_table)
-
-
-#: Every channel, by name (task `notification:<name>`). SMS would be one more entry.
-CHANNELS: dict[str, Callable[[Settings], Channel]] = {
-    "email": email_channel,
-    "push": push_channel,
-}
 
 
 def channel_key(name: str) -> ServiceKey[Channel]:
@@ -66,27 +40,24 @@ async def _close(channel: Channel) -> None:
 
 def provide_channels(services: Services) -> None:
     """Put every channel of CHANNELS in the app's Services, each made on first use."""
-    for name, factory in CHANNELS.items():
-        services.provide(channel_key(name), functools.partial(factory, services.settings), _close)
+    for name, spec in CHANNELS.items():
+        services.provide(channel_key(name), functools.partial(spec.make, services.settings), _close)
 
 
-def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+def register(app: ProcqueueApp) -> None:
     """`notification:<channel>` for every channel of CHANNELS (provided by
     `provide_channels`, which procqueue/notifications/feature.py calls first)."""
-    settings = app.services.settings
+    settings = app.services.settings.section(NotificationSettings)
     templates = Templates(settings.default_locale, settings.notification_templates_dir)
-    for name in CHANNELS:
-        _register_channel(app, name, templates, retry)
+    for spec in CHANNELS.values():
+        _register_channel(app, spec, templates)
 
 
-def _register_channel(
-    app: ProcqueueApp, name: str, templates: Templates, retry: BackoffRetry
-) -> None:
+def _register_channel(app: ProcqueueApp, spec: ChannelSpec, templates: Templates) -> None:
     table = app.services.settings.notifications_table
 
     async def deliver(context: JobContext, /, **args: Any) -> str:
-        dispatcher = Dispatcher(notification_channel(app.services, name), templates, table)
+        dispatcher = Dispatcher(notification_channel(app.services, spec.name), templates, table)
         return await dispatcher.run(app.pool, args, context.job.id)
 
-    spec = delivery_job(name)
-    app.task(name=spec.task_name, queue=spec.queue, pass_context=True, retry=retry)(deliver)
+    app.task_of(spec.job, pass_context=True)(deliver)

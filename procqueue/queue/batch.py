@@ -36,7 +36,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from procqueue.errors import TransientError
-from procqueue.queries import query
+from procqueue.queue.queries import query
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ Work = Callable[[Sequence[str]], Awaitable[Outcomes]]
 
 
 class JobRunner(Protocol):
-    """What runs the jobs a leader claims: procqueue's worker (procqueue/worker.py)."""
+    """What runs the jobs a leader claims: procqueue's worker (procqueue/engine/worker.py)."""
 
     def claiming_worker_id(self) -> int | None:
         """The worker id to claim jobs for; None while the worker is not taking jobs."""

@@ -17,7 +17,7 @@ from typing import Any
 from procrastinate.jobs import Job, Status
 from psycopg_pool import AsyncConnectionPool
 
-from procqueue.queries import query
+from procqueue.queue.queries import query
 
 #: Finishes one job alone (Procrastinate's JobManager.finish_job).
 FinishOne = Callable[[Job, Status, bool], Awaitable[None]]

@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from procqueue.queries import query
+from procqueue.queue.queries import query
 
 #: The queue's own periodic tasks (procqueue/queue/maintenance.py) are named so.
 MAINTENANCE_PREFIX = "procqueue:"

@@ -14,7 +14,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from procqueue.queries import query
+from procqueue.queue.queries import query
+from procqueue.queue.retry import BackoffRetry
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class JobSpec:
     sink: str | None = None  # the outside service its task calls (its circuit's name)
     #: For jobs of many keys: the args member listing them ({"ids": [...]}).
     keys_arg: str | None = None
+    #: The family's own retry policy; None: the app's (PROCQUEUE_MAX_RETRIES,
+    #: PROCQUEUE_RETRY_BACKOFF, PROCQUEUE_RETRY_BACKOFF_MAX).
+    retry: BackoffRetry | None = None
 
     def lock(self, key: str) -> str | None:
         return None if self.lock_prefix is None else f"{self.lock_prefix}{key}"

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from procqueue.errors import ConfigError
-from procqueue.queue.failures import MAX_MESSAGE, MAX_TRACEBACK, clip, redact
+from procqueue.queue.failures import MAX_MESSAGE, MAX_TRACEBACK
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE
-from procqueue.settings import get_settings
+from procqueue.redaction import clip, redact
+from procqueue.settings import CoreSettings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOB_FIELDS = ("job_id", "task", "queue", "attempt", "duration", "outcome", "action")
@@ -112,12 +114,14 @@ class RoutineFilter(logging.Filter):
         return not (routine and record.__dict__.get("outcome") == "succeeded")
 
 
-def configure_logging(*, verbose: bool = False) -> None:
-    """Root logging for the CLI: text by default, JSON when the settings say so;
-    `verbose` shows debug lines and everything RoutineFilter and CLIENT_LOGGERS hide."""
+def configure_logging(settings_of: Callable[[], CoreSettings], *, verbose: bool = False) -> None:
+    """Root logging for the CLI: text by default, JSON when the settings say so (read
+    with `settings_of`: procqueue.features.get_settings, whose secret values every
+    line is redacted with); `verbose` shows debug lines and everything RoutineFilter
+    and CLIENT_LOGGERS hide."""
     level = logging.DEBUG if verbose else logging.INFO
     try:
-        settings = get_settings()
+        settings = settings_of()
         log_format, secrets = settings.log_format, settings.secret_values()
     except ConfigError:
         log_format, secrets = "text", ()  # the command itself reports the setting

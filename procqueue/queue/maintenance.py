@@ -32,13 +32,12 @@ from croniter import croniter
 from procrastinate import exceptions
 from procrastinate.jobs import Job, Status
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.errors import ConfigError, TransientError
-from procqueue.queries import query
 from procqueue.queue import sentry
-from procqueue.queue.failures import record_failed_attempt
 from procqueue.queue.health import roll_up_task_stats
-from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp
+from procqueue.queue.outcomes import end_in_failure, is_final
+from procqueue.queue.queries import query
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ class PruneReport:
     complete: bool = True
 
 
-async def rescue_stalled_jobs(app: ProcqueueApp, retry: BackoffRetry) -> RescueReport:
+async def rescue_stalled_jobs(app: ProcqueueApp) -> RescueReport:
     """Retry (or fail for good) every job whose worker stopped heartbeating."""
     settings = app.services.settings
     timeout = settings.stalled_timeout
@@ -80,17 +79,11 @@ async def rescue_stalled_jobs(app: ProcqueueApp, retry: BackoffRetry) -> RescueR
             f"worker {job.worker_id} stopped heartbeating for more than {timeout:g} s while "
             "running this job (killed, out of memory or host lost); see that worker's logs"
         )
-        final = not retry.will_retry(error, job.attempts)
+        final = is_final(app.tasks.get(job.task_name), job, error)
         if not await _settle(app, job, final):
             continue
-        await record_failed_attempt(
-            app.pool, job, error, final=final, secrets=settings.secret_values()
-        )
-        if final:
-            report.failed.append(job.id)
-            sentry.capture_final_failure(error, job)
-        else:
-            report.retried.append(job.id)
+        await end_in_failure(app.pool, job, error, final=final, secrets=settings.secret_values())
+        (report.failed if final else report.retried).append(job.id)
         lost[job.worker_id].append(job.id)
     for worker_id, job_ids in lost.items():
         sentry.capture_lost_worker(worker_id, job_ids, timeout)
@@ -195,7 +188,7 @@ async def prune(app: ProcqueueApp, now: datetime | None = None) -> PruneReport:
     return report
 
 
-def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+def register(app: ProcqueueApp) -> None:
     """The two periodic tasks; PROCQUEUE_MAINTENANCE_TASKS=false leaves them out."""
     settings = app.services.settings
     if not settings.maintenance_tasks:
@@ -209,7 +202,7 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
         )
 
     async def rescue_stalled(timestamp: int) -> dict[str, list[int]]:
-        report = await rescue_stalled_jobs(app, retry)
+        report = await rescue_stalled_jobs(app)
         await roll_up_task_stats(app.pool, deadline=0)  # keeps the hourly stats a minute behind
         return {"retried": report.retried, "failed": report.failed}
 

@@ -1,7 +1,7 @@
 """Prometheus metrics (the official `prometheus-client`).
 
 - Worker side, in the process that runs jobs: `JOB_DURATION` (histogram) and
-  `JOB_OUTCOMES` (counter) per task, filled by `procqueue.queue.middleware.HandleOutcome`.
+  `JOB_OUTCOMES` (counter) per task, filled by `procqueue.queue.outcomes`.
 - Queue side, from the health SQL: `render_metrics` reads one snapshot and
   exposes it as gauges next to the process's own registry, so one scrape of
   `procqueue metrics` shows the whole queue whatever number of workers runs.
@@ -33,7 +33,8 @@ JOB_DURATION = Histogram(
 JOB_OUTCOMES = Counter(
     "procqueue_jobs",
     "Job attempts finished by this worker, by task and outcome "
-    "(succeeded, postponed: handed over to a new job, retried: failed and will run "
+    "(succeeded, postponed: the same job waits again, no attempt spent, retried: failed "
+    "and will run "
     "again, failed: for good, aborted).",
     ["task", "queue", "outcome"],
 )

@@ -1,8 +1,8 @@
 """Worker middlewares: the job timeout, and one `HandleOutcome` that decides once
-what an attempt's outcome is (succeeded, postponed, retried, failed, aborted) and
-then records it (procqueue.job_errors), alerts on it (Sentry, final failures only),
-meters it (Prometheus) and logs it in one line. `worker_middleware(settings)` is
-the stack the app installs."""
+what an attempt's outcome is (succeeded, postponed, retried, failed, aborted); a
+failure ends through the one `end_in_failure` (queue/outcomes.py: recorded, alerted
+when final, metered, logged), a postponement is answered as `Postponed` and saved by
+the worker on the same row. `worker_middleware(settings)` is the stack the app installs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from procrastinate import JobContext
@@ -19,12 +19,12 @@ from procrastinate.jobs import Job
 from procrastinate.worker import Worker
 
 from procqueue.errors import SinkUnavailable, TransientError
-from procqueue.queries import query
-from procqueue.queue import metrics, sentry
+from procqueue.queue import metrics
 from procqueue.queue.circuit import Circuits
-from procqueue.queue.failures import describe, record_failed_attempt
-from procqueue.queue.jobs import add_job
-from procqueue.settings import Settings
+from procqueue.queue.failures import describe
+from procqueue.queue.outcomes import Postponed, end_in_failure, is_final, observe
+from procqueue.queue.queries import query
+from procqueue.settings import CoreSettings
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +33,6 @@ CallNext = Callable[[], Awaitable[Any]]
 
 class JobTimeout(TransientError):
     """The job ran longer than the configured timeout and was cancelled."""
-
-
-def job_log_fields(job: Job) -> dict[str, Any]:
-    """The `extra` of a log line about one attempt of `job` (JSON logs keep them)."""
-    return {
-        "job_id": job.id,
-        "task": job.task_name,
-        "queue": job.queue,
-        "attempt": job.attempts + 1,
-    }
 
 
 @dataclass(frozen=True)
@@ -84,47 +74,44 @@ class HandleOutcome:
             wait = None if sink is None else self.circuits.wait_before(sink, job.id)
             if wait is not None:
                 outcome, reason = "postponed", f"{sink} is unavailable; its circuit is open"
-                await _postpone(job, wait, worker)
-                return f"postponed: {reason}"
+                return _postponed(reason, wait)
             result = await call_next()
             outcome = "succeeded"
             return result
         except SinkUnavailable as error:
             outcome, reason = "postponed", describe(error, self.secrets)[1]
-            await self._outage(job, error, worker)
-            return f"postponed: {reason}"
+            return await self._outage(job, error, worker)
         except TransientError as error:
             if error.spends_attempt:
-                outcome, reason = await self._failed(error, context, worker)
+                outcome = await self._failed(error, context, worker, started)
                 raise
             outcome, reason = "postponed", describe(error, self.secrets)[1]
-            await _postpone(job, 0.0, worker, run_at=error.retry_at)
-            return f"postponed: {reason}"
+            return _postponed(reason, 0.0, run_at=error.retry_at)
         except Exception as error:
-            outcome, reason = await self._failed(error, context, worker)
+            outcome = await self._failed(error, context, worker, started)
             raise
         finally:
             if sink is not None and outcome in ("succeeded", "retried", "failed"):
                 await self._answered(sink, worker)
-            self._observe(job, outcome, reason, time.monotonic() - started)
+            if outcome not in ("retried", "failed"):
+                observe(job, outcome, reason, time.monotonic() - started)
 
     async def _failed(
-        self, error: Exception, context: JobContext, worker: Worker
-    ) -> tuple[str, str]:
+        self, error: Exception, context: JobContext, worker: Worker, started: float
+    ) -> str:
         job = context.job
-        task = worker.app.tasks.get(job.task_name)
-        final = task is None or task.get_retry_exception(error, job) is None
+        final = is_final(worker.app.tasks.get(job.task_name), job, error)
         pool = worker.app.connector.pool  # type: ignore[attr-defined]
-        await record_failed_attempt(pool, job, error, final=final, secrets=self.secrets)
-        if final:
-            sentry.capture_final_failure(error, job)
-        error_type, message = describe(error, self.secrets)
-        return ("failed" if final else "retried"), f"{error_type.rsplit('.', 1)[-1]}: {message}"
+        await end_in_failure(
+            pool, job, error, final=final, secrets=self.secrets,
+            duration=time.monotonic() - started,
+        )  # fmt: skip
+        return "failed" if final else "retried"
 
-    async def _outage(self, job: Job, error: SinkUnavailable, worker: Worker) -> None:
-        """The job's service is down: open (or keep open) its circuit, and hand the job
-        to a new one, due when the next probe is or when the service asked (Retry-After),
-        whichever is later."""
+    async def _outage(self, job: Job, error: SinkUnavailable, worker: Worker) -> Postponed:
+        """The job's service is down: open (or keep open) its circuit, and postpone the
+        job until the next probe is due or the service asked (Retry-After), whichever
+        is later."""
         reason = describe(error, self.secrets)[1]
         opened = self.circuits.tripped(error.sink, job.id, reason)
         circuit = self.circuits.get(error.sink)
@@ -141,7 +128,7 @@ class HandleOutcome:
                 {"sink": error.sink, "opened_at": circuit.opened_at, "reason": reason[:500]},
             )  # fmt: skip
         asked = error.retry_at if _seconds_until(error.retry_at) > wait else None
-        await _postpone(job, wait, worker, run_at=asked)
+        return _postponed(reason, wait, run_at=asked)
 
     async def _answered(self, sink: str, worker: Worker) -> None:
         closed = self.circuits.answered(sink)
@@ -153,35 +140,10 @@ class HandleOutcome:
         metrics.SINK_CIRCUIT_OPEN.labels(sink).set(0)
         await _execute(worker, "circuit_closed", {"sink": sink})
 
-    @staticmethod
-    def _observe(job: Job, outcome: str, reason: str, duration: float) -> None:
-        metrics.observe_job(job.task_name, job.queue, outcome, duration)
-        # Procrastinate logs its own line per attempt (with the traceback of a final
-        # failure); this one carries the outcome, the duration and the redacted reason.
-        logger.log(
-            logging.ERROR if outcome == "failed" else logging.INFO,
-            "job %s (%s) attempt %d %s in %.3f s%s",
-            job.id,
-            job.task_name,
-            job.attempts + 1,
-            "failed for good" if outcome == "failed" else outcome,
-            duration,
-            f": {reason}" if reason else "",
-            extra={**job_log_fields(job), "duration": round(duration, 6), "outcome": outcome},
-        )
 
-
-async def _postpone(
-    job: Job, seconds: float, worker: Worker, *, run_at: datetime | None = None
-) -> None:
-    """The same job again, due at `run_at` or else in `seconds` (coalesced into a
-    waiting job of the same queueing lock, if there is one)."""
-    pool = worker.app.connector.pool  # type: ignore[attr-defined]
-    async with pool.connection() as conn:
-        await add_job(
-            conn, job.task_name, job.task_kwargs, job.queue,
-            lock=job.lock, queueing_lock=job.queueing_lock, delay=seconds, run_at=run_at,
-        )  # fmt: skip
+def _postponed(reason: str, seconds: float, *, run_at: datetime | None = None) -> Postponed:
+    """The answer for a job that waits: due at `run_at`, or else in `seconds`."""
+    return Postponed(run_at or datetime.now(UTC) + timedelta(seconds=seconds), reason)
 
 
 async def _execute(worker: Worker, name: str, params: Mapping[str, Any]) -> None:
@@ -198,7 +160,7 @@ def _seconds_until(moment: datetime | None) -> float:
     return 0.0 if moment is None else max((moment - datetime.now(UTC)).total_seconds(), 0.0)
 
 
-def worker_middleware(settings: Settings, sinks: Mapping[str, str]) -> list[Any]:
+def worker_middleware(settings: CoreSettings, sinks: Mapping[str, str]) -> list[Any]:
     """The worker's middleware stack, outermost first; `sinks`: task name -> the
     outside service its jobs call."""
     # Sentry itself is started by the worker (ProcqueueApp.run_worker_async): without

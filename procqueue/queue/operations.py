@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from procqueue.queries import query
+from procqueue.queue.queries import query
 
 Connection = psycopg.AsyncConnection[Any]
 

@@ -19,8 +19,9 @@ from procrastinate.jobs import Job
 from sentry_sdk.integrations.logging import LoggingIntegration
 
 from procqueue import __version__
-from procqueue.queue.failures import MAX_MESSAGE, clip, redact
-from procqueue.settings import Settings
+from procqueue.queue.failures import MAX_MESSAGE
+from procqueue.redaction import clip, redact
+from procqueue.settings import CoreSettings
 
 Event = dict[str, Any]
 
@@ -44,7 +45,7 @@ def scrubber(secrets: tuple[str, ...]) -> Callable[[Event, Any], Event]:
     return before_send
 
 
-def init_sentry(settings: Settings) -> bool:
+def init_sentry(settings: CoreSettings) -> bool:
     """Start the Sentry SDK if SENTRY_DSN is set; True when it is on. The worker calls
     it when it starts; calling it again with the same DSN changes nothing."""
     if settings.sentry_dsn is None or not settings.sentry_dsn.get_secret_value():

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from procqueue.connections import async_pool, pool_lifespan
+from procqueue.engine.connections import async_pool, pool_lifespan
 from procqueue.queue.health import (
     HealthConfig,
     Snapshot,
@@ -34,7 +34,7 @@ from procqueue.queue.health import (
     read_snapshot,
 )
 from procqueue.queue.metrics import render_metrics
-from procqueue.settings import Settings
+from procqueue.settings import CoreSettings
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def health_routes(source: HealthSource) -> list[Route]:
     return [Route("/metrics", metrics), Route("/healthz", healthz)]
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: CoreSettings) -> Starlette:
     pool: AsyncConnectionPool[Any] = async_pool(
         settings.dsn,
         transaction_pooler=settings.uses_transaction_pooler,
@@ -104,7 +104,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(routes=health_routes(source), lifespan=pool_lifespan(pool))
 
 
-def make_server(settings: Settings, host: str, port: int) -> uvicorn.Server:
+def make_server(settings: CoreSettings, host: str, port: int) -> uvicorn.Server:
     config = uvicorn.Config(
         create_app(settings), host=host, port=port, log_level="warning", lifespan="on"
     )

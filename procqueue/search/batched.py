@@ -27,15 +27,15 @@ import psycopg
 from procrastinate import JobContext
 from psycopg_pool import AsyncConnectionPool
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
-from procqueue.queries import query
 from procqueue.queue.batch import Batches, BatchSpec
-from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp
 from procqueue.search.bulk import _read_chunk
 from procqueue.search.client import ItemFailure, SearchIndex, search_index
 from procqueue.search.jobs import ROW_OPERATIONS, row_job
+from procqueue.search.queries import query
+from procqueue.search.settings import SearchSettings
 from procqueue.search.sync import (
     READ_SAVEPOINT,
     RELEASE_READ_KEY,
@@ -124,21 +124,22 @@ async def sync_rows(
     return outcomes
 
 
-def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+def register(app: ProcqueueApp) -> None:
     """`<entity>:create|update|delete` for every entity: one processor, three names
     (procqueue/search/jobs.py), batched per entity."""
     for entity in app.services.entities.entities:
-        _register_entity(app, entity, retry)
+        _register_entity(app, entity)
 
 
-def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> None:
+def _register_entity(app: ProcqueueApp, entity: Entity) -> None:
     settings = app.services.settings
-    # Wait for an open writer at most a third of the job timeout; then hand the
-    # work to a new job instead of failing: a long user transaction (an admin's
+    # Wait for an open writer at most a third of the job timeout; then postpone
+    # the job instead of failing it: a long user transaction (an admin's
     # open SQL session) must not use up this job's retries and leave it stale.
     patience = settings.job_timeout / 3
     specs = [row_job(entity, operation) for operation in ROW_OPERATIONS.values()]
-    family = BatchSpec(tuple(spec.task_name for spec in specs), "id", settings.sync_batch_size)
+    batch_size = settings.section(SearchSettings).sync_batch_size
+    family = BatchSpec(tuple(spec.task_name for spec in specs), "id", batch_size)
     batches = Batches(lambda: app.pool, family)
 
     async def sync_ids(ids: Sequence[str]) -> dict[str, Any]:
@@ -148,4 +149,4 @@ def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> 
         return await batches.run(context, id, sync_ids)
 
     for spec in specs:
-        app.task(name=spec.task_name, queue=spec.queue, pass_context=True, retry=retry)(sync)
+        app.task_of(spec, pass_context=True)(sync)

@@ -22,14 +22,14 @@ import psycopg
 from procrastinate import JobContext
 from psycopg.rows import dict_row
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError
-from procqueue.queries import query
 from procqueue.queue.jobs import enqueue
 from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import ItemFailure, SearchIndex, Write, search_index
 from procqueue.search.jobs import bulk_args, bulk_job
+from procqueue.search.queries import query
 from procqueue.search.sync import (
     READ_ERRORS,
     ROW_READ_ERRORS,
@@ -180,13 +180,16 @@ async def record_item_errors(
         )  # fmt: skip
 
 
-def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+def register(app: ProcqueueApp) -> None:
     """`<entity>:bulk` for every entity."""
     for entity in app.services.entities.entities:
-        _register_entity(app, entity, retry)
+        _register_entity(app, entity)
 
 
-def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> None:
+def _register_entity(app: ProcqueueApp, entity: Entity) -> None:
+    spec = bulk_job(entity)
+    retry = app.retry_of(spec)
+
     async def bulk(context: JobContext, ids: list[str], attempt: int = 0) -> dict[str, int]:
         search = search_index(app.services)
         async with app.pool.connection() as conn:
@@ -200,5 +203,4 @@ def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> 
             "retried": retried, "failed": recorded,
         }  # fmt: skip
 
-    spec = bulk_job(entity)
-    app.task(name=spec.task_name, queue=spec.queue, pass_context=True, retry=retry)(bulk)
+    app.task_of(spec, pass_context=True)(bulk)

@@ -5,7 +5,7 @@ that a reindex can build `_v2` and swap the alias without downtime. Client
 errors are translated into SinkUnavailable (the cluster is down or overloaded) /
 PermanentError here, once.
 
-The client takes a SearchConfig (`Settings.search`). A worker's jobs share one
+The client takes a SearchConfig (`SearchSettings.search`). A worker's jobs share one
 SearchIndex through the app's Services: `search_index(app.services)`.
 """
 
@@ -20,11 +20,11 @@ from typing import Any
 import elasticsearch
 from elasticsearch import AsyncElasticsearch
 
+from procqueue.engine.services import ServiceKey, Services
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError, SinkUnavailable
-from procqueue.runtime import ServiceKey, Services
 from procqueue.search.jobs import SINK
-from procqueue.settings import SearchConfig
+from procqueue.search.settings import SearchConfig
 
 INITIAL_VERSION = 1
 #: Per-item statuses of a versioned write that mean "done": 409 = a newer version

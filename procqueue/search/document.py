@@ -25,7 +25,7 @@ from psycopg import sql
 
 from procqueue.entities import NUMBER_RANGES, Entity
 from procqueue.errors import PermanentError
-from procqueue.queries import query_with
+from procqueue.search.queries import query_with
 
 #: The columns an entity read returns beside the key (queries.sql: entity_document_columns).
 DOCUMENT_COLUMN = "procqueue_document"

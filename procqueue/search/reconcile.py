@@ -26,13 +26,13 @@ from typing import Any
 import psycopg
 from croniter import croniter
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import Entity
 from procqueue.errors import ConfigError
-from procqueue.queries import query
-from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import SearchIndex, search_index, translate_errors
 from procqueue.search.jobs import RECONCILE, job_specs, row_job
+from procqueue.search.queries import query
+from procqueue.search.settings import SearchSettings
 from procqueue.search.verify import Drift, check_documents, compare_rows, read_page, repair
 from procqueue.settings import SchemaConfig
 
@@ -99,15 +99,16 @@ async def without_pending_sync(
     return [row[0] for row in await cursor.fetchall()]
 
 
-def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+def register(app: ProcqueueApp) -> None:
     """The periodic reconciliation, unless PROCQUEUE_RECONCILE_CRON is empty or the
     maintenance tasks are off."""
     settings = app.services.settings
-    if not settings.maintenance_tasks or not settings.reconcile_cron:
+    own = settings.section(SearchSettings)
+    if not settings.maintenance_tasks or not own.reconcile_cron:
         return
-    if not croniter.is_valid(settings.reconcile_cron):
+    if not croniter.is_valid(own.reconcile_cron):
         raise ConfigError(
-            f"PROCQUEUE_RECONCILE_CRON is not a cron expression: {settings.reconcile_cron!r}: "
+            f"PROCQUEUE_RECONCILE_CRON is not a cron expression: {own.reconcile_cron!r}: "
             "give five fields, e.g. '*/5 * * * *', or '' for no reconciliation"
         )
 
@@ -119,7 +120,7 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
             try:
                 for entity in app.services.entities.entities:
                     done = await reconcile_entity(
-                        conn, search, entity, batch_size=settings.reconcile_batch,
+                        conn, search, entity, batch_size=own.reconcile_batch,
                         threshold=settings.bulk_threshold, chunk_size=settings.bulk_chunk_size,
                     )  # fmt: skip
                     repaired[entity.name] = len(done.repaired)
@@ -127,8 +128,5 @@ def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
                 await conn.set_autocommit(False)
         return repaired
 
-    task = app.task(
-        name=RECONCILE.task_name, queue=RECONCILE.queue, priority=50,
-        queueing_lock=RECONCILE.task_name, retry=retry,
-    )(reconcile)  # fmt: skip
-    app.periodic(cron=settings.reconcile_cron, periodic_id="reconcile")(task)
+    task = app.task_of(RECONCILE, priority=50, queueing_lock=RECONCILE.task_name)(reconcile)
+    app.periodic(cron=own.reconcile_cron, periodic_id="reconcile")(task)

@@ -32,10 +32,10 @@ from psycopg import sql
 
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError, TransientError
-from procqueue.queries import query
 from procqueue.queue.failures import is_transient
 from procqueue.search.bulk import record_item_errors, sync_chunk
 from procqueue.search.client import INITIAL_VERSION, SearchIndex, translate_errors
+from procqueue.search.queries import query
 from procqueue.search.sync import entity_query
 
 logger = logging.getLogger(__name__)

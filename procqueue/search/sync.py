@@ -30,7 +30,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from procqueue.entities import Entity
 from procqueue.errors import JobError, PermanentError, TransientError
-from procqueue.queries import query, query_with
 from procqueue.search.client import ItemFailure, SearchIndex, Write
 from procqueue.search.document import (
     DOCUMENT_COLUMN,
@@ -38,6 +37,7 @@ from procqueue.search.document import (
     document_columns,
     document_from_row,
 )
+from procqueue.search.queries import query, query_with
 
 LOCK_RETRY_SECONDS = (0.002, 0.01, 0.05)
 READ_SAVEPOINT = sql.SQL("SAVEPOINT procqueue_read")
@@ -196,7 +196,7 @@ def raise_for(failures: Sequence[ItemFailure], what: str) -> None:
 
 
 def still_written(entity: Entity, entity_id: str, patience: float) -> TransientError:
-    """Hand the row's sync to a new job `patience` seconds later, spending no retry."""
+    """Postpone the row's sync job `patience` seconds, spending no retry."""
     return TransientError.postpone(
         f"a writer of {entity.name} {entity_id}'s key is still in its transaction", patience
     )
@@ -214,7 +214,7 @@ async def sync_entity(
     patience: float = 10.0,
 ) -> str:
     """Bring one document in line with its row; returns what was done. When a writer
-    still holds the row's key after `patience` seconds, postpones the job (a new one,
+    still holds the row's key after `patience` seconds, postpones the job (the same one,
     due `patience` seconds later, spending no retry)."""
     await search.ensure_index(entity)
     params = {"entity": entity.name, "id": entity_id}

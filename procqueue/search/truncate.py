@@ -12,24 +12,25 @@ from __future__ import annotations
 
 import logging
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import Entity
-from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp
 from procqueue.search.client import search_index, translate_errors
 from procqueue.search.jobs import truncate_job
 from procqueue.search.reconcile import without_pending_sync
+from procqueue.search.settings import SearchSettings
 from procqueue.search.verify import Drift, check_documents, repair
 
 logger = logging.getLogger(__name__)
 
 
-def register(app: ProcqueueApp, retry: BackoffRetry) -> None:
+def register(app: ProcqueueApp) -> None:
     for entity in app.services.entities.entities:
-        _register_entity(app, entity, retry)
+        _register_entity(app, entity)
 
 
-def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> None:
+def _register_entity(app: ProcqueueApp, entity: Entity) -> None:
     settings = app.services.settings
+    batch_size = settings.section(SearchSettings).reconcile_batch
     spec = truncate_job(entity)
 
     async def after_truncate() -> int:
@@ -41,7 +42,7 @@ def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> 
                     if not await search.client.indices.exists_alias(name=search.alias(entity)):
                         return 0
                 drift = Drift(entity.name)
-                await check_documents(conn, search, entity, drift, settings.reconcile_batch)
+                await check_documents(conn, search, entity, drift, batch_size)
                 gone = await without_pending_sync(conn, entity, drift.extra)
                 await repair(conn, entity, gone, settings.bulk_threshold, settings.bulk_chunk_size)
             finally:
@@ -51,4 +52,4 @@ def _register_entity(app: ProcqueueApp, entity: Entity, retry: BackoffRetry) -> 
         )
         return len(gone)
 
-    app.task(name=spec.task_name, queue=spec.queue, retry=retry)(after_truncate)
+    app.task_of(spec)(after_truncate)

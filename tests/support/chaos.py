@@ -446,8 +446,8 @@ POSTPONED = re.compile(r"middleware: job \d+ \(\S+\) attempt \d+ postponed")
 
 
 def postponements(workers: list[WorkerProcess]) -> int:
-    """How many times the workers postponed a job (its sink's circuit open), from
-    their logs: a postponed job ends as succeeded and hands over to a new job."""
+    """How many times the workers postponed a job (its sink's circuit open, a writer
+    holding its row), from their logs: the same job row waits again (migration 0018)."""
     return sum(
         len(POSTPONED.findall(worker.log_path.read_text(errors="replace"))) for worker in workers
     )

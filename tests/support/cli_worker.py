@@ -11,10 +11,10 @@ from pathlib import Path
 
 from procqueue.app import build_app
 from procqueue.commands import worker
+from procqueue.engine.app import ProcqueueApp
 from procqueue.errors import ProcqueueError
+from procqueue.features import get_settings, load_settings
 from procqueue.queue.logs import configure_logging
-from procqueue.runtime import ProcqueueApp
-from procqueue.settings import load_settings
 from tests.support import tasks
 
 
@@ -30,7 +30,7 @@ def register(app: ProcqueueApp) -> None:
 
 
 def main() -> int:
-    configure_logging(verbose=False)
+    configure_logging(get_settings, verbose=False)
     try:
         app = build_app(load_settings())
         register(app)

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg.types.json import Jsonb
 
 from procqueue.app import build_app
-from procqueue.runtime import ProcqueueApp
-from procqueue.settings import Settings
+from procqueue.engine.app import ProcqueueApp
+from procqueue.features import Settings
 from tests.conftest import make_settings
 from tests.support.fcm_server import FcmState, fcm_server
 from tests.support.smtp_server import SmtpRecorder, smtp_server
@@ -180,12 +180,15 @@ async def deliveries(
 
 
 async def jobs(db: psycopg.AsyncConnection[Any], notification_id: str) -> list[dict[str, Any]]:
-    """The notification's jobs: task, status, attempts, scheduled_at."""
+    """The notification's jobs: task, status, attempts, scheduled_at, and how many
+    times each was postponed (the same job waiting again: migration 0018)."""
     cursor = db.cursor(row_factory=psycopg.rows.dict_row)
     await cursor.execute(
-        "SELECT id, task_name, status::text AS status, attempts, scheduled_at, args "
-        "FROM procrastinate.procrastinate_jobs WHERE args ->> 'notification_id' = %s "
-        "ORDER BY id",
+        "SELECT j.id, j.task_name, j.status::text AS status, j.attempts, j.scheduled_at, "
+        "j.args, coalesce(p.times, 0) AS postponed "
+        "FROM procrastinate.procrastinate_jobs AS j "
+        "LEFT JOIN procqueue.job_postponements AS p ON p.job_id = j.id "
+        "WHERE j.args ->> 'notification_id' = %s ORDER BY j.id",
         [notification_id],
     )
     return await cursor.fetchall()

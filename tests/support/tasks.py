@@ -7,9 +7,8 @@ import asyncio
 
 from procrastinate import JobContext
 
+from procqueue.engine.app import ProcqueueApp
 from procqueue.errors import PermanentError, TransientError
-from procqueue.queue.retry import BackoffRetry
-from procqueue.runtime import ProcqueueApp
 
 SWITCHES_SQL = """
 CREATE TABLE IF NOT EXISTS public.test_switches (name text PRIMARY KEY, broken boolean NOT NULL);
@@ -17,8 +16,7 @@ CREATE TABLE IF NOT EXISTS public.test_switches (name text PRIMARY KEY, broken b
 
 
 def register(app: ProcqueueApp) -> None:
-    settings = app.services.settings
-    retry = BackoffRetry(settings.max_retries, settings.retry_backoff, settings.retry_backoff_max)
+    retry = app.retry
 
     @app.task(name="test:flaky", queue="tests", pass_context=True, retry=retry)
     async def flaky(context: JobContext, failures: int, message: str = "upstream busy") -> str:

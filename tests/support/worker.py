@@ -13,12 +13,12 @@ import psycopg
 from elasticsearch import helpers
 
 from procqueue.app import build_app
+from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import LISTING, Entity
-from procqueue.runtime import ProcqueueApp
+from procqueue.features import Settings
 from procqueue.search.client import search_index
 from procqueue.search.document import document_from_row
 from procqueue.search.sync import entity_query
-from procqueue.settings import Settings
 
 #: The user owning the rows tests write (inserted by the `db` fixture).
 SELLER_ID = "00000000-0000-4000-8000-0000000000aa"

@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from procqueue.app import build_app
-from procqueue.settings import load_settings
+from procqueue.features import load_settings
 from tests.support import tasks
 
 

@@ -1,6 +1,5 @@
-"""What jobs share: the App type and the services it carries; how a worker starts
-(preflight checks) and stops (non-zero when it stopped on a failure). The worker
-itself is procqueue/worker.py."""
+"""What an app's jobs share: the settings, the entities, and every client a
+feature provides (`Services`), each named by a typed `ServiceKey`."""
 
 from __future__ import annotations
 
@@ -9,15 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
-import procrastinate
-from psycopg_pool import AsyncConnectionPool
-from typing_extensions import Unpack
-
-from procqueue import preflight
 from procqueue.entities import EntityRegistry
-from procqueue.queue import sentry
-from procqueue.settings import Settings
-from procqueue.worker import Worker, WorkerStopped, first_line
+from procqueue.settings import CoreSettings
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +43,7 @@ class Services:
     closer; a client is made on its first `get` and reused; `aclose` closes all of
     those made so far (a later `get` makes a new one)."""
 
-    def __init__(self, settings: Settings, entities: EntityRegistry) -> None:
+    def __init__(self, settings: CoreSettings, entities: EntityRegistry) -> None:
         self.settings = settings
         self.entities = entities
         self._providers: dict[str, _Provider[Any]] = {}
@@ -100,45 +92,3 @@ class Services:
                 errors.append(error)
         if errors:
             raise errors[0]
-
-
-class ProcqueueApp(procrastinate.App):
-    """A Procrastinate App that also carries the services its jobs use."""
-
-    services: Services
-
-    @property
-    def pool(self) -> AsyncConnectionPool[Any]:
-        """The connector's psycopg pool. Its connections carry no session state (the
-        same through a transaction pooler): SQL names the queue's objects with their
-        schema, `procrastinate.` or `procqueue.` (procqueue/qualified.py)."""
-        pool: AsyncConnectionPool[Any] = self.connector.pool  # type: ignore[attr-defined]
-        return pool
-
-    async def preflight(self) -> None:
-        """Refuse to work (PreflightError, one line) on a database or role where the
-        worker cannot work correctly (procqueue/preflight.py)."""
-        settings = self.services.settings
-        async with self.pool.connection() as conn:
-            await preflight.check_worker(
-                conn,
-                self.services.entities.entities,
-                (settings.notifications_table, settings.push_tokens_table),
-            )
-
-    def _worker(self, **kwargs: Unpack[procrastinate.app.WorkerOptions]) -> Worker:
-        options: procrastinate.app.WorkerOptions = {**self.worker_defaults, **kwargs}
-        return Worker(app=self, **options)
-
-    async def run_worker_async(self, **kwargs: Unpack[procrastinate.app.WorkerOptions]) -> None:
-        """Procrastinate's worker, after the preflight checks; raises WorkerStopped when
-        a failure (not a signal) stopped it. `procqueue worker` and `procrastinate
-        --app=procqueue.app.app worker` both come here, so both exit non-zero."""
-        await self.preflight()
-        sentry.init_sentry(self.services.settings)
-        self.perform_import_paths()  # type: ignore[no-untyped-call]
-        worker = self._worker(**kwargs)
-        await worker.run()  # type: ignore[no-untyped-call]
-        if worker.side_task_failure is not None:
-            name, error = worker.side_task_failure
-            raise WorkerStopped(f"the worker stopped: its {name} task failed: {first_line(error)}")

@@ -31,13 +31,18 @@ import procrastinate
 import psycopg
 from psycopg.rows import dict_row
 
+from procqueue.engine.qualified import QUALIFIED
+from procqueue.engine.queries import query
+from procqueue.engine.schema import (
+    PROCRASTINATE_RECORD,
+    PROCRASTINATE_SCHEMA,
+    QUEUE_SCHEMA,
+    migration_files,
+    version_key,
+)
 from procqueue.entities import Entity
 from procqueue.errors import NotMigrated, ProcqueueError
-from procqueue.migrate import PROCRASTINATE_RECORD, PROCRASTINATE_SCHEMA, migration_files
-from procqueue.qualified import QUALIFIED
-from procqueue.queries import query
 
-QUEUE_SCHEMA = "procqueue"
 WORKER_ROLE_FILE = "sql/roles/worker_role.sql"
 RUN_MIGRATE = NotMigrated.ADVICE
 
@@ -50,10 +55,6 @@ def procrastinate_names() -> list[str]:
     """Every function, table and type Procrastinate's queries name."""
     found = re.compile(rf"\b{PROCRASTINATE_SCHEMA}\.(procrastinate_[a-z0-9_]+)")
     return sorted({name for text in QUALIFIED.values() for name in found.findall(text)})
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
 
 
 async def _rows(
@@ -126,7 +127,7 @@ async def check_queue(conn: psycopg.AsyncConnection[Any], role: str) -> None:
             f"{WORKER_ROLE_FILE}"
         ) from None
     installed = applied.get(PROCRASTINATE_RECORD)
-    if installed is None or _version_key(installed) < _version_key(procrastinate.__version__):
+    if installed is None or version_key(installed) < version_key(procrastinate.__version__):
         raise PreflightError(
             f"the queue's schema is at Procrastinate {installed or 'nothing'} but this worker "
             f"runs Procrastinate {procrastinate.__version__}: {RUN_MIGRATE}"

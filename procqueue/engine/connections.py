@@ -10,7 +10,7 @@ fails with `prepared statement "_pg3_0" already exists`), no session `SET`, no
 LISTEN. These helpers take the DSN and the pooler flag explicitly
 (`Settings.dsn`, `Settings.uses_transaction_pooler`) and turn preparing off when
 the flag is set. None of them sets any session state: Procrastinate's schema is
-reached by schema-qualified names (procqueue/qualified.py), never a `search_path`.
+reached by schema-qualified names (procqueue/engine/qualified.py), never a `search_path`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from procrastinate import connector as procrastinate_connector
 from procrastinate import sql as procrastinate_sql
 from procrastinate.sync_psycopg_connector import SyncPsycopgConnector
 
-from procqueue.migrate import PROCRASTINATE_SCHEMA
+from procqueue.engine.schema import PROCRASTINATE_SCHEMA
 
 #: Literals, quoted identifiers and comments: the parts of a query never rewritten.
 _OPAQUE = re.compile(

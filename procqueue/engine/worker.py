@@ -1,40 +1,47 @@
 """The worker: Procrastinate's, made to outlive its database and to explain every
 failure it meets before a task runs (`Worker`); `ProcqueueApp.run_worker_async`
-(procqueue/runtime.py) starts it."""
+(procqueue/engine/app.py) starts it. Its parts: waiting out outages
+(engine/outages.py), refusing jobs it cannot run (engine/refusals.py), saving
+outcomes (engine/saving.py). docs/procrastinate.md lists every Procrastinate
+method it overrides and why."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
-import psycopg
 from procrastinate import JobContext, RetryDecision
+from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate import manager as procrastinate_manager
 from procrastinate import utils as procrastinate_utils
 from procrastinate import worker as procrastinate_worker
 from procrastinate.job_context import JobResult
-from procrastinate.jobs import DeleteJobCondition, Job, Status
+from procrastinate.jobs import Job, Status
 from psycopg import sql
-from psycopg_pool import PoolClosed
 
-from procqueue.connections import connect_async
-from procqueue.errors import PermanentError, ProcqueueError
-from procqueue.queries import query
-from procqueue.queue import metrics, sentry
+from procqueue.engine.connections import connect_async
+from procqueue.engine.outages import (
+    Backoff,
+    first_line,
+    is_database_outage,
+    run_through_outages,
+    worker_gone,
+)
+from procqueue.engine.queries import query
+from procqueue.engine.refusals import Refusals
+from procqueue.engine.saving import OutcomeSaver
+from procqueue.errors import ProcqueueError
 from procqueue.queue.batch import JOB_RUNNER
-from procqueue.queue.failures import describe, record_failed_attempt
-from procqueue.queue.finishing import Finisher
+from procqueue.queue.outcomes import Postponed, end_in_failure
 
 if TYPE_CHECKING:
-    from procqueue.runtime import ProcqueueApp
+    from procqueue.engine.app import ProcqueueApp
 
 logger = logging.getLogger(__name__)
 
@@ -44,61 +51,9 @@ class WorkerStopped(ProcqueueError):
     than the database being away."""
 
 
-class UnknownTask(PermanentError):
-    """A job names a task this worker does not have."""
-
-
-class InvalidJobArgs(PermanentError):
-    """A job's args are not keyword arguments its task takes."""
-
-
-#: Waits between attempts to reach a database that went away: doubling from the
-#: first to the cap, each +-25 % so that many workers do not knock at once.
-RECONNECT_FIRST_WAIT = 0.2
-RECONNECT_MAX_WAIT = 5.0
 #: A LISTEN connection with no notification for this long is checked with a query.
 LISTEN_KEEPALIVE = 30.0
-#: Tries to save a job's outcome, once the worker is stopping, before leaving it to the rescue.
-SAVE_TRIES_WHEN_STOPPING = 3
 WORKER_APPLICATION = "procqueue-worker"
-
-
-def is_database_outage(error: BaseException) -> bool:
-    """Whether `error` means the database is away for now (a killed connection, a
-    restart, the network, no pooled connection in time), which waiting cures, as
-    opposed to a fault waiting cannot cure (a missing function or privilege, bad SQL).
-    Procrastinate's connector wraps the psycopg error: its cause is looked at too."""
-    current: BaseException | None = error
-    for _ in range(5):
-        if current is None or isinstance(current, PoolClosed):
-            return False
-        if isinstance(current, psycopg.OperationalError | ConnectionError | TimeoutError):
-            return True
-        current = current.__cause__
-    return False
-
-
-def _job_not_ours(error: BaseException) -> bool:
-    """Procrastinate refused to save an outcome: the job is no longer `doing` (the
-    stalled-job rescue gave it to another worker, which may have finished it)."""
-    cause = error.__cause__ or error
-    return isinstance(cause, psycopg.errors.RaiseException) and "Job was not found" in str(cause)
-
-
-def _worker_gone(error: BaseException) -> bool:
-    """Fetching a job failed because this worker's row is gone (taken for dead)."""
-    cause = error.__cause__ or error
-    return isinstance(cause, psycopg.errors.ForeignKeyViolation) and "worker" in str(cause)
-
-
-class _Backoff:
-    def __init__(self) -> None:
-        self.tries = 0
-
-    def next_wait(self) -> float:
-        wait = min(RECONNECT_MAX_WAIT, RECONNECT_FIRST_WAIT * 2.0 ** min(self.tries, 16))
-        self.tries += 1
-        return wait * random.uniform(0.75, 1.25)
 
 
 class Worker(procrastinate_worker.Worker):
@@ -126,13 +81,14 @@ class Worker(procrastinate_worker.Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._registering = asyncio.Lock()
-        self._signatures: dict[str, inspect.Signature | None] = {}
+        self._refusals = Refusals()
         self.additional_context = {**(self.additional_context or {}), JOB_RUNNER: self}
-        self._finisher = Finisher(
-            lambda: self._procqueue.pool,
-            lambda job, status, delete: self.app.job_manager.finish_job(
-                job=job, status=status, delete_job=delete
-            ),
+        self._outcomes = OutcomeSaver(
+            pool=lambda: self._procqueue.pool,
+            job_manager=self.app.job_manager,
+            delete_jobs=self.delete_jobs,
+            stopping=self._stop_event.is_set,
+            secrets=self._procqueue.services.settings.secret_values,
         )
 
     @property
@@ -150,33 +106,9 @@ class Worker(procrastinate_worker.Worker):
         if self.listen_notify:
             side["listener"] = self._listen
         return [
-            asyncio.create_task(self._supervised(name, run), name=name)
+            asyncio.create_task(run_through_outages(name, run), name=name)
             for name, run in side.items()
         ]
-
-    async def _supervised(self, name: str, run: Callable[[], Awaitable[Any]]) -> None:
-        """Run a side task again after a wait each time it fails because the database
-        is away; any other failure ends it (and the worker: `_monitor_side_tasks`)."""
-        backoff = _Backoff()
-        while True:
-            started = time.monotonic()
-            try:
-                await run()
-                return
-            except Exception as error:
-                if not is_database_outage(error):
-                    raise
-                if time.monotonic() - started > 2 * RECONNECT_MAX_WAIT:
-                    backoff = _Backoff()  # it had worked again since the last failure
-                wait = backoff.next_wait()
-                logger.log(
-                    logging.WARNING if backoff.tries == 1 else logging.INFO,
-                    "worker side task %s lost the database (%s); trying again in %.1f s",
-                    name,
-                    first_line(error),
-                    wait,
-                )
-                await asyncio.sleep(wait)
 
     async def _monitor_side_tasks(self, side_tasks: list[asyncio.Task[Any]]) -> None:
         # Procrastinate's own watch ends with the first side task to finish, and the
@@ -278,13 +210,13 @@ class Worker(procrastinate_worker.Worker):
     # Fetching and running jobs ---------------------------------------------
 
     async def _fetch_and_process_jobs(self) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             try:
                 await super()._fetch_and_process_jobs()  # type: ignore[no-untyped-call]
                 return
             except Exception as error:
-                if _worker_gone(error) and self.worker_id is not None:
+                if worker_gone(error) and self.worker_id is not None:
                     await self._register_again(self.worker_id)
                     continue
                 if not is_database_outage(error):
@@ -301,7 +233,7 @@ class Worker(procrastinate_worker.Worker):
                     return
 
     async def _process_job(self, context: JobContext) -> None:
-        refusal = self._refusal(context.job)
+        refusal = self._refusals.refusal(context.job, self.app.tasks.get(context.job.task_name))
         if refusal is not None:
             await self._fail_unrun(context, refusal)
             return
@@ -341,67 +273,24 @@ class Worker(procrastinate_worker.Worker):
             self._running_jobs[task] = context
             task.add_done_callback(lambda done: self._running_jobs.pop(done, None))
 
-    def _refusal(self, job: Job) -> Exception | None:
-        """Why `job` cannot run at all, or None."""
-        kwargs: Any = job.task_kwargs
-        if not isinstance(kwargs, dict):
-            return InvalidJobArgs(
-                f"job args must be a JSON object of keyword arguments, got "
-                f"{_json_kind(kwargs)}: {_clipped_repr(kwargs)}; enqueue "
-                f"procqueue.add_job({job.task_name!r}, '{{...}}'::jsonb, ...)"
-            )
-        task = self.app.tasks.get(job.task_name)
-        if task is None:
-            return UnknownTask(
-                f"no task named {job.task_name!r} in this worker: a typo in what enqueued it, "
-                "or a worker older than that code (deploy one that has the task, then "
-                f"`procqueue retry {job.id}`)"
-            )
-        signature = self._signature(task)
-        if signature is None:
-            return None
-        try:
-            signature.bind(*([None] if task.pass_context else []), **kwargs)
-        except TypeError as error:
-            wanted = [
-                name if parameter.default is inspect.Parameter.empty else f"{name}=..."
-                for name, parameter in signature.parameters.items()
-                if parameter.kind
-                in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-            ]
-            given = ", ".join(_clipped_repr(key, 40) for key in list(kwargs)[:10]) or "none"
-            return InvalidJobArgs(
-                f"{job.task_name} takes ({', '.join(wanted)}); the job's args ({given}) do "
-                f"not fit: {error}"
-            )
-        return None
-
-    def _signature(self, task: Any) -> inspect.Signature | None:
-        if task.name not in self._signatures:
-            try:
-                self._signatures[task.name] = inspect.signature(task.func)
-            except (TypeError, ValueError):
-                self._signatures[task.name] = None
-        return self._signatures[task.name]
-
     async def _fail_unrun(self, context: JobContext, error: Exception) -> None:
         """Fail `context.job` for good with `error` recorded, as the middleware would."""
-        job = context.job
         secrets = self._procqueue.services.settings.secret_values()
-        await record_failed_attempt(self._procqueue.pool, job, error, final=True, secrets=secrets)
-        sentry.capture_final_failure(error, job)
-        metrics.observe_job(job.task_name, job.queue, "failed", 0.0)
-        error_type, message = describe(error, secrets)
-        logger.error(
-            "job %s (%s) attempt %d failed for good: %s: %s",
-            job.id,
-            job.task_name,
-            job.attempts + 1,
-            error_type.rsplit(".", 1)[-1],
-            message,
-            extra={"job_id": job.id, "task": job.task_name, "queue": job.queue},
-        )
-        await self._persist_job_status(job, Status.FAILED, None, context, None)
+        await end_in_failure(self._procqueue.pool, context.job, error, final=True, secrets=secrets)
+        await self._persist_job_status(context.job, Status.FAILED, None, context, None)
+
+    def _log_job_outcome(
+        self,
+        status: Status,
+        context: JobContext,
+        job_result: JobResult | None,
+        job_retry: procrastinate_exceptions.JobRetry | None,
+        exc_info: bool | BaseException = False,
+    ) -> None:
+        # A postponed job did not succeed: its line is the middleware's ("postponed").
+        if job_result is not None and isinstance(job_result.result, Postponed):
+            return
+        super()._log_job_outcome(status, context, job_result, job_retry, exc_info)
 
     async def _persist_job_status(
         self,
@@ -411,81 +300,22 @@ class Worker(procrastinate_worker.Worker):
         context: JobContext,
         job_result: JobResult | None,
     ) -> None:
-        """Save an attempt's outcome, waiting for the database if it is away. An
-        outcome Procrastinate refuses because the job is no longer this worker's
-        (rescued meanwhile) is dropped with a warning; one it refuses for another
-        reason fails the job, recorded, rather than leave it `doing` for good."""
-        backoff = _Backoff()
-        while True:
-            try:
-                await self._save_outcome(job, status, retry_decision)
-                break
-            except Exception as error:
-                if _job_not_ours(error):
-                    logger.warning(
-                        "job %s (%s) was rescued by another worker while this one ran it; "
-                        "this attempt's outcome (%s) is not saved",
-                        job.id,
-                        job.task_name,
-                        "retry" if retry_decision else status.value,
-                    )
-                    break
-                if not is_database_outage(error):
-                    await self._fail_unsaved(job, error)
-                    break
-                if self._stop_event.is_set() and backoff.tries >= SAVE_TRIES_WHEN_STOPPING:
-                    logger.warning(
-                        "job %s (%s): its outcome could not be saved (%s) and the worker is "
-                        "stopping: the stalled-job rescue will run it again",
-                        job.id,
-                        job.task_name,
-                        first_line(error),
-                    )
-                    break
-                await asyncio.sleep(backoff.next_wait())
+        """Save an attempt's outcome (engine/saving.py): a postponement puts the same
+        row back to waiting; the rest as Procrastinate would, surviving outages."""
+        result = job_result.result if job_result is not None else None
+        postponed = result if isinstance(result, Postponed) else None
+        await self._outcomes.save(job, status, retry_decision, postponed)
         assert job.id is not None
         self._job_ids_to_abort.pop(job.id, None)
-        retry_at = retry_decision.retry_at if retry_decision is not None else None
-        if retry_at is not None and retry_at.tzinfo is not None:
-            # A retry sends no NOTIFY: fetch when it is due, not at the next poll.
-            due_in = (retry_at - datetime.now(UTC)).total_seconds()
+        due = postponed.run_at if postponed is not None else None
+        if retry_decision is not None:
+            due = retry_decision.retry_at
+        if due is not None and due.tzinfo is not None:
+            # A retry or postponement sends no NOTIFY: fetch when it is due, not at the
+            # next poll.
+            due_in = (due - datetime.now(UTC)).total_seconds()
             if due_in < self.fetch_job_polling_interval:
                 asyncio.get_running_loop().call_later(max(due_in, 0.0), self._new_job_event.set)
-
-    async def _save_outcome(
-        self, job: Job, status: Status, retry_decision: RetryDecision | None
-    ) -> None:
-        manager = self.app.job_manager
-        if retry_decision is not None:
-            await manager.retry_job(
-                job=job,
-                retry_at=retry_decision.retry_at,
-                lock=retry_decision.lock,
-                priority=retry_decision.priority,
-                queue=retry_decision.queue,
-            )
-            return
-        delete = {
-            DeleteJobCondition.ALWAYS: True,
-            DeleteJobCondition.NEVER: False,
-            DeleteJobCondition.SUCCESSFUL: status == Status.SUCCEEDED,
-        }[self.delete_jobs]
-        await self._finisher.finish(job, status, delete)
-
-    async def _fail_unsaved(self, job: Job, error: Exception) -> None:
-        logger.error(
-            "job %s (%s): Procrastinate refused to save its outcome: %s",
-            job.id,
-            job.task_name,
-            first_line(error),
-            exc_info=error,
-        )
-        secrets = self._procqueue.services.settings.secret_values()
-        await record_failed_attempt(self._procqueue.pool, job, error, final=True, secrets=secrets)
-        try:
-            await self.app.job_manager.finish_job(job=job, status=Status.FAILED, delete_job=False)
-        except Exception as again:
-            logger.error("job %s could not be failed either: %s", job.id, first_line(again))
 
     # Stopping --------------------------------------------------------------
 
@@ -533,28 +363,3 @@ def _payload(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {str: "a JSON string", list: "a JSON array", bool: "a JSON boolean"}
-    if value is None:
-        return "JSON null"
-    for kind, name in kinds.items():
-        if isinstance(value, kind):
-            return name
-    return "a JSON number" if isinstance(value, int | float) else type(value).__name__
-
-
-def _clipped_repr(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error and of its cause (Procrastinate's connector wraps
-    every database error in an empty-sounding ConnectorException)."""
-    for candidate in (error.__cause__, error):
-        text = str(candidate or "").strip()
-        if text and text != "Database error.":
-            return text.splitlines()[0]
-    return type(error).__name__

@@ -1,0 +1,72 @@
+-- Named queries of the engine (start checks, heartbeats, saving outcomes, migration bookkeeping), in the manner of Procrastinate's
+-- sql/queries.sql: a block starts with "-- name: description"; {braced} names
+-- are identifiers filled in with psycopg.sql; %(named)s are parameters.
+
+-- missing_table: whether a configured table exists
+SELECT to_regclass(%(table)s) IS NULL AS missing;
+
+-- table_columns: the columns of a table
+SELECT attname AS name
+FROM pg_attribute
+WHERE attrelid = to_regclass(%(table)s) AND attnum > 0 AND NOT attisdropped;
+
+-- applied_migrations: what `procqueue migrate` has applied, with checksums
+SELECT name, checksum FROM procqueue.schema_migrations;
+
+-- record_migration: remember an applied migration
+INSERT INTO procqueue.schema_migrations (name, checksum) VALUES (%(name)s, %(checksum)s)
+ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now();
+
+-- preflight_schemas: the queue's schemas: present, and usable by this role (procqueue/engine/preflight.py)
+SELECT wanted.name, n.oid IS NOT NULL AS present,
+       coalesce(has_schema_privilege(n.oid, 'USAGE'), false) AS usable
+FROM unnest(%(schemas)s::text[]) WITH ORDINALITY AS wanted (name, position)
+LEFT JOIN pg_namespace AS n ON n.nspname = wanted.name
+ORDER BY wanted.position;
+
+-- preflight_missing_names: which of these names no function, table or type of a schema has
+SELECT wanted.name
+FROM unnest(%(names)s::text[]) AS wanted (name)
+JOIN pg_namespace AS n ON n.nspname = %(schema)s
+WHERE NOT EXISTS (SELECT FROM pg_proc AS p WHERE p.pronamespace = n.oid AND p.proname = wanted.name)
+  AND NOT EXISTS (SELECT FROM pg_class AS c WHERE c.relnamespace = n.oid AND c.relname = wanted.name)
+  AND NOT EXISTS (SELECT FROM pg_type AS t WHERE t.typnamespace = n.oid AND t.typname = wanted.name)
+ORDER BY 1;
+
+-- preflight_missing_privileges: what this role lacks of what the worker uses: EXECUTE on the queue's functions, SELECT on its tables, and writing Procrastinate's
+SELECT 'EXECUTE on function ' || p.oid::regprocedure::text AS missing
+FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+WHERE n.nspname = ANY (%(schemas)s) AND p.prokind = 'f'
+  AND NOT has_function_privilege(p.oid, 'EXECUTE')
+UNION ALL
+SELECT privilege || ' on table ' || c.oid::regclass::text
+FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS privilege
+WHERE n.nspname = ANY (%(schemas)s) AND c.relkind IN ('r', 'p')
+  AND (privilege = 'SELECT' OR n.nspname = %(written)s)
+  AND NOT has_table_privilege(c.oid, privilege)
+ORDER BY 1;
+
+-- preflight_tables: the tables the worker reads: present, readable, and whether row-level security filters them for this role
+SELECT wanted.schema_name, wanted.table_name, c.oid IS NOT NULL AS present,
+       coalesce(has_schema_privilege(c.relnamespace, 'USAGE')
+                AND has_table_privilege(c.oid, 'SELECT'), false) AS readable,
+       coalesce(row_security_active(c.oid), false) AS filtered,
+       coalesce(c.relforcerowsecurity, false) AS forced
+FROM unnest(%(schemas)s::text[], %(tables)s::text[]) WITH ORDINALITY
+     AS wanted (schema_name, table_name, position)
+LEFT JOIN pg_namespace AS n ON n.nspname = wanted.schema_name
+LEFT JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = wanted.table_name
+ORDER BY wanted.position;
+
+-- worker_heartbeat: a worker's heartbeat, and whether its row is still there (false: pruned, taken for dead)
+SELECT procrastinate.procrastinate_update_heartbeat_v1(%(worker_id)s),
+       EXISTS (SELECT FROM procrastinate.procrastinate_workers WHERE id = %(worker_id)s) AS alive;
+
+-- reclaim_worker_jobs: a worker registered again takes back its running jobs not rescued yet
+UPDATE procrastinate.procrastinate_jobs SET worker_id = %(worker_id)s
+WHERE id = ANY(%(job_ids)s::bigint[]) AND status = 'doing' AND worker_id IS NULL
+RETURNING id;
+
+-- postpone_job: put a running job back to waiting, due at run_at, attempts unchanged, with the reason recorded (migration 0018); raises when it is no longer running
+SELECT procqueue.postpone_job(%(job_id)s, %(run_at)s, %(reason)s);

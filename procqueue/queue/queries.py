@@ -1,0 +1,10 @@
+"""The named SQL of the generic queue core (jobs, failures, health, operations,
+maintenance, batches): queries.sql beside this file."""
+
+from __future__ import annotations
+
+from procqueue.queries import NamedQueries
+
+QUERIES = NamedQueries(__package__)
+query = QUERIES.query
+query_with = QUERIES.query_with

@@ -1,0 +1,174 @@
+-- Named queries of the generic queue core (jobs, failures, health, operations, maintenance, batches), in the manner of Procrastinate's
+-- sql/queries.sql: a block starts with "-- name: description"; {braced} names
+-- are identifiers filled in with psycopg.sql; %(named)s are parameters.
+
+-- insert_job_error: record a failed attempt of a job
+INSERT INTO procqueue.job_errors
+    (job_id, attempt, task_name, queue_name, error_type, message, traceback, transient, final)
+VALUES
+    (%(job_id)s, %(attempt)s, %(task_name)s, %(queue_name)s, %(error_type)s, %(message)s,
+     %(traceback)s, %(transient)s, %(final)s);
+
+-- health_queues: per-queue health (migration 0006)
+SELECT * FROM procqueue.queue_stats();
+
+-- health_tasks: per-task health over a window (migration 0006)
+SELECT * FROM procqueue.task_stats(%(since)s);
+
+-- roll_up_task_stats: roll up the oldest completed hours for long task_stats windows, at most max_hours (migration 0017)
+SELECT procqueue.roll_up_task_stats(%(max_hours)s) AS hours;
+
+-- health_workers: every worker's heartbeat and jobs in hand (migration 0006)
+SELECT * FROM procqueue.worker_stats(%(stalled_after)s);
+
+-- health_storage: size and dead tuples of every queue table (migration 0006)
+SELECT * FROM procqueue.storage_health;
+
+-- failed_jobs: failed jobs, newest first, with their last recorded error
+SELECT j.id, j.task_name::text AS task_name, j.queue_name::text AS queue_name, j.attempts,
+       (SELECT max(e.at) FROM procrastinate.procrastinate_events AS e
+        WHERE e.job_id = j.id AND e.type = 'failed') AS failed_at,
+       err.error_type, err.message, err.traceback
+FROM procrastinate.procrastinate_jobs AS j
+LEFT JOIN LATERAL (
+    SELECT x.error_type, x.message, x.traceback
+    FROM procqueue.job_errors AS x
+    WHERE x.job_id = j.id
+    ORDER BY x.id DESC
+    LIMIT 1
+) AS err ON true
+WHERE j.status = 'failed' AND (%(task)s::text IS NULL OR j.task_name = %(task)s)
+ORDER BY j.id DESC
+LIMIT %(limit)s;
+
+-- job_status: the status of one job (NULL row: no such job)
+SELECT status::text AS status FROM procrastinate.procrastinate_jobs WHERE id = %(job_id)s;
+
+-- retry_failed_job: put a failed job back in the queue, due now; a retry by hand is not an attempt (procrastinate_retry_job_v2 would count one)
+UPDATE procrastinate.procrastinate_jobs SET status = 'todo', scheduled_at = now()
+WHERE id = %(job_id)s AND status = 'failed';
+
+-- cancel_job: cancel a waiting job, or ask the worker running it to abort
+SELECT procrastinate.procrastinate_cancel_job_v1(%(job_id)s, true, false) AS id;
+
+-- prune_finished_jobs: delete jobs of one final status that ended before the cutoff, one batch, walking the end-event index oldest first from after_at
+WITH candidates AS MATERIALIZED (
+    SELECT e.job_id, e.at
+    FROM procrastinate.procrastinate_events AS e
+    WHERE e.type = %(event_type)s::procrastinate.procrastinate_job_event_type
+      AND e.at < %(cutoff)s
+      AND e.at >= %(after_at)s
+    ORDER BY e.at
+    LIMIT %(batch_size)s
+),
+doomed AS (
+    SELECT j.id
+    FROM candidates AS c
+    JOIN procrastinate.procrastinate_jobs AS j ON j.id = c.job_id
+    WHERE j.status = %(status)s::procrastinate.procrastinate_job_status
+      -- finished for good before the cutoff: nothing happened to it since
+      AND NOT EXISTS (
+          SELECT 1 FROM procrastinate.procrastinate_events AS later
+          WHERE later.job_id = j.id AND later.at >= %(cutoff)s
+      )
+    FOR UPDATE OF j SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM procrastinate.procrastinate_jobs AS j
+    USING doomed
+    WHERE j.id = doomed.id
+    RETURNING j.id
+),
+errors AS (
+    DELETE FROM procqueue.job_errors AS x
+    WHERE x.job_id = ANY (ARRAY(SELECT deleted.id FROM deleted))
+)
+SELECT (SELECT count(*) FROM deleted) AS deleted,
+       (SELECT count(*) FROM candidates) AS scanned,
+       (SELECT max(c.at) FROM candidates AS c) AS last_at;
+
+-- prune_orphan_errors: delete one batch of old error rows whose job is gone
+DELETE FROM procqueue.job_errors
+WHERE id IN (
+    SELECT x.id FROM procqueue.job_errors AS x
+    WHERE x.occurred_at < %(cutoff)s
+      AND NOT EXISTS (SELECT 1 FROM procrastinate.procrastinate_jobs AS j WHERE j.id = x.job_id)
+    ORDER BY x.occurred_at
+    LIMIT %(batch_size)s
+);
+
+-- lock_failed_jobs: lock failed jobs for a retry: all, or one task and last error type (empty type: no error recorded)
+SELECT j.id
+FROM procrastinate.procrastinate_jobs AS j
+WHERE j.status = 'failed'
+  AND (%(task)s::text IS NULL OR j.task_name = %(task)s)
+  AND (%(error_type)s::text IS NULL OR %(error_type)s = coalesce((
+        SELECT x.error_type FROM procqueue.job_errors AS x
+        WHERE x.job_id = j.id ORDER BY x.id DESC LIMIT 1), ''))
+  AND (%(job_id)s::bigint IS NULL OR j.id = %(job_id)s)
+ORDER BY j.id
+FOR UPDATE OF j;
+
+-- cancel_waiting_job: cancel a job that is waiting (todo); NULL when it is not
+SELECT procrastinate.procrastinate_cancel_job_v1(%(job_id)s, false, false) AS id;
+
+-- record_action: write one audit row (who, what, when)
+INSERT INTO procqueue.dashboard_actions (actor, remote_addr, action, target, job_ids, outcome)
+VALUES (%(actor)s, %(remote_addr)s, %(action)s, %(target)s, %(job_ids)s, %(outcome)s)
+RETURNING id;
+
+-- enqueue_job: a job from Python (procqueue/queue/jobs.py), through procqueue.add_job like the triggers
+SELECT procqueue.add_job(%(task_name)s, %(args)s, %(queue_name)s, %(job_lock)s, %(queueing_lock)s,
+                         coalesce(%(run_at)s, now() + make_interval(secs => %(delay)s)));
+
+-- circuit_opened: a worker saw a sink go down (procqueue/queue/circuit.py)
+INSERT INTO procqueue.sink_circuits (sink, is_open, opened_at, reason, updated_at)
+VALUES (%(sink)s, true, %(opened_at)s, %(reason)s, now())
+ON CONFLICT (sink) DO UPDATE
+SET is_open = true, opened_at = EXCLUDED.opened_at, reason = EXCLUDED.reason, updated_at = now();
+
+-- circuit_closed: a worker saw the sink answer again
+UPDATE procqueue.sink_circuits SET is_open = false, updated_at = now() WHERE sink = %(sink)s;
+
+-- open_circuits: the sinks whose circuit is open, for health
+SELECT sink, opened_at, reason, updated_at FROM procqueue.sink_circuits
+WHERE is_open ORDER BY sink;
+
+-- walk_jobs_in_fetch_order: for the rest of this transaction, plan the claim below as Procrastinate's index of waiting jobs (priority, id) walked in order, stopping at the limit. The planner cannot estimate the claim's args tests, nor a burst of waiting jobs that ANALYZE has not seen yet: it took every waiting job, ran the lock test for each and sorted them (130-160 ms a claim of 99 at 20,000 waiting; 130 s with the statistics of an empty table) instead of 11 ms (benchmarks/RESULTS.md, "The claim read the whole backlog")
+SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true);
+
+-- claim_jobs_like: take up to %(limit)s more ready jobs of these tasks in one queue for this worker, whose args are one string %(key_arg)s (procqueue/queue/batch.py); the rules of Procrastinate's procrastinate_fetch_job_v2: a job whose lock has a running job, or a waiting one of higher priority or queued first, is not taken; highest priority, then oldest first; jobs another worker is taking are skipped
+WITH candidate AS (
+    SELECT jobs.id
+    FROM procrastinate.procrastinate_jobs AS jobs
+    WHERE jobs.status = 'todo'
+      AND jobs.queue_name = %(queue)s
+      AND jobs.task_name = ANY(%(task_names)s::text[])
+      AND (jobs.scheduled_at IS NULL OR jobs.scheduled_at <= now())
+      AND jsonb_typeof(jobs.args -> %(key_arg)s::text) = 'string'
+      AND jobs.args - %(key_arg)s::text = '{}'::jsonb
+      AND NOT EXISTS (
+          SELECT 1 FROM procrastinate.procrastinate_jobs AS other_jobs
+          WHERE jobs.lock IS NOT NULL
+            AND other_jobs.lock = jobs.lock
+            AND (other_jobs.status = 'doing'
+                 OR (other_jobs.status = 'todo'
+                     AND (other_jobs.priority > jobs.priority
+                          OR (other_jobs.priority = jobs.priority AND other_jobs.id < jobs.id))))
+      )
+    ORDER BY jobs.priority DESC, jobs.id ASC
+    LIMIT %(limit)s
+    FOR UPDATE OF jobs SKIP LOCKED
+)
+UPDATE procrastinate.procrastinate_jobs AS jobs
+SET status = 'doing', worker_id = %(worker_id)s
+FROM candidate
+WHERE jobs.id = candidate.id
+RETURNING jobs.id, jobs.status, jobs.task_name, jobs.priority, jobs.lock, jobs.queueing_lock,
+          jobs.args, jobs.scheduled_at, jobs.queue_name, jobs.attempts, jobs.worker_id;
+
+-- finish_jobs: Procrastinate's finish of many jobs in one statement (procqueue/queue/finishing.py); if one of them is not running it raises and finishes none
+SELECT procrastinate.procrastinate_finish_job_v1(
+           j.id, j.status::procrastinate.procrastinate_job_status, j.delete_job)
+FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(deletes)s::boolean[])
+     AS j (id, status, delete_job);

@@ -1,0 +1,122 @@
+-- Named queries of the search feature (Elasticsearch sync, reindex, verify, reconciliation), in the manner of Procrastinate's
+-- sql/queries.sql: a block starts with "-- name: description"; {braced} names
+-- are identifiers filled in with psycopg.sql; %(named)s are parameters.
+
+-- try_lock_entity: take an entity's sync key exclusively, without waiting
+SELECT pg_try_advisory_xact_lock(procqueue.sync_lock_key(%(entity)s, %(id)s)) AS locked;
+
+-- read_entity_row: the current row of one entity: its key and its search document (entity_document_columns)
+SELECT {columns} FROM {schema}.{table} AS t WHERE t.{primary_key} = %(id)s;
+
+-- read_entity_rows: every row of an entity's table: key and search document (entity_document_columns)
+SELECT {columns} FROM {schema}.{table} AS t ORDER BY t.{primary_key};
+
+-- lock_publish_shared: a sync job's hold on its entity's publish key, until its write is done (docs/bulk.md)
+SELECT pg_advisory_xact_lock_shared(procqueue.sync_publish_key(%(entity)s));
+
+-- lock_publish_exclusive: a bulk job's or reindex chunk's hold on its entity's publish key
+SELECT pg_advisory_xact_lock(procqueue.sync_publish_key(%(entity)s));
+
+-- sync_stamp: the external version of this read, and the indexes a reindex is building
+SELECT nextval('procqueue.sync_version') AS version,
+       ARRAY(SELECT t.index_name FROM procqueue.search_targets AS t
+             WHERE t.entity = %(entity)s ORDER BY t.index_name) AS targets;
+
+-- read_entity_chunk: the current rows of a chunk of ids: key and search document (entity_document_columns)
+SELECT {columns} FROM {schema}.{table} AS t WHERE t.{primary_key} = ANY(%(ids)s);
+
+-- read_entity_page: one keyset page of an entity's rows, in key order: key and search document (entity_document_columns)
+SELECT {columns} FROM {schema}.{table} AS t {after} ORDER BY t.{primary_key} LIMIT %(limit)s;
+
+-- existing_entity_ids: which of these ids have a row
+SELECT {primary_key}::text AS id FROM {schema}.{table} WHERE {primary_key} = ANY(%(ids)s);
+
+-- existing_entity_ids_as_text: the same, for ids the key's type cannot hold
+SELECT {primary_key}::text AS id FROM {schema}.{table} WHERE {primary_key}::text = ANY(%(ids)s);
+
+-- entity_ids_after: every key after a resume point, in key order (a reindex's server-side cursor)
+SELECT {primary_key}::text AS id FROM {schema}.{table} {after} ORDER BY {primary_key};
+
+-- estimate_rows: the planner's row count of a table (cheap, for progress bars)
+SELECT greatest(reltuples, 0)::bigint AS estimate FROM pg_class WHERE oid = to_regclass(%(table)s);
+
+-- record_item_error: a document a bulk job could not write for good
+INSERT INTO procqueue.sync_item_errors (job_id, entity, entity_id, index_name, status, reason)
+VALUES (%(job_id)s, %(entity)s, %(entity_id)s, %(index_name)s, %(status)s, %(reason)s);
+
+-- reindex_targets: the indexes being built for an entity, with their resume points
+SELECT index_name, resume_after, copied FROM procqueue.search_targets WHERE entity = %(entity)s;
+
+-- register_reindex_target: from now on every sync of the entity also writes this index
+INSERT INTO procqueue.search_targets (entity, index_name) VALUES (%(entity)s, %(index_name)s)
+ON CONFLICT (entity, index_name) DO NOTHING;
+
+-- reindex_checkpoint: remember how far a reindex copied
+UPDATE procqueue.search_targets SET resume_after = %(resume_after)s, copied = %(copied)s
+WHERE entity = %(entity)s AND index_name = %(index_name)s;
+
+-- drop_reindex_target: the index is live (or abandoned): syncs stop writing it separately
+DELETE FROM procqueue.search_targets WHERE entity = %(entity)s AND index_name = %(index_name)s;
+
+-- reconcile_cursor: where an entity's reconciliation goes on (procqueue/search/reconcile.py)
+INSERT INTO procqueue.reconcile_cursors (entity) VALUES (%(entity)s)
+ON CONFLICT (entity) DO UPDATE SET updated_at = now()
+RETURNING after_key;
+
+-- reconcile_advance: remember the last key checked (NULL: the pass is over, start again)
+UPDATE procqueue.reconcile_cursors
+SET after_key = %(after_key)s, updated_at = now(),
+    last_pass_ended_at = CASE WHEN %(after_key)s::text IS NULL THEN now() ELSE last_pass_ended_at END,
+    pass_started_at = CASE WHEN after_key IS NULL THEN now() ELSE pass_started_at END
+WHERE entity = %(entity)s;
+
+-- entity_document_columns: what an entity read of row t returns (procqueue/search/document.py, docs/bulk.md): the key as text; the search document as JSON text, {fields} rendered by their types' rules, or NULL when the columns' text alone ({text_bytes}, measured without converting a huge value) is over {limit} bytes; and that size
+t.{primary_key}::text AS {primary_key},
+CASE WHEN {text_bytes} <= {limit}
+     THEN (SELECT to_json(f)::text FROM (SELECT {fields}) AS f) END AS procqueue_document,
+{text_bytes} AS procqueue_text_bytes
+
+-- search_value: one field's JSON value by its type's rule ({scalar} on {value}); an array element by element ({element} on e.value)
+CASE WHEN json_typeof({value}) = 'array'
+     THEN (SELECT coalesce(json_agg({element} ORDER BY e.n), '[]')
+           FROM json_array_elements({value}) WITH ORDINALITY AS e (value, n))
+     ELSE {scalar} END
+
+-- search_value_date: a date field's value: an ISO date or time with a four-digit year, else null ('infinity', '-infinity', BC, year 10000 on: Elasticsearch refuses them)
+CASE WHEN json_typeof({value}) = 'string'
+          AND {value}::text !~ '^"[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9](T[0-9:.+-]*)?"$'
+     THEN NULL ELSE {value} END
+
+-- search_value_number: a number field's value: null for NaN, an infinity, or a number outside the field type's range [{low}, {high}]; {number} makes one in range (of ({value}::text)::numeric) what the field stores
+CASE WHEN json_typeof({value}) = 'number'
+     THEN CASE WHEN ({value}::text)::numeric BETWEEN {low} AND {high} THEN {number} END
+     WHEN json_typeof({value}) = 'string'
+          AND lower({value}::text) IN ('"nan"', '"infinity"', '"-infinity"')
+     THEN NULL ELSE {value} END
+
+-- search_value_double: a number in range as the double Elasticsearch stores, as Python reads a double (one too small for a double is 0)
+to_json(CASE WHEN abs({number}) < 1e-320 THEN 0 ELSE {number} END::float8)
+
+-- column_text_bytes: about the size of a column's text, cheaply: its stored size when small, else the length of its text (no conversion for text types, whose length is in their header)
+coalesce(CASE WHEN pg_column_size({column}) > 1024 THEN octet_length({column}::text)
+              ELSE pg_column_size({column}) END, 0)
+
+-- ids_without_pending_sync: which of these ids no waiting or running sync job covers
+-- (a row job locked on it, or a bulk job carrying it): those the reconciliation repairs
+WITH in_bulk AS MATERIALIZED (
+    SELECT DISTINCT jsonb_array_elements_text(job.args -> 'ids') AS id
+    FROM procrastinate.procrastinate_jobs AS job
+    WHERE job.status IN ('todo', 'doing') AND job.task_name = ANY(%(tasks)s)
+      AND jsonb_typeof(job.args -> 'ids') = 'array'
+)
+SELECT wanted.id FROM unnest(%(ids)s::text[]) AS wanted (id)
+WHERE NOT EXISTS (
+    SELECT FROM procrastinate.procrastinate_jobs AS job
+    WHERE job.status IN ('todo', 'doing') AND job.lock = %(lock_prefix)s || wanted.id
+      AND job.task_name = ANY(%(tasks)s)
+)
+AND NOT EXISTS (SELECT FROM in_bulk WHERE in_bulk.id = wanted.id);
+
+-- try_lock_entities: take the sync keys of many rows of one entity exclusively, without waiting: the ids whose key this transaction now holds
+SELECT wanted.id FROM unnest(%(ids)s::text[]) AS wanted (id)
+WHERE pg_try_advisory_xact_lock(procqueue.sync_lock_key(%(entity)s, wanted.id));
