@@ -71,6 +71,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "fetch_job_polling_interval": settings.polling_interval,
         "update_heartbeat_interval": settings.heartbeat_interval,
         "stalled_worker_timeout": settings.stalled_timeout,
+        "shutdown_graceful_timeout": settings.shutdown_timeout,
         "worker_middleware": worker_middleware(settings, job_sinks(settings)),
     }
 

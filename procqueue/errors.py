@@ -77,3 +77,46 @@ class NotMigrated(ConfigError):
 class DatabaseUnreachable(ConfigError):
     """Postgres refused the connection (wrong password, no such database or role) or
     does not answer at DATABASE_URL."""
+
+
+#: PostgreSQL's SQLSTATE (insufficient_privilege) and the start of its message when
+#: `row_security = off` meets a table whose row-level security would filter the query.
+ROW_SECURITY_SQLSTATE = "42501"
+ROW_SECURITY_MESSAGE = "query would be affected by row-level security policy for table"
+#: The file that creates a worker role seeing every row (as in the start check's line).
+WORKER_ROLE_FILE = "sql/roles/worker_role.sql"
+
+
+def is_row_security_refusal(error: BaseException) -> bool:
+    """Whether `error` is PostgreSQL refusing a read that row-level security would
+    filter (the reader set `row_security = off`): a psycopg error, told by its
+    SQLSTATE and message without importing psycopg here."""
+    sqlstate = getattr(error, "sqlstate", None)
+    return sqlstate == ROW_SECURITY_SQLSTATE and ROW_SECURITY_MESSAGE in str(error)
+
+
+class RowsHidden(PermanentError):
+    """Row-level security filters a table the worker reads, though the start check
+    found it did not: switched on, FORCEd, or the role lost BYPASSRLS while the
+    worker ran. The worker reads with `row_security = off`, so PostgreSQL raised
+    instead of hiding rows, which would have read as deleted (a document deleted, an
+    image in use taken for an orphan, a notification skipped).
+
+    Permanent, not transient: no retry can help before someone changes the role or
+    the policy, and each would repeat the same line; the job fails at once with the
+    reason (a final failure alerts), having deleted nothing. Once the role sees every
+    row again, `procqueue retry --all-failed` runs these jobs again, and the periodic
+    reconciliation finds any document left stale meanwhile and syncs it."""
+
+    def __init__(self, table: str, role: str, what: str) -> None:
+        super().__init__(
+            f"role {role} does not see every row of {table} any more (row-level security "
+            f"was switched on or FORCEd, or the role lost BYPASSRLS, after the worker "
+            f"started): {what} stopped rather than read hidden rows as deleted, and nothing "
+            f"was deleted; run the worker as a role with BYPASSRLS (`ALTER ROLE {role} "
+            f"BYPASSRLS`, or the role of {WORKER_ROLE_FILE}), give {role} a policy that "
+            f"sees every row, or turn row-level security off on {table}; then `procqueue "
+            "retry --all-failed`"
+        )
+        self.table = table
+        self.role = role

@@ -129,6 +129,8 @@ class CoreSettings(SchemaSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     heartbeat_interval: float = Field(default=10.0, gt=0)
     stalled_timeout: float = Field(default=30.0, gt=0)
+    # A stop (SIGTERM) ends within this many seconds, whatever the database does.
+    shutdown_timeout: float = Field(default=30.0, gt=0, le=3600)
     maintenance_tasks: bool = True
     rescue_interval: int = Field(default=15, ge=1, le=60)
     prune_cron: str = "*/10 * * * *"
@@ -199,6 +201,12 @@ class CoreSettings(SchemaSettings):
                 "load them with procqueue.features.load_settings"
             )
         return self
+
+    @property
+    def overrun_after(self) -> float:
+        """Seconds after which a running job has no live owner (its timeout cancels it
+        before that): the rescue takes it back, the reconciliation does not trust it."""
+        return self.job_timeout + self.stalled_timeout
 
     @property
     def dsn(self) -> str:

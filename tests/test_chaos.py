@@ -1,10 +1,14 @@
 """Chaos, with the default settings: four writers on both tables (many-row statements
 and primary-key changes included) and three worker processes, while a busy worker is
-SIGKILLed (and replaced), every worker connection is ended with pg_terminate_backend,
-the ES-API server is unreachable for longer than a sync job's whole default retry
-schedule (2 + 4 + 8 s), and Postgres (a throwaway cluster of the test's own) restarts
-with `-m immediate`. Afterwards: every write committed, no worker stopped by itself,
-the queue drained, no sync job failed, and the index equals the tables.
+SIGKILLed (and replaced), twice; fetches and micro-batch claims commit and their
+answers are lost (a proxy between the workers and Postgres cuts the connection after
+the commit), twice; every worker connection is ended with pg_terminate_backend; the
+ES-API server is unreachable for longer than a sync job's whole default retry schedule
+(2 + 4 + 8 s); Postgres (a throwaway cluster of the test's own) stops while a worker is
+asked to stop (SIGTERM), and later restarts, both with `-m immediate`; an API user
+writes listings of 50,000 image URLs and of 2 MB of text, twice. Afterwards:
+every write committed, no worker stopped by itself, every stop ended in time, the
+queue drained with nothing `doing`, no sync job failed, and the index equals the tables.
 
 Run it alone with `pytest -m chaos -s`: it prints what it applied and measured."""
 
@@ -25,6 +29,7 @@ from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import INVENTORY, LISTING
 from procqueue.features import load_settings
 from procqueue.migrate import migrate
+from tests.support.bulk_rejecting_proxy import BulkRejectingProxy, bulk_rejecting_proxy
 from tests.support.chaos import (
     WORKER_ROLE,
     Faults,
@@ -41,6 +46,7 @@ from tests.support.chaos import (
     queue_state,
 )
 from tests.support.cluster import ThrowawayCluster, throwaway_cluster
+from tests.support.pg_proxy import AnswerLosingProxy, answer_losing_proxy
 from tests.support.proxy import TcpProxy
 from tests.support.supabase import as_role, supabase_database
 from tests.support.worker import indexed_documents, table_documents
@@ -51,7 +57,12 @@ WRITERS = 4
 WORKERS = 3
 WRITE_GAP = 0.25  # mean seconds between one writer's operations
 #: When each fault starts, in seconds after the writers started.
-KILL_AT, TERMINATE_AT, OUTAGE_AT, RESTART_AT = 6.0, 16.0, 24.0, 58.0
+KILL_AT, LOST_AT, TERMINATE_AT, OUTAGE_AT = 6.0, 12.0, 16.0, 24.0
+PRESSURE_AT, LOST_AGAIN_AT, STOP_AT, RESTART_AT, KILL_AGAIN_AT = 46.0, 56.0, 60.0, 74.0, 82.0
+#: Seconds Elasticsearch answers every `_bulk` with each item refused (429).
+PRESSURE = 8.0
+#: Answers lost per fault: this many fetches and as many micro-batch claims.
+LOST_ANSWERS = 3
 #: Longer than a sync job's whole default retry schedule (2 + 4 + 8 s = 14 s).
 OUTAGE = 20.0
 RESTART_DOWNTIME = 3.0
@@ -87,21 +98,42 @@ def owner_dsn(cluster: ThrowawayCluster) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def proxy(es_url: str) -> AsyncIterator[TcpProxy]:
+async def database_proxy(owner_dsn: str) -> AsyncIterator[AnswerLosingProxy]:
+    """Between the workers and Postgres: it loses the answers of chosen statements."""
+    async with answer_losing_proxy(as_role(owner_dsn, WORKER_ROLE)) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+async def bulk_proxy(es_url: str) -> AsyncIterator[BulkRejectingProxy]:
+    """In front of the ES-API server: it answers `_bulk` as a cluster under pressure
+    does (200, every item refused with 429) when told to."""
+    async with bulk_rejecting_proxy(es_url) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+async def proxy(bulk_proxy: BulkRejectingProxy) -> AsyncIterator[TcpProxy]:
     """Between the workers and the ES-API server: the outage is the proxy's, so the
     server never stops (stopped, the emulator can lose writes it acknowledged)."""
-    tcp_proxy = TcpProxy(es_url)
+    tcp_proxy = TcpProxy(bulk_proxy.url)
     await tcp_proxy.start()
     yield tcp_proxy
     await tcp_proxy.go_down()
 
 
 async def test_nothing_is_lost_and_nothing_is_left_to_do_by_hand(
-    cluster: ThrowawayCluster, owner_dsn: str, es_url: str, proxy: TcpProxy, tmp_path: Path
+    cluster: ThrowawayCluster,
+    owner_dsn: str,
+    es_url: str,
+    proxy: TcpProxy,
+    database_proxy: AnswerLosingProxy,
+    bulk_proxy: BulkRejectingProxy,
+    tmp_path: Path,
 ) -> None:
     prefix = f"chaos{uuid.uuid4().hex[:6]}_"
     worker_settings = {
-        "PROCQUEUE_DATABASE_URL": as_role(owner_dsn, WORKER_ROLE),
+        "PROCQUEUE_DATABASE_URL": database_proxy.proxied_dsn,
         "ELASTICSEARCH_URL": proxy.url,
         "PROCQUEUE_INDEX_PREFIX": prefix,
         # The one setting changed, and it makes the test harder: no periodic
@@ -110,7 +142,7 @@ async def test_nothing_is_lost_and_nothing_is_left_to_do_by_hand(
         "PROCQUEUE_RECONCILE_CRON": "",
     }
     fleet = WorkerFleet(worker_settings, tmp_path, owner_dsn)
-    faults = Faults(fleet, proxy, cluster, owner_dsn)
+    faults = Faults(fleet, proxy, cluster, owner_dsn, database_proxy, bulk_proxy)
     writers = [
         Writer(number, owner_dsn, SELLER, gap=WRITE_GAP, give_up_after=WRITE_GIVES_UP_AFTER)
         for number in range(WRITERS)
@@ -133,12 +165,24 @@ async def test_nothing_is_lost_and_nothing_is_left_to_do_by_hand(
             try:
                 await at(KILL_AT)
                 await faults.kill_a_busy_worker()
+                await at(LOST_AT)
+                await faults.lose_claim_answers(LOST_ANSWERS)
+                await faults.hostile_rows(SELLER)
                 await at(TERMINATE_AT)
                 await faults.end_worker_connections()
                 await at(OUTAGE_AT)
                 await faults.search_outage(OUTAGE)
+                await at(PRESSURE_AT)
+                await faults.search_pressure(PRESSURE)
+                await at(LOST_AGAIN_AT)
+                await faults.lose_claim_answers(LOST_ANSWERS)
+                await at(STOP_AT)
+                await faults.stop_postgres_and_a_worker(RESTART_DOWNTIME)
                 await at(RESTART_AT)
                 await faults.restart_postgres(RESTART_DOWNTIME)
+                await faults.hostile_rows(SELLER)
+                await at(KILL_AGAIN_AT)
+                await faults.kill_a_busy_worker()
                 await asyncio.sleep(WRITE_AFTER_LAST_FAULT)  # the load goes on a while
             finally:
                 stop.set()
@@ -209,14 +253,18 @@ async def unfinished_writes(dsn: str, writers: list[Writer]) -> list[str]:
 
 
 def stray_connection_losses(writers: list[Writer], faults: Faults) -> list[str]:
-    """The writers lose connections to the restart only: pg_terminate_backend ends the
-    workers' connections, and nothing else may end a writer's."""
-    restart = next(fault for fault in faults.applied if fault.name == "Postgres restart")
+    """The writers lose connections to Postgres's stop and restart only:
+    pg_terminate_backend ends the workers' connections, and nothing else may end a
+    writer's."""
+    down = [
+        fault for fault in faults.applied
+        if fault.name in ("Postgres restart", "Postgres stop + SIGTERM")
+    ]  # fmt: skip
     stray = [
         loss
         for writer in writers
         for loss in writer.stats.losses
-        if not restart.started - 1 <= loss.at <= restart.ended + 10
+        if not any(fault.started - 1 <= loss.at <= fault.ended + 10 for fault in down)
     ]
     return [f"writers lost connections outside the restart: {stray[:3]}"] if stray else []
 

@@ -100,7 +100,7 @@ INHERITED: dict[str, dict[str, tuple[str, ...] | None]] = {
         "_periodic_deferrer": (),
         "_poll_jobs_to_abort": (),
         "_handle_abort_jobs_requested": ("job_ids",),
-        "_abort_running_jobs": (),
+        "_abort_job": ("process_job_task", "context", "reason"),
         # Public: its options and identity.
         "app": None,
         "queues": None,
@@ -111,6 +111,7 @@ INHERITED: dict[str, dict[str, tuple[str, ...] | None]] = {
         "listen_notify": None,
         "fetch_job_polling_interval": None,
         "update_heartbeat_interval": None,
+        "stalled_worker_timeout": None,
         "shutdown_graceful_timeout": None,
         "stop": (),
     },

@@ -233,6 +233,46 @@ async def test_workers_outlive_a_postgres_restart(
     assert_clean_logs(tmp_path)
 
 
+async def test_a_stop_while_the_database_is_down_ends_within_the_shutdown_timeout(
+    cluster: ThrowawayCluster, cluster_database: str, es_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM while Postgres is down, jobs in hand and listings waiting: the worker
+    exits 0 within PROCQUEUE_SHUTDOWN_TIMEOUT (+ the process's own exit), and once the
+    database is back the jobs it could not finish are rescued and nothing drifts."""
+    database = cluster_database
+    env = worker_env(database, es_url, shutdown_timeout="3")
+    async with worker_processes(env, tmp_path, 1) as [worker]:
+        await eventually(lambda: _at_least(registered_workers(database), 1), timeout=30)
+        await sleepers(database, 6, 30.0)  # 4 in hand (concurrency 4), 2 waiting
+        await insert_listings(database, 10, "just before the stop")
+        await eventually(lambda: _at_least(running_jobs(database), 4), timeout=30)
+        await asyncio.to_thread(cluster.down)
+        try:
+            worker.send_signal(signal.SIGTERM)
+            started = asyncio.get_running_loop().time()
+            code = await asyncio.wait_for(worker.wait(), timeout=60)
+            took = asyncio.get_running_loop().time() - started
+        finally:
+            await asyncio.to_thread(cluster.up)
+    assert code == 0, (tmp_path / "worker-0.log").read_text()[-3000:]
+    assert took < 3 + 7, f"the stop took {took:.1f} s"
+    log = (tmp_path / "worker-0.log").read_text()
+    assert "the stalled-job rescue" in log, log[-3000:]
+    # The jobs left `doing` are the rescue's: a worker with the rescue on drains all.
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE procrastinate.procrastinate_jobs SET args = '{\"seconds\": 0.1}'"
+            " WHERE task_name = 'test:sleep'"
+        )
+    rescuing = {"maintenance_tasks": "true", "rescue_interval": "1", "stalled_timeout": "2"}
+    env = worker_env(database, es_url, heartbeat_interval="0.5", **rescuing)
+    async with worker_processes(env, tmp_path, 1) as workers:
+        async with app_with(database, es_url) as app:
+            await eventually(lambda: drained(database), timeout=DRAIN_TIMEOUT)
+            await eventually(lambda: index_matches_table(app, database), timeout=30)
+        assert await stop(workers) == [0]
+
+
 async def test_a_worker_shutting_down_heartbeats_until_its_jobs_are_done(
     database: str, es_url: str, tmp_path: Path
 ) -> None:

@@ -53,11 +53,8 @@ def serve(
         options["queues"] = list(queues)
 
     async def work() -> None:
-        async with app.open_async():
-            try:
-                await app.run_worker_async(**options)
-            finally:
-                await app.services.aclose()
+        async with app.open_async():  # the worker closes the app's clients as it stops
+            await app.run_worker_async(**options)
 
     try:
         asyncio.run(work())

@@ -1,6 +1,7 @@
 """The dashboard's Starlette app: pages, actions, static assets, and the
 `/metrics` + `/healthz` routes of procqueue.queue.server (reachable
-without a session), all on one small connection pool."""
+without a session: signed out, `/healthz` answers its status only), all on one
+small connection pool."""
 
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from procqueue.dashboard.security import SECURITY_HEADERS, Access
+from procqueue.dashboard.security import SECURITY_HEADERS, Access, current_admin
 from procqueue.dashboard.signin_limits import SignInLimiter
 from procqueue.dashboard.supabase_auth import SupabaseAuth
 from procqueue.dashboard.views import Dashboard
@@ -143,6 +144,28 @@ async def _favicon(request: Request) -> Response:
     return RedirectResponse(FAVICON, status_code=301)
 
 
+def _health_routes(health: HealthSource, dashboard: Dashboard) -> list[Route]:
+    """`/metrics` as procqueue.queue.server serves it, and its `/healthz` with the
+    same verdict and HTTP code (200 healthy or degraded, 503 unhealthy) for anyone,
+    a load balancer's probe say, as `{"status": ...}` only: the report behind it
+    (reasons, queues, task and worker names, error counts) is for a signed-in admin."""
+    routes = health_routes(health)
+    report = next(route.endpoint for route in routes if route.path == "/healthz")
+
+    async def healthz(request: Request) -> Response:
+        answer: Response = await report(request)
+        try:
+            admin = await current_admin(request, dashboard.access, dashboard.pool)
+        except psycopg.Error:  # the database is away: the verdict says so already
+            admin = None
+        if admin is not None:
+            return answer
+        status = json.loads(bytes(answer.body))["status"]
+        return JSONResponse({"status": status}, status_code=answer.status_code)
+
+    return [Route("/healthz", healthz) if route.path == "/healthz" else route for route in routes]
+
+
 def create_app(
     settings: Settings, access: Access, clock: Callable[[], float] = time.monotonic
 ) -> Starlette:
@@ -176,7 +199,7 @@ def create_app(
 
     return Starlette(
         routes=[
-            *health_routes(health),
+            *_health_routes(health, dashboard),
             *dashboard.routes(),
             Route("/favicon.ico", _favicon),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

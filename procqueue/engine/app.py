@@ -68,7 +68,20 @@ class ProcqueueApp(procrastinate.App):
     async def run_worker_async(self, **kwargs: Unpack[procrastinate.app.WorkerOptions]) -> None:
         """Procrastinate's worker, after the preflight checks; raises WorkerStopped when
         a failure (not a signal) stopped it. `procqueue worker` and `procrastinate
-        --app=procqueue.app.app worker` both come here, so both exit non-zero."""
+        --app=procqueue.app.app worker` both come here, so both exit non-zero.
+
+        A worker that owns the process's signals (Procrastinate's default, and both
+        commands') is the process: when it stops, however it stops, it closes the
+        clients its jobs opened (`Services.aclose`), or aiohttp reports them unclosed
+        at exit. A worker run inside a program (install_signal_handlers=False: the
+        tests, the demo) leaves them to that program."""
+        try:
+            await self._run_worker(**kwargs)
+        finally:
+            if {**self.worker_defaults, **kwargs}.get("install_signal_handlers", True):
+                await self.services.aclose()
+
+    async def _run_worker(self, **kwargs: Unpack[procrastinate.app.WorkerOptions]) -> None:
         await self.preflight()
         sentry.init_sentry(self.services.settings)
         self.perform_import_paths()  # type: ignore[no-untyped-call]

@@ -70,3 +70,15 @@ RETURNING id;
 
 -- postpone_job: put a running job back to waiting, due at run_at, attempts unchanged, with the reason recorded (migration 0018); raises when it is no longer running
 SELECT procqueue.postpone_job(%(job_id)s, %(run_at)s, %(reason)s);
+
+-- release_unheld_jobs: this worker's running jobs that it does not hold, started more than %(after)s seconds ago (a fetch or claim that committed but whose answer was lost), back to waiting with no attempt spent (procqueue.postpone_job, migration 0018)
+WITH unheld AS MATERIALIZED (
+    SELECT j.id
+    FROM procrastinate.procrastinate_jobs AS j
+    WHERE j.worker_id = %(worker_id)s AND j.status = 'doing'
+      AND j.id <> ALL(%(held)s::bigint[])
+      AND (SELECT max(e.at) FROM procrastinate.procrastinate_events AS e
+           WHERE e.job_id = j.id AND e.type = 'started')
+          < now() - make_interval(secs => %(after)s)
+)
+SELECT unheld.id, procqueue.postpone_job(unheld.id, now(), %(reason)s) FROM unheld;

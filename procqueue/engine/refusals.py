@@ -15,7 +15,11 @@ from procqueue.errors import PermanentError
 
 
 class UnknownTask(PermanentError):
-    """A job names a task this worker does not have."""
+    """A job names a task this worker does not have: the worker leaves it, waiting, to
+    a worker that has it (procqueue/engine/worker.py)."""
+
+    #: How every such job's postponement reason starts (health counts them by it).
+    REASON = "unknown task"
 
 
 class InvalidJobArgs(PermanentError):
@@ -39,9 +43,9 @@ class Refusals:
             )
         if task is None:
             return UnknownTask(
-                f"no task named {job.task_name!r} in this worker: a typo in what enqueued it, "
-                "or a worker older than that code (deploy one that has the task, then "
-                f"`procqueue retry {job.id}`)"
+                f"{UnknownTask.REASON} {job.task_name!r}: no task of that name in this worker; "
+                "left for a worker that has it (a newer version: deploy it; a typo in what "
+                f"enqueued it: `procqueue cancel {job.id}`)"
             )
         signature = self._signature(task)
         if signature is None:

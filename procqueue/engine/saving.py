@@ -24,17 +24,16 @@ from procqueue.queue.outcomes import Postponed, end_in_failure
 
 logger = logging.getLogger(__name__)
 
-#: Tries to save a job's outcome, once the worker is stopping, before leaving it to the rescue.
-SAVE_TRIES_WHEN_STOPPING = 3
-
-
 @dataclass
 class OutcomeSaver:
     pool: Callable[[], AsyncConnectionPool[Any]]
     job_manager: JobManager
     delete_jobs: DeleteJobCondition
-    stopping: Callable[[], bool]
+    #: Seconds left before the worker's stop deadline; None while it is not stopping.
+    time_left: Callable[[], float | None]
     secrets: Callable[[], tuple[str, ...]]
+    #: Told of each outage met while saving (a save may have committed unseen).
+    on_outage: Callable[[], None] = lambda: None
 
     def __post_init__(self) -> None:
         self._finisher = Finisher(
@@ -54,9 +53,19 @@ class OutcomeSaver:
         backoff = Backoff()
         while True:
             try:
-                await self._save(job, status, retry_decision, postponed)
+                async with asyncio.timeout(self.time_left()):
+                    await self._save(job, status, retry_decision, postponed)
                 return
             except Exception as error:
+                if (left := self.time_left()) is not None and left <= 0:
+                    logger.warning(
+                        "job %s (%s): its outcome could not be saved (%s) before the worker's "
+                        "stop timeout: the stalled-job rescue will run it again",
+                        job.id,
+                        job.task_name,
+                        first_line(error),
+                    )
+                    return
                 if job_not_ours(error):
                     logger.warning(
                         "job %s (%s) was rescued by another worker while this one ran it; "
@@ -69,16 +78,11 @@ class OutcomeSaver:
                 if not is_database_outage(error):
                     await self._fail_unsaved(job, error)
                     return
-                if self.stopping() and backoff.tries >= SAVE_TRIES_WHEN_STOPPING:
-                    logger.warning(
-                        "job %s (%s): its outcome could not be saved (%s) and the worker is "
-                        "stopping: the stalled-job rescue will run it again",
-                        job.id,
-                        job.task_name,
-                        first_line(error),
-                    )
-                    return
-                await asyncio.sleep(backoff.next_wait())
+                self.on_outage()
+                wait = backoff.next_wait()
+                if (left := self.time_left()) is not None:
+                    wait = min(wait, max(left, 0.0))
+                await asyncio.sleep(wait)
 
     async def _save(
         self,

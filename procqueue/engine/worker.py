@@ -8,12 +8,14 @@ method it overrides and why."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from procrastinate import JobContext, RetryDecision
@@ -21,7 +23,7 @@ from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate import manager as procrastinate_manager
 from procrastinate import utils as procrastinate_utils
 from procrastinate import worker as procrastinate_worker
-from procrastinate.job_context import JobResult
+from procrastinate.job_context import AbortReason, JobResult
 from procrastinate.jobs import Job, Status
 from psycopg import sql
 
@@ -34,11 +36,11 @@ from procqueue.engine.outages import (
     worker_gone,
 )
 from procqueue.engine.queries import query
-from procqueue.engine.refusals import Refusals
+from procqueue.engine.refusals import Refusals, UnknownTask
 from procqueue.engine.saving import OutcomeSaver
 from procqueue.errors import ProcqueueError
 from procqueue.queue.batch import JOB_RUNNER
-from procqueue.queue.outcomes import Postponed, end_in_failure
+from procqueue.queue.outcomes import Postponed, end_in_failure, observe
 
 if TYPE_CHECKING:
     from procqueue.engine.app import ProcqueueApp
@@ -53,6 +55,14 @@ class WorkerStopped(ProcqueueError):
 
 #: A LISTEN connection with no notification for this long is checked with a query.
 LISTEN_KEEPALIVE = 30.0
+#: Seconds of the stop timeout kept for aborting the jobs still running and saving
+#: their outcomes; and the least time unregistering may take.
+ABORT_RESERVE = 2.0
+UNREGISTER_AT_LEAST = 1.0
+#: Seconds a fetch in flight may go on once the worker is asked to stop.
+FETCH_GRACE = 1.0
+#: Seconds a job of a task this worker does not have waits before a worker looks again.
+UNKNOWN_TASK_WAIT = 10.0
 WORKER_APPLICATION = "procqueue-worker"
 
 
@@ -81,13 +91,16 @@ class Worker(procrastinate_worker.Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._registering = asyncio.Lock()
+        self._stop_deadline: float | None = None
+        self._answer_lost_at: float | None = None
         self._refusals = Refusals()
         self.additional_context = {**(self.additional_context or {}), JOB_RUNNER: self}
         self._outcomes = OutcomeSaver(
             pool=lambda: self._procqueue.pool,
             job_manager=self.app.job_manager,
             delete_jobs=self.delete_jobs,
-            stopping=self._stop_event.is_set,
+            time_left=self.stop_time_left,
+            on_outage=self.answer_maybe_lost,
             secrets=self._procqueue.services.settings.secret_values,
         )
 
@@ -143,6 +156,48 @@ class Worker(procrastinate_worker.Worker):
             row = await cursor.fetchone()
         if row is not None and not row[1]:
             await self._register_again(worker_id)
+        elif (
+            self._answer_lost_at is not None
+            and self._loop_time() - self._answer_lost_at > self.stalled_worker_timeout
+        ):
+            await self._release_unheld_jobs(worker_id)
+
+    def answer_maybe_lost(self) -> None:
+        """A fetch, a claim or an outcome met the database going away: a statement may
+        have committed whose answer never came. The next heartbeat that gets through
+        releases, once no answer can still be on its way, the jobs that carry this
+        worker's id but are not in its hands."""
+        self._answer_lost_at = self._loop_time()
+
+    async def _release_unheld_jobs(self, worker_id: int) -> None:
+        lost_at, self._answer_lost_at = self._answer_lost_at, None
+        held = [context.job.id for context in self._running_jobs.values()]
+        try:
+            async with self._procqueue.pool.connection() as conn:
+                cursor = await conn.execute(
+                    query("release_unheld_jobs"),
+                    {
+                        "worker_id": worker_id,
+                        "held": held,
+                        # Older than any answer could still be on its way.
+                        "after": self.stalled_worker_timeout,
+                        "reason": f"worker {worker_id} lost the answer of the fetch or claim "
+                        "that gave it this job (the database went away); released, no "
+                        "attempt spent",
+                    },
+                )
+                released = [row[0] for row in await cursor.fetchall()]
+        except Exception:
+            self._answer_lost_at = self._answer_lost_at or lost_at  # the next beat tries again
+            raise
+        if released:
+            logger.warning(
+                "worker %s released %d job(s) it had claimed but never received (the "
+                "database went away during the claim): %s",
+                worker_id,
+                len(released),
+                ", ".join(str(job_id) for job_id in released),
+            )
 
     async def _register_again(self, lost_id: int) -> None:
         """Our row is gone: another worker took us for dead (a heartbeat later than
@@ -210,6 +265,27 @@ class Worker(procrastinate_worker.Worker):
     # Fetching and running jobs ---------------------------------------------
 
     async def _fetch_and_process_jobs(self) -> None:
+        """Procrastinate's fetch loop, waiting out database outages; a stop asked while
+        a fetch hangs on a database that is away does not wait for it beyond
+        FETCH_GRACE (a fetch that committed unseen is rescued: `answer_maybe_lost`)."""
+        fetching = asyncio.create_task(self._fetch_through_outages(), name="fetch jobs")
+        stopping = asyncio.create_task(self._stop_event.wait())
+        try:
+            await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not fetching.done():
+                await asyncio.wait({fetching}, timeout=FETCH_GRACE)
+            if not fetching.done():
+                fetching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fetching
+                self.answer_maybe_lost()
+                return
+            fetching.result()
+        finally:
+            stopping.cancel()
+            fetching.cancel()  # only if it is still running: the worker itself is cancelled
+
+    async def _fetch_through_outages(self) -> None:
         backoff = Backoff()
         while True:
             try:
@@ -221,6 +297,7 @@ class Worker(procrastinate_worker.Worker):
                     continue
                 if not is_database_outage(error):
                     raise
+                self.answer_maybe_lost()
                 wait = backoff.next_wait()
                 logger.log(
                     logging.WARNING if backoff.tries == 1 else logging.INFO,
@@ -234,6 +311,9 @@ class Worker(procrastinate_worker.Worker):
 
     async def _process_job(self, context: JobContext) -> None:
         refusal = self._refusals.refusal(context.job, self.app.tasks.get(context.job.task_name))
+        if isinstance(refusal, UnknownTask):
+            await self._leave_for_another_worker(context.job, refusal)
+            return
         if refusal is not None:
             await self._fail_unrun(context, refusal)
             return
@@ -272,6 +352,19 @@ class Worker(procrastinate_worker.Worker):
             )
             self._running_jobs[task] = context
             task.add_done_callback(lambda done: self._running_jobs.pop(done, None))
+
+    async def _leave_for_another_worker(self, job: Job, refusal: UnknownTask) -> None:
+        """A job of a task this worker does not have (a newer version's, during a rolling
+        upgrade, or a typo) is not this worker's to fail: it goes back to waiting, no
+        attempt spent, due again in UNKNOWN_TASK_WAIT, for a worker that has the task;
+        health says how long such jobs have waited (queue/health.py)."""
+        postponed = Postponed(
+            datetime.now(UTC) + timedelta(seconds=UNKNOWN_TASK_WAIT), str(refusal)
+        )
+        observe(job, "postponed", postponed.reason, 0.0)
+        await self._outcomes.save(job, Status.TODO, None, postponed)
+        assert job.id is not None
+        self._job_ids_to_abort.pop(job.id, None)
 
     async def _fail_unrun(self, context: JobContext, error: Exception) -> None:
         """Fail `context.job` for good with `error` recorded, as the middleware would."""
@@ -320,9 +413,15 @@ class Worker(procrastinate_worker.Worker):
     # Stopping --------------------------------------------------------------
 
     async def _shutdown(self, side_tasks: list[asyncio.Task[Any]]) -> None:
-        """Procrastinate's shutdown, but heartbeating until the running jobs are done
-        (else other workers would rescue them meanwhile), and leaving the worker's
-        row to be pruned if the database is away."""
+        """Procrastinate's shutdown, but bounded and heartbeating: it ends within
+        `shutdown_graceful_timeout` (PROCQUEUE_SHUTDOWN_TIMEOUT) whatever the database
+        does. Running jobs may finish until ABORT_RESERVE before the deadline (the
+        heartbeat goes on, so no other worker rescues them meanwhile); the rest are
+        aborted (Procrastinate retries a job aborted by a shutdown); an outcome that
+        cannot be saved by the deadline (the database is away) is left, `doing`, to the
+        stalled-job rescue, which runs the job again; the worker's row, if it cannot
+        be deleted, is pruned by the other workers."""
+        self._stop_deadline = self._loop_time() + (self.shutdown_graceful_timeout or math.inf)
         heartbeat = [task for task in side_tasks if task.get_name() == "update_heartbeats"]
         await procrastinate_utils.cancel_and_capture_errors(
             [task for task in side_tasks if task not in heartbeat]
@@ -333,28 +432,62 @@ class Worker(procrastinate_worker.Worker):
                 len(self._running_jobs),
                 ", ".join(str(context.job.id) for context in self._running_jobs.values()),
             )
-            await asyncio.wait(self._running_jobs, timeout=self.shutdown_graceful_timeout)
-        await procrastinate_utils.cancel_and_capture_errors(heartbeat)
+            await self._wait_for_running_jobs(until=self._stop_deadline - ABORT_RESERVE)
         if self._running_jobs:
             logger.info(
-                "%d job(s) still running after the graceful timeout: aborting them",
+                "%d job(s) still running %g s before the stop timeout: aborting them",
                 len(self._running_jobs),
+                ABORT_RESERVE,
             )
-            await self._abort_running_jobs()  # type: ignore[no-untyped-call]
-        if self.worker_id is not None:
-            try:
-                await self.app.job_manager.unregister_worker(self.worker_id)
-            except Exception as error:
-                if not is_database_outage(error):
-                    raise
-                logger.warning(
-                    "worker %s could not unregister (%s): other workers prune it after "
-                    "PROCQUEUE_STALLED_TIMEOUT s",
-                    self.worker_id,
-                    first_line(error),
-                )
-            self.worker_id = None
+            for task, context in list(self._running_jobs.items()):
+                self._abort_job(task, context, AbortReason.SHUTDOWN)
+            await self._wait_for_running_jobs(until=self._stop_deadline)
+        await procrastinate_utils.cancel_and_capture_errors(heartbeat)
+        if self._running_jobs:
+            left = [context.job.id for context in self._running_jobs.values()]
+            logger.warning(
+                "stopping without saving the outcome of %d job(s) (%s) by the stop timeout "
+                "(PROCQUEUE_SHUTDOWN_TIMEOUT, %g s): the stalled-job rescue runs them again",
+                len(left),
+                ", ".join(str(job_id) for job_id in left),
+                self.shutdown_graceful_timeout,
+            )
+            for task in list(self._running_jobs):
+                task.cancel()
+        await self._unregister()
         logger.info("Stopped worker on %s", procrastinate_utils.queues_display(self.queues))
+
+    def stop_time_left(self) -> float | None:
+        """Seconds until the stop's deadline once the worker is stopping, else None."""
+        if self._stop_deadline is None:
+            return None
+        return self._stop_deadline - self._loop_time()
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _wait_for_running_jobs(self, until: float) -> None:
+        timeout = until - self._loop_time()
+        if self._running_jobs and timeout > 0:
+            await asyncio.wait(list(self._running_jobs), timeout=timeout)
+
+    async def _unregister(self) -> None:
+        if self.worker_id is None:
+            return
+        try:
+            async with asyncio.timeout(max(self.stop_time_left() or 0.0, UNREGISTER_AT_LEAST)):
+                await self.app.job_manager.unregister_worker(self.worker_id)
+        except Exception as error:
+            if not (isinstance(error, TimeoutError) or is_database_outage(error)):
+                raise
+            logger.warning(
+                "worker %s could not unregister (%s): other workers prune it after "
+                "PROCQUEUE_STALLED_TIMEOUT s",
+                self.worker_id,
+                first_line(error),
+            )
+        self.worker_id = None
 
 
 def _payload(text: str) -> Any:

@@ -16,6 +16,9 @@ from procqueue.images.queries import query
 from procqueue.images.references import find_referenced
 from procqueue.images.urls import Asset, DeliveryConfig, explain
 
+#: Assets per reference check (one query with three needles each).
+CHECK_BATCH = 1000
+
 
 @dataclass(frozen=True)
 class Orphan:
@@ -38,5 +41,9 @@ async def find_orphans(
             found = explain(url, delivery)
             if isinstance(found, Asset):
                 latest[found] = (int(job_id), str(status))
-        referenced = await find_referenced(conn, entities, sorted(latest), delivery)
+        assets = sorted(latest)
+        referenced: set[Asset] = set()
+        for start in range(0, len(assets), CHECK_BATCH):  # bounded reference checks
+            part = assets[start : start + CHECK_BATCH]
+            referenced |= await find_referenced(conn, entities, part, delivery)
     return [Orphan(asset, *latest[asset]) for asset in sorted(latest) if asset not in referenced]

@@ -2,10 +2,12 @@
 row of some configured table still uses them.
 
 The trigger (sql/triggers/image_cleanup.sql) enqueues `images:cleanup` with the
-URLs a row lost, after a grace period. The job runs the orphan check at run
-time, over every image column of every entity, then deletes the orphans in
-batches. Deleting an asset that is already gone is harmless, so the job may
-run any number of times.
+URLs a row lost, after a grace period, at most MAX_URLS_PER_JOB per job. The job
+runs the orphan check at run time, over every image column of every entity, then
+deletes the orphans in batches. Deleting an asset that is already gone is
+harmless, so the job may run any number of times. A job carrying more URLs (written
+by an older trigger, or by hand) does no check: it is split into jobs of
+MAX_URLS_PER_JOB, so that each job's reference check and deletes stay bounded.
 """
 
 from __future__ import annotations
@@ -26,8 +28,15 @@ from procqueue.images.jobs import CLEANUP
 from procqueue.images.references import find_referenced
 from procqueue.images.settings import CloudinaryConfig
 from procqueue.images.urls import Asset, parse_delivery_url
+from procqueue.queue.jobs import enqueue
 
 logger = logging.getLogger(__name__)
+
+#: URLs one cleanup job handles: what one Admin API call deletes (the trigger
+#: enqueues jobs of at most this many; a larger job is split).
+MAX_URLS_PER_JOB = 100
+#: Assets one log line of a job names (the rest are counted).
+LOGGED_ASSETS = 5
 
 
 @dataclass
@@ -64,15 +73,21 @@ async def cleanup_images(
     folders = deleter.config.folders
     assets = [asset for asset in found if in_folders(asset.public_id, folders)]
     report.outside_folders = [asset for asset in found if asset not in assets]
-    for asset in report.outside_folders:
+    if report.outside_folders:  # one line a job, however many URLs an API user wrote
+        outside = report.outside_folders
+        named = ", ".join(str(asset) for asset in outside[:LOGGED_ASSETS])
+        more = f" and {len(outside) - LOGGED_ASSETS} more" if len(outside) > LOGGED_ASSETS else ""
         logger.warning(
-            "image %s is outside PROCQUEUE_CLOUDINARY_FOLDERS (%s): kept, never deleted by "
-            "cleanup", asset, ", ".join(folders),
+            "image %s%s is outside PROCQUEUE_CLOUDINARY_FOLDERS (%s): kept, never deleted by "
+            "cleanup", named, more, ", ".join(folders),
         )  # fmt: skip
     if not assets:
         return report
+    referenced: set[Asset] = set()
     async with pool.connection() as conn:
-        referenced = await find_referenced(conn, entities, assets, deleter.delivery)
+        for start in range(0, len(assets), MAX_URLS_PER_JOB):  # bounded checks
+            part = assets[start : start + MAX_URLS_PER_JOB]
+            referenced |= await find_referenced(conn, entities, part, deleter.delivery)
     report.kept = sorted(referenced)
     for asset in report.kept:
         logger.info("image %s is still referenced by a row: kept", asset)
@@ -81,6 +96,23 @@ async def cleanup_images(
         deletion = await deleter.delete(orphans)
         report.deleted, report.already_gone = deletion.deleted, deletion.not_found
     return report
+
+
+async def split_cleanup(
+    pool: AsyncConnectionPool[Any], urls: Sequence[str], entity: str | None
+) -> list[int]:
+    """Enqueue `urls` (without repeats) as cleanup jobs of at most MAX_URLS_PER_JOB,
+    due now, in one transaction; their ids."""
+    unique = list(dict.fromkeys(urls))
+    extra = {} if entity is None else {"entity": entity}
+    job_ids = []
+    async with pool.connection() as conn, conn.transaction():
+        for start in range(0, len(unique), MAX_URLS_PER_JOB):
+            args = {"urls": unique[start : start + MAX_URLS_PER_JOB], **extra}
+            job_id = await enqueue(conn, CLEANUP, args)
+            if job_id is not None:
+                job_ids.append(job_id)
+    return job_ids
 
 
 def in_folders(public_id: str, folders: Sequence[str]) -> bool:
@@ -110,6 +142,14 @@ def register(app: ProcqueueApp) -> None:
         if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
             raise PermanentError("images:cleanup expects args {'urls': [<delivery URL>, ...]}")
         fields = {"job_id": context.job.id, "task": CLEANUP.task_name}
+        if len(set(urls)) > MAX_URLS_PER_JOB:
+            job_ids = await split_cleanup(app.pool, urls, entity)
+            outcome = (
+                f"split: {len(urls)} URLs are more than one job handles ({MAX_URLS_PER_JOB}); "
+                f"enqueued as {len(job_ids)} jobs ({job_ids[0]}..{job_ids[-1]})"
+            )
+            logger.warning("images:cleanup for %s: %s", entity or "?", outcome, extra=fields)
+            return outcome
         deleter = cloudinary_deleter(app.services)
         if deleter is None:
             logger.warning("images:cleanup for %s: %s", entity or "?", NOT_CONFIGURED, extra=fields)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -37,6 +38,8 @@ _TRANSFORMATION_COMPONENT = re.compile(
     rf"^(?:(?:{_TRANSFORMATION_KEYS})_.+|\$[A-Za-z0-9]+_.+|if_end)$"
 )
 _EXTENSION = re.compile(r"^[A-Za-z0-9]{1,5}$")
+#: In a decoded public id: never from an upload, and a way to name another asset.
+_FORBIDDEN_IN_PUBLIC_ID = re.compile(r"[\\%\x00-\x1f\x7f]")
 MAX_URL_LENGTH = 4096
 
 
@@ -134,14 +137,34 @@ def _public_id(resource_type: str, rest: list[str]) -> str:
         while start < len(rest) - 1 and _is_transformation(rest[start]):
             start += 1
         parts = rest[start:]
-    if any(part in ("", ".", "..") for part in parts):
-        raise _Reject(RejectionKind.MALFORMED, "empty or relative segment in the public id")
     *folders, name = parts
     if resource_type != "raw":  # raw public ids keep their extension
         stem, dot, extension = name.rpartition(".")
         if dot and stem and _EXTENSION.match(extension):
             name = stem
-    return "/".join([*folders, name])
+    return _checked_public_id("/".join([*folders, name]))
+
+
+def _checked_public_id(public_id: str) -> str:
+    """The decoded public id, unless it could name an asset other than the one its
+    segments spell: `.`/`..`/empty segments (also once decoded: `a%2F..%2Fb`, or
+    `...jpg` losing its extension), a backslash, a `%` left after decoding (encoded
+    twice), a control character. Cloudinary makes none of these on upload; the
+    folder check (PROCQUEUE_CLOUDINARY_FOLDERS) then reads the id as it is deleted."""
+    for segment in public_id.split("/"):
+        if unicodedata.normalize("NFKC", segment).strip() in ("", ".", ".."):
+            raise _Reject(
+                RejectionKind.MALFORMED,
+                f"empty or relative segment in the public id {public_id[:200]!r}",
+            )
+    odd = _FORBIDDEN_IN_PUBLIC_ID.search(public_id)
+    if odd:
+        raise _Reject(
+            RejectionKind.MALFORMED,
+            f"{odd.group()!r} in the public id {public_id[:200]!r} (backslashes, a % left "
+            "after decoding and control characters are never in an uploaded asset's id)",
+        )
+    return public_id
 
 
 class _Reject(Exception):

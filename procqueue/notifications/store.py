@@ -1,4 +1,11 @@
-"""The notification tables, as the dispatcher reads and writes them."""
+"""The notification tables, as the dispatcher reads and writes them.
+
+`load_notification`, the job's first read, turns row security off for the rest of the
+job's transaction (`SET LOCAL`, transaction-local: safe behind a transaction pooler),
+so that the notification row and the recipient's push tokens, if row-level security
+came to hide them from the worker after it started, raise instead of reading as
+missing (a notification skipped as deleted, a user without devices): the job fails
+with RowsHidden (procqueue/errors.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +17,12 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from procqueue.errors import PermanentError
+from procqueue.errors import PermanentError, RowsHidden, is_row_security_refusal
 from procqueue.notifications.model import Notification, Recipient
 from procqueue.notifications.queries import query, query_with
+
+#: For the rest of the transaction: a read row-level security would filter raises.
+ROW_SECURITY_OFF = "SET LOCAL row_security = off"
 
 
 def split_table(table: str) -> dict[str, str]:
@@ -26,6 +36,8 @@ async def load_notification(
     """The job's notification: from its args (procqueue.notify) or its row
     (trigger). None when the row was deleted before the job ran."""
     notification_id = str(args["notification_id"])
+    if not conn.autocommit:  # the job's transaction, until the dispatcher's block ends
+        await conn.execute(ROW_SECURITY_OFF)
     if "recipient" in args:
         return Notification(
             id=notification_id,
@@ -35,15 +47,23 @@ async def load_notification(
         )
     cursor = conn.cursor(row_factory=dict_row)
     try:
-        await cursor.execute(
-            query_with("notification_row", **split_table(table)), {"id": notification_id}
-        )
+        async with conn.transaction():  # a savepoint, or the read's own transaction
+            await conn.execute(ROW_SECURITY_OFF)
+            await cursor.execute(
+                query_with("notification_row", **split_table(table)), {"id": notification_id}
+            )
+            row = await cursor.fetchone()
+    except psycopg.errors.InsufficientPrivilege as err:
+        if not is_row_security_refusal(err):
+            raise
+        role = conn.info.parameter_status("session_authorization") or conn.info.user
+        what = f"the delivery of notification {notification_id}"
+        raise RowsHidden(table, role, what) from err
     except (psycopg.errors.DataError, psycopg.errors.SyntaxErrorOrAccessRuleViolation) as err:
         raise PermanentError(
             f"cannot read notification {notification_id!r} from {table}: "
             f"{err.diag.message_primary} (is PROCQUEUE_NOTIFICATIONS_TABLE right?)"
         ) from err
-    row = await cursor.fetchone()
     if row is None or row["recipient"] is None:
         return None
     data = row["data"] if isinstance(row["data"], dict) else {}

@@ -57,6 +57,10 @@ class JobRunner(Protocol):
     def adopt(self, jobs: Sequence[Job]) -> None:
         """Run `jobs` (already `doing` for this worker) as if the worker had fetched them."""
 
+    def answer_maybe_lost(self) -> None:
+        """A claim failed on the database: it may have committed jobs this worker never
+        saw (procqueue/engine/worker.py releases them)."""
+
 
 @dataclass(frozen=True)
 class BatchSpec:
@@ -199,5 +203,7 @@ class Batches:
         except psycopg.Error as error:
             # Claiming is an optimisation: the job goes on alone (its own work then
             # meets the database's trouble, if there is one, and is handled as ever).
+            # The claim may have committed unseen: the worker looks for such jobs.
             logger.info("job %s claims no batch: %s", context.job.id, type(error).__name__)
+            runner.answer_maybe_lost()
             return []

@@ -57,7 +57,7 @@ class Finisher:
                 pass  # none was finished: each alone below, with its own error
             else:
                 for item in batch:
-                    item.done.set_result(None)
+                    _settle(item.done)
                 return
         await asyncio.gather(*(self._finish_alone(item) for item in batch))
 
@@ -76,6 +76,17 @@ class Finisher:
         try:
             await self.finish_one(item.job, item.status, item.delete)
         except Exception as error:
-            item.done.set_exception(error)
+            _settle(item.done, error)
         else:
-            item.done.set_result(None)
+            _settle(item.done)
+
+
+def _settle(done: asyncio.Future[None], error: Exception | None = None) -> None:
+    """Answer a waiting `finish`, unless it stopped waiting (cancelled: a worker's
+    stop timeout)."""
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)

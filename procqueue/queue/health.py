@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -111,6 +111,16 @@ class CircuitHealth:
 
 
 @dataclass(frozen=True)
+class UnknownTaskHealth:
+    """Jobs of a task the workers that took them do not have: waiting for one that has
+    it (a rolling upgrade in progress), or for an operator (a typo)."""
+
+    task_name: str
+    waiting: int
+    waiting_since: datetime
+
+
+@dataclass(frozen=True)
 class Snapshot:
     queues: list[QueueHealth]
     tasks: list[TaskHealth]
@@ -118,6 +128,7 @@ class Snapshot:
     tables: list[TableHealth]
     window: timedelta
     open_circuits: list[CircuitHealth] = field(default_factory=list)
+    unknown_tasks: list[UnknownTaskHealth] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,7 @@ async def read_snapshot(conn: psycopg.AsyncConnection[Any], config: HealthConfig
         workers = await _rows(conn, "health_workers", {"stalled_after": config.stalled_after})
         tables = await _rows(conn, "health_storage")
         circuits = await _rows(conn, "open_circuits")
+        unknown = await _rows(conn, "health_unknown_tasks")
     return Snapshot(
         queues=[QueueHealth(**row) for row in queues],
         tasks=[TaskHealth(**row) for row in tasks],
@@ -150,6 +162,7 @@ async def read_snapshot(conn: psycopg.AsyncConnection[Any], config: HealthConfig
         tables=[TableHealth(**row) for row in tables],
         window=config.window,
         open_circuits=[CircuitHealth(**row) for row in circuits],
+        unknown_tasks=[UnknownTaskHealth(**row) for row in unknown],
     )
 
 
@@ -192,6 +205,15 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
         reasons.append(
             f"{circuit.sink} is unavailable{since}: its jobs wait (spending no retries) "
             f"until it answers; last error: {circuit.reason[:300]}"
+        )
+    for unknown in snapshot.unknown_tasks:
+        waited = (datetime.now(UTC) - unknown.waiting_since).total_seconds()
+        level = Status.UNHEALTHY if waited >= config.lag_unhealthy else Status.DEGRADED
+        status = _worse(status, level)
+        reasons.append(
+            f"{unknown.waiting} job(s) of task {unknown.task_name!r} have waited {waited:.0f} s "
+            "for a worker that has the task: finish deploying the version that has it, or "
+            "cancel them if the name is a typo"
         )
     stalled = [worker.worker_id for worker in snapshot.workers if not worker.healthy]
     if stalled:

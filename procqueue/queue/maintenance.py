@@ -9,7 +9,11 @@ that a busy queue never piles them up.
   worker (SIGKILL, out of memory, host gone). The attempt is recorded as a
   transient `WorkerLost` failure and the job retried now, or failed for good
   once the retry policy is exhausted (a job that kills its worker every time
-  must not loop forever). Each lost worker is reported to Sentry once.
+  must not loop forever). Each lost worker is reported to Sentry once. A job
+  `doing` longer than PROCQUEUE_JOB_TIMEOUT + PROCQUEUE_STALLED_TIMEOUT is taken back
+  the same way (`JobOverran`) even under a live worker: no live worker holds one that
+  long (the timeout cancels it), so its worker lost it — a claim whose answer was lost
+  after the commit, a worker that stopped while the database was down.
 - Prune (PROCQUEUE_PRUNE_CRON): succeeded jobs older than
   PROCQUEUE_PRUNE_SUCCEEDED_AFTER, failed/cancelled/aborted ones older than
   PROCQUEUE_PRUNE_FAILED_AFTER, with their events and error rows, in batches
@@ -31,6 +35,7 @@ from typing import Any
 from croniter import croniter
 from procrastinate import exceptions
 from procrastinate.jobs import Job, Status
+from psycopg.rows import dict_row
 
 from procqueue.engine.app import ProcqueueApp
 from procqueue.errors import ConfigError, TransientError
@@ -52,6 +57,11 @@ class WorkerLost(TransientError):
     """The worker running the job stopped heartbeating (killed, out of memory, host lost)."""
 
 
+class JobOverran(TransientError):
+    """The job was `doing` longer than any live worker holds one: whoever holds it lost
+    it (a claim whose answer was lost, a stop while the database was down)."""
+
+
 @dataclass
 class RescueReport:
     retried: list[int] = field(default_factory=list)
@@ -68,23 +78,40 @@ class PruneReport:
 
 
 async def rescue_stalled_jobs(app: ProcqueueApp) -> RescueReport:
-    """Retry (or fail for good) every job whose worker stopped heartbeating."""
+    """Retry (or fail for good) every job whose worker stopped heartbeating, and every
+    job `doing` longer than its timeout plus PROCQUEUE_STALLED_TIMEOUT, whoever holds it."""
     settings = app.services.settings
     timeout = settings.stalled_timeout
+    overrun = settings.overrun_after
     report = RescueReport()
     lost: dict[int | None, list[int]] = defaultdict(list)
-    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=timeout):
-        assert job.id is not None
-        error = WorkerLost(
+    stalled = [
+        (job, WorkerLost(
             f"worker {job.worker_id} stopped heartbeating for more than {timeout:g} s while "
             "running this job (killed, out of memory or host lost); see that worker's logs"
-        )
+        ))
+        for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=timeout)
+    ]  # fmt: skip
+    seen = {job.id for job, _ in stalled}
+    overran = [
+        (job, JobOverran(
+            f"job was running for more than {overrun:g} s (PROCQUEUE_JOB_TIMEOUT + "
+            f"PROCQUEUE_STALLED_TIMEOUT) under worker {job.worker_id}, longer than a live "
+            "worker holds one: the worker lost it (a claim whose answer was lost, a stop "
+            "while the database was down); taken back"
+        ))
+        for job in await _overran_jobs(app, overrun)
+        if job.id not in seen
+    ]  # fmt: skip
+    for job, error in stalled + overran:
+        assert job.id is not None
         final = is_final(app.tasks.get(job.task_name), job, error)
         if not await _settle(app, job, final):
             continue
         await end_in_failure(app.pool, job, error, final=final, secrets=settings.secret_values())
         (report.failed if final else report.retried).append(job.id)
-        lost[job.worker_id].append(job.id)
+        if isinstance(error, WorkerLost):
+            lost[job.worker_id].append(job.id)
     for worker_id, job_ids in lost.items():
         sentry.capture_lost_worker(worker_id, job_ids, timeout)
     report.pruned_workers = await app.job_manager.prune_stalled_workers(timeout)
@@ -96,6 +123,13 @@ async def rescue_stalled_jobs(app: ProcqueueApp) -> RescueReport:
             report.pruned_workers,
         )
     return report
+
+
+async def _overran_jobs(app: ProcqueueApp, seconds: float) -> list[Job]:
+    async with app.pool.connection() as conn:
+        cursor = conn.cursor(row_factory=dict_row)
+        await cursor.execute(query("overran_jobs"), {"seconds": seconds})
+        return [Job.from_row(row) for row in await cursor.fetchall()]
 
 
 async def _settle(app: ProcqueueApp, job: Job, final: bool) -> bool:

@@ -172,3 +172,21 @@ SELECT procrastinate.procrastinate_finish_job_v1(
            j.id, j.status::procrastinate.procrastinate_job_status, j.delete_job)
 FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(deletes)s::boolean[])
      AS j (id, status, delete_job);
+
+-- overran_jobs: running jobs that started more than %(seconds)s seconds ago, longer than any live worker holds one (its timeout plus a margin): a claim whose answer was lost, a worker stopped while the database was down; the stalled-job rescue takes them back whoever holds them
+SELECT job.id, job.status, job.task_name, job.priority, job.lock, job.queueing_lock,
+       job.args, job.scheduled_at, job.queue_name, job.attempts, job.worker_id
+FROM procrastinate.procrastinate_jobs AS job
+WHERE job.status = 'doing'
+  AND (SELECT max(e.at) FROM procrastinate.procrastinate_events AS e
+       WHERE e.job_id = job.id AND e.type = 'started')
+      < now() - make_interval(secs => %(seconds)s);
+
+-- health_unknown_tasks: jobs left waiting because the workers that took them do not have their task (a newer version's task during a rolling upgrade, or a typo), per task: how many, waiting since when (procqueue/engine/worker.py)
+SELECT j.task_name::text AS task_name, count(*) AS waiting,
+       min(p.first_postponed_at) AS waiting_since
+FROM procqueue.job_postponements AS p
+JOIN procrastinate.procrastinate_jobs AS j ON j.id = p.job_id
+WHERE j.status = 'todo' AND p.attempts = j.attempts AND p.reason LIKE 'unknown task %%'
+GROUP BY j.task_name
+ORDER BY waiting_since;

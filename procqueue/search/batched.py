@@ -10,9 +10,12 @@ with the stamp as external version, so an older read still never overwrites a ne
 state. Each job gets its own row's outcome: indexed or deleted; a refused item,
 a row that cannot be read or has no document fails (or retries) that job alone,
 recorded as ever; an outage of Elasticsearch postpones every job of the batch through
-the circuit. A row whose writer is still in its transaction is tried again, alone
+the circuit, and an item refused under backpressure (429/503) postpones its own job
+the same way. A row whose writer is still in its transaction is tried again, alone
 of the batch, like a single job's. One job with no other ready takes the single-row
-path at once.
+path at once. Rows are read with row security off: row-level security switched on
+meanwhile fails the batch's jobs with RowsHidden, never deletes a hidden row's
+document.
 """
 
 from __future__ import annotations
@@ -52,12 +55,15 @@ from procqueue.search.sync import (
 async def _lock_many(
     conn: psycopg.AsyncConnection[Any], entity: Entity, ids: Sequence[str]
 ) -> tuple[list[str], Stamp]:
-    """In the caller's transaction, as one pipeline: the publish key shared (held until
-    that transaction ends), a savepoint, the sync keys of `ids` that are free, a stamp.
-    The caller reads next (its snapshot after the keys are held), then rolls back to
-    the savepoint (RELEASE_READ_KEY), so writers of the rows never wait for Elasticsearch."""
+    """In the caller's transaction, as one pipeline: row security off (a row hidden by
+    row-level security raises when read, never reads as missing), the publish key
+    shared (held until that transaction ends), a savepoint, the sync keys of `ids`
+    that are free, a stamp. The caller reads next (its snapshot after the keys are
+    held), then rolls back to the savepoint (RELEASE_READ_KEY), so writers of the rows
+    never wait for Elasticsearch."""
     params = {"entity": entity.name, "ids": list(ids)}
     async with conn.pipeline():
+        await conn.execute(query("row_security_off"))  # a hidden row raises (sync.py)
         await conn.execute(query("lock_publish_shared"), params)
         await conn.execute(READ_SAVEPOINT)
         lock = await conn.execute(query("try_lock_entities"), params)
@@ -107,6 +113,7 @@ async def sync_rows(
     if len(ids) == 1:
         return {ids[0]: await sync_entity(pool, search, entity, ids[0], patience)}
     await search.ensure_index(entity)
+    await search.wait_for_room([search.alias(entity)])  # before any lock is taken
     outcomes: dict[str, Any] = {}
     waiting = list(dict.fromkeys(ids))
     give_up_at = time.monotonic() + patience

@@ -9,6 +9,13 @@ exclusively, so no per-row job reads or writes those documents in between
 out of retries, are recorded in procqueue.sync_item_errors with id and reason.
 So are the rows of the chunk that cannot be read (the chunk is then read again
 row by row) or have no document (too large): one row never fails the others.
+
+Backpressure (items refused with 429/503 by an overloaded cluster) spends no
+attempt and records nothing: when every id of the chunk was refused so, the job
+itself is postponed (the same row waits, the circuit opens, as for a request-level
+429); when only some were, their ids go into a new bulk job with the same attempt,
+due when the index's pause is over. The chunk is read with row security off: a row
+row-level security hides fails the job (RowsHidden), never reads as deleted.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from psycopg.rows import dict_row
 
 from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import Entity
-from procqueue.errors import PermanentError
+from procqueue.errors import PermanentError, is_row_security_refusal
 from procqueue.queue.jobs import enqueue
 from procqueue.queue.retry import BackoffRetry
 from procqueue.search.client import ItemFailure, SearchIndex, Write, search_index
@@ -34,8 +41,10 @@ from procqueue.search.sync import (
     READ_ERRORS,
     ROW_READ_ERRORS,
     _stamp,
+    backpressure_error,
     entity_query,
     read_error,
+    rows_hidden,
     write_all,
     writes_for,
 )
@@ -58,7 +67,8 @@ async def _read_chunk(
     conn: psycopg.AsyncConnection[Any], entity: Entity, ids: Sequence[str], index: str
 ) -> tuple[dict[str, dict[str, Any]], list[ItemFailure]]:
     """The chunk's rows by id, in one SELECT; when a value of some row makes it
-    fail, row by row, each row that still fails becoming a failure of its own."""
+    fail, row by row, each row that still fails becoming a failure of its own. In
+    the caller's transaction, after `row_security_off`."""
     cursor = conn.cursor(row_factory=dict_row)
     try:
         async with conn.transaction():  # a savepoint: the chunk's locks stay held
@@ -75,6 +85,11 @@ async def _read_chunk(
                 reason = read_error(entity, entity_id, error)
                 failures.append(ItemFailure(Write(index, entity_id, None), UNREADABLE, reason))
         return {str(row[entity.primary_key]): row for row in found}, failures
+    except psycopg.errors.InsufficientPrivilege as err:
+        if not is_row_security_refusal(err):
+            raise
+        what = f"the sync of {len(ids)} {entity.name} rows"
+        raise rows_hidden(conn, entity, what, err) from err
     except READ_ERRORS as err:
         raise PermanentError(
             f"cannot read {len(ids)} {entity.table} rows: {err.diag.message_primary or err}"
@@ -97,7 +112,9 @@ async def sync_chunk(
         return ChunkResult()
     if only_index is None:
         await search.ensure_index(entity)
+    await search.wait_for_room([only_index or search.alias(entity)])  # before locking
     async with conn.transaction():
+        await conn.execute(query("row_security_off"))
         await conn.execute(query("lock_publish_exclusive"), {"entity": entity.name})
         stamp = await _stamp(conn, entity)
         rows, unread = await _read_chunk(conn, entity, ids, only_index or search.alias(entity))
@@ -137,20 +154,30 @@ async def handle_failures(
     attempt: int,
     retry: BackoffRetry,
     chunk_size: int,
-) -> tuple[int, int]:
-    """Retry the transient items in a new bulk job, record the others. Returns
-    (retried ids, recorded failures)."""
+    pause: float = 0.0,
+) -> tuple[int, int, int]:
+    """Put the items refused under backpressure in a new bulk job with the same
+    attempt, due in `pause` seconds (no attempt spent, nothing recorded); retry the
+    other transient items in a new bulk job, record the others. Returns (postponed
+    ids, retried ids, recorded failures)."""
+    postponed_ids = list(dict.fromkeys(f.write.entity_id for f in failures if f.backpressure))
+    pressed = set(postponed_ids)
     retry_ids = list(
-        dict.fromkeys(f.write.entity_id for f in failures if f.transient)
+        dict.fromkeys(f.write.entity_id for f in failures
+                      if f.transient and f.write.entity_id not in pressed)
     ) if attempt < retry.max_retries else []  # fmt: skip
-    recorded = [f for f in failures if f.write.entity_id not in retry_ids]
+    handed_on = {*pressed, *retry_ids}
+    recorded = [f for f in failures if f.write.entity_id not in handed_on]
     async with conn.transaction():
+        if postponed_ids:
+            await enqueue_bulk(conn, entity, postponed_ids, chunk_size, attempt=attempt,
+                               delay=pause)  # fmt: skip
         if retry_ids:
             await enqueue_bulk(
                 conn, entity, retry_ids, chunk_size, attempt=attempt + 1, delay=retry.delay(attempt)
             )
         await record_item_errors(conn, entity, recorded, job_id=job_id)
-    return len(retry_ids), len(recorded)
+    return len(postponed_ids), len(retry_ids), len(recorded)
 
 
 async def record_item_errors(
@@ -194,13 +221,20 @@ def _register_entity(app: ProcqueueApp, entity: Entity) -> None:
         search = search_index(app.services)
         async with app.pool.connection() as conn:
             result = await sync_chunk(conn, search, entity, ids)
-            retried, recorded = await handle_failures(
+            pressed = {f.write.entity_id for f in result.failures if f.backpressure}
+            error = backpressure_error(result.failures)
+            if error and pressed == set(ids) and all(f.backpressure for f in result.failures):
+                # Nothing of the chunk went through, only for backpressure: the same
+                # job waits (no new row, no attempt spent) and the circuit opens.
+                raise error
+            postponed, retried, recorded = await handle_failures(
                 conn, entity, result.failures, job_id=context.job.id, attempt=attempt,
                 retry=retry, chunk_size=app.services.settings.bulk_chunk_size,
+                pause=search.pause_left([search.alias(entity)]),
             )  # fmt: skip
         return {
             "indexed": result.indexed, "deleted": result.deleted,
-            "retried": retried, "failed": recorded,
+            "postponed": postponed, "retried": retried, "failed": recorded,
         }  # fmt: skip
 
     app.task_of(spec, pass_context=True)(bulk)

@@ -9,14 +9,17 @@ of its search type (docs/bulk.md, "What a document holds"):
   type's range; a `double` is the double Elasticsearch stores (12.50 -> 12.5);
 - every other type: the column's JSON as it is.
 
-A row whose document is over the entity's `max_document_bytes` has no document:
-its sync fails with that reason. The same functions serve the worker and the drift
-checks.
+Bounds (docs/bulk.md), applied in SQL before anything is sent: an array field
+(a Postgres array, or a json/jsonb array) holds the column's first
+`max_array_length` elements (the cut is logged with the row and the column); a row
+whose document is over the entity's `max_document_bytes` has no document: its sync
+fails with that reason. The same functions serve the worker and the drift checks.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -27,9 +30,13 @@ from procqueue.entities import NUMBER_RANGES, Entity
 from procqueue.errors import PermanentError
 from procqueue.search.queries import query_with
 
+logger = logging.getLogger(__name__)
+
 #: The columns an entity read returns beside the key (queries.sql: entity_document_columns).
 DOCUMENT_COLUMN = "procqueue_document"
 TEXT_BYTES_COLUMN = "procqueue_text_bytes"
+#: The fields cut to max_array_length, as "column:elements" (None: none was).
+TRIMMED_COLUMN = "procqueue_trimmed"
 
 
 class Unindexable(PermanentError):
@@ -54,9 +61,17 @@ class DocumentTooLarge(Unindexable):
         self.size = size
 
 
+def _bounded(entity: Entity, column: str) -> sql.Composed:
+    """The column's value as a document holds it: an array's first max_array_length
+    elements, any other value as it is (migrations/0019_search_array_bound.sql)."""
+    return sql.SQL("procqueue.search_head(t.{}, {})").format(
+        sql.Identifier(column), sql.Literal(entity.max_array_length)
+    )
+
+
 def _field_value(entity: Entity, column: str) -> sql.Composable:
     kind = entity.fields[column]
-    value = sql.SQL("to_json(t.{})").format(sql.Identifier(column))
+    value = sql.SQL("to_json({})").format(_bounded(entity, column))
     if kind == "date":
         rule = "search_value_date"
         extra: dict[str, sql.Composable] = {}
@@ -65,7 +80,7 @@ def _field_value(entity: Entity, column: str) -> sql.Composable:
         low, high = NUMBER_RANGES[kind]
         extra = {"low": sql.SQL(low), "high": sql.SQL(high)}
     else:
-        return sql.SQL("t.{}").format(sql.Identifier(column))
+        return _bounded(entity, column)
 
     def rule_on(json_value: sql.Composable) -> sql.Composed:
         if rule != "search_value_number":
@@ -88,7 +103,15 @@ def document_columns(entity: Entity) -> sql.Composed:
         for column in entity.fields
     )
     text_bytes = sql.SQL(" + ").join(
-        query_with("column_text_bytes", column=sql.SQL("t.{}").format(sql.Identifier(column)))
+        query_with("column_text_bytes", column=_bounded(entity, column)) for column in entity.fields
+    )
+    trimmed = sql.SQL(", ").join(
+        query_with(
+            "search_trimmed",
+            column=sql.SQL("t.{}").format(sql.Identifier(column)),
+            column_name=sql.Literal(column),
+            max_array_length=sql.Literal(entity.max_array_length),
+        )
         for column in entity.fields
     )
     return query_with(
@@ -97,6 +120,7 @@ def document_columns(entity: Entity) -> sql.Composed:
         fields=fields,
         text_bytes=text_bytes,
         limit=sql.Literal(entity.max_document_bytes),
+        trimmed=trimmed,
     )
 
 
@@ -122,6 +146,25 @@ def _too_large(entity: Entity, text: str | None, row: Mapping[str, Any]) -> bool
     return document_size(row) > entity.max_document_bytes
 
 
+def trimmed_fields(row: Mapping[str, Any]) -> dict[str, int]:
+    """The fields of the row's document cut to max_array_length: column -> the
+    number of elements the column holds."""
+    found: dict[str, int] = {}
+    for note in row.get(TRIMMED_COLUMN) or ():
+        column, _, elements = str(note).rpartition(":")
+        found[column] = int(elements)
+    return found
+
+
+def _log_trimmed(entity: Entity, row: Mapping[str, Any]) -> None:
+    for column, elements in trimmed_fields(row).items():
+        logger.warning(
+            "%s %s: %s holds %d elements: the first %d are indexed (max_array_length in "
+            "the entities file)", entity.name, row[entity.primary_key], column, elements,
+            entity.max_array_length,
+        )  # fmt: skip
+
+
 def document_from_row(entity: Entity, row: Mapping[str, Any]) -> dict[str, Any]:
     """The row's search document; DocumentTooLarge when it is over the limit."""
     text: str | None = row[DOCUMENT_COLUMN]
@@ -129,6 +172,7 @@ def document_from_row(entity: Entity, row: Mapping[str, Any]) -> dict[str, Any]:
         entity_id = str(row[entity.primary_key])
         raise DocumentTooLarge(entity, entity_id, document_size(row), built=text is not None)
     assert text is not None
+    _log_trimmed(entity, row)
     try:
         document: dict[str, Any] = json.loads(text, parse_float=_float)
     except RecursionError:  # a json column nested thousands deep

@@ -70,11 +70,12 @@ SET after_key = %(after_key)s, updated_at = now(),
     pass_started_at = CASE WHEN after_key IS NULL THEN now() ELSE pass_started_at END
 WHERE entity = %(entity)s;
 
--- entity_document_columns: what an entity read of row t returns (procqueue/search/document.py, docs/bulk.md): the key as text; the search document as JSON text, {fields} rendered by their types' rules, or NULL when the columns' text alone ({text_bytes}, measured without converting a huge value) is over {limit} bytes; and that size
+-- entity_document_columns: what an entity read of row t returns (procqueue/search/document.py, docs/bulk.md): the key as text; the search document as JSON text, {fields} rendered by their types' rules from each column's first elements (procqueue.search_head: an array field holds at most max_array_length), or NULL when the columns' text alone ({text_bytes}, measured without converting a huge value) is over {limit} bytes; that size; and {trimmed}: the fields cut to max_array_length, as 'column:elements' (NULL: none)
 t.{primary_key}::text AS {primary_key},
 CASE WHEN {text_bytes} <= {limit}
      THEN (SELECT to_json(f)::text FROM (SELECT {fields}) AS f) END AS procqueue_document,
-{text_bytes} AS procqueue_text_bytes
+{text_bytes} AS procqueue_text_bytes,
+nullif(array_remove(ARRAY[{trimmed}]::text[], NULL), '{{}}') AS procqueue_trimmed
 
 -- search_value: one field's JSON value by its type's rule ({scalar} on {value}); an array element by element ({element} on e.value)
 CASE WHEN json_typeof({value}) = 'array'
@@ -102,21 +103,34 @@ coalesce(CASE WHEN pg_column_size({column}) > 1024 THEN octet_length({column}::t
               ELSE pg_column_size({column}) END, 0)
 
 -- ids_without_pending_sync: which of these ids no waiting or running sync job covers
--- (a row job locked on it, or a bulk job carrying it): those the reconciliation repairs
-WITH in_bulk AS MATERIALIZED (
-    SELECT DISTINCT jsonb_array_elements_text(job.args -> 'ids') AS id
+-- (a row job locked on it, or a bulk job carrying it): those the reconciliation repairs.
+-- A job running for more than %(overrun_after)s seconds covers nothing: no live worker
+-- holds one that long (procqueue/queue/maintenance.py takes it back)
+WITH trusted AS MATERIALIZED (
+    SELECT job.id, job.lock, job.args
     FROM procrastinate.procrastinate_jobs AS job
     WHERE job.status IN ('todo', 'doing') AND job.task_name = ANY(%(tasks)s)
-      AND jsonb_typeof(job.args -> 'ids') = 'array'
+      AND (job.status = 'todo'
+           OR (SELECT max(e.at) FROM procrastinate.procrastinate_events AS e
+               WHERE e.job_id = job.id AND e.type = 'started')
+              >= now() - make_interval(secs => %(overrun_after)s))
+), in_bulk AS MATERIALIZED (
+    SELECT DISTINCT jsonb_array_elements_text(trusted.args -> 'ids') AS id
+    FROM trusted WHERE jsonb_typeof(trusted.args -> 'ids') = 'array'
 )
 SELECT wanted.id FROM unnest(%(ids)s::text[]) AS wanted (id)
 WHERE NOT EXISTS (
-    SELECT FROM procrastinate.procrastinate_jobs AS job
-    WHERE job.status IN ('todo', 'doing') AND job.lock = %(lock_prefix)s || wanted.id
-      AND job.task_name = ANY(%(tasks)s)
+    SELECT FROM trusted WHERE trusted.lock = %(lock_prefix)s || wanted.id
 )
 AND NOT EXISTS (SELECT FROM in_bulk WHERE in_bulk.id = wanted.id);
 
 -- try_lock_entities: take the sync keys of many rows of one entity exclusively, without waiting: the ids whose key this transaction now holds
 SELECT wanted.id FROM unnest(%(ids)s::text[]) AS wanted (id)
 WHERE pg_try_advisory_xact_lock(procqueue.sync_lock_key(%(entity)s, wanted.id));
+
+-- search_trimmed: {column} as 'name:elements' when it holds more than {max_array_length} elements, else NULL
+CASE WHEN procqueue.search_array_length({column}) > {max_array_length}
+     THEN {column_name} || ':' || procqueue.search_array_length({column}) END
+
+-- row_security_off: for the rest of this transaction, a read that row-level security would filter raises instead ("query would be affected by row-level security policy"): a row hidden from the worker must never read as deleted (procqueue/errors.py RowsHidden); transaction-local, so safe behind a transaction pooler
+SET LOCAL row_security = off;

@@ -49,7 +49,7 @@ class Reconciled:
 
 async def reconcile_entity(
     conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity, *,
-    batch_size: int, threshold: int, chunk_size: int,
+    batch_size: int, threshold: int, chunk_size: int, overrun_after: float,
 ) -> Reconciled:  # fmt: skip
     """One step of the entity's pass; `conn` in autocommit mode."""
     result = Reconciled(entity.name)
@@ -67,7 +67,7 @@ async def reconcile_entity(
     result.pass_ended = len(rows) < batch_size
     if result.pass_ended:
         await check_documents(conn, search, entity, drift, batch_size)
-    result.repaired = await without_pending_sync(conn, entity, drift.ids)
+    result.repaired = await without_pending_sync(conn, entity, drift.ids, overrun_after)
     await repair(conn, entity, result.repaired, threshold, chunk_size)
     last = None if result.pass_ended else str(rows[-1][entity.primary_key])
     await conn.execute(query("reconcile_advance"), {"entity": entity.name, "after_key": last})
@@ -81,10 +81,11 @@ async def reconcile_entity(
 
 
 async def without_pending_sync(
-    conn: psycopg.AsyncConnection[Any], entity: Entity, ids: list[str]
+    conn: psycopg.AsyncConnection[Any], entity: Entity, ids: list[str], overrun_after: float
 ) -> list[str]:
     """The ids no waiting or running sync job covers: the others are only behind (a
-    backlog), not drifted, and their job will bring them in line."""
+    backlog), not drifted, and their job will bring them in line. A job running for
+    more than `overrun_after` seconds covers nothing: no live worker holds it."""
     if not ids:
         return []
     specs = job_specs(SchemaConfig(entities=(entity,)))
@@ -94,6 +95,7 @@ async def without_pending_sync(
             "ids": ids,
             "tasks": [spec.task_name for spec in specs if spec.queue == entity.queue],
             "lock_prefix": row_job(entity, "update").lock_prefix,
+            "overrun_after": overrun_after,
         },
     )
     return [row[0] for row in await cursor.fetchall()]
@@ -122,6 +124,7 @@ def register(app: ProcqueueApp) -> None:
                     done = await reconcile_entity(
                         conn, search, entity, batch_size=own.reconcile_batch,
                         threshold=settings.bulk_threshold, chunk_size=settings.bulk_chunk_size,
+                        overrun_after=settings.overrun_after,
                     )  # fmt: skip
                     repaired[entity.name] = len(done.repaired)
             finally:

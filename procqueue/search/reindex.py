@@ -16,7 +16,10 @@ A row Elasticsearch refuses, or that cannot have a document (unreadable, too
 large), is recorded in procqueue.sync_item_errors and counted; the copy goes on.
 Interrupted (Ctrl-C, a crash, an outage: a transient error), a re-run resumes
 into the registered index. Any other error abandons the copy: the half-made index
-is forgotten and deleted, so syncs write one index again.
+is forgotten and deleted, so syncs write one index again. Items refused under
+backpressure (429/503) are sent again after the index's pause. Rows are read with
+row security off: a row that row-level security hides stops the copy (RowsHidden),
+it is never left out of the new index (and so out of the alias once it moves).
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ import psycopg
 from psycopg import sql
 
 from procqueue.entities import Entity
-from procqueue.errors import PermanentError, TransientError
+from procqueue.errors import PermanentError, TransientError, is_row_security_refusal
 from procqueue.queue.failures import is_transient
 from procqueue.search.bulk import record_item_errors, sync_chunk
-from procqueue.search.client import INITIAL_VERSION, SearchIndex, translate_errors
+from procqueue.search.client import INITIAL_VERSION, ItemFailure, SearchIndex, translate_errors
 from procqueue.search.queries import query
-from procqueue.search.sync import entity_query
+from procqueue.search.sync import entity_query, rows_hidden
 
 logger = logging.getLogger(__name__)
 
@@ -199,12 +202,21 @@ async def _copy(
         after = sql.SQL("WHERE {key} > %(after)s").format(key=key)
     failed = 0
     keys = reader.cursor(name="procqueue_reindex")  # server-side: bounded memory
-    await keys.execute(
-        entity_query("entity_ids_after", entity, after=after), {"after": resume_after}
-    )
+    try:
+        # Row security off for the reader's transaction: a row that row-level security
+        # hides raises, instead of being left out of the new index (and so out of the
+        # alias once it moves: its document lost).
+        await reader.execute(query("row_security_off"))
+        await keys.execute(
+            entity_query("entity_ids_after", entity, after=after), {"after": resume_after}
+        )
+    except psycopg.errors.InsufficientPrivilege as error:
+        if not is_row_security_refusal(error):
+            raise
+        raise rows_hidden(reader, entity, f"the reindex of {entity.table}", error) from error
     while chunk := [str(row[0]) for row in await keys.fetchmany(batch_size)]:
-        result = await sync_chunk(conn, search, entity, chunk, only_index=index)
-        retry = [failure for failure in result.failures if failure.transient]
+        failures = await _copy_chunk(conn, search, entity, chunk, index)
+        retry = [failure for failure in failures if failure.transient]
         if retry:
             first = retry[0]
             raise TransientError(
@@ -212,8 +224,8 @@ async def _copy(
                 f"{first.write.entity_id} ({first.status}): {first.reason}; re-run "
                 "`procqueue reindex` later (it resumes)"
             )
-        await record_item_errors(conn, entity, result.failures, job_id=None)
-        failed += len(result.failures)
+        await record_item_errors(conn, entity, failures, job_id=None)
+        failed += len(failures)
         copied += len(chunk)
         await conn.execute(
             query("reindex_checkpoint"),
@@ -224,6 +236,28 @@ async def _copy(
             on_chunk(len(chunk))
     await reader.rollback()
     return copied, failed
+
+
+#: Times a reindex sends the items of a chunk refused under backpressure again (each
+#: after the index's pause, procqueue/search/client.py) before it stops to be re-run.
+PRESSURE_ROUNDS = 10
+
+
+async def _copy_chunk(
+    conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity,
+    chunk: list[str], index: str,
+) -> list[ItemFailure]:  # fmt: skip
+    """Copy one chunk into `index`; the items refused under backpressure (429/503) are
+    sent again once the index's pause is over, PRESSURE_ROUNDS times at most. Returns
+    the items still refused."""
+    failures = (await sync_chunk(conn, search, entity, chunk, only_index=index)).failures
+    for _ in range(PRESSURE_ROUNDS):
+        pressed = [failure.write.entity_id for failure in failures if failure.backpressure]
+        if not pressed:
+            break
+        again = await sync_chunk(conn, search, entity, pressed, only_index=index)
+        failures = [failure for failure in failures if not failure.backpressure] + again.failures
+    return failures
 
 
 async def swap_alias(

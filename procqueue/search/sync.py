@@ -12,14 +12,25 @@ key shared from before the read until the write is done, a bulk job holds it
 exclusively, so reads-and-writes of one row never interleave; every write also
 carries the read's stamp from `procqueue.sync_version` as an external version,
 so a late request of an older read is refused (409) instead of applied.
+
+Hidden rows: every read of an entity's table runs with `SET LOCAL row_security = off`
+(`row_security_off`, transaction-local, safe behind a transaction pooler), so that
+row-level security switched on (or FORCEd) after the worker started makes
+PostgreSQL raise instead of filtering: a hidden row never reads as missing, which
+would delete its document. The job then fails with RowsHidden (procqueue/errors.py).
+
+Backpressure: items Elasticsearch refuses with 429/503 (`ItemFailure.backpressure`)
+are the cluster asking to slow down: the job's error is then a SinkUnavailable, so
+it is postponed spending no attempt and the sink's circuit says so in health.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +40,14 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from procqueue.entities import Entity
-from procqueue.errors import JobError, PermanentError, TransientError
+from procqueue.errors import (
+    JobError,
+    PermanentError,
+    RowsHidden,
+    SinkUnavailable,
+    TransientError,
+    is_row_security_refusal,
+)
 from procqueue.search.client import ItemFailure, SearchIndex, Write
 from procqueue.search.document import (
     DOCUMENT_COLUMN,
@@ -37,6 +55,7 @@ from procqueue.search.document import (
     document_columns,
     document_from_row,
 )
+from procqueue.search.jobs import SINK
 from procqueue.search.queries import query, query_with
 
 LOCK_RETRY_SECONDS = (0.002, 0.01, 0.05)
@@ -63,7 +82,7 @@ def entity_query(
     if extra:
         return _composed(name, entity, **extra)
     key = (name, entity.table, entity.primary_key, tuple(entity.fields.items()),
-           entity.max_document_bytes)  # fmt: skip
+           entity.max_document_bytes, entity.max_array_length)  # fmt: skip
     rendered = _RENDERED.get(key)
     if rendered is None:
         rendered = _RENDERED[key] = sql.SQL(_composed(name, entity).as_string(None))
@@ -89,6 +108,37 @@ def read_error(entity: Entity, entity_id: str, error: psycopg.Error) -> str:
     return f"cannot read {entity.table} row {entity_id!r}: {detail}"
 
 
+def worker_role(conn: psycopg.AsyncConnection[Any]) -> str:
+    """The role the connection reads as (reported by the server at login; no query,
+    so that it can be told from inside a failed transaction)."""
+    return conn.info.parameter_status("session_authorization") or conn.info.user
+
+
+def rows_hidden(
+    conn: psycopg.AsyncConnection[Any], entity: Entity, what: str, error: psycopg.Error
+) -> RowsHidden:
+    """The error of `what`, a read of `entity`'s table that PostgreSQL refused with
+    `error` because row-level security now filters it (`is_row_security_refusal`)."""
+    assert is_row_security_refusal(error), error
+    return RowsHidden(entity.table, worker_role(conn), what)
+
+
+@contextlib.asynccontextmanager
+async def unfiltered_read(
+    conn: psycopg.AsyncConnection[Any], entity: Entity, what: str
+) -> AsyncIterator[None]:
+    """A transaction (or a savepoint in the caller's) whose reads of `entity`'s table
+    raise rather than skip rows row-level security would hide: RowsHidden then."""
+    try:
+        async with conn.transaction():
+            await conn.execute(query("row_security_off"))
+            yield
+    except psycopg.errors.InsufficientPrivilege as error:
+        if not is_row_security_refusal(error):
+            raise
+        raise rows_hidden(conn, entity, what, error) from error
+
+
 @dataclass(frozen=True)
 class Stamp:
     """What a read learns besides rows: its external version, and the indexes a
@@ -107,12 +157,14 @@ async def _stamp(conn: psycopg.AsyncConnection[Any], entity: Entity) -> Stamp:
 async def _locked_read(
     conn: psycopg.AsyncConnection[Any], entity: Entity, params: dict[str, str]
 ) -> tuple[bool, Stamp, dict[str, Any] | None]:
-    """Inside the caller's transaction, sent as one pipeline: hold the publish key
-    shared (until that transaction ends), try the row's sync key, stamp and read
-    the row, then give the sync key back (rolling back to a savepoint releases it),
-    so writers of the row never wait for Elasticsearch. The read is its own
-    statement: its snapshot is taken after the key is held."""
+    """Inside the caller's transaction, sent as one pipeline: read with row security
+    off (a row hidden by row-level security raises, never reads as missing), hold the
+    publish key shared (until that transaction ends), try the row's sync key, stamp
+    and read the row, then give the sync key back (rolling back to a savepoint
+    releases it), so writers of the row never wait for Elasticsearch. The read is its
+    own statement: its snapshot is taken after the key is held."""
     async with conn.pipeline():
+        await conn.execute(query("row_security_off"))
         await conn.execute(query("lock_publish_shared"), params)
         await conn.execute(READ_SAVEPOINT)
         lock = await conn.execute(query("try_lock_entity"), params)
@@ -177,11 +229,32 @@ async def write_all(
     return failures
 
 
+def backpressure_error(failures: Sequence[ItemFailure]) -> SinkUnavailable | None:
+    """The error of writes of which Elasticsearch refused some under backpressure
+    (429, 503: an overloaded cluster, not the documents' fault), None if it refused
+    none so: a SinkUnavailable, which postpones the job spending no attempt and opens
+    the circuit, so that health names the index and the refusal."""
+    pressed = [failure for failure in failures if failure.backpressure]
+    if not pressed:
+        return None
+    first = pressed[0]
+    return SinkUnavailable(
+        SINK,
+        f"Elasticsearch rejects writes to {first.write.index} ({first.status}): "
+        f"{first.reason} ({len(pressed)} of {len(failures)} refused items); writes to it "
+        "slow down and their jobs wait, spending no retry",
+    )
+
+
 def failure_error(failures: Sequence[ItemFailure], what: str) -> JobError | None:
     """The error of a job whose writes Elasticsearch refused (None: none refused):
-    transient if any refusal was (429, 5xx)."""
+    a SinkUnavailable if any refusal was backpressure (429, 503: postponed, no attempt
+    spent), else transient if any refusal was (5xx), else permanent."""
     if not failures:
         return None
+    pressed = backpressure_error(failures)
+    if pressed is not None:
+        return pressed
     first = failures[0]
     reason = f"Elasticsearch refused {what} in {first.write.index} ({first.status}): {first.reason}"
     if any(failure.transient for failure in failures):
@@ -217,6 +290,7 @@ async def sync_entity(
     still holds the row's key after `patience` seconds, postpones the job (the same one,
     due `patience` seconds later, spending no retry)."""
     await search.ensure_index(entity)
+    await search.wait_for_room([search.alias(entity)])  # before any lock is taken
     params = {"entity": entity.name, "id": entity_id}
     give_up_at = time.monotonic() + patience
     async with pool.connection() as conn:
@@ -224,6 +298,11 @@ async def sync_entity(
             async with conn.transaction():  # holds the publish key until written
                 try:
                     locked, stamp, row = await _locked_read(conn, entity, params)
+                except psycopg.errors.InsufficientPrivilege as err:
+                    if not is_row_security_refusal(err):
+                        raise
+                    what = f"the sync of {entity.name} {entity_id}"
+                    raise rows_hidden(conn, entity, what, err) from err
                 except READ_ERRORS as err:
                     raise PermanentError(read_error(entity, entity_id, err)) from err
                 if locked:

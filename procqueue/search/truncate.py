@@ -43,7 +43,9 @@ def _register_entity(app: ProcqueueApp, entity: Entity) -> None:
                         return 0
                 drift = Drift(entity.name)
                 await check_documents(conn, search, entity, drift, batch_size)
-                gone = await without_pending_sync(conn, entity, drift.extra)
+                gone = await without_pending_sync(
+                    conn, entity, drift.extra, settings.overrun_after
+                )
                 await repair(conn, entity, gone, settings.bulk_threshold, settings.bulk_chunk_size)
             finally:
                 await conn.set_autocommit(False)

@@ -9,7 +9,10 @@ Two passes, both in chunks so memory stays flat and a million rows stay cheap:
 one (too large) is `unindexable`, not drift: its sync failed with that reason and
 deleted its document. `repair` enqueues sync jobs for exactly the drifted ids:
 per-row jobs for a few, bulk jobs for many. Verify only reads: a missing alias is
-reported (every row missing), never created.
+reported (every row missing), never created. Its reads of the table run with row
+security off (procqueue/search/sync.py `unfiltered_read`): a row that row-level
+security hides raises RowsHidden, never reads as missing (its document "extra",
+which the repair's sync job would delete).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from procqueue.search.bulk import enqueue_bulk
 from procqueue.search.client import SearchIndex, translate_errors
 from procqueue.search.document import Unindexable, document_from_row
 from procqueue.search.jobs import row_args, row_job
-from procqueue.search.sync import entity_query
+from procqueue.search.sync import entity_query, unfiltered_read
 
 
 def content_hash(document: Mapping[str, Any]) -> str:
@@ -84,10 +87,12 @@ async def read_page(
     key = sql.Identifier(entity.primary_key)
     after = sql.SQL("") if after_key is None else sql.SQL("WHERE {key} > %(after)s").format(key=key)
     cursor = conn.cursor(row_factory=dict_row)
-    await cursor.execute(
-        entity_query("read_entity_page", entity, after=after), {"after": after_key, "limit": limit}
-    )
-    return await cursor.fetchall()
+    async with unfiltered_read(conn, entity, f"the comparison of {entity.table} with its index"):
+        await cursor.execute(
+            entity_query("read_entity_page", entity, after=after),
+            {"after": after_key, "limit": limit},
+        )
+        return await cursor.fetchall()
 
 
 async def compare_rows(
@@ -127,16 +132,23 @@ async def check_documents(
     """Scan the index's ids: add those without a row to `drift` as extra."""
     page: list[str] = []
 
+    what = f"the search for documents of {entity.table} without a row"
+
     async def flush() -> None:
         try:
-            cursor = await conn.execute(entity_query("existing_entity_ids", entity), {"ids": page})
+            async with unfiltered_read(conn, entity, what):
+                cursor = await conn.execute(
+                    entity_query("existing_entity_ids", entity), {"ids": page}
+                )
+                present = {row[0] for row in await cursor.fetchall()}
         except psycopg.errors.DataError:
             # A document id the key's type cannot hold ("no-such-row" for a uuid key):
             # compare as text, which the key's index cannot serve, for this page only.
-            cursor = await conn.execute(
-                entity_query("existing_entity_ids_as_text", entity), {"ids": page}
-            )
-        present = {row[0] for row in await cursor.fetchall()}
+            async with unfiltered_read(conn, entity, what):
+                cursor = await conn.execute(
+                    entity_query("existing_entity_ids_as_text", entity), {"ids": page}
+                )
+                present = {row[0] for row in await cursor.fetchall()}
         drift.extra.extend(entity_id for entity_id in page if entity_id not in present)
         drift.checked_documents += len(page)
         page.clear()

@@ -52,6 +52,7 @@ DECLARE
     END;
     removed text[];
     batch_job bigint;
+    chunk record;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         -- Only the configured columns the table has: a missing one yields no URL.
@@ -93,14 +94,17 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    -- Batched per transaction (a bulk UPDATE or DELETE gives one job per 100 URLs,
-    -- not one per row): the URLs join the job this transaction enqueued last
-    -- (remembered in a transaction-local setting) while it holds fewer than 100.
-    -- Only a job row written by this very transaction (xmin), still invisible to
-    -- workers, is ever extended; anything else makes a new job.
+    -- A job holds at most 100 URLs (what one Admin API call deletes; the worker's
+    -- reference check and delete stay bounded per job, docs/images.md). Batched per
+    -- transaction (a bulk UPDATE or DELETE gives one job per 100 URLs, not one per
+    -- row): the URLs join the job this transaction enqueued last (remembered in a
+    -- transaction-local setting) when they fit in it. Only a job row written by this
+    -- very transaction (xmin), still invisible to workers, is ever extended; anything
+    -- else makes new jobs: a row that lost 50,000 URLs (an API user can write that
+    -- many) gives 500 jobs of 100, never one job of 50,000.
     batch_job := CASE WHEN current_setting('procqueue.image_job', true) ~ '^[0-9]{1,18}$'
                       THEN current_setting('procqueue.image_job', true)::bigint END;
-    IF batch_job IS NOT NULL THEN
+    IF batch_job IS NOT NULL AND cardinality(removed) < 100 THEN
         UPDATE procrastinate.procrastinate_jobs AS job
         SET args = jsonb_set(job.args, '{urls}', (
             SELECT to_jsonb(array_agg(DISTINCT merged.url ORDER BY merged.url))
@@ -109,18 +113,27 @@ BEGIN
         WHERE job.id = batch_job
           AND job.task_name = TG_ARGV[2]
           AND job.xmin = xid(pg_current_xact_id())
-          AND jsonb_array_length(job.args -> 'urls') < 100
+          AND jsonb_array_length(job.args -> 'urls') + cardinality(removed) <= 100
         RETURNING job.id INTO batch_job;
+        IF FOUND THEN
+            RETURN NULL;
+        END IF;
     END IF;
-    IF batch_job IS NULL THEN
+    FOR chunk IN
+        SELECT array_agg(one.url ORDER BY one.n) AS urls
+        FROM unnest(removed) WITH ORDINALITY AS one (url, n)
+        GROUP BY (one.n - 1) / 100
+        ORDER BY (one.n - 1) / 100
+    LOOP
         batch_job := procqueue.add_job(
             task_name => TG_ARGV[2],
-            args => jsonb_build_object('urls', to_jsonb(removed), 'entity', TG_ARGV[0]),
+            args => jsonb_build_object('urls', to_jsonb(chunk.urls), 'entity', TG_ARGV[0]),
             queue_name => TG_ARGV[1],
             run_at => now() + make_interval(secs => grace)
         );
-        PERFORM set_config('procqueue.image_job', batch_job::text, true);
-    END IF;
+    END LOOP;
+    -- The last job is the one with room left.
+    PERFORM set_config('procqueue.image_job', batch_job::text, true);
     RETURN NULL;
 END;
 $$;

@@ -147,6 +147,39 @@ async def test_metrics_and_healthz_need_no_session(client: httpx.AsyncClient) ->
     assert health.json()["status"] in ("healthy", "degraded", "unhealthy")
 
 
+async def test_healthz_tells_a_signed_out_probe_the_status_only(
+    client: httpx.AsyncClient, database: str, failed_job: int
+) -> None:
+    """Issue 22: a probe gets the verdict and its HTTP code, not the report (queue
+    counts, task and worker names); a signed-in admin still reads the report."""
+
+    async def probe_and_report() -> tuple[httpx.Response, httpx.Response]:
+        client.cookies.clear()
+        probe = await client.get("/healthz")
+        await sign_in(client, "alice", SECRET)
+        return probe, await client.get("/healthz")
+
+    unhealthy = await probe_and_report()  # no worker: unhealthy
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute("INSERT INTO procrastinate.procrastinate_workers DEFAULT VALUES")
+        try:
+            healthy = await probe_and_report()
+        finally:
+            await conn.execute("DELETE FROM procrastinate.procrastinate_workers")
+
+    assert unhealthy[0].status_code == 503
+    # With a worker: healthy or degraded (200), or unhealthy for what the module's other
+    # tests left (failures): the probe's code follows the verdict either way.
+    probe, report = healthy
+    assert probe.status_code == (503 if report.json()["status"] == "unhealthy" else 200)
+    for probe, report in (unhealthy, healthy):
+        assert probe.json() == {"status": report.json()["status"]}, probe.text
+        assert probe.status_code == report.status_code
+        assert len(probe.content) < 40 and "test:broken" not in probe.text
+        assert {"reasons", "workers"} <= set(report.json()), report.text
+        assert "test:broken" in report.text
+
+
 async def test_a_wrong_secret_is_refused_and_recorded(
     client: httpx.AsyncClient, database: str, failed_job: int
 ) -> None:

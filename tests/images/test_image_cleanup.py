@@ -26,6 +26,7 @@ from procqueue.images.orphans import find_orphans
 from procqueue.images.schema import attach_image_trigger_sql
 from procqueue.images.urls import DeliveryConfig
 from procqueue.migrate import migrate
+from procqueue.queue.jobs import add_job
 from procqueue.settings import SchemaConfig
 from tests.conftest import make_settings
 from tests.support.cloudinary_server import (
@@ -637,3 +638,70 @@ async def test_an_api_user_cannot_have_an_asset_outside_the_marketplace_folders_
     assert not cloud.stored(own)
     assert cloud.calls_for([avatar]) == []
     assert [job["status"] for job in await cleanup_jobs(db, since)] == ["succeeded"]
+
+
+async def test_a_row_losing_50000_image_urls_enqueues_jobs_of_at_most_100_urls(
+    app: ProcqueueApp,
+    db: psycopg.AsyncConnection[Any],
+    cloud: CloudinaryServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 22: an API user's listing with 50,000 image URLs, deleted, gave one job
+    of 50,000 URLs (one reference check and one pass over them all). Now: jobs of at
+    most 100 URLs, every URL in one of them, each job's check and deletes bounded."""
+    spam = [f"avatars/spam{uuid.uuid4().hex[:6]}/p{n:05}" for n in range(49_998)]
+    own = fresh("own_1", "own_2")
+    cloud.store(*own, *spam[:3])
+    urls = [url(public_id) for public_id in [*own, *spam]]
+    since = await last_job_id(db)
+    async with db.transaction():
+        await act_as_api_user(db, "authenticated", SELLER_ID, local=True)
+        cursor = await db.execute(
+            "INSERT INTO listings (user_id, title, main_image_url, additional_image_urls) "
+            "VALUES (%s, 'many', %s, %s) RETURNING id",
+            [SELLER_ID, urls[0], urls],
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+    started = time.monotonic()
+    async with db.transaction():
+        await act_as_api_user(db, "authenticated", SELLER_ID, local=True)
+        await db.execute("DELETE FROM listings WHERE id = %s", [row[0]])
+    delete_seconds = time.monotonic() - started
+
+    jobs = await cleanup_jobs(db, since)
+    sizes = [len(job["args"]["urls"]) for job in jobs]
+    assert max(sizes) <= 100 and len(jobs) == 500, (len(jobs), max(sizes))
+    assert sorted(u for job in jobs for u in job["args"]["urls"]) == sorted(urls)
+    assert delete_seconds < 5, delete_seconds  # the user's write stays cheap
+
+    caplog.set_level(logging.WARNING, logger="procqueue.images.task")
+    await drain(app, concurrency=10, **IMAGES)
+    assert {job["status"] for job in await cleanup_jobs(db, since)} == {"succeeded"}
+    kept = [r for r in caplog.records if "outside PROCQUEUE_CLOUDINARY_FOLDERS" in r.getMessage()]
+    assert len(kept) == len(jobs)  # one line a job, not one per URL
+    assert not cloud.stored(own[0]) and not cloud.stored(own[1])
+    assert all(cloud.stored(public_id) for public_id in spam[:3])  # outside the folders
+    assert [sorted(call.public_ids) for call in cloud.calls_for(own)] == [sorted(own)]
+
+
+async def test_a_cleanup_job_of_more_than_100_urls_is_split_into_bounded_jobs(
+    app: ProcqueueApp, db: psycopg.AsyncConnection[Any], cloud: CloudinaryServer
+) -> None:
+    """A job written by an older trigger (or by hand) with 250 URLs does no check of
+    its own: it enqueues jobs of at most 100, which do the work."""
+    ids = fresh(*(f"p{n:03}" for n in range(250)))
+    cloud.store(*ids)
+    urls = [url(public_id) for public_id in ids]
+    since = await last_job_id(db)
+    await add_job(db, CLEANUP.task_name, {"urls": [*urls, *urls[:10]], "entity": "listing"},
+                  CLEANUP.queue)  # fmt: skip
+    await settle(app, db, since)
+    [big, *parts] = await cleanup_jobs(db, since)
+    assert big["status"] == "succeeded" and len(big["args"]["urls"]) == 260
+    assert [len(job["args"]["urls"]) for job in parts] == [100, 100, 50]
+    assert [job["args"]["entity"] for job in parts] == ["listing"] * 3
+    assert [u for job in parts for u in job["args"]["urls"]] == urls
+    assert {job["status"] for job in parts} == {"succeeded"}
+    assert not any(cloud.stored(public_id) for public_id in ids)
+    assert max(len(call.public_ids) for call in cloud.calls_for(ids)) <= 100

@@ -94,6 +94,50 @@ REJECTED = [
     (f"{R}/image/upload/v1/" + "x" * 5000 + ".jpg", RejectionKind.MALFORMED),
 ]
 
+#: Public ids that, once percent-decoded, could name an asset other than the one their
+#: segments spell (issue 22: `listings%2F..%2Favatars/x.jpg` became a delete call for
+#: `listings/../avatars/x`, which passes a `listings` folder check).
+ESCAPING = [
+    f"{R}/image/upload/listings%2F..%2Favatars/x.jpg",
+    f"{R}/image/upload/v1/listings%2F..%2Favatars/x.jpg",
+    f"{R}/image/upload/w_100/v1/listings%2f..%2favatars/x.jpg",
+    "https://images.example.com/image/upload/v1/listings%2F..%2Favatars/x.jpg",
+    f"{R}/raw/upload/v1/listings%2F..%2Fdocs/a.pdf",
+    f"{R}/image/upload/v1/listings%2F%2E%2E%2Favatars%2Fx.jpg",
+    f"{R}/image/upload/v1/listings%2F.%2Fx.jpg",
+    f"{R}/image/upload/v1/listings%2F%2Fx.jpg",
+    f"{R}/image/upload/v1/%2Flistings/x.jpg",
+    f"{R}/image/upload/v1/listings/%20..%20/x.jpg",
+    f"{R}/image/upload/v1/listings/...jpg",  # "..", once the extension is taken off
+    f"{R}/image/upload/v1/listings/%EF%BC%8E%EF%BC%8E/x.jpg",  # fullwidth dots
+    f"{R}/image/upload/v1/listings%5C..%5Cavatars/x.jpg",
+    f"{R}/image/upload/v1/listings\\x.jpg",
+    f"{R}/image/upload/v1/listings%252F..%252Favatars/x.jpg",  # encoded twice
+    f"{R}/image/upload/v1/listings/x%00.jpg",
+    f"{R}/image/upload/v1/listings/x%0A.jpg",
+]
+
+
+@pytest.mark.parametrize("url", ESCAPING)
+def test_public_ids_that_could_name_another_asset_are_refused(url: str) -> None:
+    found = explain(url, CONFIG)
+    assert isinstance(found, Rejection), found
+    assert found.kind is RejectionKind.MALFORMED
+    assert "public id" in found.reason
+
+
+def test_a_refused_public_id_leaves_a_log_line_and_no_asset(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="procqueue.images.urls")
+    url = f"{R}/image/upload/v1/listings%2F..%2Favatars/x.jpg"
+    assert parse_delivery_url(url, CONFIG) is None
+    assert assets_of([url], CONFIG) == []
+    (line, _) = [record.getMessage() for record in caplog.records]
+    assert "malformed" in line and "relative segment" in line and "listings/../avatars" in line
+    # an encoded slash that stays inside its folders is one more folder level
+    assert explain(f"{R}/image/upload/v1/listings%2Fx.jpg", CONFIG) == image("listings/x")
+
 
 @pytest.mark.parametrize(("url", "expected"), PARSED)
 def test_delivery_urls_give_their_asset(url: str, expected: Asset) -> None:

@@ -6,24 +6,39 @@ document holds")."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from procqueue.engine.app import ProcqueueApp
-from procqueue.entities import DEFAULT_MAX_DOCUMENT_BYTES, LISTING, Entity
-from procqueue.errors import PermanentError
+from procqueue.entities import DEFAULT_MAX_DOCUMENT_BYTES, LISTING, Entity, load_entities
+from procqueue.errors import ConfigError, PermanentError
 from procqueue.features import Settings
 from procqueue.search.bulk import sync_chunk
 from procqueue.search.client import search_index
 from procqueue.search.document import Unindexable, document_from_row
 from procqueue.search.reindex import live_indexes, reindex_entity
 from procqueue.search.sync import entity_query, sync_entity
+from tests.conftest import make_settings
 from tests.support.history import run_cli
-from tests.support.worker import SELLER_ID, drain, indexed_documents
+from tests.support.repo import REPO_DIR
+from tests.support.supabase import act_as_api_user
+from tests.support.worker import (
+    SELLER_ID,
+    app_with,
+    drain,
+    eventually,
+    indexed_documents,
+    running_worker,
+    sink_circuit,
+)
 
 #: Larger than the default max_document_bytes, the description of a listing.
 HUGE = DEFAULT_MAX_DOCUMENT_BYTES + 1024
@@ -281,3 +296,185 @@ async def test_a_reindex_that_fails_for_good_leaves_no_index_registered(
     assert targets == (0,)
     assert await live_indexes(search, LISTING) == before
     assert sorted(await search.client.indices.get(index=pattern)) == made_before
+
+
+def cloudinary_urls(count: int, tag: str) -> list[str]:
+    """`count` delivery URLs of assets in a folder cleanup may delete from."""
+    return [
+        f"https://res.cloudinary.com/demo/image/upload/listings/{tag}/p{n:05}.jpg"
+        for n in range(count)
+    ]
+
+
+async def write_as_api_user(database: str, title: str, **values: Any) -> str:
+    """One listing INSERT of its own transaction, as Supabase's `authenticated` role."""
+    columns = ", ".join(["user_id", "title", *values])
+    placeholders = ", ".join(["%s"] * (2 + len(values)))
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        await act_as_api_user(conn, "authenticated", SELLER_ID)
+        cursor = await conn.execute(
+            f"INSERT INTO listings ({columns}) VALUES ({placeholders}) RETURNING id::text",
+            [SELLER_ID, title, *values.values()],
+        )
+        row = await cursor.fetchone()
+        await conn.commit()
+    assert row is not None
+    return str(row[0])
+
+
+async def settled_jobs(db: psycopg.AsyncConnection[Any], ids: list[str]) -> list[str]:
+    """The statuses of the row jobs of these ids, once none waits or runs (else [])."""
+    cursor = await db.execute(
+        "SELECT status::text FROM procrastinate.procrastinate_jobs "
+        "WHERE task_name LIKE 'listing:%%' AND args ->> 'id' = ANY(%s)",
+        [ids],
+    )
+    statuses = [row[0] for row in await cursor.fetchall()]
+    return [] if {"todo", "doing"} & set(statuses) else statuses
+
+
+async def test_a_row_of_50000_image_urls_or_2_mb_of_text_holds_up_no_other_row(
+    db: psycopg.AsyncConnection[Any],
+    database: str,
+    es_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 22: a listing an API user wrote with 50,000 image URLs took 14 s to
+    index in the ES-API server (over the 10 s timeout: the circuit opened, and every
+    other row waited). Bounded before it is sent, it is indexed with its first
+    `max_array_length` URLs (the default); with `max_document_bytes = 1_000_000` in
+    the entities file, a 2 MB description fails its own row with the reason; the
+    rows written at the same time are visible within a few seconds; no circuit opens."""
+    example = (REPO_DIR / "examples" / "entities.toml").read_text(encoding="utf-8")
+    entities_file = tmp_path / "entities.toml"
+    entities_file.write_text(
+        example.replace('name = "listing"\n', 'name = "listing"\nmax_document_bytes = 1_000_000\n'),
+        encoding="utf-8",
+    )
+    caplog.set_level(logging.WARNING, logger="procqueue.search.document")
+    urls = cloudinary_urls(50_000, uuid.uuid4().hex[:8])
+    settings = make_settings(database, es_url, entities_file=entities_file)
+    async with app_with(settings) as app, running_worker(app):
+        listing = app.services.entities.get("listing")
+        assert (listing.max_document_bytes, listing.max_array_length) == (1_000_000, 1000)
+        many = await write_as_api_user(
+            database, "many images", main_image_url=urls[0], additional_image_urls=urls
+        )
+        long = await write_as_api_user(database, "long text", description="d" * 2_000_000)
+        started = time.monotonic()
+        neighbours = [await write_as_api_user(database, f"neighbour {n}") for n in range(20)]
+
+        async def neighbours_indexed() -> bool:
+            documents = await indexed_documents(app, LISTING)
+            return all(listing_id in documents for listing_id in neighbours)
+
+        await eventually(neighbours_indexed, timeout=5)
+        visible_after = time.monotonic() - started
+
+        async def hostile_settled() -> bool:
+            return bool(await settled_jobs(db, [many, long]))
+
+        await eventually(hostile_settled, timeout=10)
+        documents = await indexed_documents(app, LISTING)
+    assert visible_after < 5
+    assert await sink_circuit(database, "elasticsearch") is None  # it never opened
+
+    assert documents[many]["additional_image_urls"] == urls[:1000]
+    assert documents[many]["main_image_url"] == urls[0]
+    trimmed = [r.getMessage() for r in caplog.records if many in r.getMessage()]
+    assert any(
+        "additional_image_urls holds 50000 elements: the first 1000 are indexed "
+        "(max_array_length" in line
+        for line in trimmed
+    ), trimmed
+    assert await failed_jobs(db, [many]) == []
+
+    assert long not in documents
+    [(task, reason)] = await failed_jobs(db, [long])
+    assert task == "listing:create"
+    assert f"listing {long}: its search document (about 2000" in reason
+    assert "over the limit of 1000000 bytes (max_document_bytes)" in reason
+
+
+ARRAYS = Entity(
+    name="arrays", table="public.hostile_arrays", index="hostile_arrays",
+    fields={"id": "keyword", "tags": "keyword", "scores": "double", "seen": "date",
+            "grid": "integer", "doc": "keyword", "raw": "long"},
+    max_array_length=3,
+)  # fmt: skip
+
+
+async def test_every_kind_of_array_is_cut_to_max_array_length_in_sql(
+    app: ProcqueueApp,
+    db: psycopg.AsyncConnection[Any],
+    database: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Postgres arrays of any type and dimension, odd bounds, json and jsonb arrays:
+    each keeps its first `max_array_length` elements (of a number or date array,
+    each element still by its type's rule), through a bulk chunk's read and write."""
+    caplog.set_level(logging.WARNING, logger="procqueue.search.document")
+    await db.execute(
+        "CREATE TABLE public.hostile_arrays (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), "
+        "tags text[], scores float8[], seen timestamptz[], grid int[], doc jsonb, raw json)"
+    )
+    cursor = await db.execute(
+        "INSERT INTO hostile_arrays (tags, scores, seen, grid, doc, raw) VALUES "
+        "('{a,b,c,d,e}', '{1.5,NaN,Infinity,4,5}', "
+        " '{2024-01-01 00:00+00,infinity,2024-01-03 00:00+00,2024-01-04 00:00+00}', "
+        ' \'{{1,2},{3,4},{5,6}}\', \'["a", "b", "c", "d"]\', \'[1, 2, 3, 4]\'), '
+        "('[0:2]={p,q,r}', '{}', NULL, '{7}', '\"solo\"', '[]') RETURNING id::text"
+    )
+    [cut, kept] = [row[0] for row in await cursor.fetchall()]
+    search = search_index(app.services)
+    try:
+        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+            result = await sync_chunk(conn, search, ARRAYS, [cut, kept])
+        assert (result.indexed, result.failures) == (2, [])
+        documents = await indexed_documents(app, ARRAYS)
+    finally:
+        await db.execute("DROP TABLE public.hostile_arrays")
+    first = documents[cut]
+    assert (first["tags"], first["scores"], first["doc"], first["raw"], first["grid"]) == (
+        ["a", "b", "c"], [1.5, None, None], ["a", "b", "c"], [1, 2, 3], [[1, 2]]
+    )  # fmt: skip
+    assert [value is None for value in first["seen"]] == [False, True, False]
+    assert {key: documents[kept][key] for key in ("tags", "scores", "seen", "grid", "doc")} == {
+        "tags": ["p", "q", "r"], "scores": [], "seen": None, "grid": [7], "doc": "solo"
+    }  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if cut in r.getMessage()]
+    for column, elements in [("tags", 5), ("scores", 5), ("seen", 4), ("grid", 6),
+                             ("doc", 4), ("raw", 4)]:  # fmt: skip
+        assert any(f"{column} holds {elements} elements: the first 3" in line for line in lines)
+    assert not any(kept in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("max_array_length = 20\nmax_document_bytes = 50_000", (20, 50_000)),
+        ("", (1000, 4 * 1024 * 1024)),
+        ("max_array_length = 0", "max_array_length must be between 1 and 1000000"),
+        ('max_array_length = "many"', "max_array_length must be a whole number of elements"),
+        (
+            "max_array_lenght = 5",
+            "unknown key 'max_array_lenght': did you mean 'max_array_length'?",
+        ),
+    ],
+)
+def test_the_bounds_are_set_per_entity_in_the_entities_file(
+    tmp_path: Path, line: str, expected: tuple[int, int] | str
+) -> None:
+    config = tmp_path / "entities.toml"
+    config.write_text(
+        f'[[entity]]\nname = "listing"\ntable = "public.listings"\nindex = "listings"\n{line}\n'
+        '[entity.fields]\nid = "keyword"\n',
+        encoding="utf-8",
+    )
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            load_entities(config)
+    else:
+        [entity] = load_entities(config)
+        assert (entity.max_array_length, entity.max_document_bytes) == expected

@@ -22,10 +22,12 @@ from typing import IO, Any
 import psycopg
 
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE
+from tests.support.bulk_rejecting_proxy import BulkRejectingProxy
 from tests.support.cluster import ThrowawayCluster
+from tests.support.pg_proxy import AnswerLosingProxy
 from tests.support.proxy import TcpProxy
 from tests.support.repo import REPO_DIR
-from tests.support.supabase import as_role
+from tests.support.supabase import act_as_api_user, as_role
 from tests.support.worker import eventually, sink_circuit
 
 #: The least-privilege role of sql/roles/worker_role.sql: the workers log in as it,
@@ -42,6 +44,11 @@ KEPT_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
 #: SQLSTATEs of a connection the server ended: admin_shutdown (pg_terminate_backend),
 #: crash_shutdown (an immediate stop), cannot_connect_now (starting or stopping).
 CONNECTION_ENDED = {"57P01", "57P02", "57P03"}
+#: Image URLs of the hostile listing an API user writes.
+HOSTILE_URLS = 50_000
+#: What the workers' fetch and micro-batch claim statements carry on the wire.
+FETCH_MARKER = b"procrastinate_fetch_job_v2"
+CLAIM_MARKER = b"jsonb_typeof(jobs.args -> "
 
 
 def is_connection_loss(error: BaseException, conn: psycopg.AsyncConnection[Any] | None) -> bool:
@@ -392,6 +399,11 @@ class WorkerFleet:
         worker.process.send_signal(signal.SIGKILL)
         await worker.process.wait()
 
+    def terminate(self, worker: WorkerProcess) -> None:
+        """SIGTERM: the worker stops by itself (not counted as exiting by itself)."""
+        worker.killed = True
+        worker.process.send_signal(signal.SIGTERM)
+
     def alive(self) -> list[WorkerProcess]:
         return [worker for worker in self.workers if worker.process.returncode is None]
 
@@ -442,7 +454,7 @@ def log_lines(worker: WorkerProcess, *, limit: int = 12) -> list[str]:
     return [line[:240] for line in wanted[-limit:]]
 
 
-POSTPONED = re.compile(r"middleware: job \d+ \(\S+\) attempt \d+ postponed")
+POSTPONED = re.compile(r"outcomes: job \d+ \(\S+\) attempt \d+ postponed")
 
 
 def postponements(workers: list[WorkerProcess]) -> int:
@@ -466,10 +478,18 @@ class Faults:
     wrong while applying them (the test fails on it at the end)."""
 
     def __init__(
-        self, fleet: WorkerFleet, proxy: TcpProxy, cluster: ThrowawayCluster, owner_dsn: str
+        self,
+        fleet: WorkerFleet,
+        proxy: TcpProxy,
+        cluster: ThrowawayCluster,
+        owner_dsn: str,
+        database_proxy: AnswerLosingProxy,
+        bulk_proxy: BulkRejectingProxy,
     ) -> None:
         self.fleet = fleet
         self.proxy = proxy
+        self.database_proxy = database_proxy
+        self.bulk_proxy = bulk_proxy
         self.cluster = cluster
         self.owner_dsn = owner_dsn
         self.superuser_dsn = as_role(owner_dsn, "postgres")
@@ -521,6 +541,85 @@ class Faults:
         await asyncio.sleep(max(0.0, started + seconds - time.monotonic()))  # the outage
         await self.proxy.come_back()
         self._record("ES-API outage", started, detail)
+
+    async def hostile_rows(self, seller: str) -> None:
+        """An API user (`authenticated`, as PostgREST connects) writes a listing with
+        50,000 image URLs and one with 2 MB of description: each is bounded before it
+        is sent (its array trimmed; the document is under the size limit) and holds up
+        no other row's sync."""
+        started = time.monotonic()
+        urls = [f"https://example.com/hostile/{n}.jpg" for n in range(HOSTILE_URLS)]
+        async with await psycopg.AsyncConnection.connect(self.owner_dsn) as conn:
+            await act_as_api_user(conn, "authenticated", seller)
+            for title, values in (
+                ("50,000 image URLs", {"additional_image_urls": urls}),
+                ("2 MB of description", {"description": "ü" * 1_000_000}),
+            ):
+                columns = ", ".join(["user_id", "title", *values])
+                await conn.execute(
+                    f"INSERT INTO listings ({columns}) VALUES (%s, %s, %s)",
+                    [seller, title, *values.values()],
+                )
+            await conn.commit()
+        self._record("hostile rows", started, f"{HOSTILE_URLS} image URLs; 2 MB of text")
+
+    async def search_pressure(self, seconds: float) -> None:
+        """For `seconds`, every `_bulk` is answered as a cluster under pressure does:
+        200, each item refused with 429 es_rejected_execution_exception."""
+        started = time.monotonic()
+        refused_before = self.bulk_proxy.rejected_items
+        self.bulk_proxy.reject(429, "es_rejected_execution_exception")
+        try:
+            await asyncio.sleep(seconds)  # the pressure itself
+        finally:
+            self.bulk_proxy.stop_rejecting()
+        refused = self.bulk_proxy.rejected_items - refused_before
+        self._record("ES-API item 429s", started, f"{seconds:g} s, {refused} items refused")
+
+    async def lose_claim_answers(self, times: int) -> None:
+        """The next `times` fetches and `times` micro-batch claims of the workers commit
+        and their answers are lost (the proxy between the workers and Postgres cuts the
+        connection after the commit): their jobs are `doing` under live workers that
+        never saw them."""
+        started = time.monotonic()
+        lost_before = self.database_proxy.lost
+        for marker in (FETCH_MARKER, CLAIM_MARKER):
+            self.database_proxy.lose_answers_to(marker, times)
+            with contextlib.suppress(AssertionError):  # recorded below either way
+
+                async def lost() -> bool:
+                    return not self.database_proxy.armed
+
+                await eventually(lost, timeout=10, interval=0.1)
+        lost_now = self.database_proxy.lost - lost_before
+        self._record("lost claim answers", started, f"{lost_now} of {2 * times} answers lost")
+
+    async def stop_postgres_and_a_worker(self, downtime: float) -> None:
+        """Postgres stops (`-m immediate`); while it is down a busy worker is asked to
+        stop (SIGTERM), and must exit within PROCQUEUE_SHUTDOWN_TIMEOUT (30 s) + 10 s;
+        Postgres starts again and a new worker replaces the stopped one."""
+        victim = self.fleet.alive()[0]
+        started = time.monotonic()
+        await asyncio.to_thread(self.cluster.down)
+        try:
+            self.fleet.terminate(victim)
+            await asyncio.sleep(downtime)  # the outage itself
+        finally:
+            await asyncio.to_thread(self.cluster.up)
+        try:
+            code = await asyncio.wait_for(victim.process.wait(), timeout=40)
+        except TimeoutError:
+            self.problems.append(f"{victim.name} did not stop within 40 s of its SIGTERM")
+            code = None
+        if code not in (0, None):
+            self.problems.append(f"{victim.name} stopped with status {code}")
+        stopped_in = time.monotonic() - started
+        replacement = await self.fleet.start()
+        self._record(
+            "Postgres stop + SIGTERM", started,
+            f"down {downtime:g} s; {victim.name} stopped in {stopped_in:.1f} s (status {code}); "
+            f"{replacement.name} started",
+        )  # fmt: skip
 
     async def restart_postgres(self, downtime: float) -> None:
         started = time.monotonic()

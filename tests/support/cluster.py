@@ -89,8 +89,16 @@ class ThrowawayCluster:
         """Stop the server as a crash would (`-m immediate`: every connection cut, no
         checkpoint), keep it down `downtime` seconds, start it again (crash recovery);
         returns once it accepts connections."""
-        self._pg_ctl_stop("immediate")
+        self.down()
         time.sleep(downtime)  # the outage itself: nothing to await
+        self.up()
+
+    def down(self) -> None:
+        """Stop the server as a crash would; it stays down until `up()`."""
+        self._pg_ctl_stop("immediate")
+
+    def up(self) -> None:
+        """Start the server again (crash recovery); returns once it accepts connections."""
         self._start()
 
     def stop(self) -> None:

@@ -1,0 +1,99 @@
+"""A loopback TCP proxy between the worker and Postgres that loses the answer of a
+chosen statement once it committed: the statement reaches the server, its transaction
+commits, then the connection is cut before the answer reaches the client — "a claim
+whose answer was lost". The commit is read off the wire: the server's ReadyForQuery
+message with the status "idle" (no transaction open) after the statement was sent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+#: ReadyForQuery ('Z', length 5) with transaction status 'I': the statement's
+#: transaction is over (committed), the server waits for the next one.
+READY_AND_IDLE = b"Z\x00\x00\x00\x05I"
+
+
+class AnswerLosingProxy:
+    def __init__(self, dsn: str) -> None:
+        params = conninfo_to_dict(dsn)
+        self.dsn = dsn
+        self.target_host = str(params.get("host") or "127.0.0.1")
+        self.target_port = int(params.get("port") or 5432)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self._marker = b""
+        self._to_lose = 0
+        #: How many answers were lost so far.
+        self.lost = 0
+
+    @property
+    def armed(self) -> bool:
+        """Whether answers are still to be lost."""
+        return self._to_lose > 0
+
+    @property
+    def proxied_dsn(self) -> str:
+        """`dsn` through this proxy."""
+        return make_conninfo(self.dsn, host="127.0.0.1", port=str(self.port))
+
+    def lose_answers_to(self, marker: bytes, times: int = 1) -> None:
+        """The next `times` statements whose text contains `marker` run on the server,
+        and the connection that sent each is cut before its answer comes back."""
+        self._marker, self._to_lose = marker, times
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(
+                self.target_host, self.target_port
+            )
+        except OSError:
+            writer.close()
+            return
+        armed = asyncio.Event()
+
+        async def to_server() -> None:
+            while data := await reader.read(65536):
+                if self._to_lose and self._marker and self._marker in data:
+                    self._to_lose -= 1
+                    armed.set()
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def to_client() -> None:
+            while data := await up_reader.read(65536):
+                if armed.is_set() and READY_AND_IDLE in data:
+                    self.lost += 1
+                    return  # the answer goes nowhere: both sides are closed below
+                writer.write(data)
+                await writer.drain()
+
+        pumps = [asyncio.create_task(to_server()), asyncio.create_task(to_client())]
+        with contextlib.suppress(ConnectionError, OSError):
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for task in pumps:
+            task.cancel()
+        for side in (writer, up_writer):
+            side.close()
+
+
+@contextlib.asynccontextmanager
+async def answer_losing_proxy(dsn: str) -> AsyncIterator[AnswerLosingProxy]:
+    proxy = AnswerLosingProxy(dsn)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
