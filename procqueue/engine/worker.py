@@ -459,8 +459,8 @@ class Worker(procrastinate_worker.Worker):
 
     def stop_time_left(self) -> float | None:
         """Seconds until the stop's deadline once the worker is stopping, else None."""
-        if self._stop_deadline is None:
-            return None
+        if self._stop_deadline is None or math.isinf(self._stop_deadline):
+            return None  # not stopping, or no stop timeout set
         return self._stop_deadline - self._loop_time()
 
     @staticmethod
@@ -470,7 +470,9 @@ class Worker(procrastinate_worker.Worker):
     async def _wait_for_running_jobs(self, until: float) -> None:
         timeout = until - self._loop_time()
         if self._running_jobs and timeout > 0:
-            await asyncio.wait(list(self._running_jobs), timeout=timeout)
+            await asyncio.wait(
+                list(self._running_jobs), timeout=None if math.isinf(timeout) else timeout
+            )
 
     async def _unregister(self) -> None:
         if self.worker_id is None:
