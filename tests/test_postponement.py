@@ -27,6 +27,8 @@ from tests.support.worker import (
 )
 
 WAITING = 500
+#: The module's tests write one set of indexes: each compares them with the table.
+INDEX_PREFIX = f"t{uuid.uuid4().hex[:8]}_"
 
 
 @contextlib.contextmanager
@@ -67,7 +69,7 @@ async def test_an_outage_postpones_the_same_rows_and_none_reads_succeeded(
     table keeps 500 rows, none reads succeeded or spent an attempt, the dashboard
     says postponed and why; back up, the same rows succeed and the index converges."""
     await clear_queue(database)
-    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    prefix = INDEX_PREFIX
     with unreachable_url() as down_url:
         down = make_settings(database, down_url, index_prefix=prefix, circuit_max_wait=0.2)
         async with app_with(down) as app, running_worker(app):
@@ -115,7 +117,7 @@ async def test_a_postponement_is_not_counted_as_a_retry_and_keeps_coalescing(
     """The postponed row takes its queueing lock back: later writes of the same row
     coalesce into it; the events count no retry (health's retries stay true)."""
     await clear_queue(database)
-    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    prefix = INDEX_PREFIX
     with unreachable_url() as down_url:
         down = make_settings(database, down_url, index_prefix=prefix, circuit_max_wait=0.2)
         async with app_with(down) as app, running_worker(app):
