@@ -41,9 +41,8 @@ from procqueue.engine.schema import (
     version_key,
 )
 from procqueue.entities import Entity
-from procqueue.errors import NotMigrated, ProcqueueError
+from procqueue.errors import WORKER_ROLE_FILE, NotMigrated, ProcqueueError
 
-WORKER_ROLE_FILE = "sql/roles/worker_role.sql"
 RUN_MIGRATE = NotMigrated.ADVICE
 
 
