@@ -312,7 +312,7 @@ class Worker(procrastinate_worker.Worker):
     async def _process_job(self, context: JobContext) -> None:
         refusal = self._refusals.refusal(context.job, self.app.tasks.get(context.job.task_name))
         if isinstance(refusal, UnknownTask):
-            await self._leave_for_another_worker(context.job, refusal)
+            await self._leave_for_another_worker(context, refusal)
             return
         if refusal is not None:
             await self._fail_unrun(context, refusal)
@@ -353,7 +353,7 @@ class Worker(procrastinate_worker.Worker):
             self._running_jobs[task] = context
             task.add_done_callback(lambda done: self._running_jobs.pop(done, None))
 
-    async def _leave_for_another_worker(self, job: Job, refusal: UnknownTask) -> None:
+    async def _leave_for_another_worker(self, context: JobContext, refusal: UnknownTask) -> None:
         """A job of a task this worker does not have (a newer version's, during a rolling
         upgrade, or a typo) is not this worker's to fail: it goes back to waiting, no
         attempt spent, due again in UNKNOWN_TASK_WAIT, for a worker that has the task;
@@ -361,10 +361,9 @@ class Worker(procrastinate_worker.Worker):
         postponed = Postponed(
             datetime.now(UTC) + timedelta(seconds=UNKNOWN_TASK_WAIT), str(refusal)
         )
-        observe(job, "postponed", postponed.reason, 0.0)
-        await self._outcomes.save(job, Status.TODO, None, postponed)
-        assert job.id is not None
-        self._job_ids_to_abort.pop(job.id, None)
+        observe(context.job, "postponed", postponed.reason, 0.0)
+        result = JobResult(start_timestamp=time.time(), result=postponed)
+        await self._persist_job_status(context.job, Status.TODO, None, context, result)
 
     async def _fail_unrun(self, context: JobContext, error: Exception) -> None:
         """Fail `context.job` for good with `error` recorded, as the middleware would."""

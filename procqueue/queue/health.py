@@ -19,6 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from procqueue.engine.refusals import UnknownTask
 from procqueue.queue.queries import query
 
 #: The queue's own periodic tasks (procqueue/queue/maintenance.py) are named so.
@@ -154,7 +155,7 @@ async def read_snapshot(conn: psycopg.AsyncConnection[Any], config: HealthConfig
         workers = await _rows(conn, "health_workers", {"stalled_after": config.stalled_after})
         tables = await _rows(conn, "health_storage")
         circuits = await _rows(conn, "open_circuits")
-        unknown = await _rows(conn, "health_unknown_tasks")
+        unknown = await _rows(conn, "health_unknown_tasks", {"reason": UnknownTask.REASON})
     return Snapshot(
         queues=[QueueHealth(**row) for row in queues],
         tasks=[TaskHealth(**row) for row in tasks],

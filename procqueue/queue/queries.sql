@@ -187,6 +187,6 @@ SELECT j.task_name::text AS task_name, count(*) AS waiting,
        min(p.first_postponed_at) AS waiting_since
 FROM procqueue.job_postponements AS p
 JOIN procrastinate.procrastinate_jobs AS j ON j.id = p.job_id
-WHERE j.status = 'todo' AND p.attempts = j.attempts AND p.reason LIKE 'unknown task %%'
+WHERE j.status = 'todo' AND p.attempts = j.attempts AND starts_with(p.reason, %(reason)s)
 GROUP BY j.task_name
 ORDER BY waiting_since;
