@@ -8,8 +8,10 @@ read, one `_bulk`; the default: micro-batches, procqueue/search/batched.py).
     .venv/bin/python -m benchmarks.sync_throughput [--rows 20000] [--concurrency 10]
         [--sizes 1,50] [--noop]
 
-Target: drained rows/s / direct `_bulk` rows/s >= 0.8. `--noop` also drains as many
-no-op jobs (Procrastinate's own ceiling for one worker).
+Target: drained rows/s / direct `_bulk` rows/s >= 0.8. `--noop` also runs the no-op
+comparison at the same concurrency: 5,000 no-op jobs drained by procqueue's worker and
+by plain Procrastinate's, side by side on one database (benchmarks/noop_throughput.py,
+which runs it alone: `--concurrency 4,16` is issue 23's target).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from benchmarks import noop_throughput
 from benchmarks.common import (
     USER_ID,
     Environment,
@@ -41,6 +44,8 @@ from procqueue.search.document import document_from_row
 from procqueue.search.sync import entity_query
 
 DIRECT_CHUNK = 500
+#: No-op jobs per worker in the `--noop` comparison.
+NOOP_JOBS = 5_000
 
 
 async def seed(env: Environment, settings: Settings, rows: int) -> list[str]:
@@ -147,24 +152,6 @@ async def measure_size(
     )
 
 
-async def noop_ceiling(env: Environment, settings: Settings, rows: int) -> None:
-    app = build_app(settings)
-
-    @app.task(name="bench:noop", queue="bench")
-    async def noop(n: int) -> None:
-        return None
-
-    with psycopg.connect(env.dsn) as conn:
-        conn.execute(
-            "SELECT procqueue.add_job('bench:noop', jsonb_build_object('n', g), 'bench') "
-            "FROM generate_series(1, %s) AS g",
-            [rows],
-        )
-    async with app.open_async():
-        run = await drain_measured(env, app, settings.concurrency)
-    print(f"no-op jobs: {rows / run['wall']:.0f} jobs/s ({run['wall']:.1f} s)")
-
-
 async def run(rows: int, concurrency: int, sizes: list[int], noop: bool) -> None:
     with environment("throughput") as env:
         settings = env.settings(concurrency=concurrency, maintenance_tasks=False)
@@ -172,8 +159,8 @@ async def run(rows: int, concurrency: int, sizes: list[int], noop: bool) -> None
         print(f"{rows} listings seeded and indexed; every write below overwrites a document")
         for round_number, size in enumerate(sizes, start=1):
             await measure_size(env, settings, ids, size, round_number)
-        if noop:
-            await noop_ceiling(env, settings, rows)
+    if noop:
+        noop_throughput.run(NOOP_JOBS, [concurrency], rounds=1, warmup=500)
 
 
 def main() -> None:

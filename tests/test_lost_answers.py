@@ -16,7 +16,7 @@ from procqueue.entities import LISTING
 from procqueue.queue.maintenance import rescue_stalled_jobs
 from procqueue.search.reconcile import without_pending_sync
 from tests.conftest import make_settings
-from tests.support.pg_proxy import answer_losing_proxy
+from tests.support.pg_proxy import FETCH_MARKER, answer_losing_proxy
 from tests.support.worker import (
     app_with,
     clear_queue,
@@ -64,7 +64,7 @@ async def test_a_fetch_whose_answer_was_lost_is_released_by_its_live_worker(
                 return await last_worker(db) > before
 
             await eventually(started)
-            proxy.lose_answers_to(b"procrastinate_fetch_job_v2")
+            proxy.lose_answers_to(FETCH_MARKER)
             [listing_id] = await insert_listings(db, 1, "fetched, answer lost")
 
             async def synced() -> bool:

@@ -34,6 +34,7 @@ from typing import Any
 
 import procrastinate
 import procrastinate.worker
+import psycopg_pool
 import pytest
 from packaging.requirements import Requirement  # a dependency of Procrastinate's
 from procrastinate import job_context, middleware, schema, sql, testing
@@ -96,6 +97,8 @@ INHERITED: dict[str, dict[str, tuple[str, ...] | None]] = {
         "_new_job_event": None,
         "_stop_event": None,
         "_job_ids_to_abort": None,
+        # Private: the concurrency slots, taken by procqueue's fetch loop.
+        "_job_semaphore": None,
         # Private: side tasks and abort handling procqueue runs as they are.
         "_periodic_deferrer": (),
         "_poll_jobs_to_abort": (),
@@ -243,7 +246,7 @@ SQL_NAMES: frozenset[str] = frozenset(
 #: Procrastinate SQL functions procqueue calls, or whose rules its SQL mirrors:
 #: name -> sha256[:16] of the function's definition in Procrastinate's schema.
 SQL_FUNCTIONS: dict[str, str] = {
-    # claim_jobs_like takes jobs by its rules (queue/batch.py)
+    # fetch_jobs (engine/worker.py) and claim_jobs_like (queue/batch.py) take jobs by its rules
     "procrastinate_fetch_job_v2": "3e879f743df39d55",
     # finish_jobs calls it once per job (queue/finishing.py)
     "procrastinate_finish_job_v1": "6ad2989990c1c472",
@@ -864,6 +867,26 @@ async def test_worker_middleware_is_called_with_call_next_context_and_worker() -
     assert await composed() == ("wrapped", "ran")
     assert seen == [(context, worker)]
     assert "result" in inspect.signature(job_context.JobResult).parameters
+
+
+async def test_the_connector_asks_its_pool_to_check_connections_before_use() -> None:
+    """procqueue's pool (engine/connections.py FailFastPool) checks a connection before
+    handing it out with the `check` Procrastinate's connector passes to its
+    `pool_factory`: psycopg_pool's check_connection. Without it the worker's pool would
+    hand out the dead connections a restart leaves."""
+    received: dict[str, Any] = {}
+
+    def factory(**kwargs: Any) -> Any:
+        received.update(kwargs)
+        return object()
+
+    connector = procrastinate.PsycopgConnector(pool_factory=factory, conninfo="")
+    await connector._create_pool(connector._pool_args)
+    assert received.get("check") is psycopg_pool.AsyncConnectionPool.check_connection, (
+        f"Procrastinate {procrastinate.__version__} no longer passes check="
+        "AsyncConnectionPool.check_connection to its pool factory: FailFastPool must check "
+        f"connections itself (see {DOCS.name})"
+    )
 
 
 def test_log_actions_procqueue_filters_exist() -> None:

@@ -15,9 +15,11 @@ reached by schema-qualified names (procqueue/engine/qualified.py), never a `sear
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -213,12 +215,58 @@ async def check_reachable(dsn: str, kwargs: dict[str, Any]) -> None:
         raise refused
 
 
+#: A request replaces connections that fail their check at once, up to this many times
+#: the pool's size in a row (beyond: the database itself is in trouble; it waits).
+REPLACED_AT_ONCE = 2
+#: Seconds between further replacements once REPLACED_AT_ONCE is spent.
+REPLACE_WAIT = 1.0
+
+
 class FailFastPool(AsyncConnectionPool[Any]):
-    """A pool whose waiting `open` fails at once, saying why, when Postgres refuses
-    the first connection (a wrong password, no such database), instead of retrying
-    in the background until its timeout (30 s) and raising a bare PoolTimeout."""
+    """The worker's pool (Procrastinate's connector builds it).
+
+    - Its waiting `open` fails at once, saying why, when Postgres refuses the first
+      connection (a wrong password, no such database), instead of retrying in the
+      background until its timeout (30 s) and raising a bare PoolTimeout.
+    - A connection that fails the check before use (`check`: Procrastinate passes
+      psycopg_pool's `check_connection`) is closed and the next one is checked at
+      once. psycopg_pool itself waits 1 s, then 2 s, 4 s... after each failed check:
+      after a restart or a mass `pg_terminate_backend`, every idle connection of the
+      pool is dead, and each request met one stalled for seconds."""
+
+    def __init__(
+        self,
+        *args: Any,
+        check: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_before_use = check
 
     async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         if wait and self.closed and isinstance(self.conninfo, str) and not callable(self.kwargs):
             await check_reachable(self.conninfo, self.kwargs or {})
         await super().open(wait=wait, timeout=timeout)
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        failed = 0
+        while True:
+            conn: psycopg.AsyncConnection[Any] = await super().getconn(
+                max(deadline - time.monotonic(), 0.0)
+            )
+            if self._check_before_use is None:
+                return conn
+            try:
+                await self._check_before_use(conn)
+            except Exception:
+                await conn.close()  # the pool discards a closed connection
+                await self.putconn(conn)
+            except BaseException:
+                await self.putconn(conn)
+                raise
+            else:
+                return conn
+            failed += 1
+            if failed > REPLACED_AT_ONCE * self.max_size:
+                await asyncio.sleep(min(REPLACE_WAIT, max(deadline - time.monotonic(), 0.0)))

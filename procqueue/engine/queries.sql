@@ -82,3 +82,30 @@ WITH unheld AS MATERIALIZED (
           < now() - make_interval(secs => %(after)s)
 )
 SELECT unheld.id, procqueue.postpone_job(unheld.id, now(), %(reason)s) FROM unheld;
+
+-- fetch_jobs: up to %(limit)s ready jobs of these queues (every queue if NULL), now `doing` for this worker, in one statement (procqueue/engine/worker.py, one for each free slot); the rules of Procrastinate's procrastinate_fetch_job_v2, which takes one: a job whose lock has a running job, or a waiting one of higher priority or queued first, is not taken (so no two of one lock); highest priority, then oldest first; jobs another worker is taking are skipped. Run after walk_jobs_in_fetch_order (procqueue/queue/queries.sql) in the same transaction
+WITH candidate AS (
+    SELECT jobs.id
+    FROM procrastinate.procrastinate_jobs AS jobs
+    WHERE jobs.status = 'todo'
+      AND (%(queues)s::varchar[] IS NULL OR jobs.queue_name = ANY(%(queues)s::varchar[]))
+      AND (jobs.scheduled_at IS NULL OR jobs.scheduled_at <= now())
+      AND NOT EXISTS (
+          SELECT 1 FROM procrastinate.procrastinate_jobs AS other_jobs
+          WHERE jobs.lock IS NOT NULL
+            AND other_jobs.lock = jobs.lock
+            AND (other_jobs.status = 'doing'
+                 OR (other_jobs.status = 'todo'
+                     AND (other_jobs.priority > jobs.priority
+                          OR (other_jobs.priority = jobs.priority AND other_jobs.id < jobs.id))))
+      )
+    ORDER BY jobs.priority DESC, jobs.id ASC
+    LIMIT %(limit)s
+    FOR UPDATE OF jobs SKIP LOCKED
+)
+UPDATE procrastinate.procrastinate_jobs AS jobs
+SET status = 'doing', worker_id = %(worker_id)s
+FROM candidate
+WHERE jobs.id = candidate.id
+RETURNING jobs.id, jobs.status, jobs.task_name, jobs.priority, jobs.lock, jobs.queueing_lock,
+          jobs.args, jobs.scheduled_at, jobs.queue_name, jobs.attempts, jobs.worker_id;

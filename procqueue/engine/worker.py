@@ -26,6 +26,7 @@ from procrastinate import worker as procrastinate_worker
 from procrastinate.job_context import AbortReason, JobResult
 from procrastinate.jobs import Job, Status
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from procqueue.engine.connections import connect_async
 from procqueue.engine.outages import (
@@ -41,6 +42,7 @@ from procqueue.engine.saving import OutcomeSaver
 from procqueue.errors import ProcqueueError
 from procqueue.queue.batch import JOB_RUNNER
 from procqueue.queue.outcomes import Postponed, end_in_failure, observe
+from procqueue.queue.queries import query as queue_query
 
 if TYPE_CHECKING:
     from procqueue.engine.app import ProcqueueApp
@@ -166,8 +168,13 @@ class Worker(procrastinate_worker.Worker):
         """A fetch, a claim or an outcome met the database going away: a statement may
         have committed whose answer never came. The next heartbeat that gets through
         releases, once no answer can still be on its way, the jobs that carry this
-        worker's id but are not in its hands."""
+        worker's id but are not in its hands.
+
+        It also fetches again: a claim that failed may have been rolled back, and the
+        jobs it had locked (which a fetch meanwhile skipped) are waiting again, which
+        no NOTIFY announces."""
         self._answer_lost_at = self._loop_time()
+        self._new_job_event.set()
 
     async def _release_unheld_jobs(self, worker_id: int) -> None:
         lost_at, self._answer_lost_at = self._answer_lost_at, None
@@ -191,6 +198,9 @@ class Worker(procrastinate_worker.Worker):
             self._answer_lost_at = self._answer_lost_at or lost_at  # the next beat tries again
             raise
         if released:
+            # Due now, and no NOTIFY announces a job put back to waiting: fetch them
+            # (a worker that polls seldom would otherwise leave them until its poll).
+            self._new_job_event.set()
             logger.warning(
                 "worker %s released %d job(s) it had claimed but never received (the "
                 "database went away during the claim): %s",
@@ -289,7 +299,7 @@ class Worker(procrastinate_worker.Worker):
         backoff = Backoff()
         while True:
             try:
-                await super()._fetch_and_process_jobs()  # type: ignore[no-untyped-call]
+                await self._fetch_and_start_jobs()
                 return
             except Exception as error:
                 if worker_gone(error) and self.worker_id is not None:
@@ -308,6 +318,87 @@ class Worker(procrastinate_worker.Worker):
                 await procrastinate_utils.wait_any(asyncio.sleep(wait), self._stop_event.wait())
                 if self._stop_event.is_set():
                     return
+
+    async def _fetch_and_start_jobs(self) -> None:
+        """Procrastinate's fetch loop (while a slot is free, fetch and start a job; return
+        when none is ready or the worker stops), except that one statement fetches a job
+        for every slot free at that moment (`fetch_jobs`: procrastinate_fetch_job_v2's
+        rules, LIMIT n): a worker draining a backlog pays one round trip and one commit
+        per batch of jobs instead of per job, and jobs fetched together tend to end
+        together, whose outcomes are then saved together (queue/finishing.py)."""
+        slots = self._job_semaphore
+        while not self._stop_event.is_set():
+            acquiring = asyncio.create_task(slots.acquire())
+            taken, jobs = 0, []
+            try:
+                await procrastinate_utils.wait_any(acquiring, self._stop_event.wait())
+                if acquiring.done() and not acquiring.cancelled():
+                    taken = 1
+                if self._stop_event.is_set():
+                    break
+                while not slots.locked():  # the other free slots: taken without waiting
+                    await slots.acquire()
+                    taken += 1
+                # Cleared before the fetch, not after it as Procrastinate does: a job
+                # announced while the fetch runs (after its snapshot) fetches again.
+                self._new_job_event.clear()
+                jobs = await self._fetch_jobs(taken)
+            finally:
+                for _ in range(taken - len(jobs)):
+                    slots.release()
+            if not jobs:
+                break
+            for job in jobs:  # fetched: they run, even if the worker is stopping now
+                self._start_job(job, holds_slot=True)
+
+    async def _fetch_jobs(self, limit: int) -> list[Job]:
+        """Up to `limit` ready jobs, now `doing` for this worker, in fetch order.
+
+        The fetch is pipelined and its rows are read before the COMMIT is sent, as
+        Procrastinate's fetch does: a connection cut while the client holds the rows
+        rolls the claim back; only a cut during the COMMIT itself can leave jobs
+        claimed unseen (`answer_maybe_lost`), as with Procrastinate's."""
+        assert self.worker_id is not None
+        params = {
+            "queues": None if self.queues is None else list(self.queues),
+            "worker_id": self.worker_id,
+            "limit": limit,
+        }
+        async with self._procqueue.pool.connection() as conn:  # commits on the way out
+            async with conn.pipeline():
+                await conn.execute(queue_query("walk_jobs_in_fetch_order"))
+                cursor = conn.cursor(row_factory=dict_row)
+                await cursor.execute(query("fetch_jobs"), params)
+            rows = await cursor.fetchall()
+        jobs = [Job.from_row(row) for row in rows]
+        return sorted(jobs, key=lambda job: (-job.priority, job.id or 0))
+
+    def _start_job(self, job: Job, *, holds_slot: bool) -> None:
+        """Run `job` (already `doing` for this worker) as Procrastinate's fetch loop
+        does: a task of its own, with the context Procrastinate builds, seen by
+        heartbeats, aborts and shutdown; `holds_slot`: it took a concurrency slot,
+        given back when it ends."""
+        context = JobContext(
+            app=self.app, worker_name=self.worker_name, worker_queues=self.queues,
+            additional_context=dict(self.additional_context or {}), job=job,
+            abort_reason=functools.partial(self._job_ids_to_abort.get, job.id or 0),
+            start_timestamp=time.time(),
+        )  # fmt: skip
+        task = asyncio.create_task(
+            self._process_job(context), name=f"process job {job.task_name}[{job.id}]"
+        )
+        self._running_jobs[task] = context
+
+        def ended(done: asyncio.Task[Any]) -> None:
+            self._running_jobs.pop(done, None)
+            if holds_slot:
+                self._job_semaphore.release()
+            if job.lock is not None:
+                # A job of the same lock may be waiting for this one; no NOTIFY says it
+                # is free now (Procrastinate's worker leaves it to the next poll).
+                self._new_job_event.set()
+
+        task.add_done_callback(ended)
 
     async def _process_job(self, context: JobContext) -> None:
         refusal = self._refusals.refusal(context.job, self.app.tasks.get(context.job.task_name))
@@ -341,17 +432,7 @@ class Worker(procrastinate_worker.Worker):
         middleware, same saving of outcomes, seen by heartbeats, aborts, shutdown and
         re-registration; outside the concurrency limit, as they wait on their batch."""
         for job in jobs:
-            context = JobContext(
-                app=self.app, worker_name=self.worker_name, worker_queues=self.queues,
-                additional_context=dict(self.additional_context or {}), job=job,
-                abort_reason=functools.partial(self._job_ids_to_abort.get, job.id or 0),
-                start_timestamp=time.time(),
-            )  # fmt: skip
-            task = asyncio.create_task(
-                self._process_job(context), name=f"process job {job.task_name}[{job.id}]"
-            )
-            self._running_jobs[task] = context
-            task.add_done_callback(lambda done: self._running_jobs.pop(done, None))
+            self._start_job(job, holds_slot=False)
 
     async def _leave_for_another_worker(self, context: JobContext, refusal: UnknownTask) -> None:
         """A job of a task this worker does not have (a newer version's, during a rolling

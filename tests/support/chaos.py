@@ -24,7 +24,7 @@ import psycopg
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 from tests.support.bulk_rejecting_proxy import BulkRejectingProxy
 from tests.support.cluster import ThrowawayCluster
-from tests.support.pg_proxy import AnswerLosingProxy
+from tests.support.pg_proxy import FETCH_MARKER, AnswerLosingProxy
 from tests.support.proxy import TcpProxy
 from tests.support.repo import REPO_DIR
 from tests.support.supabase import act_as_api_user, as_role
@@ -46,8 +46,8 @@ KEPT_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
 CONNECTION_ENDED = {"57P01", "57P02", "57P03"}
 #: Image URLs of the hostile listing an API user writes.
 HOSTILE_URLS = 50_000
-#: What the workers' fetch and micro-batch claim statements carry on the wire.
-FETCH_MARKER = b"procrastinate_fetch_job_v2"
+#: What the workers' micro-batch claim statements carry on the wire (the fetch's:
+#: pg_proxy.FETCH_MARKER).
 CLAIM_MARKER = b"jsonb_typeof(jobs.args -> "
 
 

@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+#: What the worker's fetch statement carries on the wire (`fetch_jobs`,
+#: procqueue/engine/queries.sql).
+FETCH_MARKER = b"jobs.queue_name = ANY("
 #: ReadyForQuery ('Z', length 5) with transaction status 'I': the statement's
 #: transaction is over (committed), the server waits for the next one.
 READY_AND_IDLE = b"Z\x00\x00\x00\x05I"
