@@ -399,6 +399,10 @@ class Worker(procrastinate_worker.Worker):
         await self._outcomes.save(job, status, retry_decision, postponed)
         assert job.id is not None
         self._job_ids_to_abort.pop(job.id, None)
+        if job.lock is not None:
+            # A job waiting on this lock (an entity's next drain, a row's newer job)
+            # is ready now, and nothing NOTIFYs that: fetch.
+            self._new_job_event.set()
         due = postponed.run_at if postponed is not None else None
         if retry_decision is not None:
             due = retry_decision.retry_at
