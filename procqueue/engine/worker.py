@@ -93,6 +93,7 @@ class Worker(procrastinate_worker.Worker):
         self._registering = asyncio.Lock()
         self._stop_deadline: float | None = None
         self._answer_lost_at: float | None = None
+        self._woken = False  # `_wake` since the fetch round began (_fetch_through_outages)
         self._refusals = Refusals()
         self.additional_context = {**(self.additional_context or {}), JOB_RUNNER: self}
         self._outcomes = OutcomeSaver(
@@ -237,13 +238,20 @@ class Worker(procrastinate_worker.Worker):
         ) as conn:
             for channel in procrastinate_manager.get_channel_for_queues(self.queues):
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-            self._new_job_event.set()
+            self._wake()
             while True:
                 async for notify in conn.notifies(timeout=LISTEN_KEEPALIVE):
                     await self._handle_notification(
                         channel=notify.channel, notification=_payload(notify.payload)
                     )
                 await conn.execute("SELECT 1")  # a connection cut silently fails here
+
+    def _wake(self) -> None:
+        """Fetch now. Procrastinate's fetch loop clears its event when a fetch ends, so a
+        wake-up during a fetch (whose snapshot may predate what woke it) would be lost
+        until the next poll: `_woken` makes the loop fetch once more."""
+        self._woken = True
+        self._new_job_event.set()
 
     async def _handle_notification(self, *, channel: str, notification: Any) -> None:
         """A notification is a hint, never an order: anyone who can connect may NOTIFY
@@ -252,7 +260,7 @@ class Worker(procrastinate_worker.Worker):
         of its jobs the jobs table says to abort, and anything else is ignored."""
         kind = notification.get("type") if isinstance(notification, dict) else None
         if kind == "job_inserted":
-            self._new_job_event.set()
+            self._wake()
         elif kind == "abort_job_requested":
             try:
                 requested = await self.app.job_manager.list_jobs_to_abort_async()
@@ -289,7 +297,10 @@ class Worker(procrastinate_worker.Worker):
         backoff = Backoff()
         while True:
             try:
+                self._woken = False
                 await super()._fetch_and_process_jobs()  # type: ignore[no-untyped-call]
+                if self._woken and not self._stop_event.is_set():
+                    continue  # woken while a fetch was in flight: its snapshot is older
                 return
             except Exception as error:
                 if worker_gone(error) and self.worker_id is not None:
@@ -401,8 +412,8 @@ class Worker(procrastinate_worker.Worker):
         self._job_ids_to_abort.pop(job.id, None)
         if job.lock is not None:
             # A job waiting on this lock (an entity's next drain, a row's newer job)
-            # is ready now, and nothing NOTIFYs that: fetch.
-            self._new_job_event.set()
+            # is ready now, and nothing NOTIFYs that.
+            self._wake()
         due = postponed.run_at if postponed is not None else None
         if retry_decision is not None:
             due = retry_decision.retry_at
@@ -411,7 +422,7 @@ class Worker(procrastinate_worker.Worker):
             # next poll.
             due_in = (due - datetime.now(UTC)).total_seconds()
             if due_in < self.fetch_job_polling_interval:
-                asyncio.get_running_loop().call_later(max(due_in, 0.0), self._new_job_event.set)
+                asyncio.get_running_loop().call_later(max(due_in, 0.0), self._wake)
 
     # Stopping --------------------------------------------------------------
 
