@@ -3,18 +3,16 @@ rate of changes with random (exponential) gaps, against a direct client that
 commits the same change and then indexes the document itself, on the same
 servers in the same run.
 
-Queue path: a `procqueue worker` subprocess (concurrency 10, LISTEN/NOTIFY);
-latency = the job's `succeeded` event minus its `deferred` event (both stamped
-by Postgres; `deferred` is written in the user's transaction); printed with the
-part of it until the job was taken (its `started` event: NOTIFY, fetch or claim).
+Queue path: a `procqueue worker` subprocess (concurrency 10, LISTEN/NOTIFY). A
+single-row write is a change row in procqueue.sync_changes (docs/bulk.md, "The write
+path"), which a drain job deletes only after Elasticsearch answered its `_bulk`: so
+latency = the first look, after the writer's commit, that finds the row's change
+gone (a watcher looks every millisecond; each update is of a row of its own).
 Direct path: commit, then `index()` from the writer; latency measured around it.
 
-    .venv/bin/python -m benchmarks.sync_latency [--rate 100] [--seconds 20] [--sizes 1,100]
+    .venv/bin/python -m benchmarks.sync_latency [--rate 100] [--seconds 20]
 
-The queue path is measured once per PROCQUEUE_SYNC_BATCH_SIZE asked for (1: no
-micro-batches; the default), one after the other in the same run.
-
-Target: queue path p50 <= 8 ms, p99 <= 20 ms (batching must not cost latency).
+Target (issue 23, unchanged): queue path p50 <= 20 ms at 100 changes/s on an idle queue.
 """
 
 from __future__ import annotations
@@ -38,15 +36,7 @@ from procqueue.search.client import SearchIndex, make_client
 from procqueue.search.document import document_from_row
 from procqueue.search.sync import entity_query
 
-LATENCIES = """
-SELECT extract(epoch FROM done.at - made.at), extract(epoch FROM started.at - made.at)
-FROM procrastinate.procrastinate_jobs AS job
-JOIN procrastinate.procrastinate_events AS made ON made.job_id = job.id AND made.type = 'deferred'
-JOIN procrastinate.procrastinate_events AS started
-  ON started.job_id = job.id AND started.type = 'started'
-JOIN procrastinate.procrastinate_events AS done ON done.job_id = job.id AND done.type = 'succeeded'
-WHERE job.task_name LIKE 'listing:%%' AND job.id > %s
-"""
+WATCH_EVERY = 0.001
 
 
 async def seed(dsn: str, rows: int) -> list[str]:
@@ -73,8 +63,11 @@ async def until_worker_registered(dsn: str) -> None:
     raise RuntimeError("the worker did not start")
 
 
-async def steady_updates(dsn: str, ids: list[str], rate: float, seconds: float) -> int:
-    """Update a different row each time, with exponential gaps averaging 1/rate."""
+async def steady_updates(
+    dsn: str, ids: list[str], rate: float, seconds: float, committed: dict[str, float]
+) -> int:
+    """Update a different row each time, with exponential gaps averaging 1/rate;
+    each row's commit time goes into `committed`."""
     rng = random.Random(7)
     deadline = time.monotonic() + seconds
     made = 0
@@ -83,12 +76,35 @@ async def steady_updates(dsn: str, ids: list[str], rate: float, seconds: float) 
         while time.monotonic() < deadline:
             next_at += rng.expovariate(rate)
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            listing_id = ids[made % len(ids)]
             await conn.execute(
                 "UPDATE listings SET title = %s WHERE id = %s",
-                [f"queued {uuid.uuid4().hex[:8]}", ids[made % len(ids)]],
+                [f"queued {uuid.uuid4().hex[:8]}", listing_id],
             )
+            committed[listing_id] = time.perf_counter()
             made += 1
     return made
+
+
+async def watch_changes(
+    dsn: str, committed: dict[str, float], synced: dict[str, float], stop: asyncio.Event
+) -> None:
+    """Every WATCH_EVERY seconds, which committed rows' changes are gone (synced)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while not stop.is_set() or len(synced) < len(committed):
+            waiting = [i for i in committed if i not in synced]
+            if waiting:
+                looked = time.perf_counter()
+                cursor = await conn.execute(
+                    "SELECT entity_id FROM procqueue.sync_changes WHERE entity = 'listing'"
+                    " AND entity_id = ANY(%s)",
+                    [waiting],
+                )
+                present = {row[0] for row in await cursor.fetchall()}
+                for listing_id in waiting:
+                    if listing_id not in present and committed[listing_id] < looked:
+                        synced[listing_id] = time.perf_counter()
+            await asyncio.sleep(WATCH_EVERY)
 
 
 async def direct_updates(
@@ -125,40 +141,30 @@ async def direct_updates(
     return latencies
 
 
-async def max_job_id(dsn: str) -> int:
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        row = await (await conn.execute(
-            "SELECT coalesce(max(id), 0) FROM procrastinate.procrastinate_jobs"
-        )).fetchone()  # fmt: skip
-    return int(row[0]) if row else 0
-
-
 async def queue_path(
     dsn: str, worker_env: dict[str, str], ids: list[str], rate: float, seconds: float
-) -> tuple[list[float], list[float]]:
-    """Commit-to-indexed latencies of steady updates with a `procqueue worker` running,
-    and the part of each until its job was taken."""
-    since = await max_job_id(dsn)
+) -> list[float]:
+    """Commit-to-indexed latencies of steady updates with a `procqueue worker` running."""
     worker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "procqueue.cli", "worker", env=worker_env,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    committed: dict[str, float] = {}
+    synced: dict[str, float] = {}
+    stop = asyncio.Event()
     try:
         await until_worker_registered(dsn)
-        made = await steady_updates(dsn, ids, rate, seconds)
-        async with await psycopg.AsyncConnection.connect(dsn) as conn:
-            for _ in range(600):
-                queued = await (await conn.execute(LATENCIES, [since])).fetchall()
-                if len(queued) >= made:
-                    break
-                await asyncio.sleep(0.1)
+        watcher = asyncio.create_task(watch_changes(dsn, committed, synced, stop))
+        await steady_updates(dsn, ids, rate, seconds, committed)
+        stop.set()
+        await asyncio.wait_for(watcher, timeout=60)
     finally:
         worker.terminate()
         await worker.wait()
-    return [float(row[0]) for row in queued], [float(row[1]) for row in queued]
+    return [synced[i] - committed[i] for i in committed]
 
 
-async def run(rate: float, seconds: float, sizes: list[int]) -> None:
+async def run(rate: float, seconds: float) -> None:
     with environment("latency") as env:
         settings = env.settings(concurrency=10)
         ids = await seed(env.dsn, int(rate * seconds) + 100)
@@ -174,27 +180,16 @@ async def run(rate: float, seconds: float, sizes: list[int]) -> None:
             sys.executable, "-c", DRAIN, env=worker_env, stderr=subprocess.DEVNULL
         )
         await seeding.wait()
-        queued: list[tuple[int, tuple[list[float], list[float]]]] = [
-            (size, await queue_path(
-                env.dsn, {**worker_env, "PROCQUEUE_SYNC_BATCH_SIZE": str(size)}, ids, rate, seconds
-            ))
-            for size in sizes
-        ]  # fmt: skip
+        queued = await queue_path(env.dsn, worker_env, ids, rate, seconds)
         direct = await direct_updates(settings, ids, rate, seconds)
     print(f"rate {rate:g} changes/s for {seconds:g} s, random gaps")
-    for size, (latencies, until_taken) in queued:
-        print(
-            f"queue path, batch size {size:3}: {summary_ms(latencies)}  "
-            "(target p50 <= 8 ms, p99 <= 20 ms)"
-        )
-        print(f"  of which until the job was taken: {summary_ms(until_taken)}")
+    print(f"queue path: {summary_ms(queued)}  (target p50 <= 20 ms)")
     print(f"direct path: {summary_ms(direct)}")
-    for size, (queue_latencies, _) in queued:
-        ratios = []
-        for fraction in (0.5, 0.95, 0.99):
-            ratio = percentile(queue_latencies, fraction) / percentile(direct, fraction)
-            ratios.append(f"p{int(fraction * 100)} {ratio:.1f}")
-        print(f"ratio queue (batch size {size}) / direct: {', '.join(ratios)}")
+    ratios = []
+    for fraction in (0.5, 0.95, 0.99):
+        ratio = percentile(queued, fraction) / percentile(direct, fraction)
+        ratios.append(f"p{int(fraction * 100)} {ratio:.1f}")
+    print(f"ratio queue / direct: {', '.join(ratios)}")
 
 
 DRAIN = """
@@ -214,12 +209,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument(
-        "--sizes", default=f"1,{Settings.model_fields['sync_batch_size'].default}",
-        help="PROCQUEUE_SYNC_BATCH_SIZE of the worker, one measured run each, comma-separated",
-    )  # fmt: skip
     args = parser.parse_args()
-    asyncio.run(run(args.rate, args.seconds, [int(size) for size in args.sizes.split(",")]))
+    asyncio.run(run(args.rate, args.seconds))
 
 
 if __name__ == "__main__":

@@ -126,16 +126,17 @@ def test_triggers_enqueue_what_the_specs_say(market_database: str) -> None:
         ).fetchall()
         conn.execute("UPDATE listings SET main_image_url = NULL WHERE id = %s", [two])
         jobs = job_row(conn, since)
-    row_create, bulk, row_update = (
-        specs[f"market:{operation}"] for operation in ("create", "bulk", "update")
-    )
+        changes = conn.execute(
+            "SELECT entity, entity_id FROM procqueue.sync_changes ORDER BY entity_id"
+        ).fetchall()
+    drain, bulk = specs["market:drain"], specs["market:bulk"]
     assert jobs == [
-        (row_create.task_name, row_create.queue, row_create.lock(one)),
+        (drain.task_name, drain.queue, drain.task_name),  # one lock: one drain at a time
         (bulk.task_name, bulk.queue, None),
         (cleanup.task_name, cleanup.queue, None),  # row triggers fire before statement ones
-        (row_update.task_name, row_update.queue, row_update.lock(two)),
-    ]
-    assert row_create.queue == "market_sync" and bulk.lock_prefix is None
+    ]  # the update's change joined the waiting drain job
+    assert changes == sorted([("market", one), ("market", two)], key=lambda row: row[1])
+    assert drain.queue == "market_sync" and bulk.lock_prefix is None
 
 
 def test_notifications_enqueue_what_the_specs_say(database: str) -> None:

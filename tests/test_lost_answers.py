@@ -23,6 +23,7 @@ from tests.support.worker import (
     eventually,
     indexed_documents,
     insert_listings,
+    row_jobs_instead,
     running_worker,
     table_documents,
 )
@@ -85,7 +86,8 @@ async def test_a_claim_whose_answer_was_lost_is_released_and_every_row_converges
     """A micro-batch's claim commits 20 jobs for the worker and its answer is lost:
     the worker releases them and every row reaches the index; nothing stays doing."""
     await clear_queue(database)
-    await insert_listings(db, 21, "claimed, answer lost")
+    ids = await insert_listings(db, 21, "claimed, answer lost")
+    await row_jobs_instead(database, ids)  # row jobs: what micro-batches claim
     async with answer_losing_proxy(database) as proxy:
         settings = make_settings(proxy.proxied_dsn, es_url, **FAST_STALL)
         async with app_with(settings) as app:
@@ -115,6 +117,7 @@ async def test_a_job_running_past_its_timeout_is_rescued_under_a_live_worker(
     await clear_queue(database)
     settings = make_settings(database, es_url, job_timeout=1, **FAST_STALL)
     [listing_id] = await insert_listings(db, 1, "held by a worker that forgot it")
+    await row_jobs_instead(database, [listing_id])
     await db.execute(
         "WITH live AS (INSERT INTO procrastinate.procrastinate_workers (last_heartbeat)"
         " VALUES (now()) RETURNING id)"

@@ -177,6 +177,6 @@ def test_from_scratch_and_print_sql_build_the_same_triggers_from_the_same_settin
     triggers = "".join(from_scratch)
     assert (
         "'listing', 'id', 'sync', 'listing:update', 'listing:', 'listing:bulk', '7', '33', "
-        "'view_count'"
+        "'listing:drain', 'view_count'"
     ) in triggers
     assert "'42.000', 'main_image_url'" in triggers

@@ -268,7 +268,7 @@ def test_worker_one_shot_runs_the_waiting_jobs_then_exits(
         conn.execute("INSERT INTO listings (user_id, title) VALUES (%s, 'one shot')", [SELLER_ID])
         row = conn.execute(
             "SELECT max(id) FROM procrastinate.procrastinate_jobs "
-            "WHERE task_name = 'listing:create'"
+            "WHERE task_name = 'listing:drain'"
         ).fetchone()
         assert row is not None and row[0] is not None
         job_id = row[0]

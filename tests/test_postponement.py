@@ -4,10 +4,7 @@ is spent, and the reason reads where the dashboard shows jobs (migration 0018)."
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -16,12 +13,14 @@ from procqueue.dashboard.store import JobFilter, job_detail, job_page
 from procqueue.entities import LISTING
 from procqueue.queue.health import read_snapshot
 from tests.conftest import make_settings
+from tests.support.proxy import unreachable_url
 from tests.support.worker import (
     app_with,
     clear_queue,
     eventually,
     indexed_documents,
     insert_listings,
+    row_jobs_instead,
     running_worker,
     table_documents,
 )
@@ -29,15 +28,6 @@ from tests.support.worker import (
 WAITING = 500
 #: The module's tests write one set of indexes: each compares them with the table.
 INDEX_PREFIX = f"t{uuid.uuid4().hex[:8]}_"
-
-
-@contextlib.contextmanager
-def unreachable_url() -> Iterator[str]:
-    """An http URL on a loopback port held by a socket that never listens: every
-    connection is refused for as long as the block lasts (an Elasticsearch that is down)."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{held.getsockname()[1]}"
 
 
 async def listing_jobs(db: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
@@ -65,15 +55,18 @@ async def listing_jobs(db: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
 async def test_an_outage_postpones_the_same_rows_and_none_reads_succeeded(
     database: str, db: psycopg.AsyncConnection[Any], es_url: str
 ) -> None:
-    """500 waiting jobs, Elasticsearch down until each was postponed three times: the
-    table keeps 500 rows, none reads succeeded or spent an attempt, the dashboard
-    says postponed and why; back up, the same rows succeed and the index converges."""
+    """500 waiting row jobs (what a drain hands over, `verify --repair` makes),
+    Elasticsearch down until each was postponed three times: the table keeps 500 rows,
+    none reads succeeded or spent an attempt, the dashboard says postponed and why;
+    back up, the same rows succeed and the index converges. (A drain job postponed:
+    tests/search/test_drain.py.)"""
     await clear_queue(database)
     prefix = INDEX_PREFIX
+    ids = await insert_listings(db, WAITING, "written during the outage")
+    await row_jobs_instead(database, ids)
     with unreachable_url() as down_url:
         down = make_settings(database, down_url, index_prefix=prefix, circuit_max_wait=0.2)
         async with app_with(down) as app, running_worker(app):
-            await insert_listings(db, WAITING, "written during the outage")
 
             async def every_job_waited_three_probes() -> bool:
                 now = await listing_jobs(db)
@@ -114,8 +107,8 @@ async def test_an_outage_postpones_the_same_rows_and_none_reads_succeeded(
 async def test_a_postponement_is_not_counted_as_a_retry_and_keeps_coalescing(
     database: str, db: psycopg.AsyncConnection[Any], es_url: str
 ) -> None:
-    """The postponed row takes its queueing lock back: later writes of the same row
-    coalesce into it; the events count no retry (health's retries stay true)."""
+    """The postponed job (the entity's drain job) takes its queueing lock back: later
+    writes coalesce into it; the events count no retry (health's retries stay true)."""
     await clear_queue(database)
     prefix = INDEX_PREFIX
     with unreachable_url() as down_url:
@@ -142,8 +135,7 @@ async def test_a_postponement_is_not_counted_as_a_retry_and_keeps_coalescing(
             await db.execute(
                 "SELECT count(*) FROM procrastinate.procrastinate_events AS e"
                 " JOIN procrastinate.procrastinate_jobs AS j ON j.id = e.job_id"
-                " WHERE j.lock = %s AND e.type = 'deferred_for_retry'",
-                [f"listing:{listing_id}"],
+                " WHERE j.task_name LIKE 'listing:%' AND e.type = 'deferred_for_retry'"
             )
         ).fetchone()
         assert retries == (0,)

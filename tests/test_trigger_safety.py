@@ -37,13 +37,20 @@ async def test_api_user_can_write_own_listings_and_that_enqueues(
         )
         await conn.execute("UPDATE listings SET title = 'edited' WHERE id = %s", [listing_id])
         await conn.commit()
-    job = await (
+    change = await (
         await db.execute(
-            "SELECT task_name FROM procrastinate.procrastinate_jobs WHERE lock = %s",
-            [f"listing:{listing_id}"],
+            "SELECT entity, changes FROM procqueue.sync_changes WHERE entity_id = %s",
+            [listing_id],
         )
     ).fetchone()
-    assert job == ("listing:create",)
+    assert change == ("listing", 1)  # insert and update in one transaction: one change
+    drain = await (
+        await db.execute(
+            "SELECT count(*) FROM procrastinate.procrastinate_jobs"
+            " WHERE task_name = 'listing:drain' AND status = 'todo'"
+        )
+    ).fetchone()
+    assert drain == (1,)
 
 
 async def test_a_write_refused_by_row_level_security_enqueues_nothing(

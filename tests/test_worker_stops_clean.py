@@ -19,7 +19,20 @@ import pytest
 from tests.support.fcm_server import FcmState
 from tests.support.notifications import add_user, insert_notification
 from tests.support.worker import SELLER_ID, eventually
-from tests.test_operator_logs import finished_jobs, worker_env
+from tests.test_operator_logs import worker_env
+
+
+async def synced(database: str, listing_id: str) -> bool:
+    """The listing's change was taken by a drain job that succeeded."""
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cursor = await conn.execute(
+            "SELECT NOT EXISTS (SELECT FROM procqueue.sync_changes WHERE entity_id = %s)"
+            " AND EXISTS (SELECT FROM procrastinate.procrastinate_jobs"
+            "             WHERE task_name = 'listing:drain' AND status = 'succeeded')",
+            [listing_id],
+        )
+        row = await cursor.fetchone()
+    return bool(row and row[0])
 
 COMMANDS = {
     "procqueue": ["-m", "procqueue.cli", "worker"],
@@ -62,9 +75,7 @@ async def test_a_worker_stopped_after_its_jobs_used_the_clients_leaves_none_open
     notification = await insert_notification(db, user, "NEW_OFFER", listing_title="Masa", amount=1)
 
     async def both_done() -> bool:
-        return await finished_jobs(
-            database, "listing:create", listing
-        ) == 1 and await push_finished(database, notification)
+        return await synced(database, listing) and await push_finished(database, notification)
 
     env = worker_env(
         database,

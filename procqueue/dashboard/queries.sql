@@ -114,3 +114,7 @@ DELETE FROM procqueue.dashboard_sessions WHERE token_hash = %(token_hash)s;
 
 -- dashboard_sessions_prune: forget sessions older than the lifetime
 DELETE FROM procqueue.dashboard_sessions WHERE created_at <= now() - %(lifetime)s::interval;
+
+-- dashboard_waiting_changes: an entity's changes waiting for its drain job (procqueue.sync_changes, docs/bulk.md "The write path"), by the key in the entity filter
+SELECT c.entity, c.entity_id, c.changed_at, c.changes, c.claimed_by
+FROM procqueue.sync_changes AS c WHERE c.entity_id = %(key)s ORDER BY c.entity;

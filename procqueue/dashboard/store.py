@@ -164,6 +164,14 @@ async def names(conn: Connection, which: str) -> list[str]:
     return [row["name"] for row in found]
 
 
+async def waiting_changes(conn: Connection, filters: JobFilter) -> list[dict[str, Any]]:
+    """The changes of the filtered entity id that wait for a drain job (a change in
+    procqueue.sync_changes has no job of its own until it fails)."""
+    if not filters.entity:
+        return []
+    return await rows(conn, query("dashboard_waiting_changes"), {"key": filters.entity_id()})
+
+
 @dataclass(frozen=True)
 class JobDetail:
     job: dict[str, Any]

@@ -356,12 +356,14 @@ class Dashboard:
             )
             tasks = await store.names(conn, "task")
             queues = await store.names(conn, "queue")
+            changes = await store.waiting_changes(conn, filters)
         base = {key: value for key, value in filters.query().items() if value}
         return self.render(
             request,
             "jobs.html",
             user,
             page=found,
+            changes=changes,
             filters=filters,
             statuses=store.STATUSES,
             tasks=tasks,

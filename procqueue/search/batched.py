@@ -112,6 +112,18 @@ async def sync_rows(
     concerns them all (Elasticsearch down, the table unreadable) is raised."""
     if len(ids) == 1:
         return {ids[0]: await sync_entity(pool, search, entity, ids[0], patience)}
+    return await sync_many(pool, search, entity, ids, patience)
+
+
+async def sync_many(
+    pool: AsyncConnectionPool[Any],
+    search: SearchIndex,
+    entity: Entity,
+    ids: Sequence[str],
+    patience: float = 10.0,
+) -> dict[str, Any]:
+    """`sync_rows` with one read and one `_bulk` however few the ids: an error of one
+    row is its outcome, never raised."""
     await search.ensure_index(entity)
     await search.wait_for_room([search.alias(entity)])  # before any lock is taken
     outcomes: dict[str, Any] = {}

@@ -1,6 +1,8 @@
-"""The search slice's jobs: `<entity>:create|update|delete` for one row, locked on
-`<entity>:<id>`, `<entity>:bulk` for a chunk of ids, never locked, and
-`<entity>:truncate` after a TRUNCATE, coalesced on its task name."""
+"""The search slice's jobs: `<entity>:drain` for the entity's waiting changes
+(procqueue.sync_changes, procqueue/search/drain.py), one at a time (its lock: its
+task name); `<entity>:create|update|delete`
+for one row, locked on `<entity>:<id>`; `<entity>:bulk` for a chunk of ids, never
+locked; and `<entity>:truncate` after a TRUNCATE, coalesced on its task name."""
 
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ def row_job(entity: Entity, operation: str) -> JobSpec:
     )
 
 
+def drain_job(entity: Entity) -> JobSpec:
+    """The entity's drain: args {}; its task name is its lock."""
+    return JobSpec(f"{entity.name}:drain", entity.queue, sink=SINK)
+
+
 def bulk_job(entity: Entity) -> JobSpec:
     """A chunk of ids: args {"ids": [...]} (and "attempt" on a retry)."""
     return JobSpec(f"{entity.name}:bulk", entity.queue, sink=SINK, keys_arg="ids")
@@ -53,6 +60,7 @@ def job_specs(schema: SchemaConfig) -> list[JobSpec]:
         for entity in schema.entities
         for spec in (
             *(row_job(entity, op) for op in ROW_OPERATIONS.values()),
+            drain_job(entity),
             bulk_job(entity),
             truncate_job(entity),
         )

@@ -102,8 +102,9 @@ to_json(CASE WHEN abs({number}) < 1e-320 THEN 0 ELSE {number} END::float8)
 coalesce(CASE WHEN pg_column_size({column}) > 1024 THEN octet_length({column}::text)
               ELSE pg_column_size({column}) END, 0)
 
--- ids_without_pending_sync: which of these ids no waiting or running sync job covers
--- (a row job locked on it, or a bulk job carrying it): those the reconciliation repairs.
+-- ids_without_pending_sync: which of these ids no waiting change and no waiting or running
+-- sync job covers (a row job locked on it, or a bulk job carrying it): those the
+-- reconciliation repairs.
 -- A job running for more than %(overrun_after)s seconds covers nothing: no live worker
 -- holds one that long (procqueue/queue/maintenance.py takes it back)
 WITH trusted AS MATERIALIZED (
@@ -122,7 +123,9 @@ SELECT wanted.id FROM unnest(%(ids)s::text[]) AS wanted (id)
 WHERE NOT EXISTS (
     SELECT FROM trusted WHERE trusted.lock = %(lock_prefix)s || wanted.id
 )
-AND NOT EXISTS (SELECT FROM in_bulk WHERE in_bulk.id = wanted.id);
+AND NOT EXISTS (SELECT FROM in_bulk WHERE in_bulk.id = wanted.id)
+AND NOT EXISTS (SELECT FROM procqueue.sync_changes AS c
+                WHERE c.entity = %(entity)s AND c.entity_id = wanted.id);
 
 -- try_lock_entities: take the sync keys of many rows of one entity exclusively, without waiting: the ids whose key this transaction now holds
 SELECT wanted.id FROM unnest(%(ids)s::text[]) AS wanted (id)
@@ -134,3 +137,51 @@ CASE WHEN procqueue.search_array_length({column}) > {max_array_length}
 
 -- row_security_off: for the rest of this transaction, a read that row-level security would filter raises instead ("query would be affected by row-level security policy"): a row hidden from the worker must never read as deleted (procqueue/errors.py RowsHidden); transaction-local, so safe behind a transaction pooler
 SET LOCAL row_security = off;
+
+-- claim_changes: up to %(limit)s waiting changes of an entity for drain job %(job_id)s (its own from an earlier run, free ones, and those whose claim ran out), skipping rows a writer holds (its change is not committed yet), in key order; held until %(lease)s seconds from now
+UPDATE procqueue.sync_changes AS c
+SET claimed_by = %(job_id)s, claimed_until = now() + make_interval(secs => %(lease)s)
+FROM (SELECT s.entity, s.entity_id FROM procqueue.sync_changes AS s
+      WHERE s.entity = %(entity)s
+        AND (s.claimed_by IS NULL OR s.claimed_by = %(job_id)s OR s.claimed_until < now())
+      ORDER BY s.entity, s.entity_id
+      LIMIT %(limit)s
+      FOR UPDATE SKIP LOCKED) AS free
+WHERE c.entity = free.entity AND c.entity_id = free.entity_id
+RETURNING c.entity_id, c.changes;
+
+-- forget_changes: the synced changes of drain job %(job_id)s that no write came after (their count unchanged since the claim), skipping rows a writer holds
+DELETE FROM procqueue.sync_changes AS c
+USING (SELECT s.entity, s.entity_id FROM procqueue.sync_changes AS s
+       JOIN unnest(%(ids)s::text[], %(changes)s::integer[]) AS synced (entity_id, changes)
+         ON s.entity_id = synced.entity_id AND s.changes = synced.changes
+       WHERE s.entity = %(entity)s AND s.claimed_by = %(job_id)s
+       FOR UPDATE OF s SKIP LOCKED) AS done
+WHERE c.entity = done.entity AND c.entity_id = done.entity_id
+RETURNING c.entity_id;
+
+-- release_changes: drain job %(job_id)s gives back what it still holds (a write after its claim already freed those it touched), skipping rows a writer holds
+UPDATE procqueue.sync_changes AS c SET claimed_by = NULL, claimed_until = NULL
+FROM (SELECT s.entity, s.entity_id FROM procqueue.sync_changes AS s
+      WHERE s.entity = %(entity)s AND s.claimed_by = %(job_id)s
+      FOR UPDATE OF s SKIP LOCKED) AS held
+WHERE c.entity = held.entity AND c.entity_id = held.entity_id;
+
+-- try_lock_drain: take the entity's drain key exclusively without waiting: true once no writer that may have relied on a waiting drain job is still in its transaction (procqueue.sync_drain_key)
+SELECT pg_try_advisory_xact_lock(procqueue.sync_drain_key(%(entity)s)) AS quiet;
+
+-- changes_waiting: whether an entity has changes a drain could claim now
+SELECT EXISTS (SELECT FROM procqueue.sync_changes AS s
+               WHERE s.entity = %(entity)s AND (s.claimed_by IS NULL OR s.claimed_until < now())) AS waiting;
+
+-- drain_missing: whether an entity has changes a drain could claim now and no drain job (%(task)s, its lock) waiting or running to take them (the reconciliation then makes one)
+SELECT EXISTS (SELECT FROM procqueue.sync_changes AS s
+               WHERE s.entity = %(entity)s AND (s.claimed_by IS NULL OR s.claimed_until < now()))
+   AND NOT EXISTS (SELECT FROM procrastinate.procrastinate_jobs AS job
+                   WHERE job.lock = %(task)s AND job.status IN ('todo', 'doing')) AS missing;
+
+-- enqueue_drain: the entity's drain job (%(task)s: its task name and lock) on %(queue)s, unless one waits already (as the sync trigger makes it: no queueing lock, so no wait on another transaction's)
+INSERT INTO procrastinate.procrastinate_jobs (queue_name, task_name, lock, args)
+SELECT %(queue)s, %(task)s::text, %(task)s::text, '{}'
+WHERE NOT EXISTS (SELECT FROM procrastinate.procrastinate_jobs
+                  WHERE lock = %(task)s::text AND status = 'todo');

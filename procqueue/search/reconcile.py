@@ -30,6 +30,7 @@ from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import Entity
 from procqueue.errors import ConfigError
 from procqueue.search.client import SearchIndex, search_index, translate_errors
+from procqueue.search.drain import ensure_drain
 from procqueue.search.jobs import RECONCILE, job_specs, row_job
 from procqueue.search.queries import query
 from procqueue.search.settings import SearchSettings
@@ -45,6 +46,8 @@ class Reconciled:
     checked_rows: int = 0
     pass_ended: bool = False
     repaired: list[str] = field(default_factory=list)
+    #: Changes waited with no drain job to take them (its job failed or was cancelled).
+    drain_restarted: bool = False
 
 
 async def reconcile_entity(
@@ -53,6 +56,7 @@ async def reconcile_entity(
 ) -> Reconciled:  # fmt: skip
     """One step of the entity's pass; `conn` in autocommit mode."""
     result = Reconciled(entity.name)
+    result.drain_restarted = await ensure_drain(conn, entity)
     alias = search.alias(entity)
     with translate_errors(f"looking for {alias}"):
         if not await search.client.indices.exists_alias(name=alias):
@@ -95,6 +99,7 @@ async def without_pending_sync(
             "ids": ids,
             "tasks": [spec.task_name for spec in specs if spec.queue == entity.queue],
             "lock_prefix": row_job(entity, "update").lock_prefix,
+            "entity": entity.name,
             "overrun_after": overrun_after,
         },
     )

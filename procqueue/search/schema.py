@@ -8,7 +8,7 @@ from psycopg import sql
 
 from procqueue.entities import Entity
 from procqueue.feature import Step
-from procqueue.search.jobs import ROW_OPERATIONS, bulk_job, row_job, truncate_job
+from procqueue.search.jobs import ROW_OPERATIONS, bulk_job, drain_job, row_job, truncate_job
 from procqueue.settings import SchemaConfig
 
 DEFAULT_BULK_THRESHOLD = SchemaConfig.bulk_threshold
@@ -30,7 +30,8 @@ def trigger_arguments(
     assert row.lock_prefix is not None
     return [
         entity.name, entity.primary_key, row.queue, row.task_name, row.lock_prefix,
-        bulk.task_name, str(bulk_threshold), str(bulk_chunk_size), *entity.ignored_columns,
+        bulk.task_name, str(bulk_threshold), str(bulk_chunk_size), drain_job(entity).task_name,
+        *entity.ignored_columns,
     ]  # fmt: skip
 
 

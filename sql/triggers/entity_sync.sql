@@ -12,13 +12,22 @@
 --   TG_ARGV[5]  task name of the bulk job
 --   TG_ARGV[6]  bulk threshold: a statement changing more rows enqueues bulk jobs
 --   TG_ARGV[7]  bulk chunk size: ids per bulk job
---   TG_ARGV[8:] columns whose changes alone need no sync ('view_count', ...)
--- Up to the threshold: one row job per changed row, coalesced on its queueing
--- lock, after taking the row's sync key shared (at most `threshold` advisory
--- locks). Above it: bulk jobs with chunks of ids, no queueing lock and no advisory
--- lock (a bulk job is never coalesced, so it only becomes visible once this
--- transaction committed). Ids only, never row snapshots: the worker reads the
--- current rows. Re-applied by every migrate.
+--   TG_ARGV[8]  task name of the entity's drain job (also its lock)
+--   TG_ARGV[9:] columns whose changes alone need no sync ('view_count', ...)
+-- Up to the threshold (docs/bulk.md, "The write path"): one narrow row per changed
+-- key in procqueue.sync_changes, coalesced with a waiting one, and the entity's
+-- drain job only when none is waiting (an index read, no insert, no NOTIFY in the
+-- common case under load). The entity's drain key is held shared until commit, so
+-- the drain job this write relied on does not end before the change is visible.
+-- A change row that a drain has claimed counts one more change (`changes`), so the
+-- drain does not delete it after syncing an older read. Outside READ COMMITTED (a
+-- REPEATABLE READ or SERIALIZABLE writer would fail on a row or job changed after
+-- its snapshot) a row job per changed row, coalesced on its queueing lock after
+-- taking the row's sync key shared, as before the change table. Above the threshold:
+-- bulk jobs with chunks of ids, no queueing lock and no advisory lock (a bulk job is
+-- never coalesced, so it only becomes visible once this transaction committed). Ids
+-- only, never row snapshots: the worker reads the current rows. Re-applied by every
+-- migrate.
 CREATE OR REPLACE FUNCTION procqueue.enqueue_entity_sync()
     RETURNS trigger
     LANGUAGE plpgsql
@@ -42,9 +51,9 @@ BEGIN
         -- Changed rows: any column but the ignored ones differs. As JSON: one
         -- cached plan, cheap for the few rows of an ordinary statement.
         SELECT array_agg(coalesce(n.id, o.id)) INTO ids
-        FROM (SELECT d ->> key AS id, d - TG_ARGV[8:] AS d
+        FROM (SELECT d ->> key AS id, d - TG_ARGV[9:] AS d
               FROM (SELECT to_jsonb(r) AS d FROM procqueue_new AS r) AS x) AS n
-        FULL JOIN (SELECT d ->> key AS id, d - TG_ARGV[8:] AS d
+        FULL JOIN (SELECT d ->> key AS id, d - TG_ARGV[9:] AS d
                    FROM (SELECT to_jsonb(r) AS d FROM procqueue_old AS r) AS x) AS o
             ON n.id = o.id
         WHERE n.d IS DISTINCT FROM o.d;
@@ -65,7 +74,7 @@ BEGIN
         INTO differs
         FROM pg_attribute AS a
         WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped
-          AND a.attname <> ALL (TG_ARGV[8:]);
+          AND a.attname <> ALL (TG_ARGV[9:]);
         -- One full join pairs old and new rows by key; a row whose key itself
         -- changed pairs with nothing, and both its keys need a job. Without JIT:
         -- the planner cannot count a transition table's rows, its estimate makes
@@ -86,7 +95,25 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    IF cardinality(ids) <= threshold THEN
+    IF cardinality(ids) <= threshold
+       AND current_setting('transaction_isolation') = 'read committed' THEN
+        PERFORM pg_advisory_xact_lock_shared(procqueue.sync_drain_key(entity));
+        INSERT INTO procqueue.sync_changes AS c (entity, entity_id)
+        SELECT DISTINCT TG_ARGV[0], one.id FROM unnest(ids) AS one (id) WHERE one.id IS NOT NULL
+        ON CONFLICT ON CONSTRAINT sync_changes_pkey DO UPDATE
+            SET changes = c.changes + 1, claimed_by = NULL, claimed_until = NULL
+            WHERE c.claimed_by IS NOT NULL;
+        -- Under load a drain job waits: the write inserts no job and sends no NOTIFY.
+        -- The read's snapshot is newer than the key held above. No queueing lock: a
+        -- unique index would make this write wait for another writer's uncommitted
+        -- drain job, and two writers of two entities could deadlock on each other's;
+        -- two drain jobs made at once are harmless (one at a time, by their lock).
+        IF NOT EXISTS (SELECT FROM procrastinate.procrastinate_jobs
+                       WHERE lock = TG_ARGV[8] AND status = 'todo') THEN
+            INSERT INTO procrastinate.procrastinate_jobs (queue_name, task_name, lock, args)
+            VALUES (TG_ARGV[2], TG_ARGV[8], TG_ARGV[8], '{}');
+        END IF;
+    ELSIF cardinality(ids) <= threshold THEN
         -- Each row's key is taken before its job can be coalesced into a waiting one.
         WITH locked AS MATERIALIZED (
             SELECT one.id, pg_advisory_xact_lock_shared(procqueue.sync_lock_key(entity, one.id))

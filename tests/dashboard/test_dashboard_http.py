@@ -29,7 +29,7 @@ from tests.support.dashboard import (
     job_status,
     sign_in,
 )
-from tests.support.worker import drain
+from tests.support.worker import SELLER_ID, drain
 
 SECRET = "admin-secret-" + uuid.uuid4().hex
 ENTITY_ID = str(uuid.uuid4())
@@ -359,6 +359,38 @@ def _link(html: str, rel: str) -> str | None:
 
     found = re.search(rf'<a href="([^"]+)" rel="{rel}">', html)
     return found.group(1).replace("&amp;", "&") if found else None
+
+
+async def test_the_entity_filter_shows_a_change_waiting_for_its_drain_job(
+    admin: httpx.AsyncClient, database: str
+) -> None:
+    """A listing's write is a change row, not a job of its own (docs/bulk.md, "The
+    write path"): searching for the listing shows the change, and which drain has it."""
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO auth.users (id) VALUES (%s) ON CONFLICT DO NOTHING", [SELLER_ID]
+        )
+        row = await (
+            await conn.execute(
+                "INSERT INTO listings (user_id, title) VALUES (%s, 'waiting') RETURNING id",
+                [SELLER_ID],
+            )
+        ).fetchone()
+        assert row is not None
+        listing_id = str(row[0])
+        waiting = (await admin.get(f"/jobs?entity=listing:{listing_id}")).text
+        assert 'data-testid="waiting-change"' in waiting
+        assert "the entity's next drain job syncs it" in waiting
+        await conn.execute(
+            "UPDATE procqueue.sync_changes SET claimed_by = 4242 WHERE entity_id = %s",
+            [listing_id],
+        )
+        claimed = (await admin.get(f"/jobs?entity={listing_id}")).text
+        assert '<a href="/jobs/4242">#4242</a> is syncing it' in claimed
+        await conn.execute("DELETE FROM procqueue.sync_changes WHERE entity_id = %s", [listing_id])
+        assert 'data-testid="waiting-change"' not in (
+            await admin.get(f"/jobs?entity={listing_id}")
+        ).text
 
 
 async def test_local_only_needs_no_sign_in_but_still_csrf(

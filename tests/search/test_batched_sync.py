@@ -26,7 +26,7 @@ from procqueue.queue.batch import BatchSpec, claim_jobs_like
 from procqueue.queue.finishing import Finisher
 from procqueue.queue.queries import query
 from procqueue.search.client import search_index
-from procqueue.search.settings import SearchSettings
+from procqueue.search.jobs import drain_job
 from tests.conftest import make_settings
 from tests.support.proxy import TcpProxy
 from tests.support.worker import app_with as app_on
@@ -37,9 +37,11 @@ from tests.support.worker import (
     indexed_documents,
     insert_listings,
     job_counts,
+    row_jobs_instead,
     running_worker,
     strict_target_without_location,
     table_documents,
+    waiting_changes,
 )
 
 BURST = 120
@@ -72,6 +74,17 @@ async def add_row_jobs(database: str, task_name: str, ids: list[str]) -> None:
             )
 
 
+async def listings_with_row_jobs(
+    db: psycopg.AsyncConnection[Any], database: str, count: int, title: str
+) -> list[str]:
+    """`count` new listings, each with a `listing:create` row job instead of its change
+    (row jobs are what a row the drain could not sync, a REPEATABLE READ writer or
+    `verify --repair` make: the jobs micro-batches serve)."""
+    ids = await insert_listings(db, count, title)
+    await row_jobs_instead(database, ids, "listing:create")
+    return ids
+
+
 async def row_job_states(database: str, ids: list[str]) -> dict[str, tuple[str, int]]:
     """(status, attempts) of the row job of each listing id."""
     async with await psycopg.AsyncConnection.connect(database) as conn:
@@ -98,7 +111,7 @@ async def test_a_burst_is_written_in_fewer_bulk_requests_than_jobs(
     database: str, db: psycopg.AsyncConnection[Any], proxy: TcpProxy, batch_size: int
 ) -> None:
     await clear_queue(database)
-    ids = await insert_listings(db, BURST, f"burst {batch_size}")
+    ids = await listings_with_row_jobs(db, database, BURST, f"burst {batch_size}")
     async with app_with(database, proxy.url, sync_batch_size=batch_size) as app:
         await search_index(app.services).ensure_index(LISTING)
         before = proxy.count("/_bulk")
@@ -295,25 +308,33 @@ async def test_an_error_of_the_whole_batch_is_recorded_for_each_job_with_its_own
 async def test_idle_queue_runs_a_single_job_at_once(
     app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any]
 ) -> None:
-    """No waiting to fill a batch: with batching on and nothing else queued, each
-    single write is indexed about as soon as it commits (median well under a second;
-    the emulator alone can stall ~0.45 s while it saves its state)."""
+    """No waiting to fill a batch: with nothing else queued, each single write is
+    indexed about as soon as it commits (median well under a second; the emulator
+    alone can stall ~0.45 s while it saves its state): its drain job runs at once."""
     await clear_queue(database)
-    assert app.services.settings.section(SearchSettings).sync_batch_size > 1
     await search_index(app.services).ensure_index(LISTING)
     latencies = []
     async with running_worker(app, concurrency=10):
         await eventually(lambda: _worker_listening(database), timeout=10)
         for number in range(5):
-            [listing_id] = await insert_listings(db, 1, f"idle {number}")
+            await insert_listings(db, 1, f"idle {number}")
 
-            async def done(listing_id: str = listing_id) -> bool:
-                states = await row_job_states(database, [listing_id])
-                return states.get(listing_id, ("", 0))[0] == "succeeded"
+            async def done() -> bool:
+                return not await waiting_changes(db, LISTING) and await _drains_todo(db) == 0
 
             await eventually(done, timeout=10, interval=0.01)
-            latencies.append(await _commit_to_success(database, listing_id))
+            latencies.append(await _commit_to_success(database, drain_job(LISTING).task_name))
     assert statistics.median(latencies) < 0.3, latencies
+
+
+async def _drains_todo(db: psycopg.AsyncConnection[Any]) -> int:
+    cursor = await db.execute(
+        "SELECT count(*) FROM procrastinate.procrastinate_jobs"
+        " WHERE lock = %s AND status IN ('todo', 'doing')",
+        [drain_job(LISTING).task_name],
+    )
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 async def _worker_listening(database: str) -> bool:
@@ -326,17 +347,17 @@ async def _worker_listening(database: str) -> bool:
     return bool(row and row[0])
 
 
-async def _commit_to_success(database: str, listing_id: str) -> float:
-    """Seconds from the job's `deferred` event (in the writer's transaction) to its
-    `succeeded` event, both stamped by Postgres."""
+async def _commit_to_success(database: str, lock: str) -> float:
+    """Seconds from the newest job of `lock`'s `deferred` event (in the writer's
+    transaction) to its `succeeded` event, both stamped by Postgres."""
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cursor = await conn.execute(
             "SELECT extract(epoch FROM max(e.at) FILTER (WHERE e.type = 'succeeded')"
             " - min(e.at) FILTER (WHERE e.type = 'deferred'))"
             " FROM procrastinate.procrastinate_events AS e"
-            " JOIN procrastinate.procrastinate_jobs AS j ON j.id = e.job_id"
-            " WHERE j.args ->> 'id' = %s",
-            [listing_id],
+            " WHERE e.job_id = (SELECT max(j.id) FROM procrastinate.procrastinate_jobs AS j"
+            "                   WHERE j.lock = %s)",
+            [lock],
         )
         row = await cursor.fetchone()
     assert row is not None and row[0] is not None
@@ -350,7 +371,7 @@ async def test_a_batch_of_a_killed_worker_is_rescued_job_by_job(
     the batch `doing` under its id: the stalled-job rescue retries each one, and
     they all end indexed on their second attempt."""
     await clear_queue(database)
-    ids = await insert_listings(db, 12, "stalled")
+    ids = await listings_with_row_jobs(db, database, 12, "stalled")
     proxy.stall()  # the batch's requests are accepted and never answered
     victim = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.support.worker_process",

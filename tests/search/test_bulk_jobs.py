@@ -27,6 +27,7 @@ from tests.support.worker import (
     running_worker,
     strict_target_without_location,
     table_documents,
+    waiting_changes,
 )
 
 ALL_QUEUES = {"concurrency": 10}
@@ -94,15 +95,19 @@ async def test_an_update_of_5000_listings_makes_10_bulk_jobs_and_every_document_
     await index_equals_table(app, dsn)
 
 
-async def test_small_statements_keep_per_row_jobs_and_ignored_columns_enqueue_nothing(
-    db: psycopg.AsyncConnection[Any],
+async def test_small_statements_record_changes_and_ignored_columns_enqueue_nothing(
+    app: ProcqueueApp, db: psycopg.AsyncConnection[Any]
 ) -> None:
+    await drain(app, **ALL_QUEUES)
     since = await last_job_id(db)
-    await insert_listings(db, 50, "small")  # the threshold itself: per-row jobs
-    assert await jobs_since(db, since) == {"listing:create": 50}
+    await insert_listings(db, 50, "small")  # one statement at the threshold: changes
+    assert await jobs_since(db, since) == {"listing:drain": 1}
+    assert len(await waiting_changes(db, LISTING)) == 50
+    await drain(app, **ALL_QUEUES)
     since = await last_job_id(db)
     await db.execute("UPDATE listings SET view_count = view_count + 1, updated_at = now()")
     assert await jobs_since(db, since) == {}
+    assert await waiting_changes(db, LISTING) == {}
 
 
 async def test_a_bulk_delete_removes_the_documents_and_cleans_images_in_batches(

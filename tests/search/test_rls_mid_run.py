@@ -42,6 +42,7 @@ from tests.support.worker import (
     insert_listings,
     job_status,
     running_worker,
+    waiting_changes,
 )
 
 WORKER_ROLE_SQL = Path(__file__).resolve().parents[2] / "sql" / "roles" / "worker_role.sql"
@@ -172,10 +173,12 @@ async def reconcile_listings(app: ProcqueueApp) -> Reconciled:
 async def test_rls_switched_on_mid_run_fails_the_syncs_with_a_reason_and_deletes_nothing(
     database: str, db: psycopg.AsyncConnection[Any], worker_role: str, worker_settings: Settings
 ) -> None:
-    """Worker running; RLS then hides one row from it; that row is updated by a row
-    job, then by a many-row statement (a bulk job): both jobs fail with the reason, its
-    document stays; the reconciliation and `verify` delete nothing either (they stop
-    with the same reason). RLS off again, the reconciliation heals the stale documents."""
+    """Worker running; RLS then hides one row from it; that row is updated by a
+    single-row write (a change, for the drain job), then by a many-row statement (a
+    bulk job): both jobs fail with the reason, its document stays, its change waits;
+    the reconciliation and `verify` delete nothing either (they stop with the same
+    reason). RLS off again, the reconciliation heals the stale documents and restarts
+    the drain."""
     [hidden, seen] = await insert_listings(db, 2, "before RLS")
     await db.execute(
         "INSERT INTO listings (user_id, title) SELECT %s, 'many ' || g "
@@ -191,18 +194,19 @@ async def test_rls_switched_on_mid_run_fails_the_syncs_with_a_reason_and_deletes
 
         await eventually(all_indexed)
         async with hidden_from_the_worker(database, worker_role, "public.listings", hidden):
-            # One row job (the owner writes: it sees every row).
+            # One change, for the drain job (the owner writes: it sees every row).
             await db.execute(
                 "UPDATE listings SET title = 'changed while hidden' WHERE id = %s", [hidden]
             )
-            row_job = await newest_job(db, "listing:update")
-            await eventually(lambda: ended(database, row_job))
+            drain_job = await newest_job(db, "listing:drain")
+            await eventually(lambda: ended(database, drain_job))
             document = (await indexed_documents(app, LISTING)).get(hidden, {})
             assert document.get("title") == "before RLS", "the hidden row's document is gone"
-            assert await job_status(database, row_job) == "failed"
-            reason = await last_error(database, row_job)
+            assert await job_status(database, drain_job) == "failed"
+            reason = await last_error(database, drain_job)
             assert "RowsHidden" in reason, reason
             assert all(part in reason for part in clear_reason(worker_role)), reason
+            assert hidden in await waiting_changes(db, LISTING)  # nothing lost
 
             # A statement over the bulk threshold: a bulk job with the hidden row in it.
             await db.execute("UPDATE listings SET category = 'bulk while hidden'")
@@ -230,13 +234,14 @@ async def test_rls_switched_on_mid_run_fails_the_syncs_with_a_reason_and_deletes
         # RLS lifted: the next reconciliation finds the stale documents and syncs them.
         await db.execute("DELETE FROM procqueue.reconcile_cursors")
         done = await reconcile_listings(app)
-        assert hidden in done.repaired
+        assert hidden not in done.repaired  # its change covers it, and a drain job takes it
 
         async def healed() -> bool:
             document = (await indexed_documents(app, LISTING)).get(hidden, {})
             return document.get("title") == "changed while hidden"
 
         await eventually(healed)
+        assert hidden not in await waiting_changes(db, LISTING)
 
 
 async def test_an_image_only_a_hidden_row_uses_is_never_taken_for_unused(

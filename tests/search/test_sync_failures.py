@@ -23,10 +23,12 @@ from tests.support.proxy import TcpProxy
 from tests.support.worker import (
     SELLER_ID,
     clear_queue,
+    drain,
     eventually,
     indexed_documents,
     insert_listings,
     job_counts,
+    row_jobs_instead,
     running_worker,
     sink_circuit,
     table_documents,
@@ -230,8 +232,10 @@ async def test_retry_while_a_newer_job_of_the_row_waits_does_not_get_stuck(
 async def test_job_waiting_on_a_long_open_writer_is_postponed_not_failed(
     database: str, db: psycopg.AsyncConnection[Any], es_url: str
 ) -> None:
-    """A transaction left open (an admin's SQL session) holding the key bucket of
-    a row must not use up the row's sync retries: the job hands over to a new one."""
+    """A transaction left open (an admin's SQL session, REPEATABLE READ: such writers
+    make row jobs, docs/bulk.md) holding the key bucket of a row must not use up the
+    row's sync retries: the row job is postponed. (A READ COMMITTED writer left open
+    holds no row's key: tests/search/test_drain.py.)"""
     [listing_id] = await insert_listings(db, 1, "before")
     # Another row whose sync key falls in the same bucket as this one's.
     row = await (
@@ -244,12 +248,16 @@ async def test_job_waiting_on_a_long_open_writer_is_postponed_not_failed(
     ).fetchone()
     assert row is not None
     async with app_with(database, es_url, job_timeout=0.6, max_retries=0) as app:
+        await drain(app)
         async with await psycopg.AsyncConnection.connect(database) as open_writer:
+            await open_writer.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             await open_writer.execute(
                 "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'open')",
                 [row[0], SELLER_ID],
             )  # not committed: its trigger holds the bucket's key shared
-            await db.execute("UPDATE listings SET title = 'after' WHERE id = %s", [listing_id])
+            async with db.transaction():
+                await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                await db.execute("UPDATE listings SET title = 'after' WHERE id = %s", [listing_id])
             async with running_worker(app):
 
                 async def postponed() -> bool:
@@ -283,6 +291,7 @@ async def test_a_worker_keeps_at_most_its_bulk_concurrency_of_writes_in_flight(
         await clear_queue(database)
         proxy.stall()
         ids = await insert_listings(db, 6, "slow server")
+        await row_jobs_instead(database, ids)  # six jobs at once, each its own `_bulk`
         async with running_worker(app):
             await proxy.until_count("/_bulk", 2)
             # That no third request comes is an absence: no event to await. Six
@@ -316,6 +325,7 @@ async def test_a_write_waiting_too_long_for_a_bulk_slot_opens_the_circuit_spendi
         caplog.set_level(logging.INFO, "procqueue")
         proxy.stall()
         ids = await insert_listings(db, 6, "held slots")
+        await row_jobs_instead(database, ids)
         async with running_worker(app):
 
             async def waited_too_long() -> bool:  # its postponement is logged, not recorded

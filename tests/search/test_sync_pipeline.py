@@ -10,7 +10,8 @@ import psycopg
 from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import INVENTORY, LISTING
 from procqueue.search.client import search_index
-from tests.support.worker import SELLER_ID, drain, indexed_documents, job_counts
+from procqueue.search.jobs import drain_job
+from tests.support.worker import SELLER_ID, drain, indexed_documents, job_counts, waiting_changes
 
 
 async def document(app: ProcqueueApp, entity_alias: str, entity_id: str) -> dict[str, Any] | None:
@@ -102,6 +103,7 @@ async def test_rolled_back_transaction_enqueues_nothing(
     app: ProcqueueApp, database: str, db: psycopg.AsyncConnection
 ) -> None:
     before = await job_counts(database)
+    changes = await waiting_changes(db, LISTING)
     async with await psycopg.AsyncConnection.connect(database) as conn:
         await conn.execute(
             "INSERT INTO listings (user_id, title) VALUES (%s, 'never committed')", [SELLER_ID]
@@ -109,6 +111,7 @@ async def test_rolled_back_transaction_enqueues_nothing(
         await conn.execute("UPDATE listings SET title = title || '!'")
         await conn.rollback()
     assert await job_counts(database) == before
+    assert await waiting_changes(db, LISTING) == changes
 
 
 async def test_committed_change_enqueues_in_the_same_transaction(
@@ -122,14 +125,15 @@ async def test_committed_change_enqueues_in_the_same_transaction(
         ).fetchone()
         assert row is not None
         # Visible to the writer's own transaction before commit: same transaction.
+        assert str(row[0]) in await waiting_changes(conn, LISTING)
         job = await (
             await conn.execute(
                 "SELECT task_name, args FROM procrastinate.procrastinate_jobs "
                 "WHERE lock = %s AND status = 'todo'",
-                [f"listing:{row[0]}"],
+                [drain_job(LISTING).task_name],
             )
         ).fetchone()
-        assert job == ("listing:create", {"id": str(row[0])})
+        assert job == ("listing:drain", {})
         await conn.commit()
 
 
@@ -145,14 +149,15 @@ async def test_burst_of_updates_coalesces_into_one_job(
         await db.execute(
             "UPDATE listings SET title = %s WHERE id = %s", [f"v{version}", listing_id]
         )
+    assert await waiting_changes(db, LISTING) == {listing_id: 1}
     pending = await (
         await db.execute(
-            "SELECT count(*) FROM procrastinate.procrastinate_jobs "
-            "WHERE lock = %s AND status = 'todo'",
-            [f"listing:{listing_id}"],
+            "SELECT task_name, count(*) FROM procrastinate.procrastinate_jobs "
+            "WHERE status = 'todo' AND queue_name = %s GROUP BY 1",
+            [LISTING.queue],
         )
-    ).fetchone()
-    assert pending == (1,)
+    ).fetchall()
+    assert pending == [("listing:drain", 1)]
     await drain(app)
     doc = await document(app, LISTING.index, listing_id)
     assert doc is not None and doc["title"] == "v100"
@@ -167,24 +172,14 @@ async def test_changes_to_ignored_columns_enqueue_nothing(
         [listing_id, SELLER_ID],
     )
     await drain(app)
-
-    async def jobs_for_listing() -> int:
-        row = await (
-            await db.execute(
-                "SELECT count(*) FROM procrastinate.procrastinate_jobs WHERE lock = %s",
-                [f"listing:{listing_id}"],
-            )
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    assert await jobs_for_listing() == 1
+    assert listing_id not in await waiting_changes(db, LISTING)
     await db.execute(
         "UPDATE listings SET view_count = view_count + 1, updated_at = now() WHERE id = %s",
         [listing_id],
     )
-    assert await jobs_for_listing() == 1
+    assert listing_id not in await waiting_changes(db, LISTING)
     await db.execute("UPDATE listings SET title = 'renamed' WHERE id = %s", [listing_id])
-    assert await jobs_for_listing() == 2
+    assert (await waiting_changes(db, LISTING)).get(listing_id) == 1
 
 
 async def test_index_holds_exactly_the_table_after_draining(

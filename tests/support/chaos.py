@@ -36,7 +36,7 @@ WORKER_ROLE = "procqueue_worker"
 WORKER_ROLE_SQL = REPO_DIR / "sql" / "roles" / "worker_role.sql"
 #: More rows than this in one statement make bulk jobs (the default bulk threshold).
 BULK_THRESHOLD = 50
-SYNC_TASKS = r":(create|update|delete|bulk)$"
+SYNC_TASKS = r":(create|update|delete|bulk|drain)$"
 #: Only what a process needs to run: the workers get no PROCQUEUE_* setting but the
 #: ones the test passes, and run in a directory without a `.env` file, so everything
 #: else is the default.
@@ -677,7 +677,7 @@ async def jobs_running_on(dsn: str, worker_id: int) -> int:
 
 @dataclass(frozen=True)
 class QueueState:
-    pending: int  # todo or doing, outside the maintenance queue
+    pending: int  # waiting changes, and jobs todo or doing outside the maintenance queue
     failed_sync: int
     by_status: dict[str, int]
 
@@ -691,8 +691,12 @@ async def queue_state(dsn: str) -> QueueState:
                 [MAINTENANCE_QUEUE, SYNC_TASKS],
             )
         ).fetchall()
+        changes = await (
+            await conn.execute("SELECT count(*) FROM procqueue.sync_changes")
+        ).fetchone()
     by_status: dict[str, int] = {}
-    pending = failed_sync = 0
+    failed_sync = 0
+    pending = int(changes[0]) if changes else 0
     for status, maintenance, sync, count in rows:
         by_status[status] = by_status.get(status, 0) + count
         if status in ("todo", "doing") and not maintenance:

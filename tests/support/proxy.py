@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -156,3 +157,12 @@ async def proxy(es_url: str) -> AsyncIterator[TcpProxy]:
     """A proxy to the test ES-API server, for one test."""
     async with started_proxy(es_url) as tcp_proxy:
         yield tcp_proxy
+
+
+@contextlib.contextmanager
+def unreachable_url() -> Iterator[str]:
+    """An http URL on a loopback port held by a socket that never listens: every
+    connection is refused for as long as the block lasts (an Elasticsearch that is down)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
