@@ -26,6 +26,7 @@ path", names the races this guards against.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -142,7 +143,7 @@ async def run_drain(app: ProcqueueApp, drain: Drain) -> Drained:
                 outcomes = await sync_many(
                     drain.pool, search, drain.entity, list(claimed), drain.patience
                 )
-            except Exception:
+            except (Exception, asyncio.CancelledError):  # cancelled too: the job timed out
                 with contextlib.suppress(psycopg.Error):  # the database away: claims run out
                     await drain.release()
                 raise
