@@ -4,13 +4,18 @@ workers, storage; `procqueue health` exits 0/1/2 on the matching states."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 from psycopg.rows import dict_row
 
+from procqueue.queue.health import evaluate, read_snapshot
+from procqueue.queue.metrics import render_metrics
+from tests.conftest import make_settings
 from tests.support.history import finished_job, run_cli
 
 QUEUE = "orders"
@@ -180,3 +185,37 @@ async def test_procqueue_health_exit_codes(
     code, out, _ = await run_cli(database, "health", "--json", **LENIENT)
     assert code == 2
     assert "0 healthy worker(s)" in json.loads(out)["reasons"][0]
+
+
+async def test_changes_waiting_for_a_drain_read_in_health_and_metrics(
+    fresh_database: str, history: psycopg.AsyncConnection[Any]
+) -> None:
+    """A backlog of row changes is one waiting drain job (docs/bulk.md, "The write
+    path"): health counts the changes themselves, judges their age as lag, and
+    `procqueue metrics` exports them."""
+    database = fresh_database
+    await history.execute(
+        "DELETE FROM procrastinate.procrastinate_workers"
+        " WHERE last_heartbeat < now() - interval '1 minute'"
+    )
+    await history.execute(
+        "INSERT INTO procqueue.sync_changes (entity, entity_id, changed_at, claimed_by)"
+        " SELECT 'listing', 'id-' || g, now() - make_interval(secs => 300 - g),"
+        " CASE WHEN g <= 2 THEN 7 END FROM generate_series(1, 5) AS g"
+    )
+    code, out, _ = await run_cli(database, "health", "--json", **LENIENT)
+    report = json.loads(out)
+    [backlog] = report["changes"]
+    assert (backlog["entity"], backlog["waiting"], backlog["claimed"]) == ("listing", 5, 2)
+    assert code == 0, report["reasons"]  # 299 s is under the lenient lag thresholds
+    code, out, _ = await run_cli(database, "health", **{**LENIENT, "health_lag_degraded": "60"})
+    assert code == 1, out
+    waited = r"5 change\(s\) of listing wait for its drain job, the oldest for \d{3} s"
+    assert re.search(waited, out), out
+    assert "Changes waiting for a drain job" in out
+    config = make_settings(database, "http://127.0.0.1:9").health
+    snapshot = await read_snapshot(history, config)
+    text = render_metrics(snapshot, evaluate(snapshot, config), CollectorRegistry()).decode()
+    assert 'procqueue_changes_waiting{entity="listing"} 5.0' in text
+    oldest = re.search(r'procqueue_changes_oldest_seconds\{entity="listing"\} ([\d.]+)', text)
+    assert oldest is not None and 299 <= float(oldest.group(1)) < 900, text

@@ -8,7 +8,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -90,6 +90,14 @@ def render(snapshot: Snapshot, verdict: Verdict) -> str:
                 for t in snapshot.tasks
             ],
         ),
+        "\nChanges waiting for a drain job",
+        table(
+            ["entity", "waiting", "in a drain", "oldest s"],
+            [
+                [c.entity, c.waiting, c.claimed, _age(c.oldest_at)]
+                for c in snapshot.changes
+            ],
+        ),
         "\nWorkers",
         table(
             ["worker", "heartbeat age s", "jobs", "healthy"],
@@ -116,6 +124,10 @@ def render(snapshot: Snapshot, verdict: Verdict) -> str:
         *[f"  - {reason}" for reason in verdict.reasons],
     ]
     return "\n".join(parts)
+
+
+def _age(since: datetime) -> float:
+    return round((datetime.now(UTC) - since).total_seconds(), 1)
 
 
 async def read_snapshot_from(settings: Settings, config: HealthConfig) -> Snapshot:

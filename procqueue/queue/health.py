@@ -122,6 +122,16 @@ class UnknownTaskHealth:
 
 
 @dataclass(frozen=True)
+class ChangeBacklog:
+    """An entity's row changes waiting for its drain job: the work behind one job."""
+
+    entity: str
+    waiting: int
+    claimed: int
+    oldest_at: datetime
+
+
+@dataclass(frozen=True)
 class Snapshot:
     queues: list[QueueHealth]
     tasks: list[TaskHealth]
@@ -130,6 +140,7 @@ class Snapshot:
     window: timedelta
     open_circuits: list[CircuitHealth] = field(default_factory=list)
     unknown_tasks: list[UnknownTaskHealth] = field(default_factory=list)
+    changes: list[ChangeBacklog] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,7 @@ async def read_snapshot(conn: psycopg.AsyncConnection[Any], config: HealthConfig
         tables = await _rows(conn, "health_storage")
         circuits = await _rows(conn, "open_circuits")
         unknown = await _rows(conn, "health_unknown_tasks", {"reason": UnknownTask.REASON})
+        changes = await _rows(conn, "health_changes")
     return Snapshot(
         queues=[QueueHealth(**row) for row in queues],
         tasks=[TaskHealth(**row) for row in tasks],
@@ -164,6 +176,7 @@ async def read_snapshot(conn: psycopg.AsyncConnection[Any], config: HealthConfig
         window=config.window,
         open_circuits=[CircuitHealth(**row) for row in circuits],
         unknown_tasks=[UnknownTaskHealth(**row) for row in unknown],
+        changes=[ChangeBacklog(**row) for row in changes],
     )
 
 
@@ -190,7 +203,8 @@ def _worse(current: Status, new: Status) -> Status:
 
 def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
     """Judge the queue: no healthy worker, an outside service down (an open circuit),
-    lag, and failure rates per task and over all tasks (`_failure_level`)."""
+    lag (of jobs, and of row changes waiting for a drain job), and failure rates per
+    task and over all tasks (`_failure_level`)."""
     status = Status.HEALTHY
     reasons: list[str] = []
     healthy_workers = sum(1 for worker in snapshot.workers if worker.healthy)
@@ -235,6 +249,20 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
         reasons.append(
             f"queue {queue.queue_name!r}: oldest waiting job has waited {lag:.0f} s "
             f"({queue.waiting} waiting): add workers or find what slows them"
+        )
+    for backlog in snapshot.changes:
+        waited = (datetime.now(UTC) - backlog.oldest_at).total_seconds()
+        if waited >= config.lag_unhealthy:
+            level = Status.UNHEALTHY
+        elif waited >= config.lag_degraded:
+            level = Status.DEGRADED
+        else:
+            continue
+        status = _worse(status, level)
+        reasons.append(
+            f"{backlog.waiting} change(s) of {backlog.entity} wait for its drain job, the "
+            f"oldest for {waited:.0f} s: add workers, or see why its drain job does not run "
+            "(`procqueue failed`, an open circuit above)"
         )
     window = _describe_window(snapshot.window)
     worst_task = Status.HEALTHY

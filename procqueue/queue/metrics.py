@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from prometheus_client import (
     REGISTRY,
@@ -69,6 +70,7 @@ class SnapshotCollector(Collector):
         yield from self._tasks()
         yield from self._workers()
         yield from self._tables()
+        yield from self._changes()
         down = _gauge(
             "procqueue_sink_unavailable",
             "1 for each outside service whose circuit the workers last recorded open.",
@@ -117,6 +119,23 @@ class SnapshotCollector(Collector):
             rate.add_metric([name, "5m"], queue.finished_per_minute_5m)
             rate.add_metric([name, "60m"], queue.finished_per_minute_60m)
         yield from (jobs, lag, failed, rate)
+
+    def _changes(self) -> Iterator[Metric]:
+        waiting = _gauge(
+            "procqueue_changes_waiting",
+            "Row changes waiting for their entity's drain job (a backlog is one job).",
+            ["entity"],
+        )
+        age = _gauge(
+            "procqueue_changes_oldest_seconds",
+            "How long the oldest waiting change of the entity has waited.",
+            ["entity"],
+        )
+        now = datetime.now(UTC)
+        for backlog in self.snapshot.changes:
+            waiting.add_metric([backlog.entity], backlog.waiting)
+            age.add_metric([backlog.entity], (now - backlog.oldest_at).total_seconds())
+        yield from (waiting, age)
 
     def _tasks(self) -> Iterator[Metric]:
         window = f"{int(self.snapshot.window.total_seconds())}s"

@@ -190,3 +190,10 @@ JOIN procrastinate.procrastinate_jobs AS j ON j.id = p.job_id
 WHERE j.status = 'todo' AND p.attempts = j.attempts AND starts_with(p.reason, %(reason)s)
 GROUP BY j.task_name
 ORDER BY waiting_since;
+
+-- health_changes: row changes waiting for their entity's drain job (procqueue.sync_changes, docs/bulk.md "The write path"), per entity: how many, how many a drain holds, the oldest change's time; a backlog of changes is one waiting job, so the queue's own counts do not show it
+SELECT c.entity, count(*) AS waiting, count(c.claimed_by) AS claimed,
+       min(c.changed_at) AS oldest_at
+FROM procqueue.sync_changes AS c
+GROUP BY c.entity
+ORDER BY c.entity;
