@@ -138,12 +138,14 @@ CASE WHEN procqueue.search_array_length({column}) > {max_array_length}
 -- row_security_off: for the rest of this transaction, a read that row-level security would filter raises instead ("query would be affected by row-level security policy"): a row hidden from the worker must never read as deleted (procqueue/errors.py RowsHidden); transaction-local, so safe behind a transaction pooler
 SET LOCAL row_security = off;
 
--- claim_changes: up to %(limit)s waiting changes of an entity for drain job %(job_id)s (its own from an earlier run, free ones, and those whose claim ran out), skipping rows a writer holds (its change is not committed yet), in key order; held until %(lease)s seconds from now
+-- claim_changes: up to %(limit)s waiting changes of an entity for drain job %(job_id)s (its own from an earlier run, free ones, and those whose claim ran out or whose job is no longer running), skipping rows a writer holds (its change is not committed yet), in key order; held until %(lease)s seconds from now
 UPDATE procqueue.sync_changes AS c
 SET claimed_by = %(job_id)s, claimed_until = now() + make_interval(secs => %(lease)s)
 FROM (SELECT s.entity, s.entity_id FROM procqueue.sync_changes AS s
       WHERE s.entity = %(entity)s
-        AND (s.claimed_by IS NULL OR s.claimed_by = %(job_id)s OR s.claimed_until < now())
+        AND (s.claimed_by IS NULL OR s.claimed_by = %(job_id)s OR s.claimed_until < now()
+             OR NOT EXISTS (SELECT FROM procrastinate.procrastinate_jobs AS job
+                            WHERE job.id = s.claimed_by AND job.status = 'doing'))
       ORDER BY s.entity, s.entity_id
       LIMIT %(limit)s
       FOR UPDATE SKIP LOCKED) AS free
@@ -170,13 +172,19 @@ WHERE c.entity = held.entity AND c.entity_id = held.entity_id;
 -- try_lock_drain: take the entity's drain key exclusively without waiting: true once no writer that may have relied on a waiting drain job is still in its transaction (procqueue.sync_drain_key)
 SELECT pg_try_advisory_xact_lock(procqueue.sync_drain_key(%(entity)s)) AS quiet;
 
--- changes_waiting: whether an entity has changes a drain could claim now
+-- changes_waiting: whether an entity has changes a drain could claim now (free, or held by a claim that ran out or whose job is no longer running)
 SELECT EXISTS (SELECT FROM procqueue.sync_changes AS s
-               WHERE s.entity = %(entity)s AND (s.claimed_by IS NULL OR s.claimed_until < now())) AS waiting;
+               WHERE s.entity = %(entity)s
+                 AND (s.claimed_by IS NULL OR s.claimed_until < now()
+                      OR NOT EXISTS (SELECT FROM procrastinate.procrastinate_jobs AS job
+                                     WHERE job.id = s.claimed_by AND job.status = 'doing'))) AS waiting;
 
 -- drain_missing: whether an entity has changes a drain could claim now and no drain job (%(task)s, its lock) waiting or running to take them (the reconciliation then makes one)
 SELECT EXISTS (SELECT FROM procqueue.sync_changes AS s
-               WHERE s.entity = %(entity)s AND (s.claimed_by IS NULL OR s.claimed_until < now()))
+               WHERE s.entity = %(entity)s
+                 AND (s.claimed_by IS NULL OR s.claimed_until < now()
+                      OR NOT EXISTS (SELECT FROM procrastinate.procrastinate_jobs AS job
+                                     WHERE job.id = s.claimed_by AND job.status = 'doing')))
    AND NOT EXISTS (SELECT FROM procrastinate.procrastinate_jobs AS job
                    WHERE job.lock = %(task)s AND job.status IN ('todo', 'doing')) AS missing;
 

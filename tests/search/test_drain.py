@@ -14,7 +14,7 @@ from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import LISTING
 from procqueue.features import Settings
 from procqueue.search.client import search_index
-from procqueue.search.drain import Drain, run_drain
+from procqueue.search.drain import Drain, ensure_drain, run_drain
 from procqueue.search.jobs import drain_job
 from procqueue.search.reconcile import reconcile_entity
 from tests.conftest import make_settings
@@ -190,17 +190,32 @@ async def _until_drained(app: ProcqueueApp, db: psycopg.AsyncConnection[Any]) ->
 async def test_claims_of_a_drain_that_died_run_out_and_its_rerun_takes_them_back(
     app: ProcqueueApp, database: str, db: psycopg.AsyncConnection[Any]
 ) -> None:
+    """A claim lasts while its job runs: a drain whose worker died holds its changes
+    until its lease runs out (or its rerun takes them back); a claim whose job ended
+    (failed, cancelled) frees them at once."""
     await clear_queue(database)
     ids = set(await insert_listings(db, 3, "orphaned"))
-    dead = a_drain(app, job_id=-2, lease=3600)
+    row = await (
+        await db.execute(
+            "UPDATE procrastinate.procrastinate_jobs SET status = 'doing' WHERE lock = %s"
+            " AND status = 'todo' RETURNING id",
+            [DRAIN],
+        )
+    ).fetchone()
+    assert row is not None
+    dead = a_drain(app, job_id=int(row[0]), lease=3600)
     assert set(await dead.claim()) == ids
-    assert await a_drain(app, job_id=-3).claim() == {}  # held
+    assert await a_drain(app, job_id=-3).claim() == {}  # held: its job is still `doing`
     assert set(await dead.claim()) == ids  # its own rerun (the rescue retries it)
-    dead_briefly = a_drain(app, job_id=-4, lease=0)
-    await db.execute("UPDATE procqueue.sync_changes SET claimed_by = NULL")
-    assert set(await dead_briefly.claim()) == ids
-    assert set(await a_drain(app, job_id=-5).claim()) == ids  # ran out
+    await db.execute("UPDATE procqueue.sync_changes SET claimed_until = now() - interval '1 s'")
+    assert set(await a_drain(app, job_id=-4).claim()) == ids  # the lease ran out
+    await db.execute(
+        "UPDATE procrastinate.procrastinate_jobs SET status = 'failed' WHERE id = %s", [row[0]]
+    )
+    assert set(await a_drain(app, job_id=-5).claim()) == ids  # -4 is no running job
     await a_drain(app, job_id=-5).release()
+    async with app.pool.connection() as conn:
+        assert await ensure_drain(conn, LISTING)  # the reconciliation's step: no drain waits
     await drain(app)
     assert await waiting_changes(db, LISTING) == {}
 

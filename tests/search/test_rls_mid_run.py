@@ -233,10 +233,20 @@ async def test_rls_switched_on_mid_run_fails_the_syncs_with_a_reason_and_deletes
 
         # RLS lifted: the next reconciliation finds the stale documents and syncs them.
         await db.execute("DELETE FROM procqueue.reconcile_cursors")
-        # Its change still waits: a drain job takes it (the one this step restarts,
-        # or one already waiting), the other stale documents are repaired.
+        # Its change still waits, its drain jobs failed: once the last of them has
+        # ended, the reconciliation makes a new one, and repairs the stale documents.
+        async def no_drain_running() -> bool:
+            row = await (
+                await db.execute(
+                    "SELECT count(*) FROM procrastinate.procrastinate_jobs"
+                    " WHERE task_name = 'listing:drain' AND status IN ('todo', 'doing')"
+                )
+            ).fetchone()
+            return row == (0,)
+
+        await eventually(no_drain_running)
         done = await reconcile_listings(app)
-        assert done.repaired
+        assert done.drain_restarted and done.repaired
 
         async def healed() -> bool:
             document = (await indexed_documents(app, LISTING)).get(hidden, {})
