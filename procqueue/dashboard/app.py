@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from procqueue.dashboard import jobs_views
 from procqueue.dashboard.security import SECURITY_HEADERS, Access, current_admin
 from procqueue.dashboard.signin_limits import SignInLimiter
 from procqueue.dashboard.supabase_auth import SupabaseAuth
@@ -98,6 +99,20 @@ def _since(value: datetime | None) -> str:
     return _age((datetime.now(UTC) - value).total_seconds()) + " ago"
 
 
+def _duration(value: timedelta | None) -> str:
+    """An attempt's run time: milliseconds under a second, else as `age`."""
+    if value is None:
+        return "-"
+    seconds = value.total_seconds()
+    return (
+        f"{seconds * 1000:.0f} ms"
+        if seconds < 1
+        else f"{seconds:.1f} s"
+        if seconds < 90
+        else _age(seconds)
+    )
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -114,6 +129,7 @@ def make_templates(settings: Settings) -> Jinja2Templates:
         age=_age,
         since=_since,
         percent=_percent,
+        duration=_duration,
         bytes=human_bytes,
         short_type=lambda value: (value or "").rsplit(".", 1)[-1] or "(no error recorded)",
         # Defence in depth: error records are redacted when written; redact again.
@@ -200,6 +216,7 @@ def create_app(
     return Starlette(
         routes=[
             *_health_routes(health, dashboard),
+            *jobs_views.routes(dashboard),  # the job list, job page, actions on jobs
             *dashboard.routes(),
             Route("/favicon.ico", _favicon),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

@@ -2,18 +2,43 @@
 -- sql/queries.sql: a block starts with "-- name: description"; {braced} names
 -- are identifiers filled in with psycopg.sql; %(named)s are parameters.
 
--- dashboard_jobs: one page of jobs by keyset ({filters}: fixed one-line conditions; {order}: ASC or DESC); a waiting job postponed since its last attempt carries the reason (migration 0018)
+-- dashboard_jobs: one page of jobs by keyset ({filters}: fixed one-line conditions; {order}: ASC or DESC), each with its times from its events (queued, last started, ended) and the duration of its last attempt; a waiting job postponed since its last attempt carries the reason (migration 0018), a discarded one when (migration 0021)
 SELECT j.id, j.queue_name::text AS queue_name, j.task_name::text AS task_name,
        j.status::text AS status, j.attempts, j.lock, j.args, j.scheduled_at,
-       (SELECT max(e.at) FROM procrastinate.procrastinate_events AS e
-        WHERE e.job_id = j.id) AS updated_at,
-       p.reason AS postponed_reason
+       ev.queued_at, ev.started_at, ev.ended_at, ev.updated_at,
+       CASE WHEN j.status = 'doing' THEN now() - ev.started_at
+            WHEN ev.ended_at >= ev.started_at THEN ev.ended_at - ev.started_at END AS duration,
+       p.reason AS postponed_reason, d.discarded_at
 FROM procrastinate.procrastinate_jobs AS j
+CROSS JOIN LATERAL (
+    SELECT min(e.at) FILTER (WHERE e.type = 'deferred') AS queued_at,
+           max(e.at) FILTER (WHERE e.type = 'started') AS started_at,
+           max(e.at) FILTER (WHERE e.type IN ('succeeded', 'failed', 'cancelled', 'aborted'))
+               AS ended_at,
+           max(e.at) AS updated_at
+    FROM procrastinate.procrastinate_events AS e
+    WHERE e.job_id = j.id
+) AS ev
 LEFT JOIN procqueue.job_postponements AS p
        ON p.job_id = j.id AND j.status = 'todo' AND p.attempts = j.attempts
+LEFT JOIN procqueue.discarded_jobs AS d ON d.job_id = j.id
 WHERE {filters}
 ORDER BY j.id {order}
 LIMIT %(limit)s;
+
+-- dashboard_search_window: the id range of the (at most %(window)s) jobs a search looks through on one page: the next ones of the other filters in page order
+SELECT count(*) AS jobs, min(w.id) AS low, max(w.id) AS high
+FROM (SELECT j.id FROM procrastinate.procrastinate_jobs AS j
+      WHERE {filters} ORDER BY j.id {order} LIMIT %(window)s) AS w;
+
+-- dashboard_matching_ids: the ids of the jobs the filters match, newest first (an action on everything matching)
+SELECT j.id FROM procrastinate.procrastinate_jobs AS j
+WHERE {filters}
+ORDER BY j.id DESC
+LIMIT %(limit)s;
+
+-- dashboard_first_job_queued_at: the first job id queued at or after a time (migration 0021), a bound of the time filters
+SELECT procqueue.first_job_queued_at(%(at)s) AS id;
 
 -- dashboard_distinct_names: distinct values of a job column (task_name or
 -- queue_name), one index probe each (skip scan)
@@ -27,15 +52,17 @@ WITH RECURSIVE names AS (
 )
 SELECT name FROM names WHERE name IS NOT NULL;
 
--- dashboard_job: one job with every column the job page shows
+-- dashboard_job: one job with every column the job page shows, its postponement (migration 0018) and discard (migration 0021)
 SELECT j.id, j.queue_name::text AS queue_name, j.task_name::text AS task_name,
        j.status::text AS status, j.attempts, j.priority, j.lock, j.queueing_lock,
        j.args, j.scheduled_at, j.worker_id, j.abort_requested,
        p.reason AS postponed_reason, p.times AS postponed_times,
-       p.first_postponed_at
+       p.first_postponed_at,
+       d.discarded_at, d.actor AS discarded_by, d.reason AS discarded_reason
 FROM procrastinate.procrastinate_jobs AS j
 LEFT JOIN procqueue.job_postponements AS p
        ON p.job_id = j.id AND j.status = 'todo' AND p.attempts = j.attempts
+LEFT JOIN procqueue.discarded_jobs AS d ON d.job_id = j.id
 WHERE j.id = %(job_id)s;
 
 -- dashboard_job_events: the event timeline of one job, oldest first
@@ -50,10 +77,11 @@ FROM procqueue.job_errors AS x
 WHERE x.job_id = %(job_id)s
 ORDER BY x.id;
 
--- dashboard_failed_per_queue: failed jobs per queue (the failed-jobs index)
+-- dashboard_failed_per_queue: failed jobs per queue (the failed-jobs index), discarded ones left out
 SELECT j.queue_name::text AS queue_name, count(*) AS failed
 FROM procrastinate.procrastinate_jobs AS j
 WHERE j.status = 'failed'
+  AND NOT EXISTS (SELECT FROM procqueue.discarded_jobs AS d WHERE d.job_id = j.id)
 GROUP BY 1;
 
 -- dashboard_activity: attempts ended per time bucket (succeeded, retried, failed) over the last span
@@ -70,7 +98,7 @@ LEFT JOIN procrastinate.procrastinate_events AS e
 GROUP BY b.bucket
 ORDER BY b.bucket;
 
--- dashboard_failure_groups: failed jobs grouped by task and the type of their last error
+-- dashboard_failure_groups: failed jobs (not discarded) grouped by task and the type of their last error
 SELECT j.task_name::text AS task_name,
        coalesce(err.error_type, '') AS error_type,
        count(*) AS jobs,
@@ -90,6 +118,7 @@ CROSS JOIN LATERAL (
                                        WHERE e.job_id = j.id AND e.type = 'failed')) AS seen
 ) AS err
 WHERE j.status = 'failed'
+  AND NOT EXISTS (SELECT FROM procqueue.discarded_jobs AS d WHERE d.job_id = j.id)
 GROUP BY 1, 2
 ORDER BY last_seen DESC NULLS LAST, 1, 2;
 

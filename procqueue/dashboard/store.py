@@ -20,16 +20,34 @@ from procqueue.queue.queries import query as queue_query
 
 Connection = psycopg.AsyncConnection[Any]
 
-#: The statuses Procrastinate gives a job, and "postponed": a waiting (`todo`) job
-#: that a sink's outage, a writer or a rate limit sent back to wait, no attempt spent.
+#: The states the job list filters by (`?state=`): Procrastinate's statuses, and
+#: "postponed": a waiting (`todo`) job that a sink's outage, a writer or a rate limit
+#: sent back to wait, no attempt spent; "scheduled": a waiting job due in the future
+#: (not postponed); "discarded": a failed job set aside for good (migration 0021),
+#: no longer in "failed". "todo" is every waiting job, postponed and scheduled ones too.
 STATUSES = (
-    "todo", "postponed", "doing", "succeeded", "failed", "cancelled", "aborting", "aborted",
+    "todo", "scheduled", "postponed", "doing", "succeeded", "failed", "discarded",
+    "cancelled", "aborting", "aborted",
 )  # fmt: skip
 POSTPONED = sql.SQL(
     "(j.status = 'todo' AND EXISTS (SELECT FROM procqueue.job_postponements AS pp"
     " WHERE pp.job_id = j.id AND pp.attempts = j.attempts))"
 )
+DISCARDED = sql.SQL("EXISTS (SELECT FROM procqueue.discarded_jobs AS dd WHERE dd.job_id = j.id)")
+STATE_CONDITIONS: dict[str, sql.Composable] = {
+    "postponed": POSTPONED,
+    "scheduled": sql.SQL("(j.status = 'todo' AND j.scheduled_at > now() AND NOT {})").format(
+        POSTPONED
+    ),
+    "failed": sql.SQL("(j.status = 'failed' AND NOT {})").format(DISCARDED),
+    "discarded": sql.SQL("(j.status = 'failed' AND {})").format(DISCARDED),
+}
+#: A search (`q`) looks through at most this many of the newest jobs the other
+#: filters match per page, then offers to go on (keeps a page fast at any size).
+SEARCH_WINDOW = 10_000
 PAGE_SIZE = 50
+#: Job ids are Postgres bigints.
+LARGEST_ID = 2**63 - 1
 
 
 async def rows(
@@ -44,10 +62,15 @@ async def rows(
 class JobFilter:
     """The job list's filters; empty strings mean "any"."""
 
-    status: str = ""
+    status: str = ""  # one of STATUSES (the `state` parameter)
     task: str = ""
     queue: str = ""
     entity: str = ""
+    #: Text looked for in the args and in the recorded errors (message, type).
+    q: str = ""
+    #: Jobs queued at or after `since`, before `until`.
+    since: datetime | None = None
+    until: datetime | None = None
     #: Show the maintenance queue's periodic jobs (rescue, prune, reconcile) too.
     maintenance: bool = False
     #: The features' job specs, to tell a lock ("listing:<id>") from a bare id.
@@ -56,9 +79,25 @@ class JobFilter:
     def query(self) -> dict[str, str]:
         """The filters as the job list's query parameters."""
         return {
-            "status": self.status, "task": self.task, "queue": self.queue, "entity": self.entity,
+            "state": self.status, "task": self.task, "queue": self.queue, "entity": self.entity,
+            "q": self.q, "since": _iso(self.since), "until": _iso(self.until),
             "maintenance": "1" if self.maintenance else "",
         }  # fmt: skip
+
+    @property
+    def pattern(self) -> str:
+        """`q` as an ILIKE pattern (its own % and _ taken literally)."""
+        escaped = self.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return f"%{escaped}%"
+
+    def search_condition(self, low: int | None, high: int | None) -> sql.Composable:
+        """Jobs whose args or recorded errors hold `q`; the error records are read
+        between job ids `low` and `high` (None: no bound)."""
+        return sql.SQL(
+            "(j.args::text ILIKE %(pattern)s OR j.id IN (SELECT x.job_id FROM"
+            " procqueue.job_errors AS x WHERE x.job_id BETWEEN {low} AND {high}"
+            " AND (x.message ILIKE %(pattern)s OR x.error_type ILIKE %(pattern)s)))"
+        ).format(low=sql.Literal(low or 0), high=sql.Literal(high or LARGEST_ID))
 
     @property
     def hides_maintenance(self) -> bool:
@@ -79,8 +118,8 @@ class JobFilter:
         """One-line SQL conditions (only the filters that are set) and their parameters."""
         conditions: list[sql.Composable] = []
         params: dict[str, Any] = {}
-        if self.status == "postponed":
-            conditions.append(POSTPONED)
+        if self.status in STATE_CONDITIONS:
+            conditions.append(STATE_CONDITIONS[self.status])
         elif self.status:
             conditions.append(sql.SQL("j.status = %(status)s"))
             params["status"] = self.status
@@ -95,6 +134,19 @@ class JobFilter:
             params["maintenance_queue"] = MAINTENANCE_QUEUE
         if self.entity:
             conditions.append(self.entity_condition(self.entity_id()))
+        if self.q:
+            params["pattern"] = self.pattern
+        return conditions, params
+
+    async def resolved(self, conn: Connection) -> tuple[list[sql.Composable], dict[str, Any]]:
+        """`conditions()` with the time range as job id bounds (migration 0021's
+        procqueue.first_job_queued_at: ids grow with the time jobs are queued)."""
+        conditions, params = self.conditions()
+        for name, at, operator in (("since_id", self.since, ">="), ("until_id", self.until, "<")):
+            if at is not None:
+                found = await rows(conn, query("dashboard_first_job_queued_at"), {"at": at})
+                conditions.append(sql.SQL(f"j.id {operator} %({name})s"))
+                params[name] = found[0]["id"]
         return conditions, params
 
     def entity_condition(self, key: str) -> sql.Composable:
@@ -121,6 +173,13 @@ class JobPage:
     jobs: list[dict[str, Any]]
     newer: int | None  # pass as ?after= for the page of newer jobs
     older: int | None  # pass as ?before= for the page of older jobs
+    #: With a search: the job ids looked through when the search window ended
+    #: before the page was full (lowest, highest); None when nothing was left out.
+    searched: tuple[int, int] | None = None
+
+
+def _where(conditions: list[sql.Composable]) -> sql.Composable:
+    return sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true")
 
 
 async def job_page(
@@ -130,8 +189,9 @@ async def job_page(
     after: int | None = None,
     limit: int = PAGE_SIZE,
 ) -> JobPage:
-    """One page of jobs, newest first, by keyset: `before`/`after` are ids seen."""
-    conditions, params = filters.conditions()
+    """One page of jobs, newest first, by keyset: `before`/`after` are ids seen. A
+    search reads at most SEARCH_WINDOW jobs of the other filters per page."""
+    conditions, params = await filters.resolved(conn)
     if after is not None:
         conditions.append(sql.SQL("j.id > %(after)s"))
         params["after"] = after
@@ -141,19 +201,60 @@ async def job_page(
             conditions.append(sql.SQL("j.id < %(before)s"))
             params["before"] = before
         order = sql.SQL("DESC")
-    where = sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true")
+    searched = None
+    if filters.q:
+        window = (
+            await rows(
+                conn,
+                query_with("dashboard_search_window", filters=_where(conditions), order=order),
+                {**params, "window": SEARCH_WINDOW},
+            )
+        )[0]
+        low, high = window["low"], window["high"]
+        if window["jobs"] == SEARCH_WINDOW:
+            searched = (low, high)
+            conditions.append(sql.SQL("j.id BETWEEN %(low)s AND %(high)s"))
+            params.update(low=low, high=high)
+        conditions.append(filters.search_condition(low, high))
     params["limit"] = limit + 1
-    found = await rows(conn, query_with("dashboard_jobs", filters=where, order=order), params)
+    found = await rows(
+        conn, query_with("dashboard_jobs", filters=_where(conditions), order=order), params
+    )
     more = len(found) > limit
     found = found[:limit]
+    if more:
+        searched = None  # the page is full: the next one goes on from its last job
     if after is not None:
         found.reverse()
         newer = found[0]["id"] if more and found else None
         older = found[-1]["id"] if found else None
+        if searched is not None:
+            newer = searched[1]
     else:
         newer = found[0]["id"] if before is not None and found else None
         older = found[-1]["id"] if more and found else None
-    return JobPage(found, newer, older)
+        if searched is not None:
+            older = searched[0]
+    return JobPage(found, newer, older, searched)
+
+
+#: An action on "everything matching" acts on at most this many jobs at a time.
+MAX_MATCHING = 10_000
+
+
+async def matching_ids(
+    conn: Connection, filters: JobFilter, extra: sql.Composable, limit: int = MAX_MATCHING + 1
+) -> list[int]:
+    """The ids of the jobs the filters (and `extra`, an action's own condition)
+    match, newest first, at most `limit`; a search reads every job (no window)."""
+    conditions, params = await filters.resolved(conn)
+    conditions.append(extra)
+    if filters.q:
+        conditions.append(filters.search_condition(None, None))
+    params["limit"] = limit
+    statement = query_with("dashboard_matching_ids", filters=_where(conditions))
+    found = await rows(conn, statement, params)
+    return [row["id"] for row in found]
 
 
 async def names(conn: Connection, which: str) -> list[str]:
@@ -172,11 +273,54 @@ async def waiting_changes(conn: Connection, filters: JobFilter) -> list[dict[str
     return await rows(conn, query("dashboard_waiting_changes"), {"key": filters.entity_id()})
 
 
+#: The events that end an attempt or a job.
+END_EVENTS = ("succeeded", "failed", "cancelled", "aborted")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled", "aborted")
+
+
 @dataclass(frozen=True)
 class JobDetail:
     job: dict[str, Any]
     events: list[dict[str, Any]]
     errors: list[dict[str, Any]]
+
+    def _last(self, *types: str) -> datetime | None:
+        return max((e["at"] for e in self.events if e["type"] in types), default=None)
+
+    @property
+    def queued_at(self) -> datetime | None:
+        return min((e["at"] for e in self.events if e["type"] == "deferred"), default=None)
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When its last attempt started."""
+        return self._last("started")
+
+    @property
+    def finished_at(self) -> datetime | None:
+        """When it ended for good (None while it waits or runs)."""
+        return self._last(*END_EVENTS) if self.job["status"] in FINAL_STATUSES else None
+
+    @property
+    def duration(self) -> timedelta | None:
+        """How long its last attempt ran (so far, while it runs)."""
+        started = self.started_at
+        if started is None:
+            return None
+        if self.job["status"] == "doing":
+            return datetime.now(started.tzinfo) - started
+        ended = self._last(*END_EVENTS, "deferred_for_retry")
+        return ended - started if ended is not None and ended >= started else None
+
+
+#: An action's own condition on the jobs it applies to (an action on everything
+#: matching counts and takes only these; the operations facade checks again).
+ELIGIBLE: dict[str, sql.Composable] = {
+    "retry": STATE_CONDITIONS["failed"],
+    "discard": STATE_CONDITIONS["failed"],
+    "cancel": sql.SQL("j.status = 'todo'"),
+    "delete": sql.SQL("j.status <> 'doing'"),
+}
 
 
 async def job_detail(conn: Connection, job_id: int) -> JobDetail | None:
@@ -229,6 +373,10 @@ async def audit(
     conn: Connection, before: int | None = None, limit: int = PAGE_SIZE
 ) -> list[dict[str, Any]]:
     return await rows(conn, query("dashboard_audit"), {"before": before, "limit": limit})
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else ""
 
 
 def pretty_json(value: Any) -> str:

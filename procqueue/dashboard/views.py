@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from psycopg_pool import AsyncConnectionPool
 from starlette.datastructures import FormData
@@ -39,7 +39,6 @@ from procqueue.dashboard.signin_limits import SignInLimiter
 from procqueue.dashboard.supabase_auth import AuthUnavailable, SignInRefused, SupabaseAuth
 from procqueue.features import Settings
 from procqueue.queue.jobs import JobSpec
-from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_failed
 from procqueue.queue.server import HealthSource
 
@@ -118,7 +117,7 @@ def action(handler: Action) -> Callable[[Dashboard, Request], Awaitable[Response
 
 
 #: Job and audit ids are Postgres bigints.
-LARGEST_ID = 2**63 - 1
+LARGEST_ID = store.LARGEST_ID
 
 
 def _checked_id(name: str, value: int) -> int:
@@ -336,63 +335,6 @@ class Dashboard:
         return self.render(request, "_overview_panel.html", user, **await self.overview_context())
 
     @page
-    async def jobs(self, request: Request, user: str) -> Response:
-        params = request.query_params
-        status = params.get("status", "")
-        filters = store.JobFilter(
-            status=status if status in store.STATUSES else "",
-            task=params.get("task", "").strip(),
-            queue=params.get("queue", "").strip(),
-            entity=params.get("entity", "").strip()[:200],
-            maintenance=params.get("maintenance") == "1",
-            specs=self.job_specs,
-        )
-        async with self.pool.connection() as conn:
-            found = await store.job_page(
-                conn,
-                filters,
-                before=_int(params.get("before"), "before"),
-                after=_int(params.get("after"), "after"),
-            )
-            tasks = await store.names(conn, "task")
-            queues = await store.names(conn, "queue")
-            changes = await store.waiting_changes(conn, filters)
-        base = {key: value for key, value in filters.query().items() if value}
-        return self.render(
-            request,
-            "jobs.html",
-            user,
-            page=found,
-            changes=changes,
-            filters=filters,
-            statuses=store.STATUSES,
-            tasks=tasks,
-            queues=queues,
-            newer_url=_page_url(base, "after", found.newer),
-            older_url=_page_url(base, "before", found.older),
-            first_url=f"/jobs?{urlencode(base)}",
-            maintenance_queue=MAINTENANCE_QUEUE,
-            maintenance_url=f"/jobs?{urlencode({**base, 'maintenance': '1'})}",
-        )
-
-    @page
-    async def job(self, request: Request, user: str) -> Response:
-        job_id: int = request.path_params["job_id"]
-        async with self.pool.connection() as conn:
-            detail = await store.job_detail(conn, job_id)
-        if detail is None:
-            return self.render(
-                request,
-                "missing.html",
-                user,
-                status_code=404,
-                message=f"Job {job_id} does not exist (it may have been pruned).",
-            )
-        return self.render(
-            request, "job.html", user, detail=detail, args=store.pretty_json(detail.job["args"])
-        )
-
-    @page
     async def failures(self, request: Request, user: str) -> Response:
         async with self.pool.connection() as conn:
             groups = await store.failure_groups(conn)
@@ -451,8 +393,6 @@ class Dashboard:
         return [
             Route("/", self.overview, name="overview"),
             Route("/overview/panel", self.overview_panel),
-            Route("/jobs", self.jobs, name="jobs"),
-            Route("/jobs/{job_id:int}", self.job, name="job"),
             Route("/jobs/{job_id:int}/retry", self.retry_job, methods=["POST"]),
             Route("/jobs/{job_id:int}/cancel", self.cancel_job, methods=["POST"]),
             Route("/failures", self.failures, name="failures"),
@@ -462,10 +402,6 @@ class Dashboard:
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
         ]
-
-
-def _page_url(base: dict[str, str], key: str, job_id: int | None) -> str | None:
-    return f"/jobs?{urlencode({**base, key: job_id})}" if job_id is not None else None
 
 
 def _totals(buckets: list[store.Bucket]) -> dict[str, Any]:

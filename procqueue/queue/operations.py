@@ -1,15 +1,23 @@
 """What operators do to jobs by hand, from the CLI and the dashboard alike: list
-failed jobs, retry failed jobs (one, a group, all), cancel a waiting job, and
-abort a running one. Each action and its audit row (who, what, when) commit in
+failed jobs, retry failed jobs (one, some, a group, all), cancel a waiting job,
+abort a running one, discard a failed job that can never succeed, and delete jobs
+that are not running. Each action and its audit row (who, what, when) commit in
 one transaction: there is no action without its record.
 
 The cancel rule: a waiting job is cancelled; a running job is left alone unless
 the operator asks for an abort (`procqueue cancel --abort`), which asks its worker
-to stop it; a finished job is never touched."""
+to stop it; a finished job is never touched.
+
+Discard (migration 0021): a failed job is set aside for the record (its row, events
+and errors stay; procqueue.discarded_jobs says who discarded it and when); it leaves
+the failed list and the health verdict's failure counts, and is never retried.
+Delete: the job's row and its records (events, errors, postponement, discard) are
+gone; a running job is never deleted."""
 
 from __future__ import annotations
 
 import getpass
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +104,7 @@ async def retry_failed(
     async with conn.transaction():
         cursor = await conn.execute(
             query("lock_failed_jobs"),
-            {"job_id": job_id, "task": task, "error_type": error_type},
+            {"job_id": job_id, "task": task, "error_type": error_type, "job_ids": None},
         )
         candidates = [row[0] for row in await cursor.fetchall()]
         for candidate in candidates:
@@ -134,6 +142,149 @@ async def cancel(conn: Connection, actor: Actor, job_id: int, *, abort: bool = F
         action = "abort" if abort else "cancel"
         await _record(conn, actor, action, {"job_id": job_id}, outcome.done, outcome.message)
     return outcome
+
+
+async def retry_jobs(
+    conn: Connection, actor: Actor, job_ids: Sequence[int], *, target: dict[str, Any] | None = None
+) -> Outcome:
+    """Retry the failed jobs among `job_ids` (a selection, or what a filter matched);
+    the others are left alone, each with its reason. `target` describes the
+    selection for the audit row."""
+
+    async def act() -> list[int]:
+        cursor = await conn.execute(
+            query("lock_failed_jobs"),
+            {"job_id": None, "task": None, "error_type": None, "job_ids": list(job_ids)},
+        )
+        done = [row[0] for row in await cursor.fetchall()]
+        for candidate in done:
+            await conn.execute(query("retry_failed_job"), {"job_id": candidate})
+        return done
+
+    return await _on_jobs(conn, actor, "retry", job_ids, target, act, _why_not_retried)
+
+
+async def cancel_jobs(
+    conn: Connection, actor: Actor, job_ids: Sequence[int], *, target: dict[str, Any] | None = None
+) -> Outcome:
+    """Cancel the waiting jobs among `job_ids`; running and finished ones are left alone."""
+
+    async def act() -> list[int]:
+        done = []
+        for job_id in sorted(set(job_ids)):
+            cursor = await conn.execute(query("cancel_waiting_job"), {"job_id": job_id})
+            row = await cursor.fetchone()
+            if row is not None and row[0] is not None:
+                done.append(job_id)
+        return done
+
+    return await _on_jobs(conn, actor, "cancel", job_ids, target, act, _why_not_cancelled)
+
+
+async def discard(
+    conn: Connection,
+    actor: Actor,
+    job_ids: Sequence[int],
+    *,
+    reason: str = "",
+    target: dict[str, Any] | None = None,
+) -> Outcome:
+    """Set failed jobs aside for good (see the module's doc); others are left alone."""
+
+    async def act() -> list[int]:
+        cursor = await conn.execute(
+            query("discard_failed_jobs"),
+            {"job_ids": list(job_ids), "actor": actor.name, "reason": reason[:2000]},
+        )
+        return sorted(row[0] for row in await cursor.fetchall())
+
+    return await _on_jobs(conn, actor, "discard", job_ids, target, act, _why_not_discarded)
+
+
+async def delete(
+    conn: Connection, actor: Actor, job_ids: Sequence[int], *, target: dict[str, Any] | None = None
+) -> Outcome:
+    """Delete jobs and their records; running jobs are refused (abort them first)."""
+
+    async def act() -> list[int]:
+        params = {"job_ids": list(job_ids)}
+        await conn.execute(query("unlink_periodic_defers"), params)
+        cursor = await conn.execute(query("delete_jobs"), params)
+        return [row[0] for row in await cursor.fetchall()]
+
+    return await _on_jobs(conn, actor, "delete", job_ids, target, act, _why_not_deleted)
+
+
+#: Past tense of each verb, for the outcome's message.
+_DONE = {"retry": "retried", "cancel": "cancelled", "discard": "discarded", "delete": "deleted"}
+
+
+async def _on_jobs(
+    conn: Connection,
+    actor: Actor,
+    verb: str,
+    job_ids: Sequence[int],
+    target: dict[str, Any] | None,
+    act: Callable[[], Awaitable[list[int]]],
+    why_not: Callable[[int, str | None, bool], str],
+) -> Outcome:
+    """Run `act` on `job_ids` in one transaction with its audit row: one job is the
+    action `verb` (`{"job_id": id}`), more are `<verb>_many` with `target`; every job
+    left alone gets its reason from `why_not(id, status or None, discarded)`."""
+    wanted = sorted(set(job_ids))
+    single = target is None and len(wanted) == 1
+    outcome = Outcome()
+    async with conn.transaction():
+        outcome.done = await act()
+        done = set(outcome.done)
+        left = [job_id for job_id in wanted if job_id not in done]
+        if left:
+            cursor = await conn.execute(query("job_statuses"), {"job_ids": left})
+            found = {row[0]: (str(row[1]), bool(row[2])) for row in await cursor.fetchall()}
+            for job_id in left:
+                status, discarded = found.get(job_id, (None, False))
+                outcome.problems.append(why_not(job_id, status, discarded))
+        if single:
+            outcome.message = (
+                f"job {wanted[0]} {_DONE[verb]}" if outcome.done else outcome.problems[0]
+            )
+        else:
+            outcome.message = f"{_DONE[verb]} {len(outcome.done)} job(s)" + (
+                f", {len(outcome.problems)} left alone" if outcome.problems else ""
+            )
+        action = verb if single else f"{verb}_many"
+        recorded = {"job_id": wanted[0]} if single else {"jobs": len(wanted), **(target or {})}
+        await _record(conn, actor, action, recorded, outcome.done, outcome.message)
+    return outcome
+
+
+def _why_not_retried(job_id: int, status: str | None, discarded: bool) -> str:
+    if status is None:
+        return f"job {job_id} does not exist: not retried"
+    if discarded:
+        return f"job {job_id} was discarded: not retried (delete it if it is not needed)"
+    return f"job {job_id} is {status}, not failed: not retried"
+
+
+def _why_not_cancelled(job_id: int, status: str | None, discarded: bool) -> str:
+    return _not_cancellable(job_id, status, abort=False)
+
+
+def _why_not_discarded(job_id: int, status: str | None, discarded: bool) -> str:
+    if status is None:
+        return f"job {job_id} does not exist: not discarded"
+    if discarded:
+        return f"job {job_id} was discarded already"
+    return f"job {job_id} is {status}, not failed: only failed jobs are discarded"
+
+
+def _why_not_deleted(job_id: int, status: str | None, discarded: bool) -> str:
+    if status is None:
+        return f"job {job_id} does not exist: not deleted"
+    return (
+        f"job {job_id} is running: running jobs are not deleted "
+        f"(abort it first: procqueue cancel --abort {job_id})"
+    )
 
 
 async def failed_jobs(conn: Connection, task: str | None, limit: int) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ LEFT JOIN LATERAL (
     LIMIT 1
 ) AS err ON true
 WHERE j.status = 'failed' AND (%(task)s::text IS NULL OR j.task_name = %(task)s)
+  AND NOT EXISTS (SELECT FROM procqueue.discarded_jobs AS d WHERE d.job_id = j.id)
 ORDER BY j.id DESC
 LIMIT %(limit)s;
 
@@ -97,10 +98,12 @@ WHERE id IN (
     LIMIT %(batch_size)s
 );
 
--- lock_failed_jobs: lock failed jobs for a retry: all, or one task and last error type (empty type: no error recorded)
+-- lock_failed_jobs: lock failed jobs for a retry: all, some ids, or one task and last error type (empty type: no error recorded); discarded jobs are never retried (migration 0021)
 SELECT j.id
 FROM procrastinate.procrastinate_jobs AS j
 WHERE j.status = 'failed'
+  AND NOT EXISTS (SELECT FROM procqueue.discarded_jobs AS d WHERE d.job_id = j.id)
+  AND (%(job_ids)s::bigint[] IS NULL OR j.id = ANY(%(job_ids)s))
   AND (%(task)s::text IS NULL OR j.task_name = %(task)s)
   AND (%(error_type)s::text IS NULL OR %(error_type)s = coalesce((
         SELECT x.error_type FROM procqueue.job_errors AS x
@@ -197,3 +200,36 @@ SELECT c.entity, count(*) AS waiting, count(c.claimed_by) AS claimed,
 FROM procqueue.sync_changes AS c
 GROUP BY c.entity
 ORDER BY c.entity;
+
+-- discard_failed_jobs: set failed jobs aside for the record (migration 0021); returns the ids discarded now
+INSERT INTO procqueue.discarded_jobs (job_id, actor, reason)
+SELECT j.id, %(actor)s, %(reason)s
+FROM procrastinate.procrastinate_jobs AS j
+WHERE j.id = ANY(%(job_ids)s) AND j.status = 'failed'
+ORDER BY j.id
+FOR UPDATE OF j
+ON CONFLICT (job_id) DO NOTHING
+RETURNING job_id;
+
+-- unlink_periodic_defers: Procrastinate's record of a periodic job's defer points at the job without ON DELETE: forget the job there before deleting it
+UPDATE procrastinate.procrastinate_periodic_defers SET job_id = NULL WHERE job_id = ANY(%(job_ids)s);
+
+-- delete_jobs: delete jobs that are not running, with their events, postponement and discard (cascade) and their error records; returns the ids deleted
+WITH deleted AS (
+    DELETE FROM procrastinate.procrastinate_jobs AS j
+    WHERE j.id = ANY(%(job_ids)s) AND j.status <> 'doing'
+    RETURNING j.id
+),
+errors AS (
+    DELETE FROM procqueue.job_errors AS x WHERE x.job_id IN (SELECT deleted.id FROM deleted)
+),
+item_errors AS (
+    DELETE FROM procqueue.sync_item_errors AS x WHERE x.job_id IN (SELECT deleted.id FROM deleted)
+)
+SELECT deleted.id FROM deleted ORDER BY deleted.id;
+
+-- job_statuses: the status of some jobs, and whether each was discarded
+SELECT j.id, j.status::text AS status,
+       EXISTS (SELECT FROM procqueue.discarded_jobs AS d WHERE d.job_id = j.id) AS discarded
+FROM procrastinate.procrastinate_jobs AS j
+WHERE j.id = ANY(%(job_ids)s);

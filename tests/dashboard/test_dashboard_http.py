@@ -351,7 +351,7 @@ async def test_job_list_pages_by_keyset_and_filters(
 def _job_ids(html: str) -> list[str]:
     import re
 
-    return re.findall(r'<td class="num"><a href="/jobs/(\d+)">', html)
+    return re.findall(r'<td class="num[^"]*"><a href="/jobs/(\d+)">', html)
 
 
 def _link(html: str, rel: str) -> str | None:
