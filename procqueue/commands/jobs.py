@@ -1,4 +1,4 @@
-"""`procqueue failed`, `procqueue retry`, `procqueue cancel`: jobs by hand, through
+"""`procqueue failed`, `retry`, `cancel`, `discard`, `delete`: jobs by hand, through
 the same audited operations as the dashboard (procqueue/queue/operations.py)."""
 
 from __future__ import annotations
@@ -105,6 +105,30 @@ def cancel(args: argparse.Namespace) -> int:
     return 0 if outcome.done else 1
 
 
+#: `procqueue discard ID...` and `procqueue delete ID...`: the facade's action and help.
+MANY = {
+    "discard": (
+        operations.discard,
+        "set failed jobs aside for good: out of `failed` and health, kept for the record",
+    ),
+    "delete": (operations.delete, "delete jobs and their records (never a running one)"),
+}
+
+
+async def _many(settings: Settings, verb: str, job_ids: list[int]) -> operations.Outcome:
+    async with _connect(settings) as conn:
+        return await MANY[verb][0](conn, operations.Actor.command_line(), job_ids)
+
+
+def many(args: argparse.Namespace) -> int:
+    outcome = asyncio.run(_many(get_settings(), args.verb, args.job_ids))
+    for problem in outcome.problems:
+        if problem != outcome.message:
+            print(problem)
+    print(outcome.message)
+    return 0 if not outcome.problems else 1
+
+
 def register(commands: Any) -> None:
     failed = commands.add_parser("failed", help="failed jobs with their last error")
     failed.add_argument("--task", default=None, help="only this task")
@@ -130,3 +154,8 @@ def register(commands: Any) -> None:
         "--abort", action="store_true", help="a running job: ask its worker to abort it"
     )
     cancel_parser.set_defaults(handler=cancel)
+
+    for verb, (_, summary) in MANY.items():
+        parser = commands.add_parser(verb, help=summary)
+        parser.add_argument("job_ids", nargs="+", type=POSITIVE, metavar="ID")
+        parser.set_defaults(handler=many, verb=verb)

@@ -300,10 +300,9 @@ async def _status(conn: Connection, job_id: int) -> str | None:
 
 
 async def _not_failed(conn: Connection, job_id: int) -> str:
-    status = await _status(conn, job_id)
-    if status is None:
-        return f"job {job_id} does not exist: not retried"
-    return f"job {job_id} is {status}, not failed: not retried"
+    cursor = await conn.execute(query("job_statuses"), {"job_ids": [job_id]})
+    row = await cursor.fetchone()
+    return _why_not_retried(job_id, *((str(row[1]), bool(row[2])) if row else (None, False)))
 
 
 def _not_cancellable(job_id: int, status: str | None, *, abort: bool) -> str:
