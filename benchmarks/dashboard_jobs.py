@@ -104,10 +104,13 @@ def main() -> None:
         default=True,
         help="also measure without migration 0007's indexes (slow at 1,000,000 jobs)",
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the database pq_bench_dashboard_jobs (EXPLAIN)"
+    )
     args = parser.parse_args()
     with (
         local_postgres(env("PROCQUEUE_TEST_DATABASE_URL")) as admin,
-        scratch_database(admin, "pq_bench_dashboard_jobs") as dsn,
+        scratch_database(admin, "pq_bench_dashboard_jobs", keep=args.keep) as dsn,
     ):
         migrate(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
