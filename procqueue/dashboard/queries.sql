@@ -2,14 +2,17 @@
 -- sql/queries.sql: a block starts with "-- name: description"; {braced} names
 -- are identifiers filled in with psycopg.sql; %(named)s are parameters.
 
--- dashboard_jobs: one page of jobs by keyset ({filters}: fixed one-line conditions; {order}: ASC or DESC), each with its times from its events (queued, last started, ended) and the duration of its last attempt; a waiting job postponed since its last attempt carries the reason (migration 0018), a discarded one when (migration 0021)
+-- dashboard_jobs: one page of jobs by keyset ({filters}: fixed one-line conditions; {order}: ASC or DESC), each with its times from its events (queued, last started, ended) and the duration of its last attempt; a waiting job postponed since its last attempt carries the reason (migration 0018), a discarded one when (migration 0021). The page's jobs are picked first (the filters alone, LIMIT inside), then only they are joined: a filter's plan never drags the joins along
 SELECT j.id, j.queue_name::text AS queue_name, j.task_name::text AS task_name,
        j.status::text AS status, j.attempts, j.lock, j.args, j.scheduled_at,
        ev.queued_at, ev.started_at, ev.ended_at, ev.updated_at,
        CASE WHEN j.status = 'doing' THEN now() - ev.started_at
             WHEN ev.ended_at >= ev.started_at THEN ev.ended_at - ev.started_at END AS duration,
        p.reason AS postponed_reason, d.discarded_at
-FROM procrastinate.procrastinate_jobs AS j
+FROM (SELECT j.* FROM procrastinate.procrastinate_jobs AS j
+      WHERE {filters}
+      ORDER BY j.id {order}
+      LIMIT %(limit)s) AS j
 CROSS JOIN LATERAL (
     SELECT min(e.at) FILTER (WHERE e.type = 'deferred') AS queued_at,
            max(e.at) FILTER (WHERE e.type = 'started') AS started_at,
@@ -22,9 +25,7 @@ CROSS JOIN LATERAL (
 LEFT JOIN procqueue.job_postponements AS p
        ON p.job_id = j.id AND j.status = 'todo' AND p.attempts = j.attempts
 LEFT JOIN procqueue.discarded_jobs AS d ON d.job_id = j.id
-WHERE {filters}
-ORDER BY j.id {order}
-LIMIT %(limit)s;
+ORDER BY j.id {order};
 
 -- dashboard_search_window: the id range of the (at most %(window)s) jobs a search looks through on one page: the next ones of the other filters in page order
 SELECT count(*) AS jobs, min(w.id) AS low, max(w.id) AS high

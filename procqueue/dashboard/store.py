@@ -44,7 +44,7 @@ STATE_CONDITIONS: dict[str, sql.Composable] = {
 }
 #: A search (`q`) looks through at most this many of the newest jobs the other
 #: filters match per page, then offers to go on (keeps a page fast at any size).
-SEARCH_WINDOW = 10_000
+SEARCH_WINDOW = 5_000
 PAGE_SIZE = 50
 #: Job ids are Postgres bigints.
 LARGEST_ID = 2**63 - 1
@@ -96,7 +96,7 @@ class JobFilter:
         return sql.SQL(
             "(j.args::text ILIKE %(pattern)s OR j.id IN (SELECT x.job_id FROM"
             " procqueue.job_errors AS x WHERE x.job_id BETWEEN {low} AND {high}"
-            " AND (x.message ILIKE %(pattern)s OR x.error_type ILIKE %(pattern)s)))"
+            " AND x.error_type || ': ' || x.message ILIKE %(pattern)s))"
         ).format(low=sql.Literal(low or 0), high=sql.Literal(high or LARGEST_ID))
 
     @property
