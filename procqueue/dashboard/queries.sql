@@ -2,17 +2,14 @@
 -- sql/queries.sql: a block starts with "-- name: description"; {braced} names
 -- are identifiers filled in with psycopg.sql; %(named)s are parameters.
 
--- dashboard_jobs: one page of jobs by keyset ({filters}: fixed one-line conditions; {order}: ASC or DESC), each with its times from its events (queued, last started, ended) and the duration of its last attempt; a waiting job postponed since its last attempt carries the reason (migration 0018), a discarded one when (migration 0021). The page's jobs are picked first (the filters alone, LIMIT inside), then only they are joined: a filter's plan never drags the joins along
+-- dashboard_jobs: one page of jobs ({source}: dashboard_page_jobs or dashboard_search_jobs; {order}: ASC or DESC), each with its times from its events (queued, last started, ended) and the duration of its last attempt; a waiting job postponed since its last attempt carries the reason (migration 0018), a discarded one when (migration 0021). The page's jobs are picked first (the filters alone, LIMIT inside), then only they are joined: a filter's plan never drags the joins along
 SELECT j.id, j.queue_name::text AS queue_name, j.task_name::text AS task_name,
        j.status::text AS status, j.attempts, j.lock, j.args, j.scheduled_at,
        ev.queued_at, ev.started_at, ev.ended_at, ev.updated_at,
        CASE WHEN j.status = 'doing' THEN now() - ev.started_at
             WHEN ev.ended_at >= ev.started_at THEN ev.ended_at - ev.started_at END AS duration,
        p.reason AS postponed_reason, d.discarded_at
-FROM (SELECT j.* FROM procrastinate.procrastinate_jobs AS j
-      WHERE {filters}
-      ORDER BY j.id {order}
-      LIMIT %(limit)s) AS j
+FROM ({source}) AS j
 CROSS JOIN LATERAL (
     SELECT min(e.at) FILTER (WHERE e.type = 'deferred') AS queued_at,
            max(e.at) FILTER (WHERE e.type = 'started') AS started_at,
@@ -27,16 +24,34 @@ LEFT JOIN procqueue.job_postponements AS p
 LEFT JOIN procqueue.discarded_jobs AS d ON d.job_id = j.id
 ORDER BY j.id {order};
 
--- dashboard_search_window: the id range of the (at most %(window)s) jobs a search looks through on one page: the next ones of the other filters in page order
-SELECT count(*) AS jobs, min(w.id) AS low, max(w.id) AS high
-FROM (SELECT j.id FROM procrastinate.procrastinate_jobs AS j
-      WHERE {filters} ORDER BY j.id {order} LIMIT %(window)s) AS w;
+-- dashboard_page_jobs: (a part of dashboard_jobs) the jobs of one page by keyset ({filters}: fixed one-line conditions)
+SELECT j.* FROM procrastinate.procrastinate_jobs AS j
+WHERE {filters}
+ORDER BY j.id {order}
+LIMIT %(limit)s
 
--- dashboard_matching_ids: the ids of the jobs the filters match, newest first (an action on everything matching)
+-- dashboard_search_jobs: (a part of dashboard_jobs) the jobs of one page of a search: among the next %(window)s jobs of the other filters, those whose args or a recorded error ("type: message") hold the text; read in page order, it stops at the page's last job
+SELECT w.* FROM (SELECT j.* FROM procrastinate.procrastinate_jobs AS j
+                 WHERE {filters}
+                 ORDER BY j.id {order}
+                 LIMIT %(window)s) AS w
+WHERE w.args::text ILIKE %(pattern)s
+   -- a probe of this job's errors (LIMIT 1: never planned as a hash of every error row)
+   OR (SELECT true FROM procqueue.job_errors AS x
+       WHERE x.job_id = w.id AND x.error_type || ': ' || x.message ILIKE %(pattern)s
+       LIMIT 1)
+ORDER BY w.id {order}
+LIMIT %(limit)s
+
+-- dashboard_search_window_end: the last job a search's page looked through, when the window was full (no row: it was not)
 SELECT j.id FROM procrastinate.procrastinate_jobs AS j
 WHERE {filters}
-ORDER BY j.id DESC
-LIMIT %(limit)s;
+ORDER BY j.id {order}
+OFFSET %(window)s - 1
+LIMIT 1;
+
+-- dashboard_matching_ids: the ids of the jobs the filters match ({source}: dashboard_page_jobs or dashboard_search_jobs, newest first), for an action on everything matching
+SELECT j.id FROM ({source}) AS j ORDER BY j.id DESC;
 
 -- dashboard_first_job_queued_at: the first job id queued at or after a time (migration 0021), a bound of the time filters
 SELECT procqueue.first_job_queued_at(%(at)s) AS id;

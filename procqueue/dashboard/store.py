@@ -44,7 +44,7 @@ STATE_CONDITIONS: dict[str, sql.Composable] = {
 }
 #: A search (`q`) looks through at most this many of the newest jobs the other
 #: filters match per page, then offers to go on (keeps a page fast at any size).
-SEARCH_WINDOW = 5_000
+SEARCH_WINDOW = 2_000
 PAGE_SIZE = 50
 #: Job ids are Postgres bigints.
 LARGEST_ID = 2**63 - 1
@@ -89,15 +89,6 @@ class JobFilter:
         """`q` as an ILIKE pattern (its own % and _ taken literally)."""
         escaped = self.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return f"%{escaped}%"
-
-    def search_condition(self, low: int | None, high: int | None) -> sql.Composable:
-        """Jobs whose args or recorded errors hold `q`; the error records are read
-        between job ids `low` and `high` (None: no bound)."""
-        return sql.SQL(
-            "(j.args::text ILIKE %(pattern)s OR j.id IN (SELECT x.job_id FROM"
-            " procqueue.job_errors AS x WHERE x.job_id BETWEEN {low} AND {high}"
-            " AND x.error_type || ': ' || x.message ILIKE %(pattern)s))"
-        ).format(low=sql.Literal(low or 0), high=sql.Literal(high or LARGEST_ID))
 
     @property
     def hides_maintenance(self) -> bool:
@@ -173,9 +164,9 @@ class JobPage:
     jobs: list[dict[str, Any]]
     newer: int | None  # pass as ?after= for the page of newer jobs
     older: int | None  # pass as ?before= for the page of older jobs
-    #: With a search: the job ids looked through when the search window ended
-    #: before the page was full (lowest, highest); None when nothing was left out.
-    searched: tuple[int, int] | None = None
+    #: With a search whose window ended before the page was full: the last job id it
+    #: looked through (the pager goes on from there); None when nothing was left out.
+    searched: int | None = None
 
 
 def _where(conditions: list[sql.Composable]) -> sql.Composable:
@@ -201,41 +192,33 @@ async def job_page(
             conditions.append(sql.SQL("j.id < %(before)s"))
             params["before"] = before
         order = sql.SQL("DESC")
-    searched = None
-    if filters.q:
-        window = (
-            await rows(
-                conn,
-                query_with("dashboard_search_window", filters=_where(conditions), order=order),
-                {**params, "window": SEARCH_WINDOW},
-            )
-        )[0]
-        low, high = window["low"], window["high"]
-        if window["jobs"] == SEARCH_WINDOW:
-            searched = (low, high)
-            conditions.append(sql.SQL("j.id BETWEEN %(low)s AND %(high)s"))
-            params.update(low=low, high=high)
-        conditions.append(filters.search_condition(low, high))
+    where = _where(conditions)
     params["limit"] = limit + 1
+    source = "dashboard_search_jobs" if filters.q else "dashboard_page_jobs"
+    if filters.q:
+        params["window"] = SEARCH_WINDOW
     found = await rows(
-        conn, query_with("dashboard_jobs", filters=_where(conditions), order=order), params
+        conn,
+        query_with(
+            "dashboard_jobs", source=query_with(source, filters=where, order=order), order=order
+        ),
+        params,
     )
     more = len(found) > limit
     found = found[:limit]
-    if more:
-        searched = None  # the page is full: the next one goes on from its last job
+    edge = None
+    if filters.q and not more:  # fewer hits than a page: did the window end the search?
+        statement = query_with("dashboard_search_window_end", filters=where, order=order)
+        ended = await rows(conn, statement, params)
+        edge = ended[0]["id"] if ended else None
     if after is not None:
         found.reverse()
-        newer = found[0]["id"] if more and found else None
+        newer = found[0]["id"] if more and found else edge
         older = found[-1]["id"] if found else None
-        if searched is not None:
-            newer = searched[1]
     else:
         newer = found[0]["id"] if before is not None and found else None
-        older = found[-1]["id"] if more and found else None
-        if searched is not None:
-            older = searched[0]
-    return JobPage(found, newer, older, searched)
+        older = found[-1]["id"] if more and found else edge
+    return JobPage(found, newer, older, edge)
 
 
 #: An action on "everything matching" acts on at most this many jobs at a time.
@@ -249,11 +232,10 @@ async def matching_ids(
     match, newest first, at most `limit`; a search reads every job (no window)."""
     conditions, params = await filters.resolved(conn)
     conditions.append(extra)
-    if filters.q:
-        conditions.append(filters.search_condition(None, None))
-    params["limit"] = limit
-    statement = query_with("dashboard_matching_ids", filters=_where(conditions))
-    found = await rows(conn, statement, params)
+    source = "dashboard_search_jobs" if filters.q else "dashboard_page_jobs"
+    picked = query_with(source, filters=_where(conditions), order=sql.SQL("DESC"))
+    params.update(limit=limit, window=LARGEST_ID)
+    found = await rows(conn, query_with("dashboard_matching_ids", source=picked), params)
     return [row["id"] for row in found]
 
 
