@@ -279,16 +279,19 @@ async def test_discard_one_job_and_it_leaves_failures_and_health(
     reason = f"unknown entity {uuid.uuid4()}"
     ids = await broken_jobs(app, 3, reason)
 
-    async def failed_counted() -> int:
+    async def failed_counted() -> tuple[int, int]:
+        """Failures as the health verdict (task_stats) and the overview (queue_stats) count."""
         async with await psycopg.AsyncConnection.connect(database) as conn:
             row = await (
                 await conn.execute(
-                    "SELECT coalesce(sum(failed), 0) FROM procqueue.task_stats('1 hour')"
-                    " WHERE task_name = 'test:broken'"
+                    "SELECT (SELECT coalesce(sum(failed), 0) FROM procqueue.task_stats('1 hour')"
+                    "        WHERE task_name = 'test:broken'),"
+                    "       (SELECT coalesce(sum(failed_last_hour), 0) FROM procqueue.queue_stats()"
+                    "        WHERE queue_name = 'tests')"
                 )
             ).fetchone()
         assert row is not None
-        return int(row[0])
+        return int(row[0]), int(row[1])
 
     before = await failed_counted()
     csrf = await token(admin)
@@ -300,7 +303,7 @@ async def test_discard_one_job_and_it_leaves_failures_and_health(
     assert f"job {ids[0]} discarded" in page and '<span class="status discarded"' in page
     assert "discarded by alice" in page and f'action="/jobs/{ids[0]}/retry"' not in page
     assert await job_status(database, ids[0]) == "failed"  # kept for the record
-    assert await failed_counted() == before - 1
+    assert await failed_counted() == (before[0] - 1, before[1] - 1)
     assert ids[0] not in await listed(admin, "/jobs?state=failed&task=test:broken")
     assert ids[0] in await listed(admin, "/jobs?state=discarded")
     assert f"/jobs/{ids[0]}" not in (await admin.get("/failures")).text
