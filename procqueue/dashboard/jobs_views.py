@@ -303,14 +303,14 @@ async def matching(self: Dashboard, request: Request, actor: Actor, form: FormDa
         filters = job_filter(self, form)
         verb = _verb(_text(form, "verb"))
         expected = _int(_text(form, "expected"), "expected")
+        if expected is None:
+            raise BadInput("the count you confirmed is missing: confirm on /jobs/confirm")
     except BadInput as error:
         return PlainTextResponse(f"bad request: {error}", status_code=400)
     ids = await _matching(self, filters, verb)
     count = min(len(ids), store.MAX_MATCHING)
     if expected != count:
-        return _confirmation(
-            self, request, actor.name, filters, verb, ids, changed_from=expected or 0
-        )
+        return _confirmation(self, request, actor.name, filters, verb, ids, changed_from=expected)
     target = {"filter": _set(filters), "matched": count}
     outcome = await _act(self, actor, verb, ids[: store.MAX_MATCHING], target)
     return self.finish(request, form, outcome)

@@ -423,6 +423,9 @@ async def test_actions_on_everything_matching_after_a_confirmation(
     form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', confirm.text))
     assert (await admin.post("/jobs/matching", data=form)).status_code == 303
     assert {await job_status(database, job_id) for job_id in ids} == {"todo"}
+    unconfirmed = {key: value for key, value in form.items() if key != "expected"}
+    response = await admin.post("/jobs/matching", data=unconfirmed)
+    assert response.status_code == 400 and "the count you confirmed is missing" in response.text
     nothing = await admin.get(f"/jobs/confirm?verb=discard&queue={queue}")
     assert "<strong>0</strong> jobs match" in nothing.text and "Nothing to do" in nothing.text
     await drain(app, queues=["tests"], concurrency=1)
