@@ -202,21 +202,26 @@ SELECT c.changed_at, c.changes, c.claimed_by, c.claimed_until,
 FROM procqueue.sync_changes AS c
 WHERE c.entity = %(entity)s AND c.entity_id = %(id)s;
 
--- why_jobs: the newest sync jobs of one row, any status: its row jobs (their lock %(lock)s), the bulk jobs (%(bulk_task)s) carrying its id, and the drain jobs (%(drain_task)s) that hold its waiting change (%(claimed_by)s) or, while it waits (since %(changed_at)s), may take it or failed meanwhile (a failed drain gives its claims back); with the postponement of the job's current attempt, if any
+-- why_jobs: the newest sync jobs of one row, any status: its row jobs (their lock %(lock)s), the bulk jobs (%(bulk_task)s) carrying its id, and the drain jobs (%(drain_task)s, also their lock) that hold its waiting change (%(claimed_by)s) or, while it waits (since %(changed_at)s), may take it or failed meanwhile (a failed drain gives its claims back); with the postponement of the job's current attempt, if any. Each branch reads an index (lock; task_name, id)
 SELECT job.id, job.task_name, job.status::text AS status, job.attempts, job.scheduled_at,
        pp.reason AS postponed_reason, pp.times AS postponed_times
-FROM procrastinate.procrastinate_jobs AS job
+FROM (SELECT j.id FROM procrastinate.procrastinate_jobs AS j WHERE j.lock = %(lock)s
+      UNION
+      SELECT j.id FROM procrastinate.procrastinate_jobs AS j
+      WHERE j.task_name = %(bulk_task)s AND j.args -> 'ids' ? %(id)s
+      UNION
+      SELECT j.id FROM procrastinate.procrastinate_jobs AS j
+      WHERE j.lock = %(drain_task)s
+        AND (j.id = %(claimed_by)s
+             OR (%(changed_at)s::timestamptz IS NOT NULL
+                 AND (j.status IN ('todo', 'doing')
+                      OR EXISTS (SELECT FROM procqueue.job_errors AS e
+                                 WHERE e.job_id = j.id
+                                   AND e.occurred_at >= %(changed_at)s::timestamptz))))
+     ) AS found
+JOIN procrastinate.procrastinate_jobs AS job ON job.id = found.id
 LEFT JOIN procqueue.job_postponements AS pp
        ON pp.job_id = job.id AND pp.attempts = job.attempts AND job.status = 'todo'
-WHERE job.lock = %(lock)s
-   OR (job.task_name = %(bulk_task)s AND job.args -> 'ids' ? %(id)s)
-   OR (job.task_name = %(drain_task)s
-       AND (job.id = %(claimed_by)s
-            OR (%(changed_at)s::timestamptz IS NOT NULL
-                AND (job.status IN ('todo', 'doing')
-                     OR EXISTS (SELECT FROM procqueue.job_errors AS e
-                                WHERE e.job_id = job.id
-                                  AND e.occurred_at >= %(changed_at)s::timestamptz)))))
 ORDER BY job.id DESC
 LIMIT %(limit)s;
 

@@ -206,6 +206,12 @@ async def test_a_failed_job_shows_its_error_and_the_retry_that_fixes_it(
     assert story["attempts"][0]["job_id"] == failed[0]["id"]
     assert "location" in story["attempts"][0]["message"]
     assert "location" in verdict["summary"]
+    code, text, _ = await run_cli(
+        settings.dsn, "why", "listing", listing_id,
+        elasticsearch_url=settings.elasticsearch_url, index_prefix=settings.index_prefix,
+    )  # fmt: skip
+    assert code == 1 and "failed attempts:" in text
+    assert f"fix:       procqueue retry {failed[0]['id']}" in text
     code, out, err = await fix(settings, story)
     assert code == 0 and "retried 1 job(s)" in out, err
     code, story, _ = await why(settings, listing_id)
@@ -263,6 +269,16 @@ async def test_hidden_by_row_level_security_from_the_workers_role(
 
             await eventually(failed)
             code, story, _ = await why(settings, listing_id)
+            # Run as the worker's role itself, the read is refused: hidden, not deleted.
+            as_worker = await run_cli(
+                as_role(database, worker_role), "why", "listing", listing_id, "--json",
+                elasticsearch_url=settings.elasticsearch_url, index_prefix=settings.index_prefix,
+            )  # fmt: skip
+    code_as_worker, seen_as_worker = as_worker[0], json.loads(as_worker[1])
+    assert code_as_worker == 1, as_worker[2]
+    assert seen_as_worker["row"]["state"] == "hidden"
+    assert seen_as_worker["row"]["hidden_from"] == worker_role
+    assert seen_as_worker["verdict"]["kind"] == "hidden"
     assert code == 1, story
     assert story["row"] == {**story["row"], "state": "hidden", "hidden_from": worker_role}
     assert story["verdict"]["kind"] == "hidden"
