@@ -14,8 +14,13 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+try:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+except ImportError as missing:  # the core install has no aiosmtpd
+    raise ImportError(
+        "the loopback SMTP server needs aiosmtpd: pip install 'procqueue[local]'"
+    ) from missing
 
 from procqueue.local import free_port
 
