@@ -238,8 +238,8 @@ async def test_single_row_writes_record_their_key_whatever_the_key_column(
     database: str, db: psycopg.AsyncConnection[Any], key: str, key_type: str, first: str,
     second: str,
 ) -> None:  # fmt: skip
-    """A key column named `id` is read as a column, any other from the row as JSON:
-    both record the key as the same text, for every kind of write."""
+    """The trigger records a row's key as text whatever the key column is called and
+    whatever its type, for every kind of write, and skips a change of ignored columns."""
     name, table = f"keyed{key}", f"keyed_{key}"
     await db.execute(
         sql.SQL(
