@@ -16,7 +16,6 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Route
 
-from procqueue.app import build_app
 from procqueue.dashboard.app import create_app
 from procqueue.dashboard.roles import READ_ONLY
 from procqueue.dashboard.security import access_for
@@ -56,9 +55,7 @@ def settings(database: str, es_url: str, gotrue: GoTrueState) -> Settings:
 
 @pytest.fixture(scope="module")
 async def application(settings: Settings) -> AsyncIterator[ProcqueueApp]:
-    app = build_app(settings)
-    tasks.register(app)
-    async with app.open_async():
+    async with tasks.opened_app(settings) as app:
         yield app
 
 
