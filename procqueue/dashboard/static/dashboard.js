@@ -35,6 +35,9 @@
       try { window.localStorage.setItem(THEME_KEY, theme); } catch (e) { /* private mode */ }
       label();
     });
+    if (window.matchMedia) {  // the system switched while no choice is stored
+      window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", label);
+    }
     label();
     button.hidden = false;
   }
