@@ -8,20 +8,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, ViewportSize, expect
 
 from procqueue.dashboard.security import access_for
 from procqueue.engine.app import ProcqueueApp
 from procqueue.features import Settings
 from tests.conftest import make_settings
-from tests.dashboard.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, shoot
 from tests.support import tasks
+from tests.support.browser import chromium, require_chromium, shoot
 from tests.support.dashboard import served
+from tests.support.gotrue_server import gotrue_server
 from tests.support.worker import drain
+
+require_chromium()
 
 LIGHT_BACKGROUND = "rgb(247, 248, 250)"
 DARK_BACKGROUND = "rgb(16, 22, 28)"
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 BACKGROUND = "getComputedStyle(document.body).backgroundColor"
 #: Records the theme at the moment <body> first exists, before anything is painted.
 THEME_AT_FIRST_BODY = """
@@ -62,12 +65,8 @@ async def base(app: ProcqueueApp, database: str, es_url: str) -> AsyncIterator[s
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
+    async with chromium() as launched:
         yield launched
-        await launched.close()
 
 
 async def background(page: Page) -> str:
@@ -145,3 +144,29 @@ async def test_on_a_phone_job_rows_are_compact_cards(
     assert width[0] <= width[1], width  # nothing sticks out sideways
     await shoot(page, f"{path.strip('/')}-phone")
     await context.close()
+
+
+async def test_a_viewer_signs_in_and_sees_no_button(
+    browser: Browser, app: ProcqueueApp, database: str, es_url: str
+) -> None:
+    with gotrue_server("HS256") as gotrue:
+        gotrue.add_user("viewer@example.com", "viewer password", procqueue_role="viewer")
+        settings = make_settings(
+            database,
+            es_url,
+            supabase_url=gotrue.url,
+            supabase_anon_key=gotrue.anon_key,
+            supabase_jwt_secret=gotrue.jwt_secret,
+        )
+        async with served(settings, access_for(settings, "0.0.0.0", False)) as url:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(f"{url}/failures")
+            await page.get_by_label("Email").fill("viewer@example.com")
+            await page.get_by_label("Password").fill("viewer password")
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page.get_by_role("heading", name="Failures")).to_be_visible()
+            await expect(page.get_by_test_id("role")).to_have_text("viewer")
+            await expect(page.locator("table.failed-jobs")).to_contain_text("test:broken")
+            await expect(page.locator("main button")).to_have_count(0)
+            await shoot(page, "failures-viewer")
+            await page.close()
