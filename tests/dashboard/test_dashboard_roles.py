@@ -20,6 +20,7 @@ from procqueue.dashboard.app import create_app
 from procqueue.dashboard.roles import READ_ONLY
 from procqueue.dashboard.security import access_for
 from procqueue.engine.app import ProcqueueApp
+from procqueue.errors import ConfigError
 from procqueue.features import Settings
 from tests.conftest import make_settings
 from tests.support import tasks
@@ -250,3 +251,10 @@ async def test_an_admin_still_acts(
     rows = await audit_rows(database)
     [retry] = [r for r in rows if email in r["actor"] and r["action"] == "retry"]
     assert retry["job_ids"] == [job_id]
+
+
+def test_a_wrong_viewer_claim_is_one_clear_line(database: str, es_url: str) -> None:
+    with pytest.raises(ConfigError, match="PROCQUEUE_DASHBOARD_VIEWER_CLAIM is invalid") as error:
+        make_settings(database, es_url, dashboard_viewer_claim="viewer")
+    assert "\n" not in str(error.value)
+    assert make_settings(database, es_url, dashboard_viewer_claim="").supabase_auth is None
