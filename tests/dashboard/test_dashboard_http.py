@@ -388,10 +388,9 @@ async def test_the_entity_filter_shows_a_change_waiting_for_its_drain_job(
         claimed = (await admin.get(f"/jobs?entity={listing_id}")).text
         assert '<a href="/jobs/4242">#4242</a> is syncing it' in claimed
         await conn.execute("DELETE FROM procqueue.sync_changes WHERE entity_id = %s", [listing_id])
-        assert (
-            'data-testid="waiting-change"'
-            not in (await admin.get(f"/jobs?entity={listing_id}")).text
-        )
+        assert 'data-testid="waiting-change"' not in (
+            await admin.get(f"/jobs?entity={listing_id}")
+        ).text
 
 
 async def test_local_only_needs_no_sign_in_but_still_csrf(
