@@ -40,11 +40,15 @@ from procqueue.dashboard.security import (
 from procqueue.dashboard.sessions import Admin, open_session, revoke_session
 from procqueue.dashboard.signin_limits import SignInLimiter
 from procqueue.dashboard.supabase_auth import AuthUnavailable, SignInRefused, SupabaseAuth
+from procqueue.entities import Entity, load_entities
+from procqueue.errors import ConfigError, JobError, ProcqueueError
 from procqueue.features import Settings
+from procqueue.images.jobs import CLEANUP
 from procqueue.queue.jobs import JobSpec
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_failed
 from procqueue.queue.server import HealthSource
+from procqueue.search.why import NotFound, story_of
 
 CSRF_REFUSED = "Missing or wrong CSRF token: reload the page and try again."
 MAX_NAME_LENGTH = 64
@@ -190,6 +194,7 @@ class Dashboard:
             path=request.url.path,
             role=admin.role if admin else None,
             can_act=admin is not None and admin.can_act,
+            entity_url=self.entity_url,
         )
         return self.templates.TemplateResponse(request, name, context, status_code=status_code)
 
@@ -301,6 +306,63 @@ class Dashboard:
                     actor = Actor(admin.actor, _address(request))
                     await record(conn, actor, "sign_out", {}, "signed out")
         return RedirectResponse("/login", status_code=303)
+
+    # Rows: where is my listing? -------------------------------------------
+
+    @functools.cached_property
+    def entities(self) -> tuple[Entity, ...]:
+        return load_entities(self.settings.entities_file)
+
+    def entity_url(self, job: Any) -> str | None:
+        """The page of the one row a job syncs (`listing:update` {"id": …}), or None."""
+        args = job.get("args") if hasattr(job, "get") else None
+        entity_id = args.get("id") if isinstance(args, dict) else None
+        if not isinstance(entity_id, str):
+            return None
+        for entity in self.entities:
+            if str(job.get("task_name", "")).startswith(f"{entity.name}:"):
+                return f"/entities/{quote(entity.name, safe='')}/{quote(entity_id, safe='')}"
+        return None
+
+    @page
+    async def entity_search(self, request: Request, user: str) -> Response:
+        """The search box: an entity and an id lead to that row's page."""
+        name = request.query_params.get("entity", "").strip()
+        entity_id = request.query_params.get("id", "").strip()
+        if name and entity_id:
+            target = f"/entities/{quote(name, safe='')}/{quote(entity_id, safe='')}"
+            return RedirectResponse(target, status_code=303)
+        return self.render_entity(request, user, name, entity_id)
+
+    def render_entity(
+        self, request: Request, user: str, name: str, entity_id: str, status_code: int = 200,
+        **context: Any,
+    ) -> Response:  # fmt: skip
+        return self.render(
+            request, "entity.html", user, status_code=status_code,
+            **{"story": None, "error": None, **context},
+            entity_names=[entity.name for entity in self.entities], entity=name,
+            entity_id=entity_id,
+        )  # fmt: skip
+
+    @page
+    async def entity(self, request: Request, user: str) -> Response:
+        """One row's story (procqueue/search/why.py): read-only, the fix as text."""
+        name: str = request.path_params["entity"]
+        entity_id: str = request.path_params["entity_id"]
+        try:
+            async with self.pool.connection() as conn:
+                story = await story_of(
+                    conn, self.settings.search, self.entities, name, entity_id,
+                    image_cleanup=CLEANUP,
+                )  # fmt: skip
+        except ProcqueueError as error:
+            status = (
+                404 if isinstance(error, NotFound | ConfigError)
+                else 503 if isinstance(error, JobError) else 400
+            )  # fmt: skip
+            return self.render_entity(request, user, name, entity_id, status, error=str(error))
+        return self.render_entity(request, user, name, entity_id, story=story)
 
     # Pages -----------------------------------------------------------------
 
@@ -490,6 +552,8 @@ class Dashboard:
             Route("/failures", self.failures, name="failures"),
             Route("/failures/retry", self.retry_many, methods=["POST"]),
             Route("/audit", self.audit, name="audit"),
+            Route("/entities", self.entity_search, name="entities"),
+            Route("/entities/{entity}/{entity_id}", self.entity, name="entity"),
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),

@@ -17,11 +17,12 @@ from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
 from procqueue.engine.app import ProcqueueApp
 from procqueue.features import Settings
+from procqueue.search.client import search_index
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, chromium, require_chromium, shoot
 from tests.support.dashboard import job_status, served
-from tests.support.worker import drain, eventually, running_worker
+from tests.support.worker import SELLER_ID, drain, eventually, running_worker
 
 SECRET = "browser-secret-" + uuid.uuid4().hex
 
@@ -163,4 +164,33 @@ async def test_wide_tables_scroll_in_their_box_instead_of_being_cut_off(
         await lag.scroll_into_view_if_needed()
         box = await lag.bounding_box()
         assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= width, box
+        await page.close()
+
+
+async def test_the_search_box_reaches_a_rows_page(
+    app: ProcqueueApp, browser: Browser, database: str, es_url: str
+) -> None:
+    """From the nav's Rows page, an entity and an id lead to that row's story."""
+    listing_id = str(uuid.uuid4())
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO auth.users (id) VALUES (%s) ON CONFLICT DO NOTHING", [SELLER_ID]
+        )
+        await conn.execute(
+            "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'searched for')",
+            [listing_id, SELLER_ID],
+        )
+    await drain(app)
+    prefix = search_index(app.services).prefix  # the index the app's worker wrote
+    local = make_settings(database, es_url, index_prefix=prefix)
+    async with served(local, access_for(local, "127.0.0.1", True)) as base:
+        page = await browser.new_page()
+        await page.goto(f"{base}/")
+        await page.get_by_role("link", name="Rows").click()
+        await page.get_by_label("Entity").select_option("listing")
+        await page.get_by_label("Id").fill(listing_id)
+        await page.get_by_role("button", name="Explain").click()
+        await expect(page).to_have_url(f"{base}/entities/listing/{listing_id}")
+        await expect(page.get_by_test_id("verdict")).to_contain_text("in sync, nothing to do")
+        await shoot(page, "row")
         await page.close()

@@ -223,7 +223,9 @@ async def test_a_viewer_sees_every_page_and_no_action_form(
         for route, job in [(r, jobs[k]) for r in pages for k in ("failed", "waiting")]:
             path = concrete(route, job)
             seen = await viewer.get(path)
-            assert seen.status_code == 200, (path, seen.status_code)
+            # A made-up text parameter (an entity's name) may name nothing: its page then.
+            made_up = re.search(r"\{[^}:]+(:(str|path))?\}", route.path) is not None
+            assert seen.status_code in ((200, 404) if made_up else (200,)), (path, seen)
             assert action_forms(seen.text) == [], path
             assert not re.search(r'data-testid="(retry|cancel)-', seen.text), path
             admin_forms.update(action_forms((await admin.get(path)).text))
