@@ -19,9 +19,8 @@ from procqueue.dashboard.app import create_app
 from procqueue.dashboard.errors import DATABASE_DOWN, NOT_FOUND, SERVER_ERROR, WRONG_METHOD
 from procqueue.dashboard.security import SECURITY_HEADERS, access_for
 from procqueue.dashboard.views import CSRF_REFUSED
-from procqueue.features import Settings
 from tests.conftest import make_settings
-from tests.support.dashboard import dashboard_client, sign_in
+from tests.support.dashboard import dashboard_client, exposed_client, sign_in
 from tests.support.proxy import TcpProxy, started_proxy
 
 SECRET = "errors-secret-" + uuid.uuid4().hex
@@ -37,14 +36,9 @@ def error_line(html: str) -> str:
     return str(found[0]).replace("&#39;", "'")
 
 
-@pytest.fixture(scope="module")
-def settings(database: str, es_url: str) -> Settings:
-    return make_settings(database, es_url, dashboard_secret=SECRET)
-
-
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with dashboard_client(settings, access_for(settings, "0.0.0.0", False)) as http:
+async def client(database: str, es_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with exposed_client(make_settings(database, es_url, dashboard_secret=SECRET)) as http:
         yield http
 
 
