@@ -1,7 +1,9 @@
 """The dashboard's pages and actions, as Starlette endpoints.
 
-GET pages need a signed-in admin (else: the sign-in page); POST actions need
-one too (else 401) and the session's CSRF token (else 403).
+GET pages need a signed-in user, admin or viewer (else: the sign-in page); POST
+actions need one too (else 401), the session's CSRF token (else 403) and the admin
+role (a viewer is answered 403 and the refusal audited). Every template gets
+`role` and `can_act` (False for a viewer): action forms render only `if can_act`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from procqueue.dashboard import charts, store
+from procqueue.dashboard.roles import READ_ONLY
 from procqueue.dashboard.security import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -47,6 +50,7 @@ from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_fai
 from procqueue.queue.server import HealthSource
 from procqueue.search.why import NotFound, story_of
 
+CSRF_REFUSED = "Missing or wrong CSRF token: reload the page and try again."
 MAX_NAME_LENGTH = 64
 MAX_EMAIL_LENGTH = 254
 REFRESH_SECONDS = 5
@@ -55,12 +59,19 @@ Page = Callable[["Dashboard", Request, str], Awaitable[Response]]
 Action = Callable[["Dashboard", Request, Actor, FormData], Awaitable[Response]]
 
 
+async def signed_in(dashboard: Dashboard, request: Request) -> Admin | None:
+    """The request's signed-in user, kept on `request.state.admin` for `render`."""
+    admin = await current_admin(request, dashboard.access, dashboard.pool)
+    request.state.admin = admin
+    return admin
+
+
 def page(handler: Page) -> Callable[[Dashboard, Request], Awaitable[Response]]:
     """A GET page: signed out, go to the sign-in page (and come back after)."""
 
     @functools.wraps(handler)
     async def wrapped(self: Dashboard, request: Request) -> Response:
-        admin = await current_admin(request, self.access, self.pool)
+        admin = await signed_in(self, request)
         if admin is None:
             here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(here, safe='')}", status_code=303)
@@ -93,7 +104,7 @@ def partial(handler: Page) -> Callable[[Dashboard, Request], Awaitable[Response]
 
     @functools.wraps(handler)
     async def wrapped(self: Dashboard, request: Request) -> Response:
-        admin = await current_admin(request, self.access, self.pool)
+        admin = await signed_in(self, request)
         if admin is None:
             return PlainTextResponse("sign in first", status_code=401)
         return await _answer_bad_input(handler(self, request, admin.name), request)
@@ -102,20 +113,24 @@ def partial(handler: Page) -> Callable[[Dashboard, Request], Awaitable[Response]
 
 
 def action(handler: Action) -> Callable[[Dashboard, Request], Awaitable[Response]]:
-    """A POST action: signed in (else 401) with this session's CSRF token (else 403)."""
+    """A POST action: signed in (else 401) with this session's CSRF token (else 403)
+    as an admin (a viewer: 403, and an `action_refused` audit row)."""
 
     @functools.wraps(handler)
     async def wrapped(self: Dashboard, request: Request) -> Response:
-        admin = await current_admin(request, self.access, self.pool)
+        admin = await signed_in(self, request)
         if admin is None:
             return PlainTextResponse("sign in first: POST /login", status_code=401)
         form = await request.form()
         given = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
         if not csrf_valid(request, given if isinstance(given, str) else None):
-            return PlainTextResponse(
-                "missing or wrong CSRF token: reload the page and try again", status_code=403
-            )
+            return self.error_page(request, 403, CSRF_REFUSED)
         actor = Actor(admin.actor, _address(request))
+        if not admin.can_act:
+            async with self.pool.connection() as conn:
+                target = {"path": request.url.path, "role": admin.role}
+                await record(conn, actor, "action_refused", target, f"refused: {READ_ONLY}")
+            return self.error_page(request, 403, READ_ONLY)
         return await handler(self, request, actor, form)
 
     return wrapped
@@ -169,6 +184,7 @@ class Dashboard:
         status_code: int = 200,
         **context: Any,
     ) -> Response:
+        admin: Admin | None = getattr(request.state, "admin", None)
         context.update(
             user=user,
             csrf_token=csrf_token(request),
@@ -176,9 +192,25 @@ class Dashboard:
             flash=request.session.pop("flash", None),
             open_locally=self.access.open_locally,
             path=request.url.path,
+            role=admin.role if admin else None,
+            can_act=admin is not None and admin.can_act,
             entity_url=self.entity_url,
         )
         return self.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    def error_page(
+        self, request: Request, status_code: int, message: str, user: str | None = None
+    ) -> Response:
+        """A styled error page in the dashboard's layout: one line, what to do."""
+        admin: Admin | None = getattr(request.state, "admin", None)
+        return self.render(
+            request,
+            "error.html",
+            user or (admin.name if admin else None),
+            status_code=status_code,
+            status=status_code,
+            message=message,
+        )
 
     def finish(self, request: Request, form: FormData, outcome: Outcome) -> Response:
         # A single refusal is the message itself: list only what it does not say.
@@ -227,8 +259,8 @@ class Dashboard:
         given = _text(form, CSRF_FIELD)
         target = safe_next(_text(form, "next"))
         if not csrf_valid(request, given):
-            return PlainTextResponse(
-                "missing or wrong CSRF token: reload the sign-in page and try again", 403
+            return self.error_page(
+                request, 403, "Missing or wrong CSRF token: reload the sign-in page and try again."
             )
         address = _address(request)
         wait = self.limiter.wait(address)
@@ -264,7 +296,7 @@ class Dashboard:
     async def logout(self, request: Request) -> Response:
         form = await request.form()
         if not csrf_valid(request, _text(form, CSRF_FIELD)):
-            return PlainTextResponse("missing or wrong CSRF token", status_code=403)
+            return self.error_page(request, 403, CSRF_REFUSED)
         admin = await current_admin(request, self.access, self.pool)
         token = sign_out(request)
         if token is not None:

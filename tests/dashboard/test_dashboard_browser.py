@@ -6,14 +6,12 @@ purpose with `PROCQUEUE_SCREENSHOTS_DIR=docs/screenshots ./scripts/test -k brows
 
 from __future__ import annotations
 
-import os
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import psycopg
 import pytest
+from playwright.async_api import Browser, async_playwright, expect
 
 from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
@@ -22,32 +20,13 @@ from procqueue.features import Settings
 from procqueue.search.client import search_index
 from tests.conftest import make_settings
 from tests.support import tasks
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, chromium, require_chromium, shoot
 from tests.support.dashboard import job_status, served
 from tests.support.worker import SELLER_ID, drain, eventually, running_worker
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SCREENSHOTS = Path(
-    os.environ.get("PROCQUEUE_SCREENSHOTS_DIR") or tempfile.mkdtemp(prefix="procqueue-screenshots-")
-)
-SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 SECRET = "browser-secret-" + uuid.uuid4().hex
 
-if not CHROMIUM.exists():
-    reason = f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run installs it)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " — CI must run the browser test", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402
+require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +46,6 @@ async def set_switch(dsn: str, name: str, broken: bool) -> None:
             "ON CONFLICT (name) DO UPDATE SET broken = excluded.broken",
             [name, broken],
         )
-
-
-async def shoot(page: Page, name: str) -> None:
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 async def test_sign_in_see_the_failure_retry_and_see_it_succeed(
@@ -158,12 +133,8 @@ TABLE_BOXES = """() => [...document.querySelectorAll('main table')].map(table =>
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
+    async with chromium() as launched:
         yield launched
-        await launched.close()
 
 
 @pytest.mark.parametrize("width", [800, 480])
