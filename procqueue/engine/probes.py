@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 #: Seconds `/readyz` gives Postgres to accept a connection and answer.
 READY_TIMEOUT = 3
 PROBE_APPLICATION = "procqueue-worker-probe"
+#: The probe paths (deploy/kubernetes/worker.yaml points its probes at them).
+LIVE_PATH = "/livez"
+READY_PATH = "/readyz"
 NOT_HERE = (
     "not found: a worker's port serves /metrics, /livez and /readyz; the queue-wide "
     "/healthz is served by `procqueue metrics` and the dashboard"
@@ -72,7 +75,7 @@ def readiness(services: Services) -> tuple[bool, str]:
 def probe_app(services: Services) -> WsgiApp:
     """The WSGI app of a worker's port."""
     metrics = make_wsgi_app(REGISTRY)
-    probes = {"/livez": liveness, "/readyz": readiness}
+    probes = {LIVE_PATH: liveness, READY_PATH: readiness}
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
