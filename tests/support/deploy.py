@@ -1,20 +1,26 @@
-"""Checks of the deploy files (docker-compose.yml, deploy/systemd, deploy/kubernetes)
-against the code: the commands they run exist in the real CLI, the variables they
-set are settings, and their values load as settings."""
+"""Checks of the deploy files (docker-compose.yml, deploy/systemd, deploy/kubernetes,
+deploy/prometheus, deploy/grafana) against the code: the commands they run exist in
+the real CLI, the variables they set are settings, their values load as settings, and
+the series they read are ones procqueue exports."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import AliasChoices
 from pydantic.fields import FieldInfo
 
 from procqueue.cli import build_parser
 from procqueue.features import Settings
+from tests.support.repo import REPO_DIR
 
 #: Where the deploy examples install the `procqueue` command.
 INSTALLED_COMMAND = "procqueue"
@@ -107,3 +113,54 @@ def read_env_file(path: Path) -> tuple[dict[str, str], set[str]]:
         name, _, value = line.partition("=")
         values[name.strip()] = value.strip()
     return values, commented
+
+
+ALERT_RULES = REPO_DIR / "deploy" / "prometheus" / "alerts.yml"
+GRAFANA_DASHBOARD = REPO_DIR / "deploy" / "grafana" / "procqueue.json"
+#: A procqueue series name in PromQL.
+SERIES = re.compile(r"\bprocqueue_[a-z_]+")
+
+
+def alert_expressions() -> dict[str, str]:
+    """Alert name -> its PromQL, from deploy/prometheus/alerts.yml."""
+    rules = yaml.safe_load(ALERT_RULES.read_text())
+    return {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+
+
+def grafana_panels() -> list[dict[str, Any]]:
+    dashboard: dict[str, Any] = json.loads(GRAFANA_DASHBOARD.read_text())
+    panels: list[dict[str, Any]] = dashboard["panels"]
+    return panels
+
+
+def grafana_expressions() -> dict[str, str]:
+    """ "<panel title> <refId>" -> its PromQL, from deploy/grafana/procqueue.json."""
+    return {
+        f"{panel['title']} {target['refId']}": target["expr"]
+        for panel in grafana_panels()
+        for target in panel.get("targets", [])
+    }
+
+
+def series_used() -> set[str]:
+    """Every procqueue series the alert rules and the Grafana dashboard read."""
+    expressions = [*alert_expressions().values(), *grafana_expressions().values()]
+    return {name for expr in expressions for name in SERIES.findall(expr)}
+
+
+#: The series a family of each type exposes besides its own name.
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+}
+
+
+def exported_series(scrape: str) -> set[str]:
+    """Every series name a Prometheus text scrape declares, with or without samples
+    yet (a counter declares `_total`, a histogram `_bucket`, `_count`, `_sum`)."""
+    names = set()
+    for family in text_string_to_metric_families(scrape):
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
