@@ -124,6 +124,7 @@ def test_the_worker_is_probed_on_its_own_port_and_outlives_its_stop_timeout() ->
     assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": port["name"]}
     annotations = worker["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(settings.metrics_port)
+    assert worker["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0  # upgrading.md
     grace = pod_spec(worker)["terminationGracePeriodSeconds"]
     assert grace > settings.shutdown_timeout + 5, (grace, settings.shutdown_timeout)
     assert 5 <= settings.concurrency <= 10
