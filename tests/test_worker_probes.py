@@ -142,11 +142,15 @@ async def test_a_worker_whose_event_loop_is_blocked_reads_dead_then_alive_again(
         async with app.open_async():
             await app.configure_task("test:block_loop").defer_async(seconds=12)
 
+        answers: list[str] = []
+
         async def dead() -> bool:
-            return (await probe(port, "/livez"))[0] == 503
+            status, body = await probe(port, "/livez")
+            answers.append(body)
+            return status == 503
 
         await eventually(dead, timeout=12, interval=0.2)
-        _, reason = await probe(port, "/livez")
+        reason = answers[-1]
         assert "the heartbeat is stale: no turn for" in reason, reason
         assert reason.endswith(": restart the worker\n") and reason.count("\n") == 1, reason
         assert (await probe(port, "/readyz"))[0] == 200  # Postgres is fine: a new connection
@@ -167,7 +171,7 @@ async def test_a_stopping_worker_is_not_alive(
     app = build_app(make_settings(database, es_url))
     cli_worker.register(app)
     async with app.open_async():
-        job_id = await app.configure_task("test:sleep").defer_async(seconds=3)
+        job_id = await app.configure_task("test:sleep").defer_async(seconds=5)
 
     async def running() -> bool:
         async with await psycopg.AsyncConnection.connect(database) as conn:
@@ -184,11 +188,15 @@ async def test_a_stopping_worker_is_not_alive(
         process.send_signal(signal.SIGTERM)
         stopped = True
 
-        async def stopping() -> bool:
-            return (await probe(port, "/livez"))[0] == 503
+        answers: list[str] = []
 
-        await eventually(stopping, timeout=3, interval=0.05)
-        _, reason = await probe(port, "/livez")
+        async def stopping() -> bool:
+            status, body = await probe(port, "/livez")
+            answers.append(body)
+            return status == 503
+
+        await eventually(stopping, timeout=4, interval=0.05)
+        reason = answers[-1]
         assert reason.startswith("the worker is stopping"), reason
     finally:
         if not stopped:  # a second SIGTERM would kill it
