@@ -70,6 +70,9 @@ def test_the_environment_file_sets_settings_that_load() -> None:
     values, commented = read_env_file(ENV_FILE)
     unknown = unknown_variables(set(values) | commented)
     assert not unknown, f"procqueue.env names variables no setting reads: {unknown}"
+    # An EnvironmentFile overrides Environment=: it must not set what a unit sets.
+    for name in UNITS:
+        assert not set(values) & set(unit_environment(name)), name
     settings = load_settings_from({**values, **unit_environment("procqueue-worker@.service")})
     assert settings.metrics_port == int(INSTANCE["i"])
     assert 5 <= settings.concurrency <= 10

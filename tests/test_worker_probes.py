@@ -161,9 +161,7 @@ async def test_a_worker_whose_event_loop_is_blocked_reads_dead_then_alive_again(
         await eventually(alive, timeout=15, interval=0.2)
 
 
-async def test_a_stopping_worker_is_not_alive(
-    database: str, es_url: str, tmp_path: Path
-) -> None:
+async def test_a_stopping_worker_is_not_alive(database: str, es_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = {**worker_env(database, es_url), "PROCQUEUE_METRICS_PORT": str(port)}
     log = tmp_path / "worker.log"

@@ -87,6 +87,8 @@ class Worker(procrastinate_worker.Worker):
       arguments its task takes: checks Procrastinate makes before, or not at all,
       our middleware) fails with a recorded reason instead of crashing the worker's
       job task and staying `doing`.
+    - Its fetch loop and heartbeat note each turn in `liveness` (engine/liveness.py),
+      which its port's `/livez` reads (engine/probes.py).
     """
 
     side_task_failure: tuple[str, BaseException] | None = None

@@ -110,4 +110,3 @@ def make_server(settings: CoreSettings, host: str, port: int) -> uvicorn.Server:
         create_app(settings), host=host, port=port, log_level="warning", lifespan="on"
     )
     return uvicorn.Server(config)
-
