@@ -28,6 +28,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from procqueue.dashboard import jobs_views
+from procqueue.dashboard.errors import error_handlers
 from procqueue.dashboard.security import SECURITY_HEADERS, Access, current_admin
 from procqueue.dashboard.signin_limits import SignInLimiter
 from procqueue.dashboard.supabase_auth import SupabaseAuth
@@ -44,6 +45,7 @@ TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
 SESSION_COOKIE = "procqueue_dashboard"
 FAVICON = "/static/favicon.svg"
+POOL_TIMEOUT = 10.0  # seconds a request waits for a database connection
 #: What Postgres answers when the queue's schemas, tables or functions are missing.
 NOT_MIGRATED = (
     psycopg.errors.UndefinedTable,
@@ -124,6 +126,8 @@ def make_templates(settings: Settings) -> Jinja2Templates:
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
     )
+    # The time a page is drawn at: a waiting job due later reads "scheduled".
+    env.globals["utcnow"] = lambda: datetime.now(UTC)
     env.filters.update(
         ts=_timestamp,
         age=_age,
@@ -138,6 +142,8 @@ def make_templates(settings: Settings) -> Jinja2Templates:
             json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str), secrets
         ),
     )
+    # Fail closed: a template rendered without Dashboard.render shows no action form.
+    env.globals.update(can_act=False, role=None)
     return Jinja2Templates(env=env)
 
 
@@ -196,6 +202,8 @@ def create_app(
         autocommit=True,
         min_size=1,
         max_size=4,
+        # With the database away a page says so (errors.py) after this long, not 30 s.
+        timeout=POOL_TIMEOUT,
         configure=None if pooled else _configure,
     )
     health = HealthSource(settings.health, pool)
@@ -232,7 +240,10 @@ def create_app(
                 https_only=access.cookie_secure,
             ),
         ],
-        exception_handlers=dict.fromkeys(NOT_MIGRATED, _not_migrated),
+        exception_handlers={
+            **error_handlers(dashboard),
+            **dict.fromkeys(NOT_MIGRATED, _not_migrated),
+        },
         lifespan=pool_lifespan(pool),
     )
 

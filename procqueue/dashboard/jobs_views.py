@@ -133,7 +133,6 @@ async def list_context(dashboard: Dashboard, request: Request) -> dict[str, Any]
         "first_url": _url("/jobs", base),
         "back": _url("/jobs", here),
         "rows_url": _url("/jobs/rows", here),
-        "now": datetime.now(UTC),
         "now_label": datetime.now(UTC).strftime("%H:%M:%S UTC"),
         "search_window": store.SEARCH_WINDOW,
     }
@@ -206,7 +205,6 @@ async def job(self: Dashboard, request: Request, user: str) -> Response:
         detail=detail,
         args=store.pretty_json(detail.job["args"]),
         entities=entity_links(self, detail.job),
-        now=datetime.now(UTC),
     )
 
 
@@ -290,6 +288,11 @@ async def confirm(self: Dashboard, request: Request, user: str) -> Response:
     """GET /jobs/confirm?verb=…&<filters>: how many jobs an action on everything
     matching would take, and the button that does it."""
     filters = job_filter(self, request.query_params)
+    if not request.query_params.get("verb"):  # no action named yet: offer them
+        return self.render(
+            request, "jobs_confirm.html", user, verb=None, verbs=VERBS,
+            filter_fields=_set(filters), back=_url("/jobs", _set(filters)),
+        )  # fmt: skip
     verb = _verb(request.query_params.get("verb"))
     return _confirmation(self, request, user, filters, verb, await _matching(self, filters, verb))
 
