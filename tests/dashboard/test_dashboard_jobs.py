@@ -423,6 +423,17 @@ async def test_actions_on_everything_matching_after_a_confirmation(
     form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', confirm.text))
     assert (await admin.post("/jobs/matching", data=form)).status_code == 303
     assert {await job_status(database, job_id) for job_id in ids} == {"todo"}
+    # Discard everything matching a search among failed jobs: they leave state=failed.
+    lost = await broken_jobs(app, 2, f"unknown task {queue}")
+    confirm = await admin.get(f"/jobs/confirm?verb=discard&state=failed&q=unknown task {queue}")
+    assert "<strong>2</strong> jobs match" in confirm.text
+    discard_form = dict(
+        re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', confirm.text)
+    )
+    assert (await admin.post("/jobs/matching", data=discard_form)).status_code == 303
+    assert sorted(await listed(admin, f"/jobs?state=discarded&q={queue}")) == lost
+    row = (await audit_rows(database))[-1]
+    assert row["action"] == "discard_many" and sorted(row["job_ids"]) == lost
     unconfirmed = {key: value for key, value in form.items() if key != "expected"}
     response = await admin.post("/jobs/matching", data=unconfirmed)
     assert response.status_code == 400 and "the count you confirmed is missing" in response.text
