@@ -122,9 +122,9 @@ async def list_context(dashboard: Dashboard, request: Request) -> dict[str, Any]
             after=_int(params.get("after"), "after"),
         )
     base = _set(filters)
-    here = {
-        key: value for key, value in params.items() if key in (*FILTER_FIELDS, "before", "after")
-    }
+    # As asked (an age like since=1h keeps sliding in the live refresh; status= is state=).
+    kept = (*FILTER_FIELDS, "status", "before", "after")
+    here = {key: value for key, value in params.items() if key in kept}
     return {
         "page": found,
         "filters": filters,

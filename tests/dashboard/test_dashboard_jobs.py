@@ -157,8 +157,12 @@ async def test_each_state_filter_reads_true(
     page = (await admin.get(f"/jobs/{postponed}")).text
     assert f'<h1>Job {postponed} <span class="status postponed"' in page
     assert "Postponed: elasticsearch: circuit open" in page and "succeeded" not in page
-    # The old parameter name still works (links made before `state`).
+    # The old parameter name still works (links made before `state`), live refresh too.
     assert await listed(admin, f"/jobs?queue={queue}&status=scheduled") == [later]
+    html = (await admin.get(f"/jobs?queue={queue}&status=scheduled")).text
+    refresh = re.search(r'data-refresh="([^"]+)"', html)
+    assert refresh is not None
+    assert await listed(admin, refresh.group(1).replace("&amp;", "&")) == [later]
 
 
 async def test_task_queue_entity_search_and_time_filters(
