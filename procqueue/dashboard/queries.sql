@@ -2,7 +2,7 @@
 -- sql/queries.sql: a block starts with "-- name: description"; {braced} names
 -- are identifiers filled in with psycopg.sql; %(named)s are parameters.
 
--- dashboard_jobs: one page of jobs ({source}: dashboard_page_jobs or dashboard_search_jobs; {order}: ASC or DESC), each with its times from its events (queued, last started, ended) and the duration of its last attempt; a waiting job postponed since its last attempt carries the reason (migration 0018), a discarded one when (migration 0022). The page's jobs are picked first (the filters alone, LIMIT inside), then only they are joined: a filter's plan never drags the joins along
+-- dashboard_jobs: one page of jobs ({source}: dashboard_page_jobs or dashboard_search_jobs; {order}: ASC or DESC), each with its times from its events (queued, last started, ended) and the duration of its last attempt; a waiting job postponed since its last attempt carries the reason (migration 0018), a discarded one when (migration 0024). The page's jobs are picked first (the filters alone, LIMIT inside), then only they are joined: a filter's plan never drags the joins along
 SELECT j.id, j.queue_name::text AS queue_name, j.task_name::text AS task_name,
        j.status::text AS status, j.attempts, j.lock, j.args, j.scheduled_at,
        ev.queued_at, ev.started_at, ev.ended_at, ev.updated_at,
@@ -53,7 +53,7 @@ LIMIT 1;
 -- dashboard_matching_ids: the ids of the jobs the filters match ({source}: dashboard_page_jobs or dashboard_search_jobs, newest first), for an action on everything matching
 SELECT j.id FROM ({source}) AS j ORDER BY j.id DESC;
 
--- dashboard_first_job_queued_at: the first job id queued at or after a time (migration 0022), a bound of the time filters
+-- dashboard_first_job_queued_at: the first job id queued at or after a time (migration 0024), a bound of the time filters
 SELECT procqueue.first_job_queued_at(%(at)s) AS id;
 
 -- dashboard_distinct_names: distinct values of a job column (task_name or
@@ -68,7 +68,7 @@ WITH RECURSIVE names AS (
 )
 SELECT name FROM names WHERE name IS NOT NULL;
 
--- dashboard_job: one job with every column the job page shows, its postponement (migration 0018) and discard (migration 0022)
+-- dashboard_job: one job with every column the job page shows, its postponement (migration 0018) and discard (migration 0024)
 SELECT j.id, j.queue_name::text AS queue_name, j.task_name::text AS task_name,
        j.status::text AS status, j.attempts, j.priority, j.lock, j.queueing_lock,
        j.args, j.scheduled_at, j.worker_id, j.abort_requested,

@@ -23,7 +23,7 @@ Connection = psycopg.AsyncConnection[Any]
 #: The states the job list filters by (`?state=`): Procrastinate's statuses, and
 #: "postponed": a waiting (`todo`) job that a sink's outage, a writer or a rate limit
 #: sent back to wait, no attempt spent; "scheduled": a waiting job due in the future
-#: (not postponed); "discarded": a failed job set aside for good (migration 0022),
+#: (not postponed); "discarded": a failed job set aside for good (migration 0024),
 #: no longer in "failed". "todo" is every waiting job, postponed and scheduled ones too.
 STATUSES = (
     "todo", "scheduled", "postponed", "doing", "succeeded", "failed", "discarded",
@@ -130,7 +130,7 @@ class JobFilter:
         return conditions, params
 
     async def resolved(self, conn: Connection) -> tuple[list[sql.Composable], dict[str, Any]]:
-        """`conditions()` with the time range as job id bounds (migration 0022's
+        """`conditions()` with the time range as job id bounds (migration 0024's
         procqueue.first_job_queued_at: ids grow with the time jobs are queued)."""
         conditions, params = self.conditions()
         for name, at, operator in (("since_id", self.since, ">="), ("until_id", self.until, "<")):

@@ -8,7 +8,7 @@ The cancel rule: a waiting job is cancelled; a running job is left alone unless
 the operator asks for an abort (`procqueue cancel --abort`), which asks its worker
 to stop it; a finished job is never touched.
 
-Discard (migration 0022): a failed job is set aside for the record (its row, events
+Discard (migration 0024): a failed job is set aside for the record (its row, events
 and errors stay; procqueue.discarded_jobs says who discarded it and when); it leaves
 the failed list and the health verdict's failure counts, and is never retried.
 Delete: the job's row and its records (events, errors, postponement, discard) are

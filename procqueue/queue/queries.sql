@@ -98,7 +98,7 @@ WHERE id IN (
     LIMIT %(batch_size)s
 );
 
--- lock_failed_jobs: lock failed jobs for a retry: all, some ids, or one task and last error type (empty type: no error recorded); discarded jobs are never retried (migration 0022)
+-- lock_failed_jobs: lock failed jobs for a retry: all, some ids, or one task and last error type (empty type: no error recorded); discarded jobs are never retried (migration 0024)
 SELECT j.id
 FROM procrastinate.procrastinate_jobs AS j
 WHERE j.status = 'failed'
@@ -201,7 +201,7 @@ FROM procqueue.sync_changes AS c
 GROUP BY c.entity
 ORDER BY c.entity;
 
--- discard_failed_jobs: set failed jobs aside for the record (migration 0022); returns the ids discarded now
+-- discard_failed_jobs: set failed jobs aside for the record (migration 0024); returns the ids discarded now
 INSERT INTO procqueue.discarded_jobs (job_id, actor, reason)
 SELECT j.id, %(actor)s, %(reason)s
 FROM procrastinate.procrastinate_jobs AS j
