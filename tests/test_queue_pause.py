@@ -1,4 +1,4 @@
-"""Pausing a queue (migration 0021): a real worker process claims none of its jobs
+"""Pausing a queue (migration 0022): a real worker process claims none of its jobs
 while it is paused (running ones finish), the pause outlives a worker restart, the
 resume wakes the workers at once (a NOTIFY, not their poll), and a polling worker
 (no LISTEN, as through a transaction pooler) honours it too. Every pause and resume

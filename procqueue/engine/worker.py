@@ -100,7 +100,7 @@ class Worker(procrastinate_worker.Worker):
         self._answer_lost_at: float | None = None
         self._refusals = Refusals()
         #: Attempts this worker ran to an end (not postponements): procqueue.worker_details
-        #: (migration 0021) has it as of the last heartbeat.
+        #: (migration 0022) has it as of the last heartbeat.
         self.jobs_done = 0
         self.additional_context = {**(self.additional_context or {}), JOB_RUNNER: self}
         self._outcomes = OutcomeSaver(
@@ -175,7 +175,7 @@ class Worker(procrastinate_worker.Worker):
 
     async def _record_details(self) -> None:
         """Say who this worker is beside its Procrastinate row (procqueue.worker_details,
-        migration 0021): host, pid, queues, concurrency; read by `procqueue queues` and the
+        migration 0022): host, pid, queues, concurrency; read by `procqueue queues` and the
         dashboard's Workers and Queues pages."""
         worker_id = self.worker_id
         if worker_id is None:

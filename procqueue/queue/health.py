@@ -246,7 +246,9 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
             f"worker(s) {', '.join(map(str, stalled))} stopped heartbeating; their jobs "
             "are retried by the stalled-job rescue"
         )
-    status = _worse(status, _paused(snapshot, reasons))
+    for text in _paused_reasons(snapshot):
+        status = _worse(status, Status.DEGRADED)
+        reasons.append(text)
     paused = snapshot.paused_names()
     for queue in snapshot.queues:
         if queue.queue_name in paused:
@@ -305,25 +307,24 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
     return Verdict(status, reasons)
 
 
-def _paused(snapshot: Snapshot, reasons: list[str]) -> Status:
+def _paused_reasons(snapshot: Snapshot) -> list[str]:
     """A paused queue with work waiting reads paused, not as lag: degraded (work is
-    held on purpose, and a forgotten pause holds it for good), with who paused it and
-    how to resume. A paused queue with nothing waiting is healthy."""
+    held on purpose, but a forgotten pause holds it for good), saying who paused it and
+    how to resume. A paused queue with nothing waiting is no reason."""
     waiting = {queue.queue_name: queue.waiting for queue in snapshot.queues}
-    status = Status.HEALTHY
+    reasons = []
     for paused in snapshot.paused:
         jobs = waiting.get(paused.queue_name, 0)
         held = [b for b in snapshot.changes if b.drain_queue == paused.queue_name]
         if not jobs and not held:
             continue
-        status = Status.DEGRADED
         changes = "".join(f" and {b.waiting} change(s) of {b.entity}" for b in held)
         reasons.append(
             f"queue {paused.queue_name!r} is paused (since {paused.paused_at:%Y-%m-%d %H:%M:%S} "
             f"by {paused.paused_by}): {jobs} job(s){changes} wait; "
             f"`procqueue resume {paused.queue_name}` to run them"
         )
-    return status
+    return reasons
 
 
 def _failure_level(failed: int, finished: int, config: HealthConfig) -> Status:

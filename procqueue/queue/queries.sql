@@ -137,7 +137,7 @@ WHERE is_open ORDER BY sink;
 -- walk_jobs_in_fetch_order: for the rest of this transaction, plan the claim below as Procrastinate's index of waiting jobs (priority, id) walked in order, stopping at the limit. The planner cannot estimate the claim's args tests, nor a burst of waiting jobs that ANALYZE has not seen yet: it took every waiting job, ran the lock test for each and sorted them (130-160 ms a claim of 99 at 20,000 waiting; 130 s with the statistics of an empty table) instead of 11 ms (benchmarks/RESULTS.md, "The claim read the whole backlog")
 SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true);
 
--- claim_jobs_like: take up to %(limit)s more ready jobs of these tasks in one queue (none while it is paused: procqueue.paused_queues, migration 0021) for this worker, whose args are one string %(key_arg)s (procqueue/queue/batch.py); the rules of Procrastinate's procrastinate_fetch_job_v2: a job whose lock has a running job, or a waiting one of higher priority or queued first, is not taken; highest priority, then oldest first; jobs another worker is taking are skipped
+-- claim_jobs_like: take up to %(limit)s more ready jobs of these tasks in one queue (none while it is paused: procqueue.paused_queues, migration 0022) for this worker, whose args are one string %(key_arg)s (procqueue/queue/batch.py); the rules of Procrastinate's procrastinate_fetch_job_v2: a job whose lock has a running job, or a waiting one of higher priority or queued first, is not taken; highest priority, then oldest first; jobs another worker is taking are skipped
 WITH candidate AS (
     SELECT jobs.id
     FROM procrastinate.procrastinate_jobs AS jobs
@@ -201,7 +201,7 @@ FROM procqueue.sync_changes AS c
 GROUP BY c.entity
 ORDER BY c.entity;
 
--- pause_queue: pause a queue (migration 0021); no row when it is paused already
+-- pause_queue: pause a queue (migration 0022); no row when it is paused already
 INSERT INTO procqueue.paused_queues (queue_name, paused_by, reason)
 VALUES (%(queue)s, %(actor)s, %(reason)s)
 ON CONFLICT (queue_name) DO NOTHING
@@ -218,7 +218,7 @@ SELECT pg_notify(channel, %(payload)s) FROM unnest(%(channels)s::text[]) AS chan
 SELECT p.queue_name, p.paused_at, p.paused_by, p.reason
 FROM procqueue.paused_queues AS p WHERE p.queue_name = %(queue)s;
 
--- health_paused: every paused queue: since when, by whom, why (migration 0021)
+-- health_paused: every paused queue: since when, by whom, why (migration 0022)
 SELECT p.queue_name, p.paused_at, p.paused_by, p.reason
 FROM procqueue.paused_queues AS p ORDER BY p.queue_name;
 
@@ -271,7 +271,7 @@ LEFT JOIN procqueue.paused_queues AS p ON p.queue_name = n.name
 LEFT JOIN counts AS c ON c.name = n.name
 ORDER BY n.name;
 
--- worker_list: every registered worker: its heartbeat, jobs in hand, and what it said of itself when it registered (procqueue.worker_details, migration 0021; NULL for a worker that did not: plain Procrastinate's, or one that has not yet)
+-- worker_list: every registered worker: its heartbeat, jobs in hand, and what it said of itself when it registered (procqueue.worker_details, migration 0022; NULL for a worker that did not: plain Procrastinate's, or one that has not yet)
 SELECT w.id AS worker_id, w.last_heartbeat,
        greatest(0, extract(epoch FROM now() - w.last_heartbeat))::double precision
            AS heartbeat_age_seconds,

@@ -1,7 +1,7 @@
 """Queues and workers as operators see them (`procqueue queues`, the dashboard's
 Queues and Workers pages): which queues there are, paused or not, their jobs, and the
 workers that take them, with what each worker said of itself when it registered
-(procqueue.worker_details, migration 0021). Pausing and resuming are audited
+(procqueue.worker_details, migration 0022). Pausing and resuming are audited
 operations: procqueue/queue/operations.py."""
 
 from __future__ import annotations
