@@ -142,6 +142,8 @@ async def cancel(conn: Connection, actor: Actor, job_id: int, *, abort: bool = F
 
 #: The longest queue name an operator may pause (Procrastinate's are far shorter).
 MAX_QUEUE_NAME = 200
+#: The longest reason kept for a pause.
+MAX_REASON = 500
 
 
 async def pause_queue(
@@ -158,13 +160,12 @@ async def pause_queue(
     when it is in `known` (the features' queues), jobs hold its name, or a worker
     serves it by name; any other name is refused (a typo would pause nothing)."""
     outcome = Outcome()
-    name = _shown(queue)
+    reason = _audited(reason, MAX_REASON) if reason else None
     async with conn.transaction():
-        usable = name == queue and bool(queue)
-        if not (usable and (queue in known or await queues.in_use(conn, queue))):
+        if not (_storable(queue) and (queue in known or await queues.in_use(conn, queue))):
             outcome.problems.append(
-                f"queue {name!r} is unknown (no job, worker or task of procqueue uses it): "
-                "check the name with `procqueue queues`"
+                f"queue {queue[:MAX_QUEUE_NAME]!r} is unknown (no job, worker or task of "
+                "procqueue uses it): check the name with `procqueue queues`"
             )
         else:
             cursor = await conn.execute(
@@ -178,7 +179,7 @@ async def pause_queue(
                     "resumed; running jobs finish"
                 )
         outcome.message = outcome.message or outcome.problems[0]
-        target = {"queue": name, **({"reason": reason} if reason else {})}
+        target = {"queue": _audited(queue), **({"reason": reason} if reason else {})}
         await _record(conn, actor, "pause_queue", target, [], outcome.message)
     return outcome
 
@@ -188,13 +189,14 @@ async def resume_queue(conn: Connection, actor: Actor, queue: str) -> Outcome:
     its channel and the any-queue channel, as a deferred job sends (sent at commit;
     workers that poll, through a transaction pooler, take its jobs at their next poll)."""
     outcome = Outcome()
-    name = _shown(queue)
     async with conn.transaction():
         row = None
-        if name == queue:
+        if _storable(queue):
             row = await (await conn.execute(query("resume_queue"), {"queue": queue})).fetchone()
         if row is None:
-            outcome.problems.append(f"queue {name!r} is not paused: nothing to resume")
+            outcome.problems.append(
+                f"queue {queue[:MAX_QUEUE_NAME]!r} is not paused: nothing to resume"
+            )
             outcome.message = outcome.problems[0]
         else:
             channels = [*get_channel_for_queues([queue]), *get_channel_for_queues(None)]
@@ -204,14 +206,18 @@ async def resume_queue(conn: Connection, actor: Actor, queue: str) -> Outcome:
                 f"queue {queue!r} resumed (paused since {row[0]:%Y-%m-%d %H:%M:%S %Z} by "
                 f"{row[1]}): workers take its jobs again"
             )
-        await _record(conn, actor, "resume_queue", {"queue": name}, [], outcome.message)
+        await _record(conn, actor, "resume_queue", {"queue": _audited(queue)}, [], outcome.message)
     return outcome
 
 
-def _shown(queue: str) -> str:
-    """The queue name as messages and the audit log show it: a name Postgres cannot
-    store (a NUL byte) or too long to be a queue's is cut and escaped, and refused."""
-    return queue.replace("\x00", "\\x00")[:MAX_QUEUE_NAME]
+def _storable(queue: str) -> bool:
+    """A name a queue can have: not empty, not too long, no NUL (Postgres stores none)."""
+    return 0 < len(queue) <= MAX_QUEUE_NAME and "\x00" not in queue
+
+
+def _audited(text: str, length: int = MAX_QUEUE_NAME) -> str:
+    """`text` as Postgres can keep it: NUL bytes escaped, cut to `length`."""
+    return text.replace("\x00", "\\x00")[:length]
 
 
 async def _already_paused(conn: Connection, queue: str) -> str:
