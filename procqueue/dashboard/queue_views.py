@@ -40,7 +40,6 @@ async def queues_page(dashboard: Dashboard, request: Request, user: str) -> Resp
         user,
         states=states,
         paused=[state for state in states if state.paused],
-        concurrency=dashboard.settings.concurrency,
     )
 
 
