@@ -18,6 +18,7 @@ from procqueue.app import build_app
 from procqueue.engine.app import ProcqueueApp
 from procqueue.queue import operations, queues
 from procqueue.queue.health import HealthConfig, Status, evaluate, read_snapshot
+from procqueue.queue.metrics import SnapshotCollector
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.worker import eventually, running_worker
@@ -60,6 +61,15 @@ async def test_a_paused_queue_with_waiting_jobs_reads_paused_not_lag(
         f"by test:health): 1 job(s) wait; `procqueue resume {queue}` to run them"
     )
     assert status is not Status.HEALTHY  # held work: at least degraded
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        snapshot = await read_snapshot(conn, EAGER)
+    gauges = {
+        metric.name: metric
+        for metric in SnapshotCollector(snapshot, evaluate(snapshot, EAGER)).collect()
+    }
+    assert [(s.labels, s.value) for s in gauges["procqueue_queue_paused"].samples] == [
+        ({"queue": queue}, 1.0)
+    ]
 
     async with app.pool.connection() as conn:
         await conn.execute(
