@@ -7,7 +7,7 @@ pause|resume` do; the data comes from procqueue/queue/queues.py."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from procqueue.dashboard.views import Dashboard
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+#: views.py's `page` or `action` decorator.
+Wrap = Callable[[Any], Callable[["Dashboard", Request], Awaitable[Response]]]
 
 
 def known_queues(dashboard: Dashboard) -> set[str]:
@@ -70,8 +72,9 @@ async def resume(dashboard: Dashboard, request: Request, actor: Actor, form: For
     return dashboard.finish(request, form, outcome)
 
 
-def queue_routes(dashboard: Dashboard) -> list[Route]:
-    from procqueue.dashboard.views import action, page
+def queue_routes(dashboard: Dashboard, page: Wrap, action: Wrap) -> list[Route]:
+    """The routes, their handlers wrapped by views.py's `page` (sign-in) and `action`
+    (sign-in, CSRF, actor) decorators, passed in: this module does not import views.py."""
 
     def bound(handler: Callable[[Dashboard, Request], Awaitable[Response]]) -> Endpoint:
         async def endpoint(request: Request) -> Response:

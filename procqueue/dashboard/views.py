@@ -462,7 +462,7 @@ class Dashboard:
             Route("/failures", self.failures, name="failures"),
             Route("/failures/retry", self.retry_many, methods=["POST"]),
             Route("/audit", self.audit, name="audit"),
-            *queue_routes(self),
+            *queue_routes(self, page, action),
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
