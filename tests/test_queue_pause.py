@@ -1,7 +1,7 @@
 """Pausing a queue (migration 0022): a real worker process claims none of its jobs
 while it is paused (running ones finish), the pause outlives a worker restart, the
 resume wakes the workers at once (a NOTIFY, not their poll), and a polling worker
-(no LISTEN, as through a transaction pooler) honours it too. Every pause and resume
+behind a transaction pooler honours it too. Every pause and resume
 is audited. `procqueue pause|resume|queues` and their refusals."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from procqueue.queue.batch import BatchSpec, claim_jobs_like
 from tests.conftest import make_settings
 from tests.support import cli_worker
 from tests.support.dashboard import audit_rows, job_status
+from tests.support.pgbouncer import Pgbouncer
 from tests.support.worker import eventually
 from tests.test_operator_logs import cli, worker_env
 
@@ -136,21 +137,24 @@ async def test_a_pause_outlives_a_worker_restart(
         await wait_status(database, held, "succeeded")
 
 
-async def test_a_polling_worker_honours_the_pause(
-    app: ProcqueueApp, database: str, es_url: str, tmp_path: Path
+async def test_a_polling_worker_through_a_transaction_pooler_honours_the_pause(
+    app: ProcqueueApp, database: str, es_url: str, tmp_path: Path, pgbouncer: Pgbouncer
 ) -> None:
-    """No LISTEN (as through a transaction pooler): the poll's fetch skips the paused
-    queue, and takes its jobs at the first poll after the resume."""
+    """Through pgbouncer in transaction mode (no LISTEN: the worker polls), the poll's
+    fetch skips the paused queue, and takes its jobs at the first poll after the
+    resume (made through the pooler too)."""
+    pooled = pgbouncer.via(database)
     queue = queue_name()
-    assert not (await pause(database, queue)).problems
+    assert not (await pause(pooled, queue)).problems
     held = await defer(app, queue)
     log = tmp_path / "polling.log"
-    async with worker(database, es_url, log, listen_notify="false", polling_interval="0.2"):
+    settings = {"transaction_pooler": "true", "polling_interval": "0.2"}
+    async with worker(pooled, es_url, log, **settings):
         await fetched_past(app, database, held)
         assert await job_status(database, held) == "todo"
-        assert not (await resume(database, queue)).problems
+        assert not (await resume(pooled, queue)).problems
         await wait_status(database, held, "succeeded")
-    assert "LISTEN" not in log.read_text()
+    assert "polls every 0.2 s instead" in log.read_text()
 
 
 async def test_a_paused_queue_gives_no_job_to_a_batch_claim(
