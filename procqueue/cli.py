@@ -18,6 +18,7 @@ from procqueue.commands import (
     metrics,
     migrate,
     queues,
+    why,
     worker,
 )
 from procqueue.engine.connections import database_error
@@ -40,6 +41,7 @@ COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
     dashboard.register,
     bulk.register,
     queues.register,
+    why.register,
 )
 
 
