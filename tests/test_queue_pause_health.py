@@ -62,6 +62,10 @@ async def test_a_paused_queue_with_waiting_jobs_reads_paused_not_lag(
     )
     assert status is not Status.HEALTHY  # held work: at least degraded
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        verdict = evaluate(await read_snapshot(conn, EAGER), EAGER)
+    # The overview links the reason to the jobs it holds.
+    assert verdict.filters[verdict.reasons.index(mine[0])] == {"state": "todo", "queue": queue}
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
         snapshot = await read_snapshot(conn, EAGER)
     gauges = {
         metric.name: metric

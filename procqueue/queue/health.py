@@ -259,9 +259,9 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
             "are retried by the stalled-job rescue",
             state="doing",
         )
-    for text in _paused_reasons(snapshot):
+    for queue_name, text in _paused_reasons(snapshot):
         status = _worse(status, Status.DEGRADED)
-        reasons.append(text)
+        reason(text, state="todo", queue=queue_name)
     paused = snapshot.paused_names()
     for queue in snapshot.queues:
         if queue.queue_name in paused:
@@ -325,10 +325,10 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
     return Verdict(status, reasons, filters)
 
 
-def _paused_reasons(snapshot: Snapshot) -> list[str]:
+def _paused_reasons(snapshot: Snapshot) -> list[tuple[str, str]]:
     """A paused queue with work waiting reads paused, not as lag: degraded (work is
     held on purpose, but a forgotten pause holds it for good), saying who paused it and
-    how to resume. A paused queue with nothing waiting is no reason."""
+    how to resume. A paused queue with nothing waiting is no reason. (queue, reason) pairs."""
     waiting = {queue.queue_name: queue.waiting for queue in snapshot.queues}
     reasons = []
     for paused in snapshot.paused:
@@ -337,11 +337,12 @@ def _paused_reasons(snapshot: Snapshot) -> list[str]:
         if not jobs and not held:
             continue
         changes = "".join(f" and {b.waiting} change(s) of {b.entity}" for b in held)
-        reasons.append(
-            f"queue {paused.queue_name!r} is paused (since {paused.paused_at:%Y-%m-%d %H:%M:%S} "
-            f"by {paused.paused_by}): {jobs} job(s){changes} wait; "
-            f"`procqueue resume {paused.queue_name}` to run them"
+        name, since = paused.queue_name, f"{paused.paused_at:%Y-%m-%d %H:%M:%S}"
+        text = (
+            f"queue {name!r} is paused (since {since} by {paused.paused_by}): {jobs} job(s)"
+            f"{changes} wait; `procqueue resume {name}` to run them"
         )
+        reasons.append((name, text))
     return reasons
 
 
