@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from procqueue.dashboard import charts, store
+from procqueue.dashboard.queue_views import queue_routes
 from procqueue.dashboard.roles import READ_ONLY
 from procqueue.dashboard.security import (
     CSRF_FIELD,
@@ -47,6 +48,7 @@ from procqueue.images.jobs import CLEANUP
 from procqueue.queue.jobs import JobSpec
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_failed
+from procqueue.queue.queues import job_worker
 from procqueue.queue.server import HealthSource
 from procqueue.search.why import NotFound, story_of
 
@@ -474,6 +476,7 @@ class Dashboard:
         job_id: int = request.path_params["job_id"]
         async with self.pool.connection() as conn:
             detail = await store.job_detail(conn, job_id)
+            worker = await job_worker(conn, job_id)  # host and pid, for job.html
         if detail is None:
             return self.render(
                 request,
@@ -483,8 +486,9 @@ class Dashboard:
                 message=f"Job {job_id} does not exist (it may have been pruned).",
             )
         return self.render(
-            request, "job.html", user, detail=detail, args=store.pretty_json(detail.job["args"])
-        )
+            request, "job.html", user, detail=detail, args=store.pretty_json(detail.job["args"]),
+            worker=worker,
+        )  # fmt: skip
 
     @page
     async def failures(self, request: Request, user: str) -> Response:
@@ -554,6 +558,7 @@ class Dashboard:
             Route("/audit", self.audit, name="audit"),
             Route("/entities", self.entity_search, name="entities"),
             Route("/entities/{entity}/{entity_id}", self.entity, name="entity"),
+            *queue_routes(self, page, action),
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
