@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from procqueue.dashboard import charts, store
+from procqueue.dashboard.chart_views import chart_routes
 from procqueue.dashboard.security import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -458,6 +459,7 @@ class Dashboard:
             Route("/failures", self.failures, name="failures"),
             Route("/failures/retry", self.retry_many, methods=["POST"]),
             Route("/audit", self.audit, name="audit"),
+            *chart_routes(self),
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
