@@ -24,6 +24,8 @@ WAITING, RUNNING, P50, P95, LAG = "#1565c0", "#6a1b9a", "#2e7d32", "#ef6c00", "#
 
 def duration(seconds: float) -> str:
     """A duration as the charts show it: `850 µs`, `12.3 ms`, `4.20 s`, `2.5 min`."""
+    if seconds == 0:
+        return "0 s"
     if seconds < 0.001:
         return f"{seconds * 1_000_000:.0f} µs"
     if seconds < 1:
