@@ -1,6 +1,6 @@
 -- History for the dashboard's Charts page (issue 25): per queue and task,
--- attempts and durations per minute, and each queue's depth and lag once a
--- minute. The charts read only these two tables (and, for the minutes not
+-- attempts and durations per minute and per half hour, and each queue's depth
+-- and lag once a minute. The charts read only these two tables (and, for the minutes not
 -- rolled up yet, the end events of those minutes), never the jobs table.
 -- Both keep two days (the Charts page shows the last hour or day); the
 -- maintenance task that rescues stalled jobs (every PROCQUEUE_RESCUE_INTERVAL
@@ -32,6 +32,31 @@ CREATE TABLE procqueue.task_stats_minutely (
 );
 CREATE INDEX task_stats_minutely_queue_idx ON procqueue.task_stats_minutely (queue_name, minute);
 CREATE INDEX task_stats_minutely_task_idx ON procqueue.task_stats_minutely (task_name, minute);
+
+-- The same, per half hour (UTC, from :00 and :30), summed from the minutes once
+-- the last minute of the half hour is rolled up: the day chart reads 48 of these
+-- per queue and task instead of 1,440 minutes.
+CREATE TABLE procqueue.chart_half_hours (
+    period timestamptz PRIMARY KEY,
+    rolled_up_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE procqueue.task_stats_half_hourly (
+    period timestamptz NOT NULL REFERENCES procqueue.chart_half_hours ON DELETE CASCADE,
+    queue_name text NOT NULL,
+    task_name text NOT NULL,
+    succeeded bigint NOT NULL,
+    failed bigint NOT NULL,
+    retries bigint NOT NULL,
+    aborted bigint NOT NULL,
+    max_seconds double precision,
+    buckets integer[] NOT NULL,
+    bucket_counts bigint[] NOT NULL,
+    PRIMARY KEY (period, queue_name, task_name)
+);
+CREATE INDEX task_stats_half_hourly_queue_idx
+    ON procqueue.task_stats_half_hourly (queue_name, period);
+CREATE INDEX task_stats_half_hourly_task_idx
+    ON procqueue.task_stats_half_hourly (task_name, period);
 
 -- One row per minute and queue: procqueue.queue_stats() as the first sample
 -- taken in that minute saw it.
@@ -73,8 +98,10 @@ BEGIN
                ))::double precision AS seconds
         FROM procrastinate.procrastinate_events AS ended
         LEFT JOIN LATERAL (
+            -- OFFSET 0: kept a subquery (one probe per event), never flattened into a
+            -- join the planner could answer by hashing the whole jobs table
             SELECT o.queue_name, o.task_name FROM procrastinate.procrastinate_jobs AS o
-            WHERE o.id = ended.job_id
+            WHERE o.id = ended.job_id OFFSET 0
         ) AS j ON true
         WHERE ended.type IN ('succeeded', 'failed', 'deferred_for_retry', 'aborted')
           AND ended.at >= $1 AND ended.at < $2
@@ -88,7 +115,8 @@ END;
 $function$;
 
 -- Roll up the oldest complete minutes not rolled up yet, at most `max_minutes`
--- of them, in one read of their end events; returns how many. A minute is
+-- of them, in one read of their end events, and the half hours they complete;
+-- returns how many minutes. A minute is
 -- complete `grace` after its end. One caller at a time (a concurrent call
 -- returns 0 at once); a minute is marked once, so nothing counts twice.
 -- Minutes that ended more than `keep` ago are deleted.
@@ -111,6 +139,8 @@ BEGIN
         RETURN 0;
     END IF;
     DELETE FROM procqueue.chart_minutes AS d WHERE d.minute + interval '1 minute' <= now() - keep;
+    DELETE FROM procqueue.chart_half_hours AS d
+     WHERE d.period + interval '30 minutes' <= now() - keep;
     oldest := least(
         (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'succeeded'),
         (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'failed'),
@@ -164,6 +194,44 @@ BEGIN
     LEFT JOIN histogram AS h
            ON h.minute = m.minute AND h.queue_name = m.queue_name AND h.task_name = m.task_name
     GROUP BY 1, 2, 3;
+    -- Half hours whose last minute was rolled up now (minutes are rolled up oldest
+    -- first, so the earlier ones with any attempt are in already): summed once.
+    WITH ended AS (
+        INSERT INTO procqueue.chart_half_hours (period)
+        SELECT date_bin('30 minutes', c.minute, timestamptz '2000-01-01')
+        FROM unnest(chosen) AS c (minute)
+        WHERE c.minute = date_bin('30 minutes', c.minute, timestamptz '2000-01-01')
+                         + interval '29 minutes'
+        ON CONFLICT DO NOTHING
+        RETURNING period
+    ),
+    minutes AS MATERIALIZED (
+        SELECT e.period, m.*
+        FROM ended AS e
+        JOIN procqueue.task_stats_minutely AS m
+          ON m.minute >= e.period AND m.minute < e.period + interval '30 minutes'
+    ),
+    histogram AS (
+        SELECT b.period, b.queue_name, b.task_name,
+               array_agg(b.bucket ORDER BY b.bucket) AS buckets,
+               array_agg(b.n ORDER BY b.bucket) AS bucket_counts
+        FROM (SELECT x.period, x.queue_name, x.task_name, x.bucket, sum(x.n)::bigint AS n
+              FROM (SELECT m.period, m.queue_name, m.task_name, unnest(m.buckets) AS bucket,
+                           unnest(m.bucket_counts) AS n
+                    FROM minutes AS m) AS x
+              GROUP BY 1, 2, 3, 4) AS b
+        GROUP BY 1, 2, 3
+    )
+    INSERT INTO procqueue.task_stats_half_hourly
+        (period, queue_name, task_name, succeeded, failed, retries, aborted, max_seconds,
+         buckets, bucket_counts)
+    SELECT m.period, m.queue_name, m.task_name, sum(m.succeeded), sum(m.failed),
+           sum(m.retries), sum(m.aborted), max(m.max_seconds),
+           coalesce(min(h.buckets), '{}'), coalesce(min(h.bucket_counts), '{}')
+    FROM minutes AS m
+    LEFT JOIN histogram AS h
+           ON h.period = m.period AND h.queue_name = m.queue_name AND h.task_name = m.task_name
+    GROUP BY 1, 2, 3;
     RETURN cardinality(chosen);
 END;
 $function$;
@@ -193,8 +261,8 @@ BEGIN
 END;
 $function$;
 
-REVOKE ALL ON procqueue.chart_minutes, procqueue.task_stats_minutely, procqueue.queue_samples
-    FROM PUBLIC;
+REVOKE ALL ON procqueue.chart_minutes, procqueue.task_stats_minutely, procqueue.chart_half_hours,
+    procqueue.task_stats_half_hourly, procqueue.queue_samples FROM PUBLIC;
 REVOKE ALL ON FUNCTION procqueue.chart_attempts(timestamptz, timestamptz),
     procqueue.roll_up_chart_minutes(integer, interval, interval),
     procqueue.sample_queues(interval) FROM PUBLIC;

@@ -49,6 +49,24 @@ SELECT minute, queue_name, task_name, succeeded, failed, retries, aborted
 FROM procqueue.task_stats_minutely ORDER BY 1, 2, 3
 """
 
+HALF_HOURS = """
+SELECT h.period, (SELECT max(minute) FROM procqueue.chart_minutes) AS rolled_until,
+       array_agg(ARRAY[h.succeeded, h.failed, h.retries, h.aborted,
+                       (SELECT sum(n) FROM unnest(h.bucket_counts) AS n)]
+                 ORDER BY h.queue_name, h.task_name) AS counts
+FROM procqueue.task_stats_half_hourly AS h GROUP BY h.period ORDER BY 1
+"""
+MINUTES_BY_HALF_HOUR = """
+SELECT x.period, array_agg(ARRAY[x.succeeded, x.failed, x.retries, x.aborted, x.timed]
+                           ORDER BY x.queue_name, x.task_name) AS counts
+FROM (SELECT date_bin('30 minutes', m.minute, timestamptz '2000-01-01') AS period, m.queue_name,
+             m.task_name, sum(m.succeeded) AS succeeded, sum(m.failed) AS failed,
+             sum(m.retries) AS retries, sum(m.aborted) AS aborted,
+             sum((SELECT sum(n) FROM unnest(m.bucket_counts) AS n)) AS timed
+      FROM procqueue.task_stats_minutely AS m GROUP BY 1, 2, 3) AS x
+GROUP BY x.period ORDER BY 1
+"""
+
 
 async def rows(
     conn: psycopg.AsyncConnection[Any], sql: str, params: Any = None
@@ -130,6 +148,13 @@ async def test_minute_rollups_count_per_queue_and_task_what_the_events_say(
     reference = await rows(conn, REFERENCE)
     assert len(reference) >= 5  # alpha:sync at 30 h and 5 h, alpha:mail, beta:push, a retry
     assert await rows(conn, ROLLUPS) == reference
+    # Each rolled-up half hour sums its minutes (the day chart reads these).
+    halves = await rows(conn, HALF_HOURS)
+    assert halves and all(h["period"] < h["rolled_until"] for h in halves)
+    assert {h["period"]: h["counts"] for h in halves} == {
+        h["period"]: h["counts"] for h in await rows(conn, MINUTES_BY_HALF_HOUR)
+        if h["period"] in {half["period"] for half in halves}
+    }
     again = await record_chart_history(app.pool, deadline=0)
     assert again.rolled_up_minutes <= 1  # nothing twice (a minute may have ended meanwhile)
     assert await rows(conn, ROLLUPS) == await rows(conn, REFERENCE)

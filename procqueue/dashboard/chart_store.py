@@ -36,6 +36,8 @@ class Range:
         return "minute" if minutes == 1 else f"{minutes} min"
 
 
+#: The coarser rollup (migration 0021); a range whose step is a multiple of it reads it.
+HALF_HOUR = timedelta(minutes=30)
 RANGES = {
     "hour": Range("hour", "last hour", timedelta(hours=1), timedelta(minutes=1)),
     "day": Range("day", "last day", timedelta(days=1), timedelta(minutes=30)),
@@ -124,6 +126,7 @@ class Selection:
         return {
             "queue": self.queue, "task": self.task,
             "span": self.range.span, "step": self.range.step,
+            "half_hours": self.range.step >= HALF_HOUR,
         }  # fmt: skip
 
 

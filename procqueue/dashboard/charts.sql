@@ -1,5 +1,5 @@
 -- Named queries of the Charts page (migration 0021), in the manner of queries.sql
--- beside this file. They read the per-minute rollups and queue samples, and the
+-- beside this file. They read the per-minute and per-half-hour rollups and the queue samples, and the
 -- end events of the minutes not rolled up yet (at most a minute or two when the
 -- maintenance task runs), never the jobs table. %(queue)s and %(task)s: '' means any.
 
@@ -7,11 +7,23 @@
 WITH since AS MATERIALIZED (
     SELECT date_bin(%(step)s::interval, now() - %(span)s::interval, timestamptz '2000-01-01') AS at
 ),
+-- with %(half_hours)s (buckets of 30 minutes or more): the rolled-up half hours,
+-- then the minutes after the last of them; else the minutes only
 rolled AS MATERIALIZED (
+    SELECT h.period AS minute, h.succeeded, h.failed, h.retries, h.aborted, h.max_seconds,
+           h.buckets, h.bucket_counts
+    FROM procqueue.task_stats_half_hourly AS h
+    WHERE %(half_hours)s AND h.period >= (SELECT at FROM since)
+      AND (%(queue)s::text = '' OR h.queue_name = %(queue)s::text)
+      AND (%(task)s::text = '' OR h.task_name = %(task)s::text)
+    UNION ALL
     SELECT m.minute, m.succeeded, m.failed, m.retries, m.aborted, m.max_seconds, m.buckets,
            m.bucket_counts
     FROM procqueue.task_stats_minutely AS m
-    WHERE m.minute >= (SELECT at FROM since)
+    WHERE m.minute >= greatest(
+              (SELECT at FROM since),
+              CASE WHEN %(half_hours)s THEN (SELECT max(p.period) + interval '30 minutes'
+                                             FROM procqueue.chart_half_hours AS p) END)
       AND (%(queue)s::text = '' OR m.queue_name = %(queue)s::text)
       AND (%(task)s::text = '' OR m.task_name = %(task)s::text)
 ),
