@@ -1,11 +1,12 @@
--- History for the dashboard's Charts page (issue 25): per queue and task,
--- attempts and durations per minute and per half hour, and each queue's depth
--- and lag once a minute. The charts read only these two tables (and, for the minutes not
--- rolled up yet, the end events of those minutes), never the jobs table.
--- Both keep two days (the Charts page shows the last hour or day); the
--- maintenance task that rescues stalled jobs (every PROCQUEUE_RESCUE_INTERVAL
--- seconds) samples the queues and rolls up the minutes, and deletes what is
--- older. 0017's hourly task stats (90 days, per task) are unchanged.
+-- History for the dashboard's Charts page (issue 25): attempts and their
+-- durations per minute and per half hour, per queue and task, per queue and in
+-- all; and each queue's depth and lag once a minute. The charts read only these
+-- tables (and the end events of the minutes not rolled up yet), never the jobs
+-- table. All of it is kept two days (the Charts page shows the last hour or
+-- day); the maintenance task that rescues stalled jobs (every
+-- PROCQUEUE_RESCUE_INTERVAL seconds) samples the queues and rolls up the
+-- minutes, and deletes what is older. 0017's hourly task stats (90 days, per
+-- task) are unchanged.
 
 -- Minutes (start of the minute) already rolled up, with or without attempts.
 CREATE TABLE procqueue.chart_minutes (
@@ -13,11 +14,14 @@ CREATE TABLE procqueue.chart_minutes (
     rolled_up_at timestamptz NOT NULL DEFAULT now()
 );
 
--- One row per rolled-up minute, queue and task: attempts that ended in that
--- minute by how they ended (a postponed attempt has no end event: it is none
--- of these, migration 0018), and their durations as 0017's sparse histogram
--- (bucket 0: under 1 ms; bucket b >= 1: [1 ms * 1.04^(b-1), 1 ms * 1.04^b)).
+-- Per rolled-up minute: the attempts that ended in it by how they ended (a
+-- postponed attempt has no end event: it is none of these, migration 0018), their
+-- longest duration and their durations as 0017's sparse histogram (bucket 0:
+-- under 1 ms; bucket b >= 1: [1 ms * 1.04^(b-1), 1 ms * 1.04^b)). Three levels,
+-- so that no chart sums more rows than it has buckets: level 0 one row per queue
+-- and task, level 1 one per queue (task_name ''), level 2 one in all (both '').
 CREATE TABLE procqueue.task_stats_minutely (
+    level smallint NOT NULL CHECK (level IN (0, 1, 2)),
     minute timestamptz NOT NULL REFERENCES procqueue.chart_minutes ON DELETE CASCADE,
     queue_name text NOT NULL,
     task_name text NOT NULL,
@@ -28,19 +32,18 @@ CREATE TABLE procqueue.task_stats_minutely (
     max_seconds double precision,
     buckets integer[] NOT NULL,
     bucket_counts bigint[] NOT NULL,
-    PRIMARY KEY (minute, queue_name, task_name)
+    PRIMARY KEY (level, minute, queue_name, task_name)
 );
-CREATE INDEX task_stats_minutely_queue_idx ON procqueue.task_stats_minutely (queue_name, minute);
 CREATE INDEX task_stats_minutely_task_idx ON procqueue.task_stats_minutely (task_name, minute);
 
--- The same, per half hour (UTC, from :00 and :30), summed from the minutes once
--- the last minute of the half hour is rolled up: the day chart reads 48 of these
--- per queue and task instead of 1,440 minutes.
+-- The same per half hour (UTC, from :00 and :30), summed from its minutes once
+-- its last minute is rolled up: the day chart reads 48 of these, not 1,440 minutes.
 CREATE TABLE procqueue.chart_half_hours (
     period timestamptz PRIMARY KEY,
     rolled_up_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE procqueue.task_stats_half_hourly (
+    level smallint NOT NULL CHECK (level IN (0, 1, 2)),
     period timestamptz NOT NULL REFERENCES procqueue.chart_half_hours ON DELETE CASCADE,
     queue_name text NOT NULL,
     task_name text NOT NULL,
@@ -51,10 +54,8 @@ CREATE TABLE procqueue.task_stats_half_hourly (
     max_seconds double precision,
     buckets integer[] NOT NULL,
     bucket_counts bigint[] NOT NULL,
-    PRIMARY KEY (period, queue_name, task_name)
+    PRIMARY KEY (level, period, queue_name, task_name)
 );
-CREATE INDEX task_stats_half_hourly_queue_idx
-    ON procqueue.task_stats_half_hourly (queue_name, period);
 CREATE INDEX task_stats_half_hourly_task_idx
     ON procqueue.task_stats_half_hourly (task_name, period);
 
@@ -165,25 +166,31 @@ BEGIN
     END IF;
     INSERT INTO procqueue.chart_minutes (minute) SELECT unnest(chosen);
     INSERT INTO procqueue.task_stats_minutely
-        (minute, queue_name, task_name, succeeded, failed, retries, aborted, max_seconds,
+        (level, minute, queue_name, task_name, succeeded, failed, retries, aborted, max_seconds,
          buckets, bucket_counts)
     WITH attempts AS MATERIALIZED (
         SELECT date_bin('1 minute', a.ended_at, timestamptz '2000-01-01') AS minute, a.*
         FROM procqueue.chart_attempts(chosen[1], chosen[cardinality(chosen)] + interval '1 minute')
              AS a
     ),
-    mine AS MATERIALIZED (
-        SELECT a.* FROM attempts AS a WHERE a.minute = ANY (chosen)
+    mine AS MATERIALIZED (  -- each attempt once per level
+        SELECT l.level, a.minute,
+               CASE WHEN l.level < 2 THEN a.queue_name ELSE '' END AS queue_name,
+               CASE WHEN l.level = 0 THEN a.task_name ELSE '' END AS task_name,
+               a.type, a.seconds, a.bucket
+        FROM attempts AS a
+        CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS l (level)
+        WHERE a.minute = ANY (chosen)
     ),
     histogram AS (
-        SELECT b.minute, b.queue_name, b.task_name,
+        SELECT b.level, b.minute, b.queue_name, b.task_name,
                array_agg(b.bucket ORDER BY b.bucket) AS buckets,
                array_agg(b.n ORDER BY b.bucket) AS bucket_counts
-        FROM (SELECT m.minute, m.queue_name, m.task_name, m.bucket, count(*) AS n
-              FROM mine AS m WHERE m.bucket IS NOT NULL GROUP BY 1, 2, 3, 4) AS b
-        GROUP BY 1, 2, 3
+        FROM (SELECT m.level, m.minute, m.queue_name, m.task_name, m.bucket, count(*) AS n
+              FROM mine AS m WHERE m.bucket IS NOT NULL GROUP BY 1, 2, 3, 4, 5) AS b
+        GROUP BY 1, 2, 3, 4
     )
-    SELECT m.minute, m.queue_name, m.task_name,
+    SELECT m.level, m.minute, m.queue_name, m.task_name,
            count(*) FILTER (WHERE m.type = 'succeeded'),
            count(*) FILTER (WHERE m.type = 'failed'),
            count(*) FILTER (WHERE m.type = 'deferred_for_retry'),
@@ -192,8 +199,9 @@ BEGIN
            coalesce(min(h.buckets), '{}'), coalesce(min(h.bucket_counts), '{}')
     FROM mine AS m
     LEFT JOIN histogram AS h
-           ON h.minute = m.minute AND h.queue_name = m.queue_name AND h.task_name = m.task_name
-    GROUP BY 1, 2, 3;
+           ON h.level = m.level AND h.minute = m.minute AND h.queue_name = m.queue_name
+          AND h.task_name = m.task_name
+    GROUP BY 1, 2, 3, 4;
     -- Half hours whose last minute was rolled up now (minutes are rolled up oldest
     -- first, so the earlier ones with any attempt are in already): summed once.
     WITH ended AS (
@@ -209,29 +217,31 @@ BEGIN
         SELECT e.period, m.*
         FROM ended AS e
         JOIN procqueue.task_stats_minutely AS m
-          ON m.minute >= e.period AND m.minute < e.period + interval '30 minutes'
+          ON m.level = ANY ('{0, 1, 2}'::smallint[])  -- (level, minute): the primary key
+         AND m.minute >= e.period AND m.minute < e.period + interval '30 minutes'
     ),
     histogram AS (
-        SELECT b.period, b.queue_name, b.task_name,
+        SELECT b.level, b.period, b.queue_name, b.task_name,
                array_agg(b.bucket ORDER BY b.bucket) AS buckets,
                array_agg(b.n ORDER BY b.bucket) AS bucket_counts
-        FROM (SELECT x.period, x.queue_name, x.task_name, x.bucket, sum(x.n)::bigint AS n
-              FROM (SELECT m.period, m.queue_name, m.task_name, unnest(m.buckets) AS bucket,
-                           unnest(m.bucket_counts) AS n
+        FROM (SELECT x.level, x.period, x.queue_name, x.task_name, x.bucket, sum(x.n)::bigint AS n
+              FROM (SELECT m.level, m.period, m.queue_name, m.task_name,
+                           unnest(m.buckets) AS bucket, unnest(m.bucket_counts) AS n
                     FROM minutes AS m) AS x
-              GROUP BY 1, 2, 3, 4) AS b
-        GROUP BY 1, 2, 3
+              GROUP BY 1, 2, 3, 4, 5) AS b
+        GROUP BY 1, 2, 3, 4
     )
     INSERT INTO procqueue.task_stats_half_hourly
-        (period, queue_name, task_name, succeeded, failed, retries, aborted, max_seconds,
+        (level, period, queue_name, task_name, succeeded, failed, retries, aborted, max_seconds,
          buckets, bucket_counts)
-    SELECT m.period, m.queue_name, m.task_name, sum(m.succeeded), sum(m.failed),
+    SELECT m.level, m.period, m.queue_name, m.task_name, sum(m.succeeded), sum(m.failed),
            sum(m.retries), sum(m.aborted), max(m.max_seconds),
            coalesce(min(h.buckets), '{}'), coalesce(min(h.bucket_counts), '{}')
     FROM minutes AS m
     LEFT JOIN histogram AS h
-           ON h.period = m.period AND h.queue_name = m.queue_name AND h.task_name = m.task_name
-    GROUP BY 1, 2, 3;
+           ON h.level = m.level AND h.period = m.period AND h.queue_name = m.queue_name
+          AND h.task_name = m.task_name
+    GROUP BY 1, 2, 3, 4;
     RETURN cardinality(chosen);
 END;
 $function$;

@@ -46,24 +46,39 @@ ORDER BY 1, 2, 3
 """
 ROLLUPS = """
 SELECT minute, queue_name, task_name, succeeded, failed, retries, aborted
-FROM procqueue.task_stats_minutely ORDER BY 1, 2, 3
+FROM procqueue.task_stats_minutely WHERE level = 0 ORDER BY 1, 2, 3
+"""
+# Levels 1 (per queue) and 2 (all) sum level 0's rows, histograms included.
+LEVELS = """
+SELECT m.level, m.minute, m.queue_name,
+       ARRAY[sum(m.succeeded), sum(m.failed), sum(m.retries), sum(m.aborted),
+             sum((SELECT sum(n) FROM unnest(m.bucket_counts) AS n))] AS counts
+FROM procqueue.task_stats_minutely AS m WHERE m.level > 0 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+LEVELS_FROM_ZERO = """
+SELECT l.level, m.minute, CASE WHEN l.level = 1 THEN m.queue_name ELSE '' END AS queue_name,
+       ARRAY[sum(m.succeeded), sum(m.failed), sum(m.retries), sum(m.aborted),
+             sum((SELECT sum(n) FROM unnest(m.bucket_counts) AS n))] AS counts
+FROM procqueue.task_stats_minutely AS m CROSS JOIN (VALUES (1), (2)) AS l (level)
+WHERE m.level = 0 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 
 HALF_HOURS = """
 SELECT h.period, (SELECT max(minute) FROM procqueue.chart_minutes) AS rolled_until,
-       array_agg(ARRAY[h.succeeded, h.failed, h.retries, h.aborted,
+       array_agg(ARRAY[h.level, h.succeeded, h.failed, h.retries, h.aborted,
                        (SELECT sum(n) FROM unnest(h.bucket_counts) AS n)]
-                 ORDER BY h.queue_name, h.task_name) AS counts
+                 ORDER BY h.level, h.queue_name, h.task_name) AS counts
 FROM procqueue.task_stats_half_hourly AS h GROUP BY h.period ORDER BY 1
 """
 MINUTES_BY_HALF_HOUR = """
-SELECT x.period, array_agg(ARRAY[x.succeeded, x.failed, x.retries, x.aborted, x.timed]
-                           ORDER BY x.queue_name, x.task_name) AS counts
-FROM (SELECT date_bin('30 minutes', m.minute, timestamptz '2000-01-01') AS period, m.queue_name,
+SELECT x.period, array_agg(ARRAY[x.level, x.succeeded, x.failed, x.retries, x.aborted, x.timed]
+                           ORDER BY x.level, x.queue_name, x.task_name) AS counts
+FROM (SELECT date_bin('30 minutes', m.minute, timestamptz '2000-01-01') AS period, m.level,
+             m.queue_name,
              m.task_name, sum(m.succeeded) AS succeeded, sum(m.failed) AS failed,
              sum(m.retries) AS retries, sum(m.aborted) AS aborted,
              sum((SELECT sum(n) FROM unnest(m.bucket_counts) AS n)) AS timed
-      FROM procqueue.task_stats_minutely AS m GROUP BY 1, 2, 3) AS x
+      FROM procqueue.task_stats_minutely AS m GROUP BY 1, 2, 3, 4) AS x
 GROUP BY x.period ORDER BY 1
 """
 
@@ -148,6 +163,7 @@ async def test_minute_rollups_count_per_queue_and_task_what_the_events_say(
     reference = await rows(conn, REFERENCE)
     assert len(reference) >= 5  # alpha:sync at 30 h and 5 h, alpha:mail, beta:push, a retry
     assert await rows(conn, ROLLUPS) == reference
+    assert await rows(conn, LEVELS) == await rows(conn, LEVELS_FROM_ZERO)
     # Each rolled-up half hour sums its minutes (the day chart reads these).
     halves = await rows(conn, HALF_HOURS)
     assert halves and all(h["period"] < h["rolled_until"] for h in halves)
@@ -235,7 +251,7 @@ async def test_postponed_attempts_are_neither_successes_nor_failures(
     rolled = await rows(
         conn,
         "SELECT task_name, succeeded, failed, retries, aborted"
-        " FROM procqueue.task_stats_minutely WHERE queue_name = 'charts'",
+        " FROM procqueue.task_stats_minutely WHERE level = 0 AND queue_name = 'charts'",
     )
     assert [r["task_name"] for r in rolled] == ["charts:postpone_once"] * len(rolled)
     assert sum(r["succeeded"] for r in rolled) == 3

@@ -126,8 +126,13 @@ class Selection:
         return {
             "queue": self.queue, "task": self.task,
             "span": self.range.span, "step": self.range.step,
-            "half_hours": self.range.step >= HALF_HOUR,
+            "half_hours": self.range.step >= HALF_HOUR, "level": self.level,
         }  # fmt: skip
+
+    @property
+    def level(self) -> int:
+        """The rollup rows to read (migration 0021): a task's (0), a queue's (1), all (2)."""
+        return 0 if self.task else 1 if self.queue else 2
 
 
 async def attempts(conn: Connection, selection: Selection) -> list[AttemptBucket]:
@@ -151,13 +156,10 @@ async def depth(conn: Connection, selection: Selection) -> list[DepthBucket]:
     return [DepthBucket(**{"start": row.pop("bucket"), **row}) for row in found]
 
 
-async def _names(conn: Connection, name: str, column: str | None = None) -> list[str]:
-    statement = QUERIES.query_with(name, column=column) if column else QUERIES.query(name)
-    return [row["name"] for row in await rows(conn, statement, {})]
+async def _names(conn: Connection, name: str) -> list[str]:
+    return [row["name"] for row in await rows(conn, QUERIES.query(name), {})]
 
 
 async def names(conn: Connection) -> tuple[list[str], list[str]]:
-    """The queue and the task names the charts have history for."""
-    queues = await _names(conn, "chart_names", "queue_name")
-    queues += await _names(conn, "chart_sampled_queues")
-    return sorted(set(queues)), await _names(conn, "chart_names", "task_name")
+    """The queue names sampled and the task names rolled up (the last two days)."""
+    return await _names(conn, "chart_sampled_queues"), await _names(conn, "chart_task_names")

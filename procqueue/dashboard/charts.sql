@@ -1,31 +1,35 @@
 -- Named queries of the Charts page (migration 0021), in the manner of queries.sql
--- beside this file. They read the per-minute and per-half-hour rollups and the queue samples, and the
--- end events of the minutes not rolled up yet (at most a minute or two when the
--- maintenance task runs), never the jobs table. %(queue)s and %(task)s: '' means any.
+-- beside this file. They read the per-minute and per-half-hour rollups, the queue
+-- samples, and the end events of the minutes not rolled up yet (a minute or two
+-- when the maintenance task runs), never the jobs table. %(queue)s and %(task)s:
+-- '' means any.
 
 -- chart_attempts: per chart bucket (%(step)s wide, over the last %(span)s) the attempts that ended, by how, their longest duration and their merged duration histogram
 WITH since AS MATERIALIZED (
     SELECT date_bin(%(step)s::interval, now() - %(span)s::interval, timestamptz '2000-01-01') AS at
 ),
 -- with %(half_hours)s (buckets of 30 minutes or more): the rolled-up half hours,
--- then the minutes after the last of them; else the minutes only
+-- then the minutes after the last of them; else the minutes only. The rows of one
+-- %(level)s: everything (2), one queue (1), or a task, in one queue or all (0).
 rolled AS MATERIALIZED (
     SELECT h.period AS minute, h.succeeded, h.failed, h.retries, h.aborted, h.max_seconds,
            h.buckets, h.bucket_counts
     FROM procqueue.task_stats_half_hourly AS h
-    WHERE %(half_hours)s AND h.period >= (SELECT at FROM since)
+    WHERE %(half_hours)s AND h.level = %(level)s::smallint
+      AND h.period >= (SELECT at FROM since)
       AND (%(queue)s::text = '' OR h.queue_name = %(queue)s::text)
-      AND (%(task)s::text = '' OR h.task_name = %(task)s::text)
+      AND h.task_name = %(task)s::text
     UNION ALL
     SELECT m.minute, m.succeeded, m.failed, m.retries, m.aborted, m.max_seconds, m.buckets,
            m.bucket_counts
     FROM procqueue.task_stats_minutely AS m
-    WHERE m.minute >= greatest(
+    WHERE m.level = %(level)s::smallint
+      AND m.minute >= greatest(
               (SELECT at FROM since),
               CASE WHEN %(half_hours)s THEN (SELECT max(p.period) + interval '30 minutes'
                                              FROM procqueue.chart_half_hours AS p) END)
       AND (%(queue)s::text = '' OR m.queue_name = %(queue)s::text)
-      AND (%(task)s::text = '' OR m.task_name = %(task)s::text)
+      AND m.task_name = %(task)s::text
 ),
 live AS MATERIALIZED (
     SELECT date_bin('1 minute', a.ended_at, timestamptz '2000-01-01') AS minute, a.type,
@@ -103,12 +107,13 @@ FROM generate_series((SELECT at FROM since), now(), %(step)s::interval) AS b (bu
 LEFT JOIN binned AS x ON x.bucket = b.bucket
 ORDER BY b.bucket;
 
--- chart_names: the queue or task names ({column}: queue_name or task_name) in the rolled-up minutes (two days), one index probe each (skip scan)
+-- chart_task_names: the task names in the rolled-up minutes (two days), one index probe each (skip scan)
 WITH RECURSIVE names AS (
-    (SELECT m.{column} AS name FROM procqueue.task_stats_minutely AS m ORDER BY 1 LIMIT 1)
+    (SELECT m.task_name AS name FROM procqueue.task_stats_minutely AS m
+     WHERE m.task_name > '' ORDER BY 1 LIMIT 1)
     UNION ALL
-    SELECT (SELECT m.{column} FROM procqueue.task_stats_minutely AS m
-            WHERE m.{column} > names.name ORDER BY 1 LIMIT 1)
+    SELECT (SELECT m.task_name FROM procqueue.task_stats_minutely AS m
+            WHERE m.task_name > names.name ORDER BY 1 LIMIT 1)
     FROM names WHERE names.name IS NOT NULL
 )
 SELECT name FROM names WHERE name IS NOT NULL;
