@@ -109,6 +109,6 @@ async def test_hovering_a_bar_or_a_point_shows_its_tooltip(
             assert scroll_width <= width, "the page is wider than the screen"
             await hover_titled(page, "chart-throughput", "g", f"{label}: ")
             await expect(tip).to_be_visible()
-            await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
+            await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
         finally:
             await browser.close()
