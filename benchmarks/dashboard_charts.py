@@ -1,7 +1,7 @@
 """The Charts page on a big history: time of one page over HTTP (the real
 Starlette app through httpx's ASGI transport, templates and SVG included) for
 each selection, hour and day, after the maintenance task has rolled up the
-minutes (migration 0021); and what keeping that history costs.
+minutes (migration 0022); and what keeping that history costs.
 
     .venv/bin/python -m benchmarks.dashboard_charts [--jobs 1000000] [--runs 30]
 

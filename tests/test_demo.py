@@ -1,26 +1,44 @@
 """The quick start's demo runs on whatever servers the machine offers, never touches
-a database it did not make (nor one a running demo uses), and stops every server it
-started on SIGTERM and SIGHUP as on Ctrl-C."""
+a database it did not make (nor one a running demo uses), shows every kind of work
+(its sample story's email, push and Cloudinary deletion reach its loopback stand-ins),
+and stops every server it started on SIGTERM and SIGHUP as on Ctrl-C."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from procqueue.demo import CHECK_DATABASE, DEMO_DATABASE, own_database, parse_args
+from procqueue.demo import (
+    CHECK_DATABASE,
+    DEMO_DATABASE,
+    deliver_story,
+    demo_settings,
+    own_database,
+    parse_args,
+    run_worker,
+    set_up,
+)
 from procqueue.local import free_port, scratch_database
+from procqueue.loopback.sinks import DELETION, EMAIL, KINDS, PUSH, loopback_sinks
 
 READY = "procqueue demo is running."
+#: What the demo prints as its stand-ins receive the sample story's deliveries.
+STORY_EMAIL = "  email    to ayse@example.com: İlanınız onaylandı: İlan: Bisiklet 1"
+STORY_PUSH = "  push     to demo-phone-ayse: İlanınız onaylandı"
+STORY_DELETION = "  Cloudinary deleted image/upload/items/item_1_b"
 
 
 def demo_env(**extra: str) -> dict[str, str]:
@@ -54,6 +72,8 @@ def test_demo_check_indexes_the_seed_in_a_database_of_its_own(admin_dsn: str, es
     result = demo("--check", "--server", admin_dsn, "--database", name, ELASTICSEARCH_URL=es_url)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "indexed: {'inventory_items': 20, 'listings': 20}" in result.stdout
+    printed = result.stdout.splitlines()
+    assert {STORY_EMAIL, STORY_PUSH, STORY_DELETION} <= set(printed), printed
     assert len(result.stderr.splitlines()) <= 3, result.stderr  # start-up stays short
     assert not database_exists(admin_dsn, name)
 
@@ -98,6 +118,11 @@ def test_use_existing_seeds_an_empty_database_once_and_keeps_it(
             assert result.returncode == 0, result.stderr[-2000:]
             assert expected in result.stderr
             assert "indexed: {'inventory_items': 20, 'listings': 20}" in result.stdout
+            # Seeded: the story's email and push. Its triggers keep the default grace (the
+            # demo did not make the database), so no deletion comes while it runs.
+            story = {STORY_EMAIL, STORY_PUSH} if expected == "sample rows seeded" else set()
+            assert story <= set(result.stdout.splitlines()), result.stdout
+            assert STORY_DELETION not in result.stdout
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT count(*) FROM listings").fetchone() == (20,)
 
@@ -113,6 +138,45 @@ def test_check_leaves_a_running_demo_alone(admin_dsn: str) -> None:
         ]
         assert running.execute("SELECT 1").fetchone() == (1,)
     assert not database_exists(admin_dsn, name)
+
+
+def received(outbox_url: str) -> dict[str, list[dict[str, Any]]]:
+    """The stand-ins' outbox page: every email, push and Cloudinary deletion."""
+    with urllib.request.urlopen(outbox_url, timeout=10) as response:
+        page: dict[str, list[dict[str, Any]]] = json.load(response)
+        return page
+
+
+async def test_the_sample_story_reaches_each_stand_in(admin_dsn: str, es_url: str) -> None:
+    """The demo's building blocks, in-process: approving the seed's waiting listing is an
+    email the SMTP stand-in accepts and a push the FCM one accepts; replacing an item's
+    second photo is a delete the Cloudinary stand-in answers, while the photo the item
+    shares with its listing stays; the outbox page lists all three."""
+    with loopback_sinks() as sinks, own_database(admin_dsn, unique_name()) as dsn:
+        settings = demo_settings(dsn, es_url, sinks, index_prefix=f"s{uuid.uuid4().hex[:8]}_")
+        setup = set_up(dsn, sinks)
+        assert setup.seeded and setup.expected == {EMAIL, PUSH, DELETION} == set(KINDS)
+        assert setup.grace <= 5  # the deletion shows within seconds
+        await run_worker(settings, until_idle=True)
+        assert await deliver_story(settings, sinks, setup.expected)
+
+        (email,) = sinks.smtp.to("ayse@example.com")
+        assert email["Subject"] == "İlanınız onaylandı: İlan: Bisiklet 1"
+        (push,) = sinks.fcm.sent_to("demo-phone-ayse")
+        assert push.message["data"]["type"] == "LISTING_APPROVED"
+        assert push.message["notification"]["title"] == "İlanınız onaylandı"
+        photos = ["items/item_1", "items/item_1_b"]
+        assert sinks.cloud.deleted_ids(photos) == {"items/item_1_b"}
+        assert not sinks.cloud.stored("items/item_1_b")
+        assert sinks.cloud.stored("items/item_1")  # the listing shows it too
+
+        page = await asyncio.to_thread(received, sinks.outbox_url)
+        assert [entry["subject"] for entry in page["emails"]] == [email["Subject"]]
+        assert "İlan: Bisiklet 1" in page["emails"][0]["text"]
+        assert [entry["token"] for entry in page["pushes"]] == ["demo-phone-ayse"]
+        assert [entry["public_ids"] for entry in page["cloudinary_deletions"]] == [
+            ["items/item_1_b"]
+        ]
 
 
 def descendants(pid: int) -> set[int]:
@@ -162,10 +226,20 @@ async def test_a_signal_stops_the_demo_and_every_server_it_started(
     try:
         assert process.stdout is not None
         lines: list[str] = []
-        while READY not in lines:
+        while not (lines and lines[-1].startswith("Ctrl-C stops the demo")):
             line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
             assert line, f"the demo ended before it was ready: {lines}"
-            lines.append(line.decode().strip())
+            lines.append(line.decode().rstrip())
+        assert READY in lines
+        # The story was delivered before the demo said it runs, and its page says so.
+        assert {STORY_EMAIL, STORY_PUSH, STORY_DELETION} <= set(lines[: lines.index(READY)])
+        [outbox] = [line.split("curl -s ")[1].split()[0] for line in lines if "Received:" in line]
+        page = await asyncio.to_thread(received, outbox)
+        assert [len(page[kind]) for kind in ("emails", "pushes", "cloudinary_deletions")] == [
+            1,
+            1,
+            1,
+        ]
         servers = descendants(process.pid)
         assert servers, "the demo started no ES-API server of its own"
         assert answers(port)

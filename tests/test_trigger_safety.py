@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import DEFAULT_ENTITIES, INVENTORY, LISTING, Entity
@@ -227,3 +228,53 @@ async def test_many_row_update_of_columns_without_equality_never_fails(
     await db.execute(
         "DELETE FROM procrastinate.procrastinate_jobs WHERE task_name LIKE 'oddthing:%'"
     )
+
+
+@pytest.mark.parametrize(
+    ("key", "key_type", "first", "second"),
+    [("sku", "text", "sku-1", "sku-2"), ("id", "bigint", "41", "42")],
+)
+async def test_single_row_writes_record_their_key_whatever_the_key_column(
+    database: str, db: psycopg.AsyncConnection[Any], key: str, key_type: str, first: str,
+    second: str,
+) -> None:  # fmt: skip
+    """The trigger records a row's key as text whatever the key column is called and
+    whatever its type, for every kind of write, and skips a change of ignored columns."""
+    name, table = f"keyed{key}", f"keyed_{key}"
+    await db.execute(
+        sql.SQL(
+            "CREATE TABLE public.{} ({} {} PRIMARY KEY, title text, hits int NOT NULL DEFAULT 0)"
+        ).format(sql.Identifier(table), sql.Identifier(key), sql.SQL(key_type))
+    )
+    keyed = Entity(
+        name=name,
+        table=f"public.{table}",
+        index=table,
+        primary_key=key,
+        fields={key: "keyword", "title": "text"},
+        ignored_columns=("hits",),
+    )
+    migrate(database, SchemaConfig(entities=(*DEFAULT_ENTITIES, keyed)))
+
+    async def recorded(statement: str) -> set[str]:
+        await db.execute("DELETE FROM procqueue.sync_changes WHERE entity = %s", [name])
+        await db.execute(sql.SQL(statement).format(sql.Identifier(table), sql.Identifier(key)))
+        rows = await (
+            await db.execute(
+                "SELECT entity_id FROM procqueue.sync_changes WHERE entity = %s", [name]
+            )
+        ).fetchall()
+        return {entity_id for (entity_id,) in rows}
+
+    try:
+        assert await recorded(f"INSERT INTO {{}} ({{}}, title) VALUES ('{first}', 'a')") == {first}
+        assert await recorded("UPDATE {} SET hits = hits + 1") == set()  # ignored column
+        assert await recorded("UPDATE {} SET title = 'b'") == {first}
+        assert await recorded(f"UPDATE {{}} SET {{}} = '{second}'") == {first, second}
+        assert await recorded("DELETE FROM {}") == {second}
+    finally:
+        await db.execute(sql.SQL("DROP TABLE public.{}").format(sql.Identifier(table)))
+        await db.execute("DELETE FROM procqueue.sync_changes WHERE entity = %s", [name])
+        await db.execute(
+            "DELETE FROM procrastinate.procrastinate_jobs WHERE task_name LIKE %s", [f"{name}:%"]
+        )

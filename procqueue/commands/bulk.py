@@ -97,6 +97,8 @@ async def _verify(args: argparse.Namespace) -> int:
     settings = get_settings()
     search = SearchIndex.from_config(settings.search)
     drifted = False
+    if args.ids and args.entity == "all":
+        raise ProcqueueError("verify of ids needs their entity: `procqueue verify listing ID...`")
     try:
         for entity in chosen_entities(settings, args.entity):
             bar = Progress(f"verify {entity.table}", 0)
@@ -104,8 +106,9 @@ async def _verify(args: argparse.Namespace) -> int:
                 await check_installed(conn)
                 with one_line_errors("verify", entity):
                     drift = await verify_entity(
-                        conn, search, entity, batch_size=args.batch_size, on_chunk=bar.advance
-                    )
+                        conn, search, entity, batch_size=args.batch_size, on_chunk=bar.advance,
+                        ids=args.ids,
+                    )  # fmt: skip
             bar.finish()
             for kind in ("missing", "stale", "extra", "unindexable"):
                 for entity_id in getattr(drift, kind):
@@ -151,6 +154,7 @@ def register(commands: Any) -> None:
     reindex.set_defaults(handler=lambda args: asyncio.run(_reindex(args)))
     verify = commands.add_parser("verify", help="compare Postgres and the index; exit 1 on drift")
     verify.add_argument("entity", nargs="?", default="all", help="listings, inventory_items or all")
+    verify.add_argument("ids", nargs="*", help="only these ids of the entity")
     verify.add_argument("--repair", action="store_true", help="enqueue sync jobs for drifted ids")
     verify.add_argument("--batch-size", type=POSITIVE, default=1000, help="rows per page")
     verify.set_defaults(handler=lambda args: asyncio.run(_verify(args)))

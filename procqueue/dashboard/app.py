@@ -27,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from procqueue.dashboard.errors import error_handlers
 from procqueue.dashboard.security import SECURITY_HEADERS, Access, current_admin
 from procqueue.dashboard.signin_limits import SignInLimiter
 from procqueue.dashboard.supabase_auth import SupabaseAuth
@@ -43,6 +44,7 @@ TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
 SESSION_COOKIE = "procqueue_dashboard"
 FAVICON = "/static/favicon.svg"
+POOL_TIMEOUT = 10.0  # seconds a request waits for a database connection
 #: What Postgres answers when the queue's schemas, tables or functions are missing.
 NOT_MIGRATED = (
     psycopg.errors.UndefinedTable,
@@ -122,6 +124,8 @@ def make_templates(settings: Settings) -> Jinja2Templates:
             json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str), secrets
         ),
     )
+    # Fail closed: a template rendered without Dashboard.render shows no action form.
+    env.globals.update(can_act=False, role=None)
     return Jinja2Templates(env=env)
 
 
@@ -180,6 +184,8 @@ def create_app(
         autocommit=True,
         min_size=1,
         max_size=4,
+        # With the database away a page says so (errors.py) after this long, not 30 s.
+        timeout=POOL_TIMEOUT,
         configure=None if pooled else _configure,
     )
     health = HealthSource(settings.health, pool)
@@ -215,7 +221,10 @@ def create_app(
                 https_only=access.cookie_secure,
             ),
         ],
-        exception_handlers=dict.fromkeys(NOT_MIGRATED, _not_migrated),
+        exception_handlers={
+            **error_handlers(dashboard),
+            **dict.fromkeys(NOT_MIGRATED, _not_migrated),
+        },
         lifespan=pool_lifespan(pool),
     )
 

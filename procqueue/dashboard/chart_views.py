@@ -1,6 +1,6 @@
 """The Charts page: per queue and/or task, over the last hour or day, attempts
 (throughput), error rate, durations (p50/p95), and the queue's depth and lag as
-sampled once a minute. It reads only migration 0021's rollups and samples
+sampled once a minute. It reads only migration 0022's rollups and samples
 (procqueue/dashboard/chart_store.py)."""
 
 from __future__ import annotations

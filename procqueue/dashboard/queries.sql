@@ -86,12 +86,12 @@ WHERE (%(before)s::bigint IS NULL OR a.id < %(before)s)
 ORDER BY a.id DESC
 LIMIT %(limit)s;
 
--- dashboard_session_open: a new dashboard session, known by the SHA-256 of its token (migration 0015)
-INSERT INTO procqueue.dashboard_sessions (token_hash, actor, user_id, email, remote_addr)
-VALUES (%(token_hash)s, %(actor)s, %(user_id)s, %(email)s, %(remote_addr)s);
+-- dashboard_session_open: a new dashboard session, known by the SHA-256 of its token (migration 0015), with its role (0021)
+INSERT INTO procqueue.dashboard_sessions (token_hash, actor, user_id, email, remote_addr, role)
+VALUES (%(token_hash)s, %(actor)s, %(user_id)s, %(email)s, %(remote_addr)s, %(role)s);
 
--- dashboard_session_find: the admin of a session that is younger than the lifetime
-SELECT s.actor, s.user_id, s.email
+-- dashboard_session_find: who holds a session that is younger than the lifetime, and their role
+SELECT s.actor, s.user_id, s.email, s.role
 FROM procqueue.dashboard_sessions AS s
 WHERE s.token_hash = %(token_hash)s AND s.created_at > now() - %(lifetime)s::interval;
 

@@ -1,4 +1,4 @@
-"""Dashboard sessions, held in Postgres (migration 0015).
+"""Dashboard sessions, held in Postgres (migration 0015; the role: 0021).
 
 The session cookie carries a random token; the table keeps its SHA-256 only, so
 a copy of the table signs nobody in. Sign-out deletes the row: a replayed cookie
@@ -18,18 +18,25 @@ import psycopg
 from psycopg.rows import dict_row
 
 from procqueue.dashboard.queries import query
+from procqueue.dashboard.roles import ADMIN
 
 Connection = psycopg.AsyncConnection[Any]
 
 
 @dataclass(frozen=True)
 class Admin:
-    """Who a session belongs to."""
+    """Who a session belongs to: an admin, or a viewer (role "viewer", read-only)."""
 
     name: str  # what the pages show
     actor: str  # what the audit log records as who acted
     user_id: str | None = None  # the Supabase Auth user id (sub)
     email: str | None = None
+    role: str = ADMIN  # procqueue/dashboard/roles.py
+
+    @property
+    def can_act(self) -> bool:
+        """Whether this user may change anything (every POST action)."""
+        return self.role == ADMIN
 
 
 def _digest(token: str) -> bytes:
@@ -51,6 +58,7 @@ async def open_session(
                 "user_id": admin.user_id,
                 "email": admin.email,
                 "remote_addr": remote_addr,
+                "role": admin.role,
             },
         )
     return token
@@ -65,7 +73,9 @@ async def find_session(conn: Connection, token: str, lifetime: timedelta) -> Adm
     row = await cursor.fetchone()
     if row is None:
         return None
-    return Admin(row["email"] or row["actor"], row["actor"], row["user_id"], row["email"])
+    return Admin(
+        row["email"] or row["actor"], row["actor"], row["user_id"], row["email"], row["role"]
+    )
 
 
 async def revoke_session(conn: Connection, token: str) -> None:

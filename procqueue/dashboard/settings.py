@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from pydantic import Field, SecretStr, field_validator
 
+from procqueue.dashboard.roles import Claim
 from procqueue.errors import ConfigError
 from procqueue.settings import Section, bare_env
 
@@ -22,8 +23,8 @@ class SupabaseAuthConfig:
     url: str  # the project URL, https://<ref>.supabase.co
     anon_key: SecretStr
     jwt_secret: SecretStr | None  # None: asymmetric keys only, read from the JWKS
-    admin_claim: tuple[str, ...]  # the path into the access token's claims
-    admin_value: str  # what the claim must be (or contain, for a list)
+    admin: Claim  # a claim that makes an admin (procqueue/dashboard/roles.py)
+    viewer: Claim | None = None  # a claim that makes a viewer (read-only)
     timeout: float = 10.0
 
     @property
@@ -49,6 +50,8 @@ class DashboardSettings(Section):
         default=None, validation_alias=bare_env("SUPABASE_JWT_SECRET")
     )
     dashboard_admin_claim: str = "app_metadata.role=admin"
+    # Also let in, read-only, users with this claim (besides app_metadata.procqueue_role).
+    dashboard_viewer_claim: str | None = None
 
     @field_validator("supabase_url")
     @classmethod
@@ -57,10 +60,10 @@ class DashboardSettings(Section):
             raise ValueError("must be the project URL alone, like https://<ref>.supabase.co")
         return value
 
-    @field_validator("dashboard_admin_claim")
+    @field_validator("dashboard_admin_claim", "dashboard_viewer_claim")
     @classmethod
-    def _check_admin_claim(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*=\S+", value):
+    def _check_claim(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*=\S+", value):
             raise ValueError("must be <claim path>=<value>, like app_metadata.role=admin")
         return value
 
@@ -74,11 +77,11 @@ class DashboardSettings(Section):
                 "SUPABASE_URL is set but SUPABASE_ANON_KEY is not: set it to the project's "
                 "anon key (Supabase: Project Settings > API), or unset SUPABASE_URL"
             )
-        path, value = self.dashboard_admin_claim.split("=", 1)
+        viewer = self.dashboard_viewer_claim
         return SupabaseAuthConfig(
             url=self.supabase_url.rstrip("/"),
             anon_key=self.supabase_anon_key,
             jwt_secret=self.supabase_jwt_secret or None,
-            admin_claim=tuple(path.split(".")),
-            admin_value=value,
+            admin=Claim.parse(self.dashboard_admin_claim),
+            viewer=Claim.parse(viewer) if viewer else None,
         )

@@ -1,4 +1,4 @@
-"""Admins sign in with their Supabase Auth accounts.
+"""Admins and viewers sign in with their Supabase Auth accounts.
 
 The dashboard asks GoTrue for a session with the email and password
 (`POST {SUPABASE_URL}/auth/v1/token?grant_type=password`, the anon key as
@@ -6,9 +6,9 @@ The dashboard asks GoTrue for a session with the email and password
 HS256 with the project's JWT secret, or RS256/ES256 with a key from the
 project's JWKS (`/auth/v1/.well-known/jwks.json`, read again at most once a
 minute for an unknown key id); `exp`, `aud` = authenticated and `iss` =
-`{SUPABASE_URL}/auth/v1` are required. Only users whose claims carry the admin
-claim (PROCQUEUE_DASHBOARD_ADMIN_CLAIM, default `app_metadata.role=admin`) are
-admitted. The token, the password and the keys are never logged or recorded.
+`{SUPABASE_URL}/auth/v1` are required. Only users whose claims give them a
+dashboard role (procqueue/dashboard/roles.py: admin or viewer) are admitted.
+The token, the password and the keys are never logged or recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import jwt
 
+from procqueue.dashboard.roles import ROLE_CLAIM, role_of, why_not
 from procqueue.dashboard.sessions import Admin
 from procqueue.dashboard.settings import SupabaseAuthConfig
 from procqueue.errors import ProcqueueError
@@ -59,15 +60,6 @@ UNVERIFIED = (
 
 def _unverified(reason: str) -> SignInRefused:
     return SignInRefused(f"token could not be verified: {reason}", UNVERIFIED)
-
-
-def _claim(claims: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = claims
-    for part in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
 
 
 class SupabaseAuth:
@@ -201,15 +193,15 @@ class SupabaseAuth:
     def _admin(self, claims: dict[str, Any]) -> Admin:
         user_id = str(claims["sub"])
         email = claims.get("email") if isinstance(claims.get("email"), str) else None
-        path, wanted = self.config.admin_claim, self.config.admin_value
-        value = _claim(claims, path)
-        if not (value == wanted or (isinstance(value, list) and wanted in value)):
-            claim = ".".join(path)
+        admin, viewer = self.config.admin, self.config.viewer
+        role = role_of(claims, admin, viewer)
+        if role is None:
             raise SignInRefused(
-                f"not an admin: {claim} is {str(value)[:60]!r}, not {wanted!r}",
-                f"This account is not a dashboard admin: an admin can give it "
-                f"{claim} = {wanted!r}.",
+                why_not(claims, admin, viewer),
+                "This account is not a dashboard admin or viewer: an admin can give it "
+                f"{'.'.join(ROLE_CLAIM)} = 'admin' or 'viewer' (or {admin}).",
                 user_id=user_id,
                 email=email,
             )
-        return Admin(email or user_id, f"{email} ({user_id})" if email else user_id, user_id, email)
+        actor = f"{email} ({user_id})" if email else user_id
+        return Admin(email or user_id, actor, user_id, email, role)

@@ -1,7 +1,9 @@
 """The dashboard's pages and actions, as Starlette endpoints.
 
-GET pages need a signed-in admin (else: the sign-in page); POST actions need
-one too (else 401) and the session's CSRF token (else 403).
+GET pages need a signed-in user, admin or viewer (else: the sign-in page); POST
+actions need one too (else 401), the session's CSRF token (else 403) and the admin
+role (a viewer is answered 403 and the refusal audited). Every template gets
+`role` and `can_act` (False for a viewer): action forms render only `if can_act`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from starlette.templating import Jinja2Templates
 from procqueue.dashboard import chart_store, charts, store
 from procqueue.dashboard.chart_store import RANGES, Selection
 from procqueue.dashboard.chart_views import chart_routes
+from procqueue.dashboard.roles import READ_ONLY
 from procqueue.dashboard.security import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -39,12 +42,17 @@ from procqueue.dashboard.security import (
 from procqueue.dashboard.sessions import Admin, open_session, revoke_session
 from procqueue.dashboard.signin_limits import SignInLimiter
 from procqueue.dashboard.supabase_auth import AuthUnavailable, SignInRefused, SupabaseAuth
+from procqueue.entities import Entity, load_entities
+from procqueue.errors import ConfigError, JobError, ProcqueueError
 from procqueue.features import Settings
+from procqueue.images.jobs import CLEANUP
 from procqueue.queue.jobs import JobSpec
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_failed
 from procqueue.queue.server import HealthSource
+from procqueue.search.why import NotFound, story_of
 
+CSRF_REFUSED = "Missing or wrong CSRF token: reload the page and try again."
 MAX_NAME_LENGTH = 64
 MAX_EMAIL_LENGTH = 254
 REFRESH_SECONDS = 5
@@ -53,12 +61,19 @@ Page = Callable[["Dashboard", Request, str], Awaitable[Response]]
 Action = Callable[["Dashboard", Request, Actor, FormData], Awaitable[Response]]
 
 
+async def signed_in(dashboard: Dashboard, request: Request) -> Admin | None:
+    """The request's signed-in user, kept on `request.state.admin` for `render`."""
+    admin = await current_admin(request, dashboard.access, dashboard.pool)
+    request.state.admin = admin
+    return admin
+
+
 def page(handler: Page) -> Callable[[Dashboard, Request], Awaitable[Response]]:
     """A GET page: signed out, go to the sign-in page (and come back after)."""
 
     @functools.wraps(handler)
     async def wrapped(self: Dashboard, request: Request) -> Response:
-        admin = await current_admin(request, self.access, self.pool)
+        admin = await signed_in(self, request)
         if admin is None:
             here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(here, safe='')}", status_code=303)
@@ -91,7 +106,7 @@ def partial(handler: Page) -> Callable[[Dashboard, Request], Awaitable[Response]
 
     @functools.wraps(handler)
     async def wrapped(self: Dashboard, request: Request) -> Response:
-        admin = await current_admin(request, self.access, self.pool)
+        admin = await signed_in(self, request)
         if admin is None:
             return PlainTextResponse("sign in first", status_code=401)
         return await _answer_bad_input(handler(self, request, admin.name), request)
@@ -100,20 +115,24 @@ def partial(handler: Page) -> Callable[[Dashboard, Request], Awaitable[Response]
 
 
 def action(handler: Action) -> Callable[[Dashboard, Request], Awaitable[Response]]:
-    """A POST action: signed in (else 401) with this session's CSRF token (else 403)."""
+    """A POST action: signed in (else 401) with this session's CSRF token (else 403)
+    as an admin (a viewer: 403, and an `action_refused` audit row)."""
 
     @functools.wraps(handler)
     async def wrapped(self: Dashboard, request: Request) -> Response:
-        admin = await current_admin(request, self.access, self.pool)
+        admin = await signed_in(self, request)
         if admin is None:
             return PlainTextResponse("sign in first: POST /login", status_code=401)
         form = await request.form()
         given = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
         if not csrf_valid(request, given if isinstance(given, str) else None):
-            return PlainTextResponse(
-                "missing or wrong CSRF token: reload the page and try again", status_code=403
-            )
+            return self.error_page(request, 403, CSRF_REFUSED)
         actor = Actor(admin.actor, _address(request))
+        if not admin.can_act:
+            async with self.pool.connection() as conn:
+                target = {"path": request.url.path, "role": admin.role}
+                await record(conn, actor, "action_refused", target, f"refused: {READ_ONLY}")
+            return self.error_page(request, 403, READ_ONLY)
         return await handler(self, request, actor, form)
 
     return wrapped
@@ -167,6 +186,7 @@ class Dashboard:
         status_code: int = 200,
         **context: Any,
     ) -> Response:
+        admin: Admin | None = getattr(request.state, "admin", None)
         context.update(
             user=user,
             csrf_token=csrf_token(request),
@@ -174,8 +194,25 @@ class Dashboard:
             flash=request.session.pop("flash", None),
             open_locally=self.access.open_locally,
             path=request.url.path,
+            role=admin.role if admin else None,
+            can_act=admin is not None and admin.can_act,
+            entity_url=self.entity_url,
         )
         return self.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    def error_page(
+        self, request: Request, status_code: int, message: str, user: str | None = None
+    ) -> Response:
+        """A styled error page in the dashboard's layout: one line, what to do."""
+        admin: Admin | None = getattr(request.state, "admin", None)
+        return self.render(
+            request,
+            "error.html",
+            user or (admin.name if admin else None),
+            status_code=status_code,
+            status=status_code,
+            message=message,
+        )
 
     def finish(self, request: Request, form: FormData, outcome: Outcome) -> Response:
         # A single refusal is the message itself: list only what it does not say.
@@ -224,8 +261,8 @@ class Dashboard:
         given = _text(form, CSRF_FIELD)
         target = safe_next(_text(form, "next"))
         if not csrf_valid(request, given):
-            return PlainTextResponse(
-                "missing or wrong CSRF token: reload the sign-in page and try again", 403
+            return self.error_page(
+                request, 403, "Missing or wrong CSRF token: reload the sign-in page and try again."
             )
         address = _address(request)
         wait = self.limiter.wait(address)
@@ -261,7 +298,7 @@ class Dashboard:
     async def logout(self, request: Request) -> Response:
         form = await request.form()
         if not csrf_valid(request, _text(form, CSRF_FIELD)):
-            return PlainTextResponse("missing or wrong CSRF token", status_code=403)
+            return self.error_page(request, 403, CSRF_REFUSED)
         admin = await current_admin(request, self.access, self.pool)
         token = sign_out(request)
         if token is not None:
@@ -272,12 +309,69 @@ class Dashboard:
                     await record(conn, actor, "sign_out", {}, "signed out")
         return RedirectResponse("/login", status_code=303)
 
+    # Rows: where is my listing? -------------------------------------------
+
+    @functools.cached_property
+    def entities(self) -> tuple[Entity, ...]:
+        return load_entities(self.settings.entities_file)
+
+    def entity_url(self, job: Any) -> str | None:
+        """The page of the one row a job syncs (`listing:update` {"id": …}), or None."""
+        args = job.get("args") if hasattr(job, "get") else None
+        entity_id = args.get("id") if isinstance(args, dict) else None
+        if not isinstance(entity_id, str):
+            return None
+        for entity in self.entities:
+            if str(job.get("task_name", "")).startswith(f"{entity.name}:"):
+                return f"/entities/{quote(entity.name, safe='')}/{quote(entity_id, safe='')}"
+        return None
+
+    @page
+    async def entity_search(self, request: Request, user: str) -> Response:
+        """The search box: an entity and an id lead to that row's page."""
+        name = request.query_params.get("entity", "").strip()
+        entity_id = request.query_params.get("id", "").strip()
+        if name and entity_id:
+            target = f"/entities/{quote(name, safe='')}/{quote(entity_id, safe='')}"
+            return RedirectResponse(target, status_code=303)
+        return self.render_entity(request, user, name, entity_id)
+
+    def render_entity(
+        self, request: Request, user: str, name: str, entity_id: str, status_code: int = 200,
+        **context: Any,
+    ) -> Response:  # fmt: skip
+        return self.render(
+            request, "entity.html", user, status_code=status_code,
+            **{"story": None, "error": None, **context},
+            entity_names=[entity.name for entity in self.entities], entity=name,
+            entity_id=entity_id,
+        )  # fmt: skip
+
+    @page
+    async def entity(self, request: Request, user: str) -> Response:
+        """One row's story (procqueue/search/why.py): read-only, the fix as text."""
+        name: str = request.path_params["entity"]
+        entity_id: str = request.path_params["entity_id"]
+        try:
+            async with self.pool.connection() as conn:
+                story = await story_of(
+                    conn, self.settings.search, self.entities, name, entity_id,
+                    image_cleanup=CLEANUP,
+                )  # fmt: skip
+        except ProcqueueError as error:
+            status = (
+                404 if isinstance(error, NotFound | ConfigError)
+                else 503 if isinstance(error, JobError) else 400
+            )  # fmt: skip
+            return self.render_entity(request, user, name, entity_id, status, error=str(error))
+        return self.render_entity(request, user, name, entity_id, story=story)
+
     # Pages -----------------------------------------------------------------
 
     async def overview_context(self) -> dict[str, Any]:
         async with self.pool.connection() as conn:
             failed = await store.failed_per_queue(conn)
-            # The Charts page's rollups (migration 0021): constant cost, however many jobs
+            # The Charts page's rollups (migration 0022): constant cost, however many jobs
             hour = await chart_store.attempts(conn, Selection("", "", RANGES["hour"]))
             day = await chart_store.attempts(conn, Selection("", "", RANGES["day"]))
         # After the dashboard's own reads: an unmigrated database fails those with
@@ -462,6 +556,8 @@ class Dashboard:
             Route("/failures/retry", self.retry_many, methods=["POST"]),
             Route("/audit", self.audit, name="audit"),
             *chart_routes(self),
+            Route("/entities", self.entity_search, name="entities"),
+            Route("/entities/{entity}/{entity_id}", self.entity, name="entity"),
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),

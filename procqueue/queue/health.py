@@ -147,6 +147,9 @@ class Snapshot:
 class Verdict:
     status: Status
     reasons: list[str] = field(default_factory=list)
+    #: One per reason: the jobs-list filter showing the jobs behind it (the dashboard's
+    #: `/jobs?state=&task=&queue=`), empty when no list of jobs does.
+    filters: list[dict[str, str]] = field(default_factory=list)
 
 
 async def _rows(
@@ -207,35 +210,45 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
     task and over all tasks (`_failure_level`)."""
     status = Status.HEALTHY
     reasons: list[str] = []
+    filters: list[dict[str, str]] = []
+
+    def reason(text: str, **jobs_filter: str) -> None:
+        reasons.append(text)
+        filters.append(jobs_filter)
+
     healthy_workers = sum(1 for worker in snapshot.workers if worker.healthy)
     if healthy_workers < config.min_workers:
         status = Status.UNHEALTHY
-        reasons.append(
+        reason(
             f"{healthy_workers} healthy worker(s), at least {config.min_workers} "
             "needed: start `procqueue worker` (or check why workers stopped heartbeating)"
         )
     for circuit in snapshot.open_circuits:
         status = Status.UNHEALTHY
         since = f" since {circuit.opened_at:%Y-%m-%d %H:%M:%S %Z}" if circuit.opened_at else ""
-        reasons.append(
+        reason(
             f"{circuit.sink} is unavailable{since}: its jobs wait (spending no retries) "
-            f"until it answers; last error: {circuit.reason[:300]}"
+            f"until it answers; last error: {circuit.reason[:300]}",
+            state="postponed",
         )
     for unknown in snapshot.unknown_tasks:
         waited = (datetime.now(UTC) - unknown.waiting_since).total_seconds()
         level = Status.UNHEALTHY if waited >= config.lag_unhealthy else Status.DEGRADED
         status = _worse(status, level)
-        reasons.append(
+        reason(
             f"{unknown.waiting} job(s) of task {unknown.task_name!r} have waited {waited:.0f} s "
             "for a worker that has the task: finish deploying the version that has it, or "
-            "cancel them if the name is a typo"
+            "cancel them if the name is a typo",
+            state="todo",
+            task=unknown.task_name,
         )
     stalled = [worker.worker_id for worker in snapshot.workers if not worker.healthy]
     if stalled:
         status = _worse(status, Status.DEGRADED)
-        reasons.append(
+        reason(
             f"worker(s) {', '.join(map(str, stalled))} stopped heartbeating; their jobs "
-            "are retried by the stalled-job rescue"
+            "are retried by the stalled-job rescue",
+            state="doing",
         )
     for queue in snapshot.queues:
         lag = queue.lag_seconds
@@ -246,9 +259,11 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
         else:
             continue
         status = _worse(status, level)
-        reasons.append(
+        reason(
             f"queue {queue.queue_name!r}: oldest waiting job has waited {lag:.0f} s "
-            f"({queue.waiting} waiting): add workers or find what slows them"
+            f"({queue.waiting} waiting): add workers or find what slows them",
+            state="todo",
+            queue=queue.queue_name,
         )
     for backlog in snapshot.changes:
         waited = (datetime.now(UTC) - backlog.oldest_at).total_seconds()
@@ -259,7 +274,7 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
         else:
             continue
         status = _worse(status, level)
-        reasons.append(
+        reason(
             f"{backlog.waiting} change(s) of {backlog.entity} wait for its drain job, the "
             f"oldest for {waited:.0f} s: add workers, or see why its drain job does not run "
             "(`procqueue failed`, an open circuit above)"
@@ -271,9 +286,11 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
         if level is Status.HEALTHY:
             continue
         worst_task = _worse(worst_task, level)
-        reasons.append(
+        reason(
             f"task {task.task_name!r}: {_failed_of(task.failed, task.succeeded + task.failed)} "
-            f"in the last {window}: see `procqueue failed --task {task.task_name}`"
+            f"in the last {window}: see `procqueue failed --task {task.task_name}`",
+            state="failed",
+            task=task.task_name,
         )
     # All tasks together, but the queue's own periodic ones: they run every few seconds
     # and would dilute the rate of the work they serve.
@@ -283,11 +300,12 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
     level = _failure_level(failed, finished, config)
     status = _worse(status, _worse(worst_task, level))
     if level > worst_task:  # no single task tells it: say it for all of them
-        reasons.append(
+        reason(
             f"{_failed_of(failed, finished)} in the last {window}, across "
-            f"{sum(1 for task in work if task.failed)} task(s): see `procqueue failed`"
+            f"{sum(1 for task in work if task.failed)} task(s): see `procqueue failed`",
+            state="failed",
         )
-    return Verdict(status, reasons)
+    return Verdict(status, reasons, filters)
 
 
 def _failure_level(failed: int, finished: int, config: HealthConfig) -> Status:

@@ -193,3 +193,61 @@ INSERT INTO procrastinate.procrastinate_jobs (queue_name, task_name, lock, args)
 SELECT %(queue)s, %(task)s::text, %(task)s::text, '{}'
 WHERE NOT EXISTS (SELECT FROM procrastinate.procrastinate_jobs
                   WHERE lock = %(task)s::text AND status = 'todo');
+
+-- why_change: the waiting change of one row (procqueue.sync_changes), and whether a running drain job holds its claim now
+SELECT c.changed_at, c.changes, c.claimed_by, c.claimed_until,
+       (c.claimed_by IS NOT NULL AND c.claimed_until >= now()
+        AND EXISTS (SELECT FROM procrastinate.procrastinate_jobs AS job
+                    WHERE job.id = c.claimed_by AND job.status = 'doing')) AS claim_live
+FROM procqueue.sync_changes AS c
+WHERE c.entity = %(entity)s AND c.entity_id = %(id)s;
+
+-- why_jobs: the newest sync jobs of one row, any status: its row jobs (their lock %(lock)s), the bulk jobs (%(bulk_task)s) carrying its id, and the drain jobs (%(drain_task)s, also their lock) that hold its waiting change (%(claimed_by)s) or, while it waits (since %(changed_at)s), may take it or failed meanwhile (a failed drain gives its claims back); with the postponement of the job's current attempt, if any. Each branch reads an index (lock; task_name, id)
+SELECT job.id, job.task_name, job.status::text AS status, job.attempts, job.scheduled_at,
+       pp.reason AS postponed_reason, pp.times AS postponed_times
+FROM (SELECT j.id FROM procrastinate.procrastinate_jobs AS j WHERE j.lock = %(lock)s
+      UNION
+      SELECT j.id FROM procrastinate.procrastinate_jobs AS j
+      WHERE j.task_name = %(bulk_task)s AND j.args -> 'ids' ? %(id)s
+      UNION
+      SELECT j.id FROM procrastinate.procrastinate_jobs AS j
+      WHERE j.lock = %(drain_task)s
+        AND (j.id = %(claimed_by)s
+             OR (%(changed_at)s::timestamptz IS NOT NULL
+                 AND (j.status IN ('todo', 'doing')
+                      OR EXISTS (SELECT FROM procqueue.job_errors AS e
+                                 WHERE e.job_id = j.id
+                                   AND e.occurred_at >= %(changed_at)s::timestamptz))))
+     ) AS found
+JOIN procrastinate.procrastinate_jobs AS job ON job.id = found.id
+LEFT JOIN procqueue.job_postponements AS pp
+       ON pp.job_id = job.id AND pp.attempts = job.attempts AND job.status = 'todo'
+ORDER BY job.id DESC
+LIMIT %(limit)s;
+
+-- why_attempts: the newest failed attempts of these jobs, with their errors (procqueue.job_errors)
+SELECT e.job_id, e.task_name, e.attempt, e.error_type, e.message, e.transient, e.final,
+       e.occurred_at
+FROM procqueue.job_errors AS e
+WHERE e.job_id = ANY(%(job_ids)s)
+ORDER BY e.id DESC
+LIMIT %(limit)s;
+
+-- why_item_errors: the newest documents of one row a bulk job or a reindex could not write for good
+SELECT job_id, index_name, status, reason, occurred_at
+FROM procqueue.sync_item_errors
+WHERE entity = %(entity)s AND entity_id = %(id)s
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- why_circuit: the sink's circuit, when the workers last saw it open
+SELECT sink, opened_at, reason FROM procqueue.sink_circuits WHERE sink = %(sink)s AND is_open;
+
+-- why_image_cleanups: the waiting or running image cleanup jobs (%(task)s) carrying any of these URLs, with those URLs
+SELECT job.id, job.status::text AS status, job.scheduled_at,
+       ARRAY(SELECT u FROM jsonb_array_elements_text(job.args -> 'urls') AS u
+             WHERE u = ANY(%(urls)s)) AS urls
+FROM procrastinate.procrastinate_jobs AS job
+WHERE job.task_name = %(task)s AND job.status IN ('todo', 'doing')
+  AND jsonb_typeof(job.args -> 'urls') = 'array' AND job.args -> 'urls' ?| %(urls)s
+ORDER BY job.id;

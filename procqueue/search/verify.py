@@ -29,6 +29,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from procqueue.entities import Entity
+from procqueue.errors import ProcqueueError
 from procqueue.queue.jobs import enqueue
 from procqueue.search.bulk import enqueue_bulk
 from procqueue.search.client import SearchIndex, translate_errors
@@ -167,15 +168,47 @@ async def check_documents(
         await flush()
 
 
+async def _check_ids(
+    conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity, drift: Drift,
+    ids: Sequence[str],
+) -> None:  # fmt: skip
+    """Check these ids only: their rows against their documents, and the documents of
+    the ids without a row (extra)."""
+    cursor = conn.cursor(row_factory=dict_row)
+    try:
+        async with unfiltered_read(conn, entity, f"the comparison of {len(ids)} id(s)"):
+            await cursor.execute(entity_query("read_entity_chunk", entity), {"ids": list(ids)})
+            rows = await cursor.fetchall()
+    except psycopg.errors.DataError as error:
+        raise ProcqueueError(
+            f"an id is not a key of {entity.table} ({entity.primary_key}: "
+            f"{error.diag.message_primary or error}): give the ids as they are in the table"
+        ) from None
+    await compare_rows(search, entity, rows, drift)
+    present = {str(row[entity.primary_key]) for row in rows}
+    gone = [entity_id for entity_id in dict.fromkeys(ids) if entity_id not in present]
+    if gone and not drift.index_missing:
+        alias = search.alias(entity)
+        with translate_errors(f"mget of {len(gone)} documents from {alias}"):
+            found = await search.client.mget(index=alias, ids=gone)
+        drift.extra.extend(doc["_id"] for doc in found["docs"] if doc.get("found"))
+        drift.checked_documents += len(gone)
+
+
 async def verify_entity(
     conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity, *,
     batch_size: int = 1000, on_chunk: Callable[[int], None] | None = None,
+    ids: Sequence[str] = (),
 ) -> Drift:  # fmt: skip
-    """Compare the entity's table with its index; `conn` in autocommit mode."""
+    """Compare the entity's table with its index (only these `ids`, if given); `conn`
+    in autocommit mode."""
     drift = Drift(entity.name)
     alias = search.alias(entity)
     with translate_errors(f"checking alias {alias}"):
         drift.index_missing = not await search.client.indices.exists_alias(name=alias)
+    if ids:
+        await _check_ids(conn, search, entity, drift, ids)
+        return drift
     await _check_rows(conn, search, entity, drift, batch_size, on_chunk)
     if not drift.index_missing:
         await check_documents(conn, search, entity, drift, batch_size)

@@ -12,3 +12,18 @@ SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = cu
 
 -- demo_has_sample_rows: whether the sample tables hold rows already (the demo seeds only empty ones)
 SELECT EXISTS (SELECT FROM public.inventory_items) OR EXISTS (SELECT FROM public.listings);
+
+-- demo_image_urls: every image URL of the sample rows (the Cloudinary stand-in holds their assets)
+SELECT url FROM public.inventory_items, unnest(array_prepend(main_image_url, additional_image_urls)) AS url
+WHERE url IS NOT NULL
+UNION
+SELECT url FROM public.listings, unnest(array_prepend(main_image_url, additional_image_urls)) AS url
+WHERE url IS NOT NULL;
+
+-- demo_story_approve: a moderator approves the seed's waiting listing (its owner's email and push)
+UPDATE public.listings SET status = 'active' WHERE status = 'pending_approval';
+
+-- demo_story_replace_image: an item's second photo replaced (the old one is cleaned up)
+UPDATE public.inventory_items
+SET additional_image_urls = ARRAY[replace(additional_image_urls[1], '_b.jpg', '_c.jpg')]
+WHERE name = 'Bisiklet 1';

@@ -1,7 +1,7 @@
 """The Charts page in a real headless Chromium at desktop and phone widths:
 hovering a bar or a point shows its bucket's time and values at once, and the
 page fits the phone's width. Screenshots (charts.png, charts-phone.png) go where
-test_dashboard_browser.py puts its own: PROCQUEUE_SCREENSHOTS_DIR=docs/screenshots."""
+tests/support/browser.py puts them: PROCQUEUE_SCREENSHOTS_DIR=docs/screenshots."""
 
 from __future__ import annotations
 
@@ -12,18 +12,20 @@ from datetime import datetime
 
 import psycopg
 import pytest
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
 from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
 from procqueue.features import Settings
 from procqueue.queue.chart_history import record_chart_history
 from tests.conftest import make_settings
-from tests.dashboard.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
 from tests.support import tasks
+from tests.support.browser import chromium, require_chromium, shoot
 from tests.support.chart_history import write_history
 from tests.support.dashboard import served
 from tests.support.worker import drain
+
+require_chromium()
 
 SECRET = "charts-browser-" + uuid.uuid4().hex
 VIEWPORTS = {"charts": (1280, 800), "charts-phone": (390, 844)}
@@ -73,42 +75,36 @@ async def test_hovering_a_bar_or_a_point_shows_its_tooltip(
     label = (await bucket_start(database, 5)).strftime("%m-%d %H:%M")
     async with (
         served(settings, access_for(settings, "127.0.0.1", False)) as base,
-        async_playwright() as playwright,
+        chromium() as browser,
     ):
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            page = await browser.new_page(viewport={"width": width, "height": height})
-            await page.goto(f"{base}/")
-            await page.get_by_label("Your name").fill("alice")
-            await page.get_by_label("Admin secret").fill(SECRET)
-            await page.get_by_role("button", name="Sign in").click()
-            await page.get_by_test_id("queue-charts").first.click()  # overview → a queue's charts
-            await expect(page.locator("h1")).to_contain_text("queue")
-            await page.get_by_role("link", name="last day").click()
-            await page.get_by_label("Queue").select_option("alpha")
-            await page.get_by_role("button", name="Show").click()
-            await expect(page.locator("h1")).to_contain_text("alpha")
-            tip = page.locator(".chart-tip")
-            await expect(tip).to_be_hidden()
+        page = await browser.new_page(viewport={"width": width, "height": height})
+        await page.goto(f"{base}/")
+        await page.get_by_label("Your name").fill("alice")
+        await page.get_by_label("Admin secret").fill(SECRET)
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_test_id("queue-charts").first.click()  # overview → a queue's charts
+        await expect(page.locator("h1")).to_contain_text("queue")
+        await page.get_by_role("link", name="last day").click()
+        await page.get_by_label("Queue").select_option("alpha")
+        await page.get_by_role("button", name="Show").click()
+        await expect(page.locator("h1")).to_contain_text("alpha")
+        tip = page.locator(".chart-tip")
+        await expect(tip).to_be_hidden()
 
-            await hover_titled(page, "chart-throughput", "g", f"{label}: ")
-            await expect(tip).to_be_visible()
-            await expect(tip).to_have_text(f"{label}: 4 succeeded, 1 retried, 1 failed")
-            box = await tip.bounding_box()
-            assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= width
+        await hover_titled(page, "chart-throughput", "g", f"{label}: ")
+        await expect(tip).to_be_visible()
+        await expect(tip).to_have_text(f"{label}: 4 succeeded, 1 retried, 1 failed")
+        box = await tip.bounding_box()
+        assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= width
 
-            await hover_titled(page, "chart-durations", "rect.hit", f"{label}: ")
-            await expect(tip).to_contain_text(f"{label}: p50 ")
-            await expect(tip).to_contain_text(", p95 1.7")  # 1.75 s, between the 1 and 2 s
-            await hover_titled(page, "chart-errors", "circle", f"{label}: ")
-            await expect(tip).to_have_text(f"{label}: 33% of 6 attempts failed")
+        await hover_titled(page, "chart-durations", "rect.hit", f"{label}: ")
+        await expect(tip).to_contain_text(f"{label}: p50 ")
+        await expect(tip).to_contain_text(", p95 1.7")  # 1.75 s, between the 1 and 2 s
+        await hover_titled(page, "chart-errors", "circle", f"{label}: ")
+        await expect(tip).to_have_text(f"{label}: 33% of 6 attempts failed")
 
-            scroll_width = await page.evaluate("document.documentElement.scrollWidth")
-            assert scroll_width <= width, "the page is wider than the screen"
-            await hover_titled(page, "chart-throughput", "g", f"{label}: ")
-            await expect(tip).to_be_visible()
-            await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-        finally:
-            await browser.close()
+        scroll_width = await page.evaluate("document.documentElement.scrollWidth")
+        assert scroll_width <= width, "the page is wider than the screen"
+        await hover_titled(page, "chart-throughput", "g", f"{label}: ")
+        await expect(tip).to_be_visible()
+        await shoot(page, name)

@@ -6,47 +6,27 @@ purpose with `PROCQUEUE_SCREENSHOTS_DIR=docs/screenshots ./scripts/test -k brows
 
 from __future__ import annotations
 
-import os
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import psycopg
 import pytest
+from playwright.async_api import Browser, async_playwright, expect
 
 from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
 from procqueue.engine.app import ProcqueueApp
 from procqueue.features import Settings
+from procqueue.search.client import search_index
 from tests.conftest import make_settings
 from tests.support import tasks
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, chromium, require_chromium, shoot
 from tests.support.dashboard import job_status, served
-from tests.support.worker import drain, eventually, running_worker
+from tests.support.worker import SELLER_ID, drain, eventually, running_worker
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SCREENSHOTS = Path(
-    os.environ.get("PROCQUEUE_SCREENSHOTS_DIR") or tempfile.mkdtemp(prefix="procqueue-screenshots-")
-)
-SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 SECRET = "browser-secret-" + uuid.uuid4().hex
 
-if not CHROMIUM.exists():
-    reason = f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run installs it)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " — CI must run the browser test", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402
+require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +46,6 @@ async def set_switch(dsn: str, name: str, broken: bool) -> None:
             "ON CONFLICT (name) DO UPDATE SET broken = excluded.broken",
             [name, broken],
         )
-
-
-async def shoot(page: Page, name: str) -> None:
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 async def test_sign_in_see_the_failure_retry_and_see_it_succeed(
@@ -157,12 +133,8 @@ TABLE_BOXES = """() => [...document.querySelectorAll('main table')].map(table =>
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
+    async with chromium() as launched:
         yield launched
-        await launched.close()
 
 
 @pytest.mark.parametrize("width", [800, 480])
@@ -192,4 +164,33 @@ async def test_wide_tables_scroll_in_their_box_instead_of_being_cut_off(
         await lag.scroll_into_view_if_needed()
         box = await lag.bounding_box()
         assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= width, box
+        await page.close()
+
+
+async def test_the_search_box_reaches_a_rows_page(
+    app: ProcqueueApp, browser: Browser, database: str, es_url: str
+) -> None:
+    """From the nav's Rows page, an entity and an id lead to that row's story."""
+    listing_id = str(uuid.uuid4())
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO auth.users (id) VALUES (%s) ON CONFLICT DO NOTHING", [SELLER_ID]
+        )
+        await conn.execute(
+            "INSERT INTO listings (id, user_id, title) VALUES (%s, %s, 'searched for')",
+            [listing_id, SELLER_ID],
+        )
+    await drain(app)
+    prefix = search_index(app.services).prefix  # the index the app's worker wrote
+    local = make_settings(database, es_url, index_prefix=prefix)
+    async with served(local, access_for(local, "127.0.0.1", True)) as base:
+        page = await browser.new_page()
+        await page.goto(f"{base}/")
+        await page.get_by_role("link", name="Rows").click()
+        await page.get_by_label("Entity").select_option("listing")
+        await page.get_by_label("Id").fill(listing_id)
+        await page.get_by_role("button", name="Explain").click()
+        await expect(page).to_have_url(f"{base}/entities/listing/{listing_id}")
+        await expect(page.get_by_test_id("verdict")).to_contain_text("in sync, nothing to do")
+        await shoot(page, "row")
         await page.close()

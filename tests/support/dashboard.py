@@ -15,7 +15,7 @@ import psycopg
 import uvicorn
 
 from procqueue.dashboard.app import create_app
-from procqueue.dashboard.security import Access
+from procqueue.dashboard.security import Access, access_for
 
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -34,6 +34,13 @@ async def dashboard_client(settings: Any, access: Access) -> AsyncIterator[httpx
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
+
+
+@contextlib.asynccontextmanager
+async def exposed_client(settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the dashboard as started on a server (0.0.0.0, sign-in needed)."""
+    async with dashboard_client(settings, access_for(settings, "0.0.0.0", False)) as client:
+        yield client
 
 
 async def post_login(client: httpx.AsyncClient, **fields: str) -> httpx.Response:

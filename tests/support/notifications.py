@@ -12,44 +12,19 @@ from typing import Any
 
 import psycopg
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg.types.json import Jsonb
 
 from procqueue.app import build_app
 from procqueue.engine.app import ProcqueueApp
 from procqueue.features import Settings
 from tests.conftest import make_settings
-from tests.support.fcm_server import FcmState, fcm_server
+from tests.support.fcm_server import FcmState, fcm_server, service_account
 from tests.support.smtp_server import SmtpRecorder, smtp_server
 from tests.support.worker import drain
 
 PROJECT_ID = "pazaryeri-test"
 CLIENT_EMAIL = f"push-sender@{PROJECT_ID}.iam.gserviceaccount.com"
 SENDER = "Pazaryeri <bildirim@pazaryeri.example>"
-
-
-def service_account() -> tuple[dict[str, Any], bytes]:
-    """A throwaway service-account key (fresh RSA key) and its public key."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    info = {
-        "type": "service_account",
-        "project_id": PROJECT_ID,
-        "private_key_id": uuid.uuid4().hex,
-        "private_key": private_pem,
-        "client_email": CLIENT_EMAIL,
-        "client_id": "1234567890",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }
-    return info, public_pem
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +35,7 @@ def smtp() -> Iterator[SmtpRecorder]:
 
 @pytest.fixture(scope="module")
 def fcm_account() -> tuple[dict[str, Any], bytes]:
-    return service_account()
+    return service_account(PROJECT_ID, CLIENT_EMAIL)
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,15 @@ They run through the real app (build_app), middlewares and retry policy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from procrastinate import JobContext
 
+from procqueue.app import build_app
 from procqueue.engine.app import ProcqueueApp
 from procqueue.errors import PermanentError, TransientError
+from procqueue.features import Settings
 
 SWITCHES_SQL = """
 CREATE TABLE IF NOT EXISTS public.test_switches (name text PRIMARY KEY, broken boolean NOT NULL);
@@ -49,3 +53,12 @@ def register(app: ProcqueueApp) -> None:
         if context.job.attempts == 0:
             await asyncio.Event().wait()
         return "rescued"
+
+
+@contextlib.asynccontextmanager
+async def opened_app(settings: Settings) -> AsyncIterator[ProcqueueApp]:
+    """The real app with these tasks registered, open for the block."""
+    application = build_app(settings)
+    register(application)
+    async with application.open_async():
+        yield application

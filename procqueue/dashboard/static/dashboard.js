@@ -1,7 +1,46 @@
-// procqueue dashboard: live refresh of [data-refresh] panels and confirmations
-// for [data-confirm] forms. Plain JS, served locally (no CDN, no framework).
+// procqueue dashboard: the theme (light / dark), live refresh of [data-refresh]
+// panels and confirmations for [data-confirm] forms. Plain JS, served locally (no
+// CDN, no framework). Loaded in <head> without `defer`: the remembered theme is set
+// on <html> before the first paint; everything else waits for DOMContentLoaded.
 (function () {
   "use strict";
+
+  // The theme follows the system (prefers-color-scheme, in CSS) until the header's
+  // toggle picks one; the choice is kept in localStorage.
+  var THEME_KEY = "procqueue-theme";
+  var root = document.documentElement;
+  function storedTheme() {
+    try { return window.localStorage.getItem(THEME_KEY); } catch (e) { return null; }
+  }
+  function applyTheme(theme) {
+    if (theme === "light" || theme === "dark") { root.setAttribute("data-theme", theme); }
+  }
+  applyTheme(storedTheme());
+
+  function currentTheme() {
+    var set = root.getAttribute("data-theme");
+    if (set) { return set; }
+    var dark = window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
+    return dark ? "dark" : "light";
+  }
+  function themeToggle(button) {
+    function label() {
+      var other = currentTheme() === "dark" ? "light" : "dark";
+      button.textContent = other === "dark" ? "Dark theme" : "Light theme";
+      button.setAttribute("aria-pressed", currentTheme() === "dark" ? "true" : "false");
+    }
+    button.addEventListener("click", function () {
+      var theme = currentTheme() === "dark" ? "light" : "dark";
+      applyTheme(theme);
+      try { window.localStorage.setItem(THEME_KEY, theme); } catch (e) { /* private mode */ }
+      label();
+    });
+    if (window.matchMedia) {  // the system switched while no choice is stored
+      window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", label);
+    }
+    label();
+    button.hidden = false;
+  }
 
   function refresh(panel) {
     var url = panel.getAttribute("data-refresh");
@@ -58,6 +97,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll(".theme-toggle").forEach(themeToggle);
     chartTips();
     document.querySelectorAll("[data-refresh]").forEach(refresh);
     document.querySelectorAll("form[data-confirm]").forEach(function (form) {
