@@ -83,12 +83,12 @@ def main() -> None:
                 total, rest = total + rolled, rest + took
             conn.execute(SAMPLES)
             _, sample = timed(conn, "SELECT procqueue.sample_queues()")
-            conn.execute("VACUUM ANALYZE procqueue.task_stats_minutely")
+            conn.execute("VACUUM ANALYZE procqueue.chart_stats")
             conn.execute("VACUUM ANALYZE procqueue.queue_samples")
             row = conn.execute(
-                "SELECT count(*), pg_total_relation_size('procqueue.task_stats_minutely'),"
+                "SELECT count(*), pg_total_relation_size('procqueue.chart_stats'),"
                 " pg_total_relation_size('procqueue.queue_samples')"
-                " FROM procqueue.task_stats_minutely"
+                " FROM procqueue.chart_stats"
             ).fetchone()
             assert row is not None
         print(

@@ -8,21 +8,26 @@
 -- minutes, and deletes what is older. 0017's hourly task stats (90 days, per
 -- task) are unchanged.
 
--- Minutes (start of the minute) already rolled up, with or without attempts.
-CREATE TABLE procqueue.chart_minutes (
-    minute timestamptz PRIMARY KEY,
-    rolled_up_at timestamptz NOT NULL DEFAULT now()
+-- Periods already rolled up, with or without attempts: minutes, and half hours
+-- (UTC, from :00 and :30) summed from their minutes once the last one is in.
+CREATE TABLE procqueue.chart_periods (
+    width interval NOT NULL CHECK (width IN (interval '1 minute', interval '30 minutes')),
+    start timestamptz NOT NULL,
+    rolled_up_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (width, start)
 );
 
--- Per rolled-up minute: the attempts that ended in it by how they ended (a
+-- Per rolled-up period: the attempts that ended in it by how they ended (a
 -- postponed attempt has no end event: it is none of these, migration 0018), their
 -- longest duration and their durations as 0017's sparse histogram (bucket 0:
 -- under 1 ms; bucket b >= 1: [1 ms * 1.04^(b-1), 1 ms * 1.04^b)). Three levels,
 -- so that no chart sums more rows than it has buckets: level 0 one row per queue
--- and task, level 1 one per queue (task_name ''), level 2 one in all (both '').
-CREATE TABLE procqueue.task_stats_minutely (
+-- and task, level 1 one per queue (task_name ''), level 2 one in all (both ''). The
+-- hour chart reads 60 minutes, the day chart 48 half hours (not 1,440 minutes).
+CREATE TABLE procqueue.chart_stats (
+    width interval NOT NULL,
+    start timestamptz NOT NULL,
     level smallint NOT NULL CHECK (level IN (0, 1, 2)),
-    minute timestamptz NOT NULL REFERENCES procqueue.chart_minutes ON DELETE CASCADE,
     queue_name text NOT NULL,
     task_name text NOT NULL,
     succeeded bigint NOT NULL,
@@ -32,32 +37,10 @@ CREATE TABLE procqueue.task_stats_minutely (
     max_seconds double precision,
     buckets integer[] NOT NULL,
     bucket_counts bigint[] NOT NULL,
-    PRIMARY KEY (level, minute, queue_name, task_name)
+    PRIMARY KEY (width, start, level, queue_name, task_name),
+    FOREIGN KEY (width, start) REFERENCES procqueue.chart_periods ON DELETE CASCADE
 );
-CREATE INDEX task_stats_minutely_task_idx ON procqueue.task_stats_minutely (task_name, minute);
-
--- The same per half hour (UTC, from :00 and :30), summed from its minutes once
--- its last minute is rolled up: the day chart reads 48 of these, not 1,440 minutes.
-CREATE TABLE procqueue.chart_half_hours (
-    period timestamptz PRIMARY KEY,
-    rolled_up_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE procqueue.task_stats_half_hourly (
-    level smallint NOT NULL CHECK (level IN (0, 1, 2)),
-    period timestamptz NOT NULL REFERENCES procqueue.chart_half_hours ON DELETE CASCADE,
-    queue_name text NOT NULL,
-    task_name text NOT NULL,
-    succeeded bigint NOT NULL,
-    failed bigint NOT NULL,
-    retries bigint NOT NULL,
-    aborted bigint NOT NULL,
-    max_seconds double precision,
-    buckets integer[] NOT NULL,
-    bucket_counts bigint[] NOT NULL,
-    PRIMARY KEY (level, period, queue_name, task_name)
-);
-CREATE INDEX task_stats_half_hourly_task_idx
-    ON procqueue.task_stats_half_hourly (task_name, period);
+CREATE INDEX chart_stats_task_idx ON procqueue.chart_stats (task_name, width, start);
 
 -- One row per minute and queue: procqueue.queue_stats() as the first sample
 -- taken in that minute saw it.
@@ -117,10 +100,10 @@ $function$;
 
 -- Roll up the oldest complete minutes not rolled up yet, at most `max_minutes`
 -- of them, in one read of their end events, and the half hours they complete;
--- returns how many minutes. A minute is
--- complete `grace` after its end. One caller at a time (a concurrent call
--- returns 0 at once); a minute is marked once, so nothing counts twice.
--- Minutes that ended more than `keep` ago are deleted.
+-- returns how many minutes. A minute is complete `grace` after its end. One
+-- caller at a time (a concurrent call returns 0 at once); a period is marked
+-- once, so nothing counts twice. Periods that ended more than `keep` ago are
+-- deleted.
 CREATE FUNCTION procqueue.roll_up_chart_minutes(
     max_minutes integer DEFAULT 720,
     grace interval DEFAULT interval '1 minute',
@@ -139,9 +122,7 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(x'7071636d'::bigint) THEN  -- "pqcm"
         RETURN 0;
     END IF;
-    DELETE FROM procqueue.chart_minutes AS d WHERE d.minute + interval '1 minute' <= now() - keep;
-    DELETE FROM procqueue.chart_half_hours AS d
-     WHERE d.period + interval '30 minutes' <= now() - keep;
+    DELETE FROM procqueue.chart_periods AS d WHERE d.start + d.width <= now() - keep;
     oldest := least(
         (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'succeeded'),
         (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'failed'),
@@ -157,40 +138,42 @@ BEGIN
         FROM generate_series(date_bin('1 minute', greatest(oldest, now() - keep),
                                       timestamptz '2000-01-01'),
                              now() - grace - interval '1 minute', interval '1 minute') AS g (minute)
-        WHERE NOT EXISTS (SELECT 1 FROM procqueue.chart_minutes AS d WHERE d.minute = g.minute)
+        WHERE NOT EXISTS (SELECT 1 FROM procqueue.chart_periods AS d
+                          WHERE d.width = interval '1 minute' AND d.start = g.minute)
         ORDER BY g.minute
         LIMIT max_minutes
     ) AS m;
     IF chosen IS NULL THEN
         RETURN 0;
     END IF;
-    INSERT INTO procqueue.chart_minutes (minute) SELECT unnest(chosen);
-    INSERT INTO procqueue.task_stats_minutely
-        (level, minute, queue_name, task_name, succeeded, failed, retries, aborted, max_seconds,
-         buckets, bucket_counts)
+    INSERT INTO procqueue.chart_periods (width, start)
+    SELECT interval '1 minute', c.minute FROM unnest(chosen) AS c (minute);
+    INSERT INTO procqueue.chart_stats
+        (width, start, level, queue_name, task_name, succeeded, failed, retries, aborted,
+         max_seconds, buckets, bucket_counts)
     WITH attempts AS MATERIALIZED (
-        SELECT date_bin('1 minute', a.ended_at, timestamptz '2000-01-01') AS minute, a.*
+        SELECT date_bin('1 minute', a.ended_at, timestamptz '2000-01-01') AS start, a.*
         FROM procqueue.chart_attempts(chosen[1], chosen[cardinality(chosen)] + interval '1 minute')
              AS a
     ),
     mine AS MATERIALIZED (  -- each attempt once per level
-        SELECT l.level, a.minute,
+        SELECT a.start, l.level,
                CASE WHEN l.level < 2 THEN a.queue_name ELSE '' END AS queue_name,
                CASE WHEN l.level = 0 THEN a.task_name ELSE '' END AS task_name,
                a.type, a.seconds, a.bucket
         FROM attempts AS a
         CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS l (level)
-        WHERE a.minute = ANY (chosen)
+        WHERE a.start = ANY (chosen)
     ),
     histogram AS (
-        SELECT b.level, b.minute, b.queue_name, b.task_name,
+        SELECT b.start, b.level, b.queue_name, b.task_name,
                array_agg(b.bucket ORDER BY b.bucket) AS buckets,
                array_agg(b.n ORDER BY b.bucket) AS bucket_counts
-        FROM (SELECT m.level, m.minute, m.queue_name, m.task_name, m.bucket, count(*) AS n
+        FROM (SELECT m.start, m.level, m.queue_name, m.task_name, m.bucket, count(*) AS n
               FROM mine AS m WHERE m.bucket IS NOT NULL GROUP BY 1, 2, 3, 4, 5) AS b
         GROUP BY 1, 2, 3, 4
     )
-    SELECT m.level, m.minute, m.queue_name, m.task_name,
+    SELECT interval '1 minute', m.start, m.level, m.queue_name, m.task_name,
            count(*) FILTER (WHERE m.type = 'succeeded'),
            count(*) FILTER (WHERE m.type = 'failed'),
            count(*) FILTER (WHERE m.type = 'deferred_for_retry'),
@@ -199,49 +182,50 @@ BEGIN
            coalesce(min(h.buckets), '{}'), coalesce(min(h.bucket_counts), '{}')
     FROM mine AS m
     LEFT JOIN histogram AS h
-           ON h.level = m.level AND h.minute = m.minute AND h.queue_name = m.queue_name
+           ON h.start = m.start AND h.level = m.level AND h.queue_name = m.queue_name
           AND h.task_name = m.task_name
-    GROUP BY 1, 2, 3, 4;
+    GROUP BY 2, 3, 4, 5;
     -- Half hours whose last minute was rolled up now (minutes are rolled up oldest
     -- first, so the earlier ones with any attempt are in already): summed once.
     WITH ended AS (
-        INSERT INTO procqueue.chart_half_hours (period)
-        SELECT date_bin('30 minutes', c.minute, timestamptz '2000-01-01')
+        INSERT INTO procqueue.chart_periods (width, start)
+        SELECT interval '30 minutes', date_bin('30 minutes', c.minute, timestamptz '2000-01-01')
         FROM unnest(chosen) AS c (minute)
         WHERE c.minute = date_bin('30 minutes', c.minute, timestamptz '2000-01-01')
                          + interval '29 minutes'
         ON CONFLICT DO NOTHING
-        RETURNING period
+        RETURNING start
     ),
     minutes AS MATERIALIZED (
-        SELECT e.period, m.*
+        SELECT e.start AS half_hour, m.*
         FROM ended AS e
-        JOIN procqueue.task_stats_minutely AS m
-          ON m.level = ANY ('{0, 1, 2}'::smallint[])  -- (level, minute): the primary key
-         AND m.minute >= e.period AND m.minute < e.period + interval '30 minutes'
+        JOIN procqueue.chart_stats AS m
+          ON m.width = interval '1 minute'
+         AND m.start >= e.start AND m.start < e.start + interval '30 minutes'
     ),
     histogram AS (
-        SELECT b.level, b.period, b.queue_name, b.task_name,
+        SELECT b.half_hour, b.level, b.queue_name, b.task_name,
                array_agg(b.bucket ORDER BY b.bucket) AS buckets,
                array_agg(b.n ORDER BY b.bucket) AS bucket_counts
-        FROM (SELECT x.level, x.period, x.queue_name, x.task_name, x.bucket, sum(x.n)::bigint AS n
-              FROM (SELECT m.level, m.period, m.queue_name, m.task_name,
+        FROM (SELECT x.half_hour, x.level, x.queue_name, x.task_name, x.bucket,
+                     sum(x.n)::bigint AS n
+              FROM (SELECT m.half_hour, m.level, m.queue_name, m.task_name,
                            unnest(m.buckets) AS bucket, unnest(m.bucket_counts) AS n
                     FROM minutes AS m) AS x
               GROUP BY 1, 2, 3, 4, 5) AS b
         GROUP BY 1, 2, 3, 4
     )
-    INSERT INTO procqueue.task_stats_half_hourly
-        (level, period, queue_name, task_name, succeeded, failed, retries, aborted, max_seconds,
-         buckets, bucket_counts)
-    SELECT m.level, m.period, m.queue_name, m.task_name, sum(m.succeeded), sum(m.failed),
-           sum(m.retries), sum(m.aborted), max(m.max_seconds),
+    INSERT INTO procqueue.chart_stats
+        (width, start, level, queue_name, task_name, succeeded, failed, retries, aborted,
+         max_seconds, buckets, bucket_counts)
+    SELECT interval '30 minutes', m.half_hour, m.level, m.queue_name, m.task_name,
+           sum(m.succeeded), sum(m.failed), sum(m.retries), sum(m.aborted), max(m.max_seconds),
            coalesce(min(h.buckets), '{}'), coalesce(min(h.bucket_counts), '{}')
     FROM minutes AS m
     LEFT JOIN histogram AS h
-           ON h.level = m.level AND h.period = m.period AND h.queue_name = m.queue_name
+           ON h.half_hour = m.half_hour AND h.level = m.level AND h.queue_name = m.queue_name
           AND h.task_name = m.task_name
-    GROUP BY 1, 2, 3, 4;
+    GROUP BY 2, 3, 4, 5;
     RETURN cardinality(chosen);
 END;
 $function$;
@@ -271,8 +255,8 @@ BEGIN
 END;
 $function$;
 
-REVOKE ALL ON procqueue.chart_minutes, procqueue.task_stats_minutely, procqueue.chart_half_hours,
-    procqueue.task_stats_half_hourly, procqueue.queue_samples FROM PUBLIC;
+REVOKE ALL ON procqueue.chart_periods, procqueue.chart_stats, procqueue.queue_samples
+    FROM PUBLIC;
 REVOKE ALL ON FUNCTION procqueue.chart_attempts(timestamptz, timestamptz),
     procqueue.roll_up_chart_minutes(integer, interval, interval),
     procqueue.sample_queues(interval) FROM PUBLIC;

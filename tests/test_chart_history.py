@@ -39,46 +39,51 @@ SELECT date_bin('1 minute', e.at, timestamptz '2000-01-01') AS minute,
 FROM procrastinate.procrastinate_events AS e
 JOIN procrastinate.procrastinate_jobs AS j ON j.id = e.job_id
 WHERE e.type IN ('succeeded', 'failed', 'deferred_for_retry', 'aborted')
-  AND e.at < (SELECT max(minute) + interval '1 minute' FROM procqueue.chart_minutes)
+  AND e.at < (SELECT max(start) + interval '1 minute' FROM procqueue.chart_periods
+              WHERE width = interval '1 minute')
   AND e.at >= now() - interval '2 days'
 GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3
 """
 ROLLUPS = """
-SELECT minute, queue_name, task_name, succeeded, failed, retries, aborted
-FROM procqueue.task_stats_minutely WHERE level = 0 ORDER BY 1, 2, 3
+SELECT start AS minute, queue_name, task_name, succeeded, failed, retries, aborted
+FROM procqueue.chart_stats WHERE width = interval '1 minute' AND level = 0 ORDER BY 1, 2, 3
 """
 # Levels 1 (per queue) and 2 (all) sum level 0's rows, histograms included.
 LEVELS = """
-SELECT m.level, m.minute, m.queue_name,
+SELECT m.width, m.level, m.start, m.queue_name,
        ARRAY[sum(m.succeeded), sum(m.failed), sum(m.retries), sum(m.aborted),
              sum((SELECT sum(n) FROM unnest(m.bucket_counts) AS n))] AS counts
-FROM procqueue.task_stats_minutely AS m WHERE m.level > 0 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+FROM procqueue.chart_stats AS m WHERE m.level > 0 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
 """
 LEVELS_FROM_ZERO = """
-SELECT l.level, m.minute, CASE WHEN l.level = 1 THEN m.queue_name ELSE '' END AS queue_name,
+SELECT m.width, l.level, m.start,
+       CASE WHEN l.level = 1 THEN m.queue_name ELSE '' END AS queue_name,
        ARRAY[sum(m.succeeded), sum(m.failed), sum(m.retries), sum(m.aborted),
              sum((SELECT sum(n) FROM unnest(m.bucket_counts) AS n))] AS counts
-FROM procqueue.task_stats_minutely AS m CROSS JOIN (VALUES (1), (2)) AS l (level)
-WHERE m.level = 0 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+FROM procqueue.chart_stats AS m CROSS JOIN (VALUES (1::smallint), (2::smallint)) AS l (level)
+WHERE m.level = 0 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
 """
 
 HALF_HOURS = """
-SELECT h.period, (SELECT max(minute) FROM procqueue.chart_minutes) AS rolled_until,
+SELECT h.start AS period,
+       (SELECT max(start) FROM procqueue.chart_periods WHERE width = interval '1 minute')
+           AS rolled_until,
        array_agg(ARRAY[h.level, h.succeeded, h.failed, h.retries, h.aborted,
                        (SELECT sum(n) FROM unnest(h.bucket_counts) AS n)]
                  ORDER BY h.level, h.queue_name, h.task_name) AS counts
-FROM procqueue.task_stats_half_hourly AS h GROUP BY h.period ORDER BY 1
+FROM procqueue.chart_stats AS h WHERE h.width = interval '30 minutes' GROUP BY h.start ORDER BY 1
 """
 MINUTES_BY_HALF_HOUR = """
 SELECT x.period, array_agg(ARRAY[x.level, x.succeeded, x.failed, x.retries, x.aborted, x.timed]
                            ORDER BY x.level, x.queue_name, x.task_name) AS counts
-FROM (SELECT date_bin('30 minutes', m.minute, timestamptz '2000-01-01') AS period, m.level,
+FROM (SELECT date_bin('30 minutes', m.start, timestamptz '2000-01-01') AS period, m.level,
              m.queue_name,
              m.task_name, sum(m.succeeded) AS succeeded, sum(m.failed) AS failed,
              sum(m.retries) AS retries, sum(m.aborted) AS aborted,
              sum((SELECT sum(n) FROM unnest(m.bucket_counts) AS n)) AS timed
-      FROM procqueue.task_stats_minutely AS m GROUP BY 1, 2, 3, 4) AS x
+      FROM procqueue.chart_stats AS m WHERE m.width = interval '1 minute'
+      GROUP BY 1, 2, 3, 4) AS x
 GROUP BY x.period ORDER BY 1
 """
 
@@ -174,9 +179,15 @@ async def test_minute_rollups_count_per_queue_and_task_what_the_events_say(
     again = await record_chart_history(app.pool, deadline=0)
     assert again.rolled_up_minutes <= 1  # nothing twice (a minute may have ended meanwhile)
     assert await rows(conn, ROLLUPS) == await rows(conn, REFERENCE)
-    # Minutes older than two days are deleted with their rows.
-    row = await (await conn.execute("SELECT min(minute) FROM procqueue.chart_minutes")).fetchone()
-    assert row is not None and row[0] > datetime.now(UTC) - timedelta(days=2, minutes=2)
+    # Periods older than `keep` (two days by default) are deleted with their rows.
+    await conn.execute("SELECT procqueue.roll_up_chart_minutes(720, interval '1 minute', '10 h')")
+    left = await rows(
+        conn,
+        "SELECT (SELECT min(start) FROM procqueue.chart_periods) AS periods,"
+        " (SELECT min(start) FROM procqueue.chart_stats) AS stats,"
+        " now() - interval '10 hours 30 minutes' AS bound",
+    )
+    assert left[0]["bound"] <= left[0]["periods"] <= left[0]["stats"]
 
 
 @pytest.mark.parametrize("queue,task", [("alpha", ""), ("", "alpha:sync"), ("beta", ""), ("", "")])
@@ -251,7 +262,7 @@ async def test_postponed_attempts_are_neither_successes_nor_failures(
     rolled = await rows(
         conn,
         "SELECT task_name, succeeded, failed, retries, aborted"
-        " FROM procqueue.task_stats_minutely WHERE level = 0 AND queue_name = 'charts'",
+        " FROM procqueue.chart_stats WHERE level = 0 AND queue_name = 'charts'",
     )
     assert [r["task_name"] for r in rolled] == ["charts:postpone_once"] * len(rolled)
     assert sum(r["succeeded"] for r in rolled) == 3

@@ -12,22 +12,24 @@ WITH since AS MATERIALIZED (
 -- then the minutes after the last of them; else the minutes only. The rows of one
 -- %(level)s: everything (2), one queue (1), or a task, in one queue or all (0).
 rolled AS MATERIALIZED (
-    SELECT h.period AS minute, h.succeeded, h.failed, h.retries, h.aborted, h.max_seconds,
+    SELECT h.start AS minute, h.succeeded, h.failed, h.retries, h.aborted, h.max_seconds,
            h.buckets, h.bucket_counts
-    FROM procqueue.task_stats_half_hourly AS h
-    WHERE %(half_hours)s AND h.level = %(level)s::smallint
-      AND h.period >= (SELECT at FROM since)
+    FROM procqueue.chart_stats AS h
+    WHERE %(half_hours)s AND h.width = interval '30 minutes'
+      AND h.start >= (SELECT at FROM since) AND h.level = %(level)s::smallint
       AND (%(queue)s::text = '' OR h.queue_name = %(queue)s::text)
       AND h.task_name = %(task)s::text
     UNION ALL
-    SELECT m.minute, m.succeeded, m.failed, m.retries, m.aborted, m.max_seconds, m.buckets,
+    SELECT m.start, m.succeeded, m.failed, m.retries, m.aborted, m.max_seconds, m.buckets,
            m.bucket_counts
-    FROM procqueue.task_stats_minutely AS m
-    WHERE m.level = %(level)s::smallint
-      AND m.minute >= greatest(
+    FROM procqueue.chart_stats AS m
+    WHERE m.width = interval '1 minute'
+      AND m.start >= greatest(
               (SELECT at FROM since),
-              CASE WHEN %(half_hours)s THEN (SELECT max(p.period) + interval '30 minutes'
-                                             FROM procqueue.chart_half_hours AS p) END)
+              CASE WHEN %(half_hours)s THEN (SELECT max(p.start) + interval '30 minutes'
+                                             FROM procqueue.chart_periods AS p
+                                             WHERE p.width = interval '30 minutes') END)
+      AND m.level = %(level)s::smallint
       AND (%(queue)s::text = '' OR m.queue_name = %(queue)s::text)
       AND m.task_name = %(task)s::text
 ),
@@ -36,7 +38,8 @@ live AS MATERIALIZED (
            a.seconds, a.bucket
     FROM procqueue.chart_attempts(
              greatest((SELECT at FROM since),
-                      (SELECT max(c.minute) + interval '1 minute' FROM procqueue.chart_minutes AS c)),
+                      (SELECT max(c.start) + interval '1 minute' FROM procqueue.chart_periods AS c
+                       WHERE c.width = interval '1 minute')),
              'infinity') AS a
     WHERE (%(queue)s::text = '' OR a.queue_name = %(queue)s::text)
       AND (%(task)s::text = '' OR a.task_name = %(task)s::text)
@@ -107,12 +110,12 @@ FROM generate_series((SELECT at FROM since), now(), %(step)s::interval) AS b (bu
 LEFT JOIN binned AS x ON x.bucket = b.bucket
 ORDER BY b.bucket;
 
--- chart_task_names: the task names in the rolled-up minutes (two days), one index probe each (skip scan)
+-- chart_task_names: the task names in the rollups (two days), one index probe each (skip scan)
 WITH RECURSIVE names AS (
-    (SELECT m.task_name AS name FROM procqueue.task_stats_minutely AS m
+    (SELECT m.task_name AS name FROM procqueue.chart_stats AS m
      WHERE m.task_name > '' ORDER BY 1 LIMIT 1)
     UNION ALL
-    SELECT (SELECT m.task_name FROM procqueue.task_stats_minutely AS m
+    SELECT (SELECT m.task_name FROM procqueue.chart_stats AS m
             WHERE m.task_name > names.name ORDER BY 1 LIMIT 1)
     FROM names WHERE names.name IS NOT NULL
 )
