@@ -36,7 +36,7 @@ class Range:
         return "minute" if minutes == 1 else f"{minutes} min"
 
 
-#: The coarser rollup (migration 0022); a range whose step is a multiple of it reads it.
+#: The coarser rollup (migration 0022): a range whose step is whole half hours reads it.
 HALF_HOUR = timedelta(minutes=30)
 RANGES = {
     "hour": Range("hour", "last hour", timedelta(hours=1), timedelta(minutes=1)),
@@ -126,7 +126,7 @@ class Selection:
         return {
             "queue": self.queue, "task": self.task,
             "span": self.range.span, "step": self.range.step,
-            "half_hours": self.range.step >= HALF_HOUR, "level": self.level,
+            "half_hours": not self.range.step % HALF_HOUR, "level": self.level,
         }  # fmt: skip
 
     @property
