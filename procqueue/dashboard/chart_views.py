@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import PlainTextResponse, Response
 
 from procqueue.dashboard import chart_store, charts
 from procqueue.dashboard.chart_store import RANGES, AttemptBucket, DepthBucket, Selection
@@ -39,13 +38,12 @@ def count(value: float) -> str:
     return f"{value:.0f}"
 
 
-def selection_of(request: Request) -> Selection:
-    from procqueue.dashboard.views import BadInput
-
+def selection_of(request: Request) -> Selection | str:
+    """The page's selection, or what is wrong with the request (answered 400)."""
     params = request.query_params
     name = params.get("range", "hour") or "hour"
     if name not in RANGES:
-        raise BadInput(f"range must be one of {', '.join(RANGES)}, not {name[:40]!r}")
+        return f"range must be one of {', '.join(RANGES)}, not {name[:40]!r}"
     return Selection(
         queue=params.get("queue", "").strip()[:MAX_NAME],
         task=params.get("task", "").strip()[:MAX_NAME],
@@ -113,7 +111,10 @@ def chart_url(selection: Selection, **changes: str) -> str:
 
 
 async def charts_page(dashboard: Dashboard, request: Request, user: str) -> Response:
+    """GET /charts (the `page` decorator of views.py signs in first)."""
     selection = selection_of(request)
+    if isinstance(selection, str):
+        return PlainTextResponse(f"bad request: {selection}", status_code=400)
     async with dashboard.pool.connection() as conn:
         ended = await chart_store.attempts(conn, selection)
         sampled = await chart_store.depth(conn, selection)
@@ -142,14 +143,3 @@ async def charts_page(dashboard: Dashboard, request: Request, user: str) -> Resp
         ),
         duration=duration,
     )
-
-
-def chart_routes(dashboard: Dashboard) -> list[Route]:
-    from procqueue.dashboard.views import page
-
-    endpoint = page(charts_page)
-
-    async def charts_endpoint(request: Request) -> Response:
-        return await endpoint(dashboard, request)
-
-    return [Route("/charts", charts_endpoint, name="charts")]

@@ -25,7 +25,7 @@ from starlette.templating import Jinja2Templates
 
 from procqueue.dashboard import chart_store, charts, store
 from procqueue.dashboard.chart_store import RANGES, Selection
-from procqueue.dashboard.chart_views import chart_routes
+from procqueue.dashboard.chart_views import charts_page
 from procqueue.dashboard.roles import READ_ONLY
 from procqueue.dashboard.security import (
     CSRF_FIELD,
@@ -555,7 +555,7 @@ class Dashboard:
             Route("/failures", self.failures, name="failures"),
             Route("/failures/retry", self.retry_many, methods=["POST"]),
             Route("/audit", self.audit, name="audit"),
-            *chart_routes(self),
+            Route("/charts", functools.partial(page(charts_page), self), name="charts"),
             Route("/entities", self.entity_search, name="entities"),
             Route("/entities/{entity}/{entity_id}", self.entity, name="entity"),
             Route("/login", self.login_form, methods=["GET"]),
