@@ -8,32 +8,12 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import AliasChoices
-from pydantic.fields import FieldInfo
 
-from procqueue.cli import build_parser
-from procqueue.features import Settings
+from tests.support.deploy import load_settings_from, parse_command, unknown_variables
 from tests.support.repo import REPO_DIR
 
 COMPOSE = yaml.safe_load((REPO_DIR / "docker-compose.yml").read_text())
 OUR_SERVICES = {name: spec for name, spec in COMPOSE["services"].items() if "build" in spec}
-
-
-def settings_env_names() -> set[str]:
-    names = set()
-    for field_name, field in Settings.model_fields.items():
-        names.add(f"PROCQUEUE_{field_name.upper()}")
-        alias = field.validation_alias
-        names.update(getattr(alias, "choices", []) if alias else [])
-    return {str(name) for name in names}
-
-
-def env_name(field_name: str, field: FieldInfo) -> str:
-    """The variable compose sets for a setting: its first alias, else PROCQUEUE_<NAME>."""
-    alias = field.validation_alias
-    if isinstance(alias, AliasChoices):
-        return str(alias.choices[0])
-    return f"PROCQUEUE_{field_name.upper()}"
 
 
 def test_compose_has_the_production_like_services() -> None:
@@ -52,7 +32,7 @@ def test_compose_has_the_production_like_services() -> None:
 def test_every_command_exists(name: str) -> None:
     command: list[str] = OUR_SERVICES[name]["command"]
     if command[0] == "procqueue":
-        build_parser().parse_args(command[1:])  # exits (fails the test) on an unknown command
+        parse_command(command)  # exits (fails the test) on an unknown command
     else:
         assert command[0] == "procrastinate"
         app_path = next(arg.split("=", 1)[1] for arg in command if arg.startswith("--app="))
@@ -65,17 +45,15 @@ def test_every_command_exists(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(OUR_SERVICES))
 def test_every_environment_variable_is_a_setting(name: str) -> None:
     environment: dict[str, Any] = OUR_SERVICES[name]["environment"]
-    unknown = set(environment) - settings_env_names()
-    assert not unknown, f"{name} sets variables no setting reads: {sorted(unknown)}"
+    unknown = unknown_variables(set(environment))
+    assert not unknown, f"{name} sets variables no setting reads: {unknown}"
 
 
 def test_compose_settings_validate() -> None:
     environment = OUR_SERVICES["worker"]["environment"]
     values = {key: str(value).replace("${POSTGRES_PASSWORD:-change-me}", "pw")
               for key, value in environment.items()}  # fmt: skip
-    fields = {env_name(n, f): n for n, f in Settings.model_fields.items()}
-    arguments: dict[str, Any] = {fields[key]: value for key, value in values.items()}
-    settings = Settings(**arguments)
+    settings = load_settings_from(values)
     assert settings.elasticsearch_url == "http://elasticsearch:9200"
     assert settings.use_listen_notify
 

@@ -20,9 +20,9 @@ from psycopg_pool import PoolTimeout
 from procqueue.app import build_app
 from procqueue.commands.arguments import whole_number
 from procqueue.engine.app import ProcqueueApp
+from procqueue.engine.probes import start_worker_server
 from procqueue.errors import ConfigError
 from procqueue.features import get_settings
-from procqueue.queue.server import start_worker_metrics_server
 
 #: PROCQUEUE_CONCURRENCY's range (procqueue/settings.py).
 CONCURRENCY = whole_number(1, 200)
@@ -46,7 +46,7 @@ def serve(
     left to run now); 0, or a ProcqueueError."""
     settings = app.services.settings
     if settings.metrics_port:
-        start_worker_metrics_server(settings.metrics_port)
+        start_worker_server(app.services, settings.metrics_port)
 
     options: dict[str, Any] = {"name": name, "wait": wait}
     if queues:  # else every queue (queues=[] would match no queue at all)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
+from procqueue.engine.liveness import Liveness
 from procqueue.entities import EntityRegistry
 from procqueue.settings import CoreSettings
 
@@ -48,6 +49,8 @@ class Services:
         self.entities = entities
         self._providers: dict[str, _Provider[Any]] = {}
         self._clients: dict[str, Any] = {}  # in the order they were made
+        #: The running worker's loops, for `/livez` (procqueue/engine/liveness.py).
+        self.liveness: Liveness | None = None
 
     def __repr__(self) -> str:
         return f"Services(provided={sorted(self._providers)}, made={list(self._clients)})"

@@ -29,6 +29,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from procqueue.engine.connections import connect_async
+from procqueue.engine.liveness import Liveness
 from procqueue.engine.outages import (
     Backoff,
     first_line,
@@ -86,6 +87,8 @@ class Worker(procrastinate_worker.Worker):
       arguments its task takes: checks Procrastinate makes before, or not at all,
       our middleware) fails with a recorded reason instead of crashing the worker's
       job task and staying `doing`.
+    - Its fetch loop and heartbeat note each turn in `liveness` (engine/liveness.py),
+      which its port's `/livez` reads (engine/probes.py).
     """
 
     side_task_failure: tuple[str, BaseException] | None = None
@@ -105,6 +108,12 @@ class Worker(procrastinate_worker.Worker):
             on_outage=self.answer_maybe_lost,
             secrets=self._procqueue.services.settings.secret_values,
         )
+        self.liveness = Liveness(
+            polling_interval=self.fetch_job_polling_interval,
+            heartbeat_interval=self.update_heartbeat_interval,
+            stalled_timeout=self.stalled_worker_timeout,
+            pool_timeout=self._procqueue.pool.timeout,
+        )
 
     @property
     def _procqueue(self) -> ProcqueueApp:
@@ -113,6 +122,9 @@ class Worker(procrastinate_worker.Worker):
     # Side tasks ------------------------------------------------------------
 
     def _start_side_tasks(self) -> list[asyncio.Task[Any]]:
+        # The run loop starts (the worker is registered): from now on `/livez` judges it.
+        self.liveness.started()
+        self._procqueue.services.liveness = self.liveness
         side: dict[str, Callable[[], Awaitable[Any]]] = {
             "update_heartbeats": self._update_heartbeat,
             "deferrer": self._periodic_deferrer,
@@ -150,6 +162,13 @@ class Worker(procrastinate_worker.Worker):
             await self._beat()
 
     async def _beat(self) -> None:
+        self.liveness.heartbeat.begin()
+        try:
+            await self._beat_once()
+        finally:  # an error the side task waits out is a turn too
+            self.liveness.heartbeat.end()
+
+    async def _beat_once(self) -> None:
         worker_id = self.worker_id
         if worker_id is None:
             return
@@ -331,7 +350,9 @@ class Worker(procrastinate_worker.Worker):
             acquiring = asyncio.create_task(slots.acquire())
             taken, jobs = 0, []
             try:
+                self.liveness.fetch.wait()  # for a job to end: jobs have their timeout
                 await procrastinate_utils.wait_any(acquiring, self._stop_event.wait())
+                self.liveness.fetch.end()
                 if acquiring.done() and not acquiring.cancelled():
                     taken = 1
                 if self._stop_event.is_set():
@@ -364,12 +385,16 @@ class Worker(procrastinate_worker.Worker):
             "worker_id": self.worker_id,
             "limit": limit,
         }
-        async with self._procqueue.pool.connection() as conn:  # commits on the way out
-            async with conn.pipeline():
-                await conn.execute(queue_query("walk_jobs_in_fetch_order"))
-                cursor = conn.cursor(row_factory=dict_row)
-                await cursor.execute(query("fetch_jobs"), params)
-            rows = await cursor.fetchall()
+        self.liveness.fetch.begin()
+        try:
+            async with self._procqueue.pool.connection() as conn:  # commits on the way out
+                async with conn.pipeline():
+                    await conn.execute(queue_query("walk_jobs_in_fetch_order"))
+                    cursor = conn.cursor(row_factory=dict_row)
+                    await cursor.execute(query("fetch_jobs"), params)
+                rows = await cursor.fetchall()
+        finally:  # an error the loop waits out is a turn too
+            self.liveness.fetch.end()
         jobs = [Job.from_row(row) for row in rows]
         return sorted(jobs, key=lambda job: (-job.priority, job.id or 0))
 
@@ -501,6 +526,7 @@ class Worker(procrastinate_worker.Worker):
         cannot be saved by the deadline (the database is away) is left, `doing`, to the
         stalled-job rescue, which runs the job again; the worker's row, if it cannot
         be deleted, is pruned by the other workers."""
+        self.liveness.stop()
         self._stop_deadline = self._loop_time() + (self.shutdown_graceful_timeout or math.inf)
         heartbeat = [task for task in side_tasks if task.get_name() == "update_heartbeats"]
         await procrastinate_utils.cancel_and_capture_errors(

@@ -5,7 +5,8 @@ dashboard mounts them, with a HealthSource on its own pool); `create_app(setting
 is the standalone app served by `procqueue metrics`, with a small pool of its own.
 Each request reads one health snapshot from Postgres; if Postgres does not answer,
 `/metrics` still serves the process's own metrics with `procqueue_health_up 0` and
-`/healthz` answers 503.
+`/healthz` answers 503. A worker's own port (`/metrics`, `/livez`, `/readyz`) is
+procqueue/engine/probes.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import psycopg
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -109,9 +110,3 @@ def make_server(settings: CoreSettings, host: str, port: int) -> uvicorn.Server:
         create_app(settings), host=host, port=port, log_level="warning", lifespan="on"
     )
     return uvicorn.Server(config)
-
-
-def start_worker_metrics_server(port: int, host: str = "0.0.0.0") -> None:
-    """Serve this worker process's job histograms and counters (a daemon thread)."""
-    start_http_server(port, addr=host)
-    logger.info("worker metrics on http://%s:%d/metrics", host, port)

@@ -1,5 +1,5 @@
-"""`procqueue worker` as a child process, with its exit codes, plus the test tasks
-and `test:sleep`: `python -m tests.support.cli_worker` (settings from PROCQUEUE_*
+"""`procqueue worker` as a child process, with its exit codes, plus the test tasks,
+`test:sleep` and `test:block_loop`: `python -m tests.support.cli_worker` (settings from PROCQUEUE_*
 in the environment). `start_cli_worker` starts one with its output in a file."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 from procqueue.app import build_app
@@ -19,7 +20,7 @@ from tests.support import tasks
 
 
 def register(app: ProcqueueApp) -> None:
-    """The test tasks, and `test:sleep`."""
+    """The test tasks, `test:sleep` and `test:block_loop`."""
     tasks.register(app)
 
     @app.task(name="test:sleep", queue="tests")
@@ -27,6 +28,12 @@ def register(app: ProcqueueApp) -> None:
         """Runs `seconds` without touching the database."""
         await asyncio.sleep(seconds)
         return "slept"
+
+    @app.task(name="test:block_loop", queue="tests")
+    async def block_loop(seconds: float) -> str:
+        """Blocks the worker's event loop for `seconds` (blocking code in a job)."""
+        time.sleep(seconds)  # noqa: ASYNC251 - what the task is for
+        return "blocked"
 
 
 def main() -> int:

@@ -33,9 +33,6 @@ async def finished_job(
 ) -> int:
     """A job that ended `ended_ago` seconds ago after running `seconds`."""
     attempts = 2 if retried_before else 1
-    row = await (await conn.execute(FINISHED_INSERT, [queue, task, status, attempts])).fetchone()
-    assert row is not None
-    job_id: int = row[0]
     events = [("deferred", ended_ago + seconds + 60), ("started", ended_ago + seconds)]
     if retried_before:
         events += [
@@ -43,8 +40,15 @@ async def finished_job(
             ("deferred_for_retry", ended_ago + seconds + 29),
         ]
     events.append((status if status in ("succeeded", "failed") else "cancelled", ended_ago))
-    for event_type, ago in events:
-        await conn.execute(EVENT_INSERT, [job_id, event_type, ago])
+    # One transaction: one now() for every event, so durations are exact on a busy machine.
+    async with conn.transaction():
+        row = await (
+            await conn.execute(FINISHED_INSERT, [queue, task, status, attempts])
+        ).fetchone()
+        assert row is not None
+        job_id: int = row[0]
+        for event_type, ago in events:
+            await conn.execute(EVENT_INSERT, [job_id, event_type, ago])
     return job_id
 
 
