@@ -1,4 +1,4 @@
-"""The history behind the Charts page (migration 0022): the sampler records each
+"""The history behind the Charts page (migration 0023): the sampler records each
 queue's depth and lag once a minute, the minute rollups count per queue and task
 what the end events say (a postponed attempt counts as nothing), the chart
 buckets read from them give the known numbers, and the duration percentiles are

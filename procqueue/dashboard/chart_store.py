@@ -1,4 +1,4 @@
-"""What the Charts page reads (procqueue/dashboard/charts.sql, migration 0022):
+"""What the Charts page reads (procqueue/dashboard/charts.sql, migration 0023):
 attempts, error rate and durations per bucket for a queue and/or task, and the
 queues' sampled depth and lag. Durations come as 0017's histograms; their
 percentiles are computed here as procqueue.task_stats computes them."""
@@ -36,7 +36,7 @@ class Range:
         return "minute" if minutes == 1 else f"{minutes} min"
 
 
-#: The coarser rollup (migration 0022): a range whose step is whole half hours reads it.
+#: The coarser rollup (migration 0023): a range whose step is whole half hours reads it.
 HALF_HOUR = timedelta(minutes=30)
 RANGES = {
     "hour": Range("hour", "last hour", timedelta(hours=1), timedelta(minutes=1)),
@@ -131,7 +131,7 @@ class Selection:
 
     @property
     def level(self) -> int:
-        """The rollup rows to read (migration 0022): a task's (0), a queue's (1), all (2)."""
+        """The rollup rows to read (migration 0023): a task's (0), a queue's (1), all (2)."""
         return 0 if self.task else 1 if self.queue else 2
 
 

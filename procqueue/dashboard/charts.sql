@@ -1,4 +1,4 @@
--- Named queries of the Charts page (migration 0022), in the manner of queries.sql
+-- Named queries of the Charts page (migration 0023), in the manner of queries.sql
 -- beside this file. They read the per-minute and per-half-hour rollups, the queue
 -- samples, and the end events of the minutes not rolled up yet (a minute or two
 -- when the maintenance task runs), never the jobs table. %(queue)s and %(task)s:

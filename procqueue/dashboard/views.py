@@ -371,7 +371,7 @@ class Dashboard:
     async def overview_context(self) -> dict[str, Any]:
         async with self.pool.connection() as conn:
             failed = await store.failed_per_queue(conn)
-            # The Charts page's rollups (migration 0022): constant cost, however many jobs
+            # The Charts page's rollups (migration 0023): constant cost, however many jobs
             hour = await chart_store.attempts(conn, Selection("", "", RANGES["hour"]))
             day = await chart_store.attempts(conn, Selection("", "", RANGES["day"]))
         # After the dashboard's own reads: an unmigrated database fails those with

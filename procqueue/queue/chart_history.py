@@ -1,4 +1,4 @@
-"""The history behind the dashboard's Charts page (migration 0022): once a minute
+"""The history behind the dashboard's Charts page (migration 0023): once a minute
 each queue's depth and lag, and per minute, queue and task the attempts that
 ended and their durations. Both kept two days; written by the stalled-job
 rescue's periodic run (procqueue/queue/maintenance.py) and before each prune."""

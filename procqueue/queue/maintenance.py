@@ -20,7 +20,7 @@ that a busy queue never piles them up.
   of PROCQUEUE_PRUNE_BATCH_SIZE, each its own short transaction, for at most
   half the job timeout per run (the rest waits for the next run). Each run
   first rolls up the completed hours of task stats (migration 0017) and the
-  Charts page's minutes (0022); so does each rescue run, for at most 24 hours,
+  Charts page's minutes (0023); so does each rescue run, for at most 24 hours,
   which also samples every queue's depth and lag once a minute (chart_history.py).
 """
 

@@ -198,8 +198,8 @@ FROM procqueue.sync_changes AS c
 GROUP BY c.entity
 ORDER BY c.entity;
 
--- sample_queues: record every queue's depth and lag for the current minute, once a minute (migration 0022)
+-- sample_queues: record every queue's depth and lag for the current minute, once a minute (migration 0023)
 SELECT procqueue.sample_queues() AS written;
 
--- roll_up_chart_minutes: roll up the oldest complete minutes per queue and task for the Charts page, at most max_minutes (migration 0022)
+-- roll_up_chart_minutes: roll up the oldest complete minutes per queue and task for the Charts page, at most max_minutes (migration 0023)
 SELECT procqueue.roll_up_chart_minutes(%(max_minutes)s) AS minutes;
