@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -204,11 +204,6 @@ class Bucket:
     def error_rate(self) -> float | None:
         """Failed attempts (final or retried) among all finished attempts."""
         return (self.retried + self.failed) / self.attempts if self.attempts else None
-
-
-async def activity(conn: Connection, span: timedelta, step: timedelta) -> list[Bucket]:
-    found = await rows(conn, query("dashboard_activity"), {"span": span, "step": step})
-    return [Bucket(row["bucket"], row["succeeded"], row["retried"], row["failed"]) for row in found]
 
 
 async def failed_per_queue(conn: Connection) -> dict[str, int]:

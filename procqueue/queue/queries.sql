@@ -289,3 +289,9 @@ SELECT d.worker_id, d.host, d.pid, d.name
 FROM procrastinate.procrastinate_jobs AS j
 JOIN procqueue.worker_details AS d ON d.worker_id = j.worker_id
 WHERE j.id = %(job_id)s;
+
+-- sample_queues: record every queue's depth and lag for the current minute, once a minute (migration 0023)
+SELECT procqueue.sample_queues() AS written;
+
+-- roll_up_chart_minutes: roll up the oldest complete minutes per queue and task for the Charts page, at most max_minutes (migration 0023)
+SELECT procqueue.roll_up_chart_minutes(%(max_minutes)s) AS minutes;
