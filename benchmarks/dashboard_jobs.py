@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 from typing import Any
 
-import httpx
 import psycopg
 
 from benchmarks.common import percentile
 from benchmarks.health_queries import fill
-from procqueue.dashboard.app import create_app
-from procqueue.dashboard.security import access_for
+from benchmarks.pages import time_pages
 from procqueue.features import load_settings
 from procqueue.local import env, local_postgres, scratch_database
 from procqueue.migrate import migrate
@@ -76,21 +73,7 @@ def scenarios(jobs: int) -> dict[str, str]:
 
 
 async def measure(settings: Any, jobs: int, runs: int) -> dict[str, list[float]]:
-    app = create_app(settings, access_for(settings, "127.0.0.1", local_only=True))
-    timings: dict[str, list[float]] = {}
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-            for name, path in scenarios(jobs).items():
-                await client.get(path)  # warm the pool and the plan cache
-                samples = []
-                for _ in range(runs):
-                    started = time.perf_counter()
-                    response = await client.get(path)
-                    samples.append(time.perf_counter() - started)
-                    assert response.status_code == 200, (path, response.status_code)
-                timings[name] = samples
-    return timings
+    return await time_pages(settings, scenarios(jobs), runs)
 
 
 def main() -> None:

@@ -9,7 +9,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from procqueue import __version__
-from procqueue.commands import bulk, dashboard, health, images, jobs, metrics, migrate, why, worker
+from procqueue.commands import (
+    bulk,
+    dashboard,
+    health,
+    images,
+    jobs,
+    metrics,
+    migrate,
+    queues,
+    why,
+    worker,
+)
 from procqueue.engine.connections import database_error
 from procqueue.errors import ProcqueueError
 from procqueue.features import get_settings
@@ -29,6 +40,7 @@ COMMAND_GROUPS: tuple[Callable[[Any], None], ...] = (
     images.register,
     dashboard.register,
     bulk.register,
+    queues.register,
     why.register,
 )
 

@@ -31,7 +31,9 @@ from tests.support.worker import (
 #: The module's tests write one set of indexes: each compares them with the tables.
 INDEX_PREFIX = f"t{uuid.uuid4().hex[:8]}_"
 FAST_STALL: dict[str, Any] = {
-    "stalled_timeout": 1.5, "heartbeat_interval": 0.3, "index_prefix": INDEX_PREFIX,
+    "stalled_timeout": 1.5,
+    "heartbeat_interval": 0.3,
+    "index_prefix": INDEX_PREFIX,
 }
 
 
@@ -65,7 +67,7 @@ async def test_a_fetch_whose_answer_was_lost_is_released_by_its_live_worker(
                 return await last_worker(db) > before
 
             await eventually(started)
-            proxy.lose_answers_to(FETCH_MARKER)
+            proxy.lose_answers_to(FETCH_MARKER, with_rows=True)
             [listing_id] = await insert_listings(db, 1, "fetched, answer lost")
 
             async def synced() -> bool:
@@ -91,7 +93,7 @@ async def test_a_claim_whose_answer_was_lost_is_released_and_every_row_converges
     async with answer_losing_proxy(database) as proxy:
         settings = make_settings(proxy.proxied_dsn, es_url, **FAST_STALL)
         async with app_with(settings) as app:
-            proxy.lose_answers_to(b"jsonb_typeof(jobs.args -> ")
+            proxy.lose_answers_to(b"jsonb_typeof(jobs.args -> ", with_rows=True)
             async with running_worker(app):
 
                 async def drained() -> bool:
@@ -100,9 +102,7 @@ async def test_a_claim_whose_answer_was_lost_is_released_and_every_row_converges
 
                 await eventually(drained, timeout=30)
             assert proxy.lost == 1
-            assert await indexed_documents(app, LISTING) == await table_documents(
-                database, LISTING
-            )
+            assert await indexed_documents(app, LISTING) == await table_documents(database, LISTING)
         released = [reason for _, _, reason in await listing_jobs(db) if reason]
         assert released and all("lost the answer" in reason for reason in released)
 

@@ -112,6 +112,7 @@ INHERITED: dict[str, dict[str, tuple[str, ...] | None]] = {
         "additional_context": None,
         "delete_jobs": None,
         "listen_notify": None,
+        "concurrency": None,  # procqueue.worker_details records it (migration 0022)
         "fetch_job_polling_interval": None,
         "update_heartbeat_interval": None,
         "stalled_worker_timeout": None,

@@ -6,7 +6,10 @@ Content-Security-Policy (style-src 'self') does not block them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
 
 from markupsafe import Markup, escape
 
@@ -20,11 +23,16 @@ PAD_TOP = 8
 SERIES = (("succeeded", "#2e7d32"), ("retried", "#f9a825"), ("failed", "#c62828"))
 
 
-def _label(bucket: Bucket, with_date: bool) -> str:
+class Timed(Protocol):
+    @property
+    def start(self) -> datetime: ...
+
+
+def _label(bucket: Timed, with_date: bool) -> str:
     return bucket.start.strftime("%m-%d %H:%M" if with_date else "%H:%M")
 
 
-def _frame(title: str, top_label: str, buckets: Sequence[Bucket], with_date: bool) -> list[str]:
+def _frame(title: str, top_label: str, buckets: Sequence[Timed], with_date: bool) -> list[str]:
     plot_bottom = HEIGHT - PAD_BOTTOM
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" '
@@ -107,7 +115,59 @@ def error_rate_chart(buckets: Sequence[Bucket], title: str, with_date: bool = Fa
     return Markup("".join(parts))
 
 
-def _polyline(points: list[str]) -> str:
+def _polyline(points: list[str], colour: str = "#c62828") -> str:
     return (
-        f'<polyline points="{" ".join(points)}" fill="none" stroke="#c62828" stroke-width="1.5"/>'
+        f'<polyline points="{" ".join(points)}" fill="none" stroke="{colour}" stroke-width="1.5"/>'
     )
+
+
+@dataclass(frozen=True)
+class Line:
+    """One series of a line chart: its name, colour and a value per bucket (None: a gap)."""
+
+    name: str
+    colour: str
+    values: Sequence[float | None]
+
+
+def line_chart(
+    buckets: Sequence[Timed],
+    lines: Sequence[Line],
+    title: str,
+    show: Callable[[float], str],
+    with_date: bool = False,
+) -> Markup:
+    """Lines over the buckets (gaps where a value is None) and, per bucket, a
+    full-height hover area whose tooltip gives the bucket's time and every value."""
+    peak = max((v for line in lines for v in line.values if v is not None), default=0.0)
+    parts = _frame(title, show(peak), buckets, with_date)
+    plot_height = HEIGHT - PAD_BOTTOM - PAD_TOP
+    slot = (WIDTH - PAD_LEFT) / max(len(buckets), 1)
+
+    def y_of(value: float) -> float:
+        return HEIGHT - PAD_BOTTOM - (value / peak * plot_height if peak else 0.0)
+
+    for line in lines:
+        points: list[str] = []
+        for index, value in enumerate([*line.values, None]):
+            if value is None:
+                if len(points) > 1:
+                    parts.append(_polyline(points, line.colour))
+                elif points:  # a lone value: a dot
+                    x, y = points[0].split(",")
+                    parts.append(f'<circle cx="{x}" cy="{y}" r="2" fill="{line.colour}"/>')
+                points = []
+                continue
+            points.append(f"{PAD_LEFT + (index + 0.5) * slot:.1f},{y_of(value):.1f}")
+    for index, bucket in enumerate(buckets):
+        values = ", ".join(
+            f"{line.name} {'-' if line.values[index] is None else show(line.values[index] or 0.0)}"
+            for line in lines
+        )
+        parts.append(
+            f'<rect class="hit" x="{PAD_LEFT + index * slot:.1f}" y="{PAD_TOP}" '
+            f'width="{slot:.1f}" height="{plot_height}" fill="#000" fill-opacity="0">'
+            f"<title>{escape(f'{_label(bucket, with_date)}: {values}')}</title></rect>"
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))

@@ -37,6 +37,7 @@ from procqueue.dashboard.views import (
 )
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 from procqueue.queue.operations import Actor, Outcome, cancel_jobs, delete, discard, retry_jobs
+from procqueue.queue.queues import job_worker
 from procqueue.search.jobs import SINK as SEARCH_SINK
 
 Verb = Callable[..., Awaitable[Outcome]]
@@ -190,6 +191,7 @@ async def job(self: Dashboard, request: Request, user: str) -> Response:
     job_id: int = request.path_params["job_id"]
     async with self.pool.connection() as conn:
         detail = await store.job_detail(conn, job_id)
+        worker = await job_worker(conn, job_id)  # host and pid, for job.html
     if detail is None:
         return self.render(
             request,
@@ -205,6 +207,7 @@ async def job(self: Dashboard, request: Request, user: str) -> Response:
         detail=detail,
         args=store.pretty_json(detail.job["args"]),
         entities=entity_links(self, detail.job),
+        worker=worker,
     )
 
 

@@ -100,20 +100,6 @@ WHERE j.status = 'failed'
   AND NOT EXISTS (SELECT FROM procqueue.discarded_jobs AS d WHERE d.job_id = j.id)
 GROUP BY 1;
 
--- dashboard_activity: attempts ended per time bucket (succeeded, retried, failed) over the last span
-SELECT b.bucket,
-       count(e.id) FILTER (WHERE e.type = 'succeeded') AS succeeded,
-       count(e.id) FILTER (WHERE e.type = 'deferred_for_retry') AS retried,
-       count(e.id) FILTER (WHERE e.type = 'failed') AS failed
-FROM generate_series(
-         date_bin(%(step)s::interval, now() - %(span)s::interval, timestamptz '2000-01-01'),
-         now(), %(step)s::interval) AS b(bucket)
-LEFT JOIN procrastinate.procrastinate_events AS e
-       ON e.type IN ('succeeded', 'deferred_for_retry', 'failed')
-      AND e.at >= b.bucket AND e.at < b.bucket + %(step)s::interval
-GROUP BY b.bucket
-ORDER BY b.bucket;
-
 -- dashboard_failure_groups: failed jobs (not discarded) grouped by task and the type of their last error
 SELECT j.task_name::text AS task_name,
        coalesce(err.error_type, '') AS error_type,

@@ -332,11 +332,6 @@ class Bucket:
         return (self.retried + self.failed) / self.attempts if self.attempts else None
 
 
-async def activity(conn: Connection, span: timedelta, step: timedelta) -> list[Bucket]:
-    found = await rows(conn, query("dashboard_activity"), {"span": span, "step": step})
-    return [Bucket(row["bucket"], row["succeeded"], row["retried"], row["failed"]) for row in found]
-
-
 async def failed_per_queue(conn: Connection) -> dict[str, int]:
     found = await rows(conn, query("dashboard_failed_per_queue"), {})
     return {row["queue_name"]: row["failed"] for row in found}

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +23,10 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from procqueue.dashboard import charts, store
+from procqueue.dashboard import chart_store, charts, store
+from procqueue.dashboard.chart_store import RANGES, Selection
+from procqueue.dashboard.chart_views import charts_page
+from procqueue.dashboard.queue_views import queue_routes
 from procqueue.dashboard.roles import READ_ONLY
 from procqueue.dashboard.security import (
     CSRF_FIELD,
@@ -368,8 +371,9 @@ class Dashboard:
     async def overview_context(self) -> dict[str, Any]:
         async with self.pool.connection() as conn:
             failed = await store.failed_per_queue(conn)
-            hour = await store.activity(conn, timedelta(hours=1), timedelta(minutes=1))
-            day = await store.activity(conn, timedelta(days=1), timedelta(minutes=30))
+            # The Charts page's rollups (migration 0023): constant cost, however many jobs
+            hour = await chart_store.attempts(conn, Selection("", "", RANGES["hour"]))
+            day = await chart_store.attempts(conn, Selection("", "", RANGES["day"]))
         # After the dashboard's own reads: an unmigrated database fails those with
         # one line (app.py), before the health SQL would log its own warning.
         read = await self.health.read()
@@ -492,15 +496,17 @@ class Dashboard:
             Route("/failures", self.failures, name="failures"),
             Route("/failures/retry", self.retry_many, methods=["POST"]),
             Route("/audit", self.audit, name="audit"),
+            Route("/charts", functools.partial(page(charts_page), self), name="charts"),
             Route("/entities", self.entity_search, name="entities"),
             Route("/entities/{entity}/{entity_id}", self.entity, name="entity"),
+            *queue_routes(self, page, action),
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
         ]
 
 
-def _totals(buckets: list[store.Bucket]) -> dict[str, Any]:
+def _totals(buckets: Sequence[store.Bucket]) -> dict[str, Any]:
     """Attempts that ended in the buckets, by outcome; the error rate is failed
     attempts (retried or not) ÷ attempts ended."""
     succeeded = sum(b.succeeded for b in buckets)

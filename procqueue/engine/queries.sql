@@ -59,9 +59,23 @@ LEFT JOIN pg_namespace AS n ON n.nspname = wanted.schema_name
 LEFT JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = wanted.table_name
 ORDER BY wanted.position;
 
--- worker_heartbeat: a worker's heartbeat, and whether its row is still there (false: pruned, taken for dead)
+-- worker_heartbeat: a worker's heartbeat and its jobs_done counter (migration 0022), and whether its row is still there (false: pruned, taken for dead)
+WITH counted AS (
+    UPDATE procqueue.worker_details SET jobs_done = %(jobs_done)s WHERE worker_id = %(worker_id)s
+)
 SELECT procrastinate.procrastinate_update_heartbeat_v1(%(worker_id)s),
        EXISTS (SELECT FROM procrastinate.procrastinate_workers WHERE id = %(worker_id)s) AS alive;
+
+-- record_worker_details: what a worker is (host, pid, queues, concurrency...), written when it registers (migration 0022); nothing when its row is already gone
+INSERT INTO procqueue.worker_details
+    (worker_id, host, pid, name, queues, concurrency, listens, version, jobs_done)
+SELECT w.id, %(host)s, %(pid)s, %(name)s, %(queues)s, %(concurrency)s, %(listens)s, %(version)s,
+       %(jobs_done)s
+FROM procrastinate.procrastinate_workers AS w WHERE w.id = %(worker_id)s
+ON CONFLICT (worker_id) DO UPDATE
+SET host = EXCLUDED.host, pid = EXCLUDED.pid, name = EXCLUDED.name, queues = EXCLUDED.queues,
+    concurrency = EXCLUDED.concurrency, listens = EXCLUDED.listens, version = EXCLUDED.version,
+    jobs_done = EXCLUDED.jobs_done;
 
 -- reclaim_worker_jobs: a worker registered again takes back its running jobs not rescued yet
 UPDATE procrastinate.procrastinate_jobs SET worker_id = %(worker_id)s
@@ -83,12 +97,13 @@ WITH unheld AS MATERIALIZED (
 )
 SELECT unheld.id, procqueue.postpone_job(unheld.id, now(), %(reason)s) FROM unheld;
 
--- fetch_jobs: up to %(limit)s ready jobs of these queues (every queue if NULL), now `doing` for this worker, in one statement (procqueue/engine/worker.py, one for each free slot); the rules of Procrastinate's procrastinate_fetch_job_v2, which takes one: a job whose lock has a running job, or a waiting one of higher priority or queued first, is not taken (so no two of one lock); highest priority, then oldest first; jobs another worker is taking are skipped. Run after walk_jobs_in_fetch_order (procqueue/queue/queries.sql) in the same transaction
+-- fetch_jobs: up to %(limit)s ready jobs of these queues (every queue if NULL) but the paused ones (procqueue.paused_queues, migration 0022: read once per fetch), now `doing` for this worker, in one statement (procqueue/engine/worker.py, one for each free slot); the rules of Procrastinate's procrastinate_fetch_job_v2, which takes one: a job whose lock has a running job, or a waiting one of higher priority or queued first, is not taken (so no two of one lock); highest priority, then oldest first; jobs another worker is taking are skipped. Run after walk_jobs_in_fetch_order (procqueue/queue/queries.sql) in the same transaction
 WITH candidate AS (
     SELECT jobs.id
     FROM procrastinate.procrastinate_jobs AS jobs
     WHERE jobs.status = 'todo'
       AND (%(queues)s::varchar[] IS NULL OR jobs.queue_name = ANY(%(queues)s::varchar[]))
+      AND jobs.queue_name::text <> ALL (ARRAY(SELECT p.queue_name FROM procqueue.paused_queues AS p))
       AND (jobs.scheduled_at IS NULL OR jobs.scheduled_at <= now())
       AND NOT EXISTS (
           SELECT 1 FROM procrastinate.procrastinate_jobs AS other_jobs

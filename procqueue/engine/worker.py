@@ -13,6 +13,8 @@ import functools
 import json
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,6 +30,7 @@ from procrastinate.jobs import Job, Status
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from procqueue import __version__
 from procqueue.engine.connections import connect_async
 from procqueue.engine.liveness import Liveness
 from procqueue.engine.outages import (
@@ -99,6 +102,9 @@ class Worker(procrastinate_worker.Worker):
         self._stop_deadline: float | None = None
         self._answer_lost_at: float | None = None
         self._refusals = Refusals()
+        #: Attempts this worker ran to an end (not postponements): procqueue.worker_details
+        #: (migration 0022) has it as of the last heartbeat.
+        self.jobs_done = 0
         self.additional_context = {**(self.additional_context or {}), JOB_RUNNER: self}
         self._outcomes = OutcomeSaver(
             pool=lambda: self._procqueue.pool,
@@ -129,6 +135,7 @@ class Worker(procrastinate_worker.Worker):
             "update_heartbeats": self._update_heartbeat,
             "deferrer": self._periodic_deferrer,
             "poll_jobs_to_abort": self._poll_jobs_to_abort,
+            "record_details": self._record_details,
         }
         if self.listen_notify:
             side["listener"] = self._listen
@@ -173,7 +180,9 @@ class Worker(procrastinate_worker.Worker):
         if worker_id is None:
             return
         async with self._procqueue.pool.connection() as conn:
-            cursor = await conn.execute(query("worker_heartbeat"), {"worker_id": worker_id})
+            cursor = await conn.execute(
+                query("worker_heartbeat"), {"worker_id": worker_id, "jobs_done": self.jobs_done}
+            )
             row = await cursor.fetchone()
         if row is not None and not row[1]:
             await self._register_again(worker_id)
@@ -182,6 +191,29 @@ class Worker(procrastinate_worker.Worker):
             and self._loop_time() - self._answer_lost_at > self.stalled_worker_timeout
         ):
             await self._release_unheld_jobs(worker_id)
+
+    async def _record_details(self) -> None:
+        """Say who this worker is beside its Procrastinate row (procqueue.worker_details,
+        migration 0022): host, pid, queues, concurrency; read by `procqueue queues` and the
+        dashboard's Workers and Queues pages."""
+        worker_id = self.worker_id
+        if worker_id is None:
+            return
+        async with self._procqueue.pool.connection() as conn:
+            await conn.execute(
+                query("record_worker_details"),
+                {
+                    "worker_id": worker_id,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "name": self.worker_name,
+                    "queues": None if self.queues is None else list(self.queues),
+                    "concurrency": self.concurrency,
+                    "listens": self.listen_notify,
+                    "version": __version__,
+                    "jobs_done": self.jobs_done,
+                },
+            )
 
     def answer_maybe_lost(self) -> None:
         """A fetch, a claim or an outcome met the database going away: a statement may
@@ -237,6 +269,7 @@ class Worker(procrastinate_worker.Worker):
                 return  # registered again meanwhile
             new_id: int = await self.app.job_manager.register_worker()
             self.worker_id = new_id
+            await self._record_details()
             running = [context.job.id for context in self._running_jobs.values()]
             async with self._procqueue.pool.connection() as conn:
                 cursor = await conn.execute(
@@ -277,10 +310,11 @@ class Worker(procrastinate_worker.Worker):
     async def _handle_notification(self, *, channel: str, notification: Any) -> None:
         """A notification is a hint, never an order: anyone who can connect may NOTIFY
         on any channel (Postgres checks no privilege; Supabase's API roles can). So a
-        new-job hint only wakes the fetch, an abort hint makes the worker read which
-        of its jobs the jobs table says to abort, and anything else is ignored."""
+        new-job hint (or a resumed queue's) only wakes the fetch, an abort hint makes the
+        worker read which of its jobs the jobs table says to abort, and anything else is
+        ignored."""
         kind = notification.get("type") if isinstance(notification, dict) else None
-        if kind == "job_inserted":
+        if kind in ("job_inserted", "queue_resumed"):  # a resumed queue's jobs wait
             self._new_job_event.set()
         elif kind == "abort_job_requested":
             try:
@@ -503,6 +537,8 @@ class Worker(procrastinate_worker.Worker):
         result = job_result.result if job_result is not None else None
         postponed = result if isinstance(result, Postponed) else None
         await self._outcomes.save(job, status, retry_decision, postponed)
+        if postponed is None:
+            self.jobs_done += 1
         assert job.id is not None
         self._job_ids_to_abort.pop(job.id, None)
         due = postponed.run_at if postponed is not None else None

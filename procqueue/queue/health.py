@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from procqueue.engine.refusals import UnknownTask
 from procqueue.queue.queries import query
+from procqueue.queue.queues import PausedQueue
 
 #: The queue's own periodic tasks (procqueue/queue/maintenance.py) are named so.
 MAINTENANCE_PREFIX = "procqueue:"
@@ -129,6 +130,8 @@ class ChangeBacklog:
     waiting: int
     claimed: int
     oldest_at: datetime
+    #: The queue of the entity's drain job, while it has one waiting or running.
+    drain_queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,10 @@ class Snapshot:
     open_circuits: list[CircuitHealth] = field(default_factory=list)
     unknown_tasks: list[UnknownTaskHealth] = field(default_factory=list)
     changes: list[ChangeBacklog] = field(default_factory=list)
+    paused: list[PausedQueue] = field(default_factory=list)
+
+    def paused_names(self) -> set[str]:
+        return {queue.queue_name for queue in self.paused}
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,7 @@ async def read_snapshot(conn: psycopg.AsyncConnection[Any], config: HealthConfig
         circuits = await _rows(conn, "open_circuits")
         unknown = await _rows(conn, "health_unknown_tasks", {"reason": UnknownTask.REASON})
         changes = await _rows(conn, "health_changes")
+        paused = await _rows(conn, "health_paused")
     return Snapshot(
         queues=[QueueHealth(**row) for row in queues],
         tasks=[TaskHealth(**row) for row in tasks],
@@ -180,6 +188,7 @@ async def read_snapshot(conn: psycopg.AsyncConnection[Any], config: HealthConfig
         open_circuits=[CircuitHealth(**row) for row in circuits],
         unknown_tasks=[UnknownTaskHealth(**row) for row in unknown],
         changes=[ChangeBacklog(**row) for row in changes],
+        paused=[PausedQueue(**row) for row in paused],
     )
 
 
@@ -250,7 +259,13 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
             "are retried by the stalled-job rescue",
             state="doing",
         )
+    for queue_name, text in _paused_reasons(snapshot):
+        status = _worse(status, Status.DEGRADED)
+        reason(text, state="todo", queue=queue_name)
+    paused = snapshot.paused_names()
     for queue in snapshot.queues:
+        if queue.queue_name in paused:
+            continue  # its jobs wait because an operator paused it: not lag
         lag = queue.lag_seconds
         if lag >= config.lag_unhealthy:
             level = Status.UNHEALTHY
@@ -266,6 +281,8 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
             queue=queue.queue_name,
         )
     for backlog in snapshot.changes:
+        if backlog.drain_queue in paused:
+            continue  # said with its paused queue
         waited = (datetime.now(UTC) - backlog.oldest_at).total_seconds()
         if waited >= config.lag_unhealthy:
             level = Status.UNHEALTHY
@@ -306,6 +323,27 @@ def evaluate(snapshot: Snapshot, config: HealthConfig) -> Verdict:
             state="failed",
         )
     return Verdict(status, reasons, filters)
+
+
+def _paused_reasons(snapshot: Snapshot) -> list[tuple[str, str]]:
+    """A paused queue with work waiting reads paused, not as lag: degraded (work is
+    held on purpose, but a forgotten pause holds it for good), saying who paused it and
+    how to resume. A paused queue with nothing waiting is no reason. (queue, reason) pairs."""
+    waiting = {queue.queue_name: queue.waiting for queue in snapshot.queues}
+    reasons = []
+    for paused in snapshot.paused:
+        jobs = waiting.get(paused.queue_name, 0)
+        held = [b for b in snapshot.changes if b.drain_queue == paused.queue_name]
+        if not jobs and not held:
+            continue
+        changes = "".join(f" and {b.waiting} change(s) of {b.entity}" for b in held)
+        name, since = paused.queue_name, f"{paused.paused_at:%Y-%m-%d %H:%M:%S}"
+        text = (
+            f"queue {name!r} is paused (since {since} by {paused.paused_by}): {jobs} job(s)"
+            f"{changes} wait; `procqueue resume {name}` to run them"
+        )
+        reasons.append((name, text))
+    return reasons
 
 
 def _failure_level(failed: int, finished: int, config: HealthConfig) -> Status:

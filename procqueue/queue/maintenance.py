@@ -19,8 +19,9 @@ that a busy queue never piles them up.
   PROCQUEUE_PRUNE_FAILED_AFTER, with their events and error rows, in batches
   of PROCQUEUE_PRUNE_BATCH_SIZE, each its own short transaction, for at most
   half the job timeout per run (the rest waits for the next run). Each run
-  first rolls up the completed hours of task stats (migration 0017); so does
-  each rescue run, for at most 24 hours.
+  first rolls up the completed hours of task stats (migration 0017) and the
+  Charts page's minutes (0023); so does each rescue run, for at most 24 hours,
+  which also samples every queue's depth and lag once a minute (chart_history.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from psycopg.rows import dict_row
 from procqueue.engine.app import ProcqueueApp
 from procqueue.errors import ConfigError, TransientError
 from procqueue.queue import sentry
+from procqueue.queue.chart_history import record_chart_history
 from procqueue.queue.health import roll_up_task_stats
 from procqueue.queue.outcomes import end_in_failure, is_final
 from procqueue.queue.queries import query
@@ -198,6 +200,7 @@ async def prune(app: ProcqueueApp, now: datetime | None = None) -> PruneReport:
     report = PruneReport()
     # First, while the events that the hourly task stats need still exist.
     await roll_up_task_stats(app.pool, deadline)
+    await record_chart_history(app.pool, deadline)
     for status in FINISHED_SUCCESSFULLY + FINISHED_UNSUCCESSFULLY:
         successful = status in FINISHED_SUCCESSFULLY
         age = settings.prune_succeeded_after if successful else settings.prune_failed_after
@@ -238,6 +241,7 @@ def register(app: ProcqueueApp) -> None:
     async def rescue_stalled(timestamp: int) -> dict[str, list[int]]:
         report = await rescue_stalled_jobs(app)
         await roll_up_task_stats(app.pool, deadline=0)  # keeps the hourly stats a minute behind
+        await record_chart_history(app.pool, deadline=0)  # one depth sample a minute
         return {"retried": report.retried, "failed": report.failed}
 
     async def prune_old_jobs(timestamp: int) -> dict[str, int]:

@@ -79,6 +79,14 @@ class SnapshotCollector(Collector):
         for circuit in self.snapshot.open_circuits:
             down.add_metric([circuit.sink], 1.0)
         yield down
+        paused = _gauge(
+            "procqueue_queue_paused",
+            "1 for each paused queue (procqueue pause): workers take none of its jobs.",
+            ["queue"],
+        )
+        for queue in self.snapshot.paused:
+            paused.add_metric([queue.queue_name], 1.0)
+        yield paused
         status = _gauge(
             "procqueue_health_status", "0 healthy, 1 degraded, 2 unhealthy (procqueue health).", []
         )

@@ -1,8 +1,8 @@
 """What operators do to jobs by hand, from the CLI and the dashboard alike: list
 failed jobs, retry failed jobs (one, some, a group, all), cancel a waiting job,
-abort a running one, discard a failed job that can never succeed, and delete jobs
-that are not running. Each action and its audit row (who, what, when) commit in
-one transaction: there is no action without its record.
+abort a running one, discard a failed job that can never succeed, delete jobs that
+are not running, and pause or resume a queue. Each action and its audit row (who,
+what, when) commit in one transaction: there is no action without its record.
 
 The cancel rule: a waiting job is cancelled; a running job is left alone unless
 the operator asks for an abort (`procqueue cancel --abort`), which asks its worker
@@ -17,14 +17,17 @@ gone; a running job is never deleted."""
 from __future__ import annotations
 
 import getpass
-from collections.abc import Awaitable, Callable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from procrastinate.manager import get_channel_for_queues
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from procqueue.queue import queues
 from procqueue.queue.queries import query
 
 Connection = psycopg.AsyncConnection[Any]
@@ -284,6 +287,96 @@ def _why_not_deleted(job_id: int, status: str | None, discarded: bool) -> str:
     return (
         f"job {job_id} is running: running jobs are not deleted "
         f"(abort it first: procqueue cancel --abort {job_id})"
+    )
+
+
+#: The longest queue name an operator may pause (Procrastinate's are far shorter).
+MAX_QUEUE_NAME = 200
+#: The longest reason kept for a pause.
+MAX_REASON = 500
+
+
+async def pause_queue(
+    conn: Connection,
+    actor: Actor,
+    queue: str,
+    *,
+    known: Collection[str] = (),
+    reason: str | None = None,
+) -> Outcome:
+    """Pause `queue`: workers claim none of its jobs (their fetch reads the paused
+    queues in the same statement, so from the next fetch on) until it is resumed;
+    running jobs finish. A queue is known, and may be paused before it has any job,
+    when it is in `known` (the features' queues), jobs hold its name, or a worker
+    serves it by name; any other name is refused (a typo would pause nothing)."""
+    outcome = Outcome()
+    reason = _audited(reason, MAX_REASON) if reason else None
+    async with conn.transaction():
+        if not (_storable(queue) and (queue in known or await queues.in_use(conn, queue))):
+            outcome.problems.append(
+                f"queue {queue[:MAX_QUEUE_NAME]!r} is unknown (no job, worker or task of "
+                "procqueue uses it): check the name with `procqueue queues`"
+            )
+        else:
+            cursor = await conn.execute(
+                query("pause_queue"), {"queue": queue, "actor": actor.name, "reason": reason}
+            )
+            if await cursor.fetchone() is None:
+                outcome.problems.append(await _already_paused(conn, queue))
+            else:
+                outcome.message = (
+                    f"queue {queue!r} paused: workers take none of its jobs until it is "
+                    "resumed; running jobs finish"
+                )
+        outcome.message = outcome.message or outcome.problems[0]
+        target = {"queue": _audited(queue), **({"reason": reason} if reason else {})}
+        await _record(conn, actor, "pause_queue", target, [], outcome.message)
+    return outcome
+
+
+async def resume_queue(conn: Connection, actor: Actor, queue: str) -> Outcome:
+    """Resume a paused queue and wake the workers that take it at once: a NOTIFY on
+    its channel and the any-queue channel, as a deferred job sends (sent at commit;
+    workers that poll, through a transaction pooler, take its jobs at their next poll)."""
+    outcome = Outcome()
+    async with conn.transaction():
+        row = None
+        if _storable(queue):
+            row = await (await conn.execute(query("resume_queue"), {"queue": queue})).fetchone()
+        if row is None:
+            outcome.problems.append(
+                f"queue {queue[:MAX_QUEUE_NAME]!r} is not paused: nothing to resume"
+            )
+            outcome.message = outcome.problems[0]
+        else:
+            channels = [*get_channel_for_queues([queue]), *get_channel_for_queues(None)]
+            payload = json.dumps({"type": "queue_resumed", "queue": queue})
+            await conn.execute(query("notify_channels"), {"channels": channels, "payload": payload})
+            outcome.message = (
+                f"queue {queue!r} resumed (paused since {row[0]:%Y-%m-%d %H:%M:%S %Z} by "
+                f"{row[1]}): workers take its jobs again"
+            )
+        await _record(conn, actor, "resume_queue", {"queue": _audited(queue)}, [], outcome.message)
+    return outcome
+
+
+def _storable(queue: str) -> bool:
+    """A name a queue can have: not empty, not too long, no NUL (Postgres stores none)."""
+    return 0 < len(queue) <= MAX_QUEUE_NAME and "\x00" not in queue
+
+
+def _audited(text: str, length: int = MAX_QUEUE_NAME) -> str:
+    """`text` as Postgres can keep it: NUL bytes escaped, cut to `length`."""
+    return text.replace("\x00", "\\x00")[:length]
+
+
+async def _already_paused(conn: Connection, queue: str) -> str:
+    paused = await queues.paused_queue(conn, queue)
+    if paused is None:  # resumed between the two statements
+        return f"queue {queue!r} was paused and resumed meanwhile: try again"
+    return (
+        f"queue {queue!r} is already paused (since {paused.paused_at:%Y-%m-%d %H:%M:%S %Z} "
+        f"by {paused.paused_by})"
     )
 
 

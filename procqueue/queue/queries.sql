@@ -140,12 +140,13 @@ WHERE is_open ORDER BY sink;
 -- walk_jobs_in_fetch_order: for the rest of this transaction, plan the claim below as Procrastinate's index of waiting jobs (priority, id) walked in order, stopping at the limit. The planner cannot estimate the claim's args tests, nor a burst of waiting jobs that ANALYZE has not seen yet: it took every waiting job, ran the lock test for each and sorted them (130-160 ms a claim of 99 at 20,000 waiting; 130 s with the statistics of an empty table) instead of 11 ms (benchmarks/RESULTS.md, "The claim read the whole backlog")
 SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true);
 
--- claim_jobs_like: take up to %(limit)s more ready jobs of these tasks in one queue for this worker, whose args are one string %(key_arg)s (procqueue/queue/batch.py); the rules of Procrastinate's procrastinate_fetch_job_v2: a job whose lock has a running job, or a waiting one of higher priority or queued first, is not taken; highest priority, then oldest first; jobs another worker is taking are skipped
+-- claim_jobs_like: take up to %(limit)s more ready jobs of these tasks in one queue (none while it is paused: procqueue.paused_queues, migration 0022) for this worker, whose args are one string %(key_arg)s (procqueue/queue/batch.py); the rules of Procrastinate's procrastinate_fetch_job_v2: a job whose lock has a running job, or a waiting one of higher priority or queued first, is not taken; highest priority, then oldest first; jobs another worker is taking are skipped
 WITH candidate AS (
     SELECT jobs.id
     FROM procrastinate.procrastinate_jobs AS jobs
     WHERE jobs.status = 'todo'
       AND jobs.queue_name = %(queue)s
+      AND NOT EXISTS (SELECT FROM procqueue.paused_queues AS p WHERE p.queue_name = %(queue)s)
       AND jobs.task_name = ANY(%(task_names)s::text[])
       AND (jobs.scheduled_at IS NULL OR jobs.scheduled_at <= now())
       AND jsonb_typeof(jobs.args -> %(key_arg)s::text) = 'string'
@@ -194,9 +195,11 @@ WHERE j.status = 'todo' AND p.attempts = j.attempts AND starts_with(p.reason, %(
 GROUP BY j.task_name
 ORDER BY waiting_since;
 
--- health_changes: row changes waiting for their entity's drain job (procqueue.sync_changes, docs/bulk.md "The write path"), per entity: how many, how many a drain holds, the oldest change's time; a backlog of changes is one waiting job, so the queue's own counts do not show it
+-- health_changes: row changes waiting for their entity's drain job (procqueue.sync_changes, docs/bulk.md "The write path"), per entity: how many, how many a drain holds, the oldest change's time, the queue of its drain job (its lock is its task name); a backlog of changes is one waiting job, so the queue's own counts do not show it
 SELECT c.entity, count(*) AS waiting, count(c.claimed_by) AS claimed,
-       min(c.changed_at) AS oldest_at
+       min(c.changed_at) AS oldest_at,
+       (SELECT min(j.queue_name::text) FROM procrastinate.procrastinate_jobs AS j
+        WHERE j.lock = c.entity || ':drain' AND j.status IN ('todo', 'doing')) AS drain_queue
 FROM procqueue.sync_changes AS c
 GROUP BY c.entity
 ORDER BY c.entity;
@@ -233,3 +236,99 @@ SELECT j.id, j.status::text AS status,
        EXISTS (SELECT FROM procqueue.discarded_jobs AS d WHERE d.job_id = j.id) AS discarded
 FROM procrastinate.procrastinate_jobs AS j
 WHERE j.id = ANY(%(job_ids)s);
+
+-- pause_queue: pause a queue (migration 0022); no row when it is paused already
+INSERT INTO procqueue.paused_queues (queue_name, paused_by, reason)
+VALUES (%(queue)s, %(actor)s, %(reason)s)
+ON CONFLICT (queue_name) DO NOTHING
+RETURNING paused_at;
+
+-- resume_queue: resume a paused queue; no row when it was not paused
+DELETE FROM procqueue.paused_queues WHERE queue_name = %(queue)s
+RETURNING paused_at, paused_by;
+
+-- notify_channels: wake the workers listening on these channels (sent at commit), as a deferred job does
+SELECT pg_notify(channel, %(payload)s) FROM unnest(%(channels)s::text[]) AS channel;
+
+-- paused_queue: one paused queue: since when, by whom, why (no row: not paused)
+SELECT p.queue_name, p.paused_at, p.paused_by, p.reason
+FROM procqueue.paused_queues AS p WHERE p.queue_name = %(queue)s;
+
+-- health_paused: every paused queue: since when, by whom, why (migration 0022)
+SELECT p.queue_name, p.paused_at, p.paused_by, p.reason
+FROM procqueue.paused_queues AS p ORDER BY p.queue_name;
+
+-- queue_in_use: whether jobs hold this queue's name, a worker serves it by name, or it is paused
+SELECT EXISTS (SELECT FROM procrastinate.procrastinate_jobs AS j WHERE j.queue_name = %(queue)s)
+    OR EXISTS (SELECT FROM procqueue.worker_details AS d WHERE %(queue)s = ANY (d.queues))
+    OR EXISTS (SELECT FROM procqueue.paused_queues AS p WHERE p.queue_name = %(queue)s);
+
+-- queue_overview: every queue (the given names, the jobs' queues by a skip scan of their index, the queues live workers serve by name, the paused ones): paused or not, jobs waiting (due now), scheduled (due later), running and failed, and the live workers that take its jobs (those serving every queue too) with their concurrency summed
+WITH RECURSIVE job_queues AS (
+    (SELECT j.queue_name::text AS name FROM procrastinate.procrastinate_jobs AS j
+     ORDER BY j.queue_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue_name::text FROM procrastinate.procrastinate_jobs AS j
+            WHERE j.queue_name > job_queues.name ORDER BY j.queue_name LIMIT 1)
+    FROM job_queues WHERE job_queues.name IS NOT NULL
+),
+live AS (
+    SELECT d.queues, d.concurrency
+    FROM procqueue.worker_details AS d
+    JOIN procrastinate.procrastinate_workers AS w ON w.id = d.worker_id
+    WHERE w.last_heartbeat >= now() - %(stalled_after)s::interval
+),
+names AS (
+    SELECT unnest(%(named)s::text[]) AS name
+    UNION SELECT name FROM job_queues WHERE name IS NOT NULL
+    UNION SELECT unnest(live.queues) FROM live
+    UNION SELECT p.queue_name FROM procqueue.paused_queues AS p
+),
+counts AS (
+    SELECT j.queue_name::text AS name,
+           count(*) FILTER (WHERE j.status = 'todo'
+                              AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())) AS waiting,
+           count(*) FILTER (WHERE j.status = 'todo' AND j.scheduled_at > now()) AS scheduled,
+           count(*) FILTER (WHERE j.status = 'doing') AS running,
+           count(*) FILTER (WHERE j.status = 'failed' AND NOT EXISTS (
+               SELECT FROM procqueue.discarded_jobs AS d WHERE d.job_id = j.id)) AS failed
+    FROM procrastinate.procrastinate_jobs AS j
+    WHERE j.status IN ('todo', 'doing', 'failed')
+    GROUP BY 1
+)
+SELECT n.name AS queue_name,
+       p.queue_name IS NOT NULL AS paused, p.paused_at, p.paused_by, p.reason,
+       coalesce(c.waiting, 0) AS waiting, coalesce(c.scheduled, 0) AS scheduled,
+       coalesce(c.running, 0) AS running, coalesce(c.failed, 0) AS failed,
+       (SELECT count(*) FROM live WHERE live.queues IS NULL OR n.name = ANY (live.queues)) AS workers,
+       (SELECT coalesce(sum(live.concurrency), 0) FROM live
+        WHERE live.queues IS NULL OR n.name = ANY (live.queues)) AS slots
+FROM names AS n
+LEFT JOIN procqueue.paused_queues AS p ON p.queue_name = n.name
+LEFT JOIN counts AS c ON c.name = n.name
+ORDER BY n.name;
+
+-- worker_list: every registered worker: its heartbeat, jobs in hand, and what it said of itself when it registered (procqueue.worker_details, migration 0022; NULL for a worker that did not: plain Procrastinate's, or one that has not yet)
+SELECT w.id AS worker_id, w.last_heartbeat,
+       greatest(0, extract(epoch FROM now() - w.last_heartbeat))::double precision
+           AS heartbeat_age_seconds,
+       w.last_heartbeat >= now() - %(stalled_after)s::interval AS healthy,
+       (SELECT count(*) FROM procrastinate.procrastinate_jobs AS j
+        WHERE j.worker_id = w.id AND j.status = 'doing') AS jobs_in_hand,
+       d.host, d.pid, d.name, d.queues, d.concurrency, d.listens, d.version, d.started_at,
+       d.jobs_done
+FROM procrastinate.procrastinate_workers AS w
+LEFT JOIN procqueue.worker_details AS d ON d.worker_id = w.id
+ORDER BY w.id;
+
+-- job_worker: the worker that holds or ran a job, while that worker is registered (Procrastinate clears a job's worker_id when its worker's row goes)
+SELECT d.worker_id, d.host, d.pid, d.name
+FROM procrastinate.procrastinate_jobs AS j
+JOIN procqueue.worker_details AS d ON d.worker_id = j.worker_id
+WHERE j.id = %(job_id)s;
+
+-- sample_queues: record every queue's depth and lag for the current minute, once a minute (migration 0023)
+SELECT procqueue.sample_queues() AS written;
+
+-- roll_up_chart_minutes: roll up the oldest complete minutes per queue and task for the Charts page, at most max_minutes (migration 0023)
+SELECT procqueue.roll_up_chart_minutes(%(max_minutes)s) AS minutes;

@@ -34,10 +34,12 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA procrastinate TO procqueue_worker;
 -- ... and procqueue's records (errors, deliveries, reindex targets), its enqueue and
 -- health functions, and procqueue.notification_recipient() (the only way it reads
 -- auth.users: email, phone, locale). It reads the migration records (the worker's
--- start checks) and writes neither them nor the dashboard's audit trail.
+-- start checks) and the paused queues (its fetch skips them), and writes neither them
+-- nor the dashboard's audit trail.
 GRANT USAGE ON SCHEMA procqueue TO procqueue_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA procqueue TO procqueue_worker;
-REVOKE INSERT, UPDATE, DELETE ON procqueue.schema_migrations, procqueue.dashboard_actions
+REVOKE INSERT, UPDATE, DELETE
+    ON procqueue.schema_migrations, procqueue.dashboard_actions, procqueue.paused_queues
     FROM procqueue_worker;
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA procqueue TO procqueue_worker;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA procqueue TO procqueue_worker;

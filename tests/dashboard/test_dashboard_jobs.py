@@ -264,7 +264,7 @@ async def test_job_page_shows_args_errors_timing_and_the_entity_story(
     for label in ("queued", "started", "finished", "duration", "next attempt"):
         assert f"<dt>{label}</dt>" in timing
     assert re.search(r"<dt>duration</dt><dd>\d+ ms", timing), timing
-    assert 'data-testid="worker"' in page
+    assert 'data-testid="job-worker"' in page
     entity = str(uuid.uuid4())
     sync = await add(
         database, queue_name(), "listing:update", args={"id": entity}, lock=f"listing:{entity}"

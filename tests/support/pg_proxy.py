@@ -30,6 +30,7 @@ class AnswerLosingProxy:
         self.port = 0
         self._marker = b""
         self._to_lose = 0
+        self._only_with_rows = False
         #: How many answers were lost so far.
         self.lost = 0
 
@@ -43,10 +44,12 @@ class AnswerLosingProxy:
         """`dsn` through this proxy."""
         return make_conninfo(self.dsn, host="127.0.0.1", port=str(self.port))
 
-    def lose_answers_to(self, marker: bytes, times: int = 1) -> None:
+    def lose_answers_to(self, marker: bytes, times: int = 1, *, with_rows: bool = False) -> None:
         """The next `times` statements whose text contains `marker` run on the server,
-        and the connection that sent each is cut before its answer comes back."""
-        self._marker, self._to_lose = marker, times
+        and the connection that sent each is cut before its answer comes back. With
+        `with_rows`, only answers that carry a row count (an empty fetch or claim, which
+        a polling worker may send at any moment, is let through)."""
+        self._marker, self._to_lose, self._only_with_rows = marker, times, with_rows
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -59,9 +62,7 @@ class AnswerLosingProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(
-                self.target_host, self.target_port
-            )
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
             writer.close()
             return
@@ -76,10 +77,17 @@ class AnswerLosingProxy:
                 await up_writer.drain()
 
         async def to_client() -> None:
+            rows = False  # whether the armed statement's transaction answered a row
             while data := await up_reader.read(65536):
-                if armed.is_set() and READY_AND_IDLE in data:
-                    self.lost += 1
-                    return  # the answer goes nowhere: both sides are closed below
+                if armed.is_set():
+                    rows = rows or _carries_a_row(data)
+                    if READY_AND_IDLE in data:
+                        if rows or not self._only_with_rows:
+                            self.lost += 1
+                            return  # the answer goes nowhere: both sides are closed below
+                        armed.clear()  # an empty answer: let it through, lose the next one
+                        self._to_lose += 1
+                        rows = False
                 writer.write(data)
                 await writer.drain()
 
@@ -90,6 +98,19 @@ class AnswerLosingProxy:
             task.cancel()
         for side in (writer, up_writer):
             side.close()
+
+
+def _carries_a_row(answer: bytes) -> bool:
+    """Whether the server's messages in `answer` include a DataRow ('D'): each message
+    is its type byte, then its length (4 bytes, itself included), then the rest. A
+    chunk read while a statement is armed starts at a message: the server had answered
+    everything before that statement."""
+    at = 0
+    while at + 5 <= len(answer):
+        if answer[at : at + 1] == b"D":
+            return True
+        at += 1 + int.from_bytes(answer[at + 1 : at + 5], "big")
+    return False
 
 
 @contextlib.asynccontextmanager

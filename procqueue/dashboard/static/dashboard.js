@@ -83,8 +83,45 @@
     }
   }
 
+  // Charts (server-rendered SVG): the <title> of the hovered or tapped bar, point
+  // or column shows at once in a small box by the pointer.
+  function chartTips() {
+    var tip = document.createElement("div");
+    tip.className = "chart-tip";
+    tip.setAttribute("role", "tooltip");
+    tip.hidden = true;
+    document.body.appendChild(tip);
+    function titleOf(node) {
+      for (; node && node.nodeName.toLowerCase() !== "svg"; node = node.parentNode) {
+        var title = node.querySelector ? node.querySelector(":scope > title") : null;
+        if (title) { return title.textContent; }
+      }
+      return null;
+    }
+    function place(event) {
+      var x = Math.min(event.clientX + 12, window.innerWidth - tip.offsetWidth - 4);
+      var y = event.clientY + 16 + tip.offsetHeight > window.innerHeight
+        ? event.clientY - tip.offsetHeight - 8 : event.clientY + 16;
+      tip.style.left = Math.max(4, x) + "px";
+      tip.style.top = Math.max(4, y) + "px";
+    }
+    function show(event) {
+      var inChart = event.target.closest && event.target.closest("svg.chart");
+      var text = inChart ? titleOf(event.target) : null;
+      if (!text) { tip.hidden = true; return; }
+      tip.textContent = text;
+      tip.hidden = false;
+      place(event);
+    }
+    document.addEventListener("pointerover", show);
+    document.addEventListener("pointerdown", show);
+    document.addEventListener("pointermove", function (event) { if (!tip.hidden) { place(event); } });
+    document.addEventListener("scroll", function () { tip.hidden = true; }, true);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll(".theme-toggle").forEach(themeToggle);
+    chartTips();
     document.querySelectorAll("[data-refresh]").forEach(refresh);
     document.querySelectorAll("form[data-confirm-selection]").forEach(function (form) {
       form.addEventListener("submit", function (event) { confirmSelection(form, event); });
