@@ -77,18 +77,19 @@ async def test_an_outage_postpones_the_same_rows_and_none_reads_succeeded(
                 return bool(now["postponements"] >= 3 * WAITING)
 
             await eventually(every_job_waited_three_probes, timeout=120)
-            # Where an operator looks: the jobs list and the job page say postponed and why.
-            async with await psycopg.AsyncConnection.connect(database) as conn:
-                page = await job_page(conn, JobFilter(status="postponed"))
-                assert page.jobs and all(
-                    "elasticsearch" in job["postponed_reason"].lower() for job in page.jobs
-                ), page.jobs[:3]
-                detail = await job_detail(conn, page.jobs[0]["id"])
-            assert detail is not None
-            assert detail.job["status"] == "todo" and detail.job["postponed_times"] >= 1
             async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
                 snapshot = await read_snapshot(conn, down.health)
             assert any(circuit.sink == "elasticsearch" for circuit in snapshot.open_circuits)
+        # Where an operator looks, once no worker can take a job between two reads: the
+        # jobs list and the job page say postponed and why.
+        async with await psycopg.AsyncConnection.connect(database) as conn:
+            page = await job_page(conn, JobFilter(status="postponed"))
+            assert page.jobs and all(
+                "elasticsearch" in job["postponed_reason"].lower() for job in page.jobs
+            ), page.jobs[:3]
+            detail = await job_detail(conn, page.jobs[0]["id"])
+        assert detail is not None
+        assert detail.job["status"] == "todo" and detail.job["postponed_times"] >= 1
     # Elasticsearch is back (a worker that reaches it): the same rows run and succeed.
     up = make_settings(database, es_url, index_prefix=prefix)
     async with app_with(up) as app:
