@@ -38,7 +38,7 @@ from sentry_sdk.utils import BadDsn, Dsn
 
 from procqueue.entities import DEFAULT_ENTITIES, Entity, load_entities
 from procqueue.errors import ConfigError
-from procqueue.queue.health import HealthConfig
+from procqueue.queue.health import MAX_WINDOW, HealthConfig
 from procqueue.redaction import redact
 
 SUPABASE_TRANSACTION_POOLER_PORT = 6543
@@ -143,7 +143,9 @@ class CoreSettings(SchemaSettings):
     health_failure_rate_unhealthy: float = Field(default=0.5, ge=0, le=1)
     health_min_failures: int = Field(default=3, ge=1)
     health_min_workers: int = Field(default=1, ge=0)
-    health_window: timedelta = timedelta(hours=1)
+    health_window: timedelta = Field(
+        default=HealthConfig.window, gt=timedelta(0), le=MAX_WINDOW
+    )
 
     # The worker's preflight checks its role can reach it (procqueue/engine/app.py);
     # the push channel reads tokens from it (docs/notifications.md).
