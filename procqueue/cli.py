@@ -23,7 +23,7 @@ from procqueue.commands import (
 )
 from procqueue.engine.connections import database_error
 from procqueue.errors import ProcqueueError
-from procqueue.features import get_settings
+from procqueue.features import get_settings, warn_unknown_variables
 from procqueue.queue.logs import configure_logging
 
 #: The status of a command whose reader went away (`procqueue health --json | head`):
@@ -93,6 +93,7 @@ def _failed(error: ProcqueueError) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(get_settings, verbose=args.verbose, quiet=args.quiet)
+    warn_unknown_variables()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         status = handler(args)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -16,14 +16,15 @@ from procqueue.commands.arguments import POSITIVE
 from procqueue.commands.output import print_json
 from procqueue.engine.connections import connect_async, not_migrated
 from procqueue.engine.preflight import check_installed
-from procqueue.entities import Entity, EntityRegistry, load_entities
-from procqueue.errors import ProcqueueError
+from procqueue.entities import DEFAULT_ENTITIES, Entity, EntityRegistry, load_entities
+from procqueue.errors import ConfigError, ProcqueueError
 from procqueue.features import Settings, get_settings
 from procqueue.progress import Progress
 from procqueue.queue.failures import is_transient
 from procqueue.search.client import SearchIndex
 from procqueue.search.reindex import reindex_entity
 from procqueue.search.verify import Drift, repair, verify_entity
+from procqueue.settings import load_schema_settings
 
 
 async def _connect(settings: Settings, *, autocommit: bool = False) -> AsyncConnection[Any]:
@@ -32,11 +33,30 @@ async def _connect(settings: Settings, *, autocommit: bool = False) -> AsyncConn
     )
 
 
+def entity_choices(entities: Iterable[Entity]) -> str:
+    """The entities as the commands take them (their index names), for help and errors."""
+    return ", ".join(entity.index for entity in entities) + " or all"
+
+
+def _configured_entities() -> tuple[Entity, ...]:
+    """The entities the settings name, for --help; the defaults if the settings are
+    wrong (the command itself then says what is wrong)."""
+    try:
+        return load_schema_settings().schema_config().entities
+    except ConfigError:
+        return DEFAULT_ENTITIES
+
+
 def chosen_entities(settings: Settings, which: str) -> list[Entity]:
     registry = EntityRegistry(load_entities(settings.entities_file))
     if which == "all":
         return list(registry.entities)
-    return [registry.by_table_or_name(which)]
+    try:
+        return [registry.by_table_or_name(which)]
+    except ConfigError:
+        raise ConfigError(
+            f"unknown entity {which!r}: choose {entity_choices(registry.entities)}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -80,8 +100,8 @@ async def _reindex(args: argparse.Namespace) -> int:
                     )  # fmt: skip
             bar.finish()
             records.append(
-                {"entity": entity.index, "table": entity.table, "alias": search.alias(entity)}
-                | dataclasses.asdict(result)
+                dataclasses.asdict(result)
+                | {"entity": entity.index, "table": entity.table, "alias": search.alias(entity)}
             )
             if args.json:
                 continue
@@ -124,7 +144,7 @@ def _drift_record(entity: Entity, drift: Drift, repaired_jobs: int | None) -> di
 def _print_drift(entity: Entity, drift: Drift, search: SearchIndex) -> None:
     for kind in ("missing", "stale", "extra", "unindexable"):
         for entity_id in getattr(drift, kind):
-            print(f"{entity.name}\t{kind}\t{entity_id}")
+            print(f"{entity.index}\t{kind}\t{entity_id}")
     print(
         f"{entity.table}: {drift.checked_rows} rows, {drift.checked_documents} documents; "
         f"{len(drift.missing)} missing, {len(drift.stale)} stale, {len(drift.extra)} extra"
@@ -184,18 +204,17 @@ async def _verify(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
+    which = f"{entity_choices(_configured_entities())} (default: all)"
     reindex = commands.add_parser(
         "reindex", help="rebuild an index from Postgres and swap its alias (no downtime)"
     )
-    reindex.add_argument(
-        "entity", nargs="?", default="all", help="listings, inventory_items or all"
-    )
+    reindex.add_argument("entity", nargs="?", default="all", help=which)
     reindex.add_argument("--drop-old", action="store_true", help="delete the previous index")
     reindex.add_argument("--batch-size", type=POSITIVE, default=1000, help="rows per _bulk request")
     reindex.add_argument("--json", action="store_true", help="print JSON: one record per entity")
     reindex.set_defaults(handler=lambda args: asyncio.run(_reindex(args)))
     verify = commands.add_parser("verify", help="compare Postgres and the index; exit 1 on drift")
-    verify.add_argument("entity", nargs="?", default="all", help="listings, inventory_items or all")
+    verify.add_argument("entity", nargs="?", default="all", help=which)
     verify.add_argument("ids", nargs="*", help="only these ids of the entity")
     verify.add_argument("--repair", action="store_true", help="enqueue sync jobs for drifted ids")
     verify.add_argument("--batch-size", type=POSITIVE, default=1000, help="rows per page")

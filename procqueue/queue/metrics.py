@@ -214,13 +214,30 @@ class SnapshotCollector(Collector):
         yield from (size, dead)
 
 
+class _WithSamples(Collector):
+    """The families of `collector` that have samples: a worker family no job filled
+    yet (`procqueue metrics` runs none), or a gauge per worker when none is
+    registered, is left out instead of exported as a HELP/TYPE pair with no series."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    def collect(self) -> Iterator[Metric]:
+        return (family for family in self.collector.collect() if family.samples)
+
+
+def _exposition(*collectors: Collector) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        registry.register(_WithSamples(collector))
+    return generate_latest(registry)
+
+
 def render_metrics(
     snapshot: Snapshot | None, verdict: Verdict | None, registry: CollectorRegistry = REGISTRY
 ) -> bytes:
-    """The Prometheus text exposition: this process's metrics, then the snapshot's."""
-    output = generate_latest(registry)
-    if snapshot is not None and verdict is not None:
-        queue_registry = CollectorRegistry(auto_describe=False)
-        queue_registry.register(SnapshotCollector(snapshot, verdict))
-        output += generate_latest(queue_registry)
-    return output
+    """The Prometheus text exposition: this process's metrics, then the snapshot's;
+    families without samples are left out."""
+    if snapshot is None or verdict is None:
+        return _exposition(registry)
+    return _exposition(registry, SnapshotCollector(snapshot, verdict))
