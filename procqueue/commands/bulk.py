@@ -144,7 +144,7 @@ def _drift_record(entity: Entity, drift: Drift, repaired_jobs: int | None) -> di
 def _print_drift(entity: Entity, drift: Drift, search: SearchIndex) -> None:
     for kind in ("missing", "stale", "extra", "unindexable"):
         for entity_id in getattr(drift, kind):
-            print(f"{entity.index}\t{kind}\t{entity_id}")
+            print(f"{entity.name}\t{kind}\t{entity_id}")
     print(
         f"{entity.table}: {drift.checked_rows} rows, {drift.checked_documents} documents; "
         f"{len(drift.missing)} missing, {len(drift.stale)} stale, {len(drift.extra)} extra"

@@ -215,29 +215,25 @@ class SnapshotCollector(Collector):
 
 
 class _WithSamples(Collector):
-    """The families of `collector` that have samples: a worker family no job filled
-    yet (`procqueue metrics` runs none), or a gauge per worker when none is
-    registered, is left out instead of exported as a HELP/TYPE pair with no series."""
+    """The families of a process registry that have samples: `procqueue metrics` and the
+    dashboard run no job, so the worker families (job counters and durations, circuit
+    gauges) would be HELP/TYPE pairs with no series; they are left out. A worker
+    process's own port serves them once it has run a job."""
 
-    def __init__(self, collector: Collector) -> None:
-        self.collector = collector
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
 
     def collect(self) -> Iterator[Metric]:
-        return (family for family in self.collector.collect() if family.samples)
-
-
-def _exposition(*collectors: Collector) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    for collector in collectors:
-        registry.register(_WithSamples(collector))
-    return generate_latest(registry)
+        return (family for family in self.registry.collect() if family.samples)
 
 
 def render_metrics(
     snapshot: Snapshot | None, verdict: Verdict | None, registry: CollectorRegistry = REGISTRY
 ) -> bytes:
-    """The Prometheus text exposition: this process's metrics, then the snapshot's;
-    families without samples are left out."""
-    if snapshot is None or verdict is None:
-        return _exposition(registry)
-    return _exposition(registry, SnapshotCollector(snapshot, verdict))
+    """The Prometheus text exposition: this process's metrics that have samples, then the
+    snapshot's gauges (each declared, with a series per queue, task, worker... it has)."""
+    output = CollectorRegistry(auto_describe=False)
+    output.register(_WithSamples(registry))
+    if snapshot is not None and verdict is not None:
+        output.register(SnapshotCollector(snapshot, verdict))
+    return generate_latest(output)

@@ -185,9 +185,9 @@ async def test_verify_finds_missing_stale_and_extra_and_repair_fixes_them(
 
     checked = cli(settings, "verify", "listings")
     assert checked.returncode == 1, checked.stderr
-    assert f"listings\tmissing\t{ids[0]}" in checked.stdout
-    assert f"listings\tstale\t{ids[1]}" in checked.stdout
-    assert f"listings\textra\t{extra}" in checked.stdout
+    assert f"listing\tmissing\t{ids[0]}" in checked.stdout
+    assert f"listing\tstale\t{ids[1]}" in checked.stdout
+    assert f"listing\textra\t{extra}" in checked.stdout
     assert "1 missing, 1 stale, 1 extra" in checked.stdout
 
     repaired = cli(settings, "verify", "listings", "--repair")
