@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         print(migrate.render(steps), end="")
         return 0
     settings = get_settings()
-    if args.sample_schema and not args.print_sql:
+    if args.sample_schema:
         try:
             install_sample_schema(settings.dsn)
         except psycopg.Error as error:
@@ -72,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
         transaction_pooler=settings.uses_transaction_pooler,
     )
     if args.print_sql:
-        if args.sample_schema:
-            steps.insert(0, _sample_schema_step())
         print(migrate.render(steps), end="")
         return 0
     recorded = [step.record_as for step in steps if step.record_as]
@@ -105,6 +103,6 @@ def register(commands: Any) -> None:
         "--sample-schema",
         action="store_true",
         help="first create the sample marketplace tables if missing (demo, docker compose); "
-        "with --from-scratch or --print-sql: print their SQL first",
+        "with --from-scratch: print their SQL first",
     )
     parser.set_defaults(handler=run)
