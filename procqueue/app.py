@@ -20,7 +20,7 @@ from procqueue.engine.services import Services
 from procqueue.engine.worker import WORKER_APPLICATION
 from procqueue.entities import EntityRegistry, load_entities
 from procqueue.errors import ProcqueueError
-from procqueue.features import FEATURES, Settings, get_settings
+from procqueue.features import FEATURES, Settings, get_settings, warn_unknown_variables
 from procqueue.queue import maintenance
 from procqueue.queue.middleware import worker_middleware
 from procqueue.queue.retry import BackoffRetry
@@ -98,6 +98,7 @@ def __getattr__(name: str) -> Any:
     global _app
     if name == "app":
         if _app is None:
+            warn_unknown_variables()
             try:
                 _app = build_app(get_settings())
             except ProcqueueError as error:

@@ -23,7 +23,7 @@ from procqueue.commands import (
 )
 from procqueue.engine.connections import database_error
 from procqueue.errors import ProcqueueError
-from procqueue.features import get_settings
+from procqueue.features import get_settings, warn_unknown_variables
 from procqueue.queue.logs import configure_logging
 
 #: The status of a command whose reader went away (`procqueue health --json | head`):
@@ -53,26 +53,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _verbose_after_commands(parser: argparse.ArgumentParser) -> None:
-    """Accept -v after the sub-command too (`procqueue health -v`)."""
+#: Options accepted before and after the sub-command (`procqueue -q verify`,
+#: `procqueue verify -q`): (flags, help).
+COMMON_OPTIONS = (
+    (("-v", "--verbose"), "debug logging"),
+    (("-q", "--quiet"), "no progress bars and no info logs: only data, warnings and errors"),
+)
+
+
+def _common_options_after_commands(parser: argparse.ArgumentParser) -> None:
+    """Accept the common options after the sub-command too (`procqueue health -v`)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command in action.choices.values():
-                command.add_argument(
-                    "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                    help="debug logging",
-                )  # fmt: skip
-                _verbose_after_commands(command)
+                for flags, help_text in COMMON_OPTIONS:
+                    command.add_argument(
+                        *flags, action="store_true", default=argparse.SUPPRESS, help=help_text
+                    )
+                _common_options_after_commands(command)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="procqueue", description=__doc__)
     parser.add_argument("--version", action="version", version=f"procqueue {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    for flags, help_text in COMMON_OPTIONS:
+        parser.add_argument(*flags, action="store_true", help=help_text)
     commands = parser.add_subparsers(dest="command", required=True)
     for register in COMMAND_GROUPS:
         register(commands)
-    _verbose_after_commands(parser)
+    _common_options_after_commands(parser)
     return parser
 
 
@@ -83,7 +92,8 @@ def _failed(error: ProcqueueError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(get_settings, verbose=args.verbose)
+    configure_logging(get_settings, verbose=args.verbose, quiet=args.quiet)
+    warn_unknown_variables()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         status = handler(args)

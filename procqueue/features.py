@@ -6,8 +6,12 @@ section (`feature.settings`) to Settings' bases."""
 
 from __future__ import annotations
 
+import logging
+import os
 from functools import lru_cache
 from typing import Any
+
+from dotenv import dotenv_values
 
 from procqueue.dashboard.settings import DashboardSettings
 from procqueue.feature import Feature
@@ -17,7 +21,9 @@ from procqueue.notifications.feature import FEATURE as NOTIFICATIONS
 from procqueue.notifications.settings import NotificationSettings
 from procqueue.search.feature import FEATURE as SEARCH
 from procqueue.search.settings import SearchSettings
-from procqueue.settings import CoreSettings, load_section
+from procqueue.settings import CoreSettings, load_section, unknown_variables
+
+logger = logging.getLogger(__name__)
 
 FEATURES: tuple[Feature, ...] = (SEARCH, IMAGES, NOTIFICATIONS)
 
@@ -42,3 +48,12 @@ def load_settings(**overrides: Any) -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return load_settings()
+
+
+@lru_cache(maxsize=1)
+def warn_unknown_variables() -> None:
+    """Warn, once per process, of each PROCQUEUE_* variable of the environment or
+    `.env` that no setting reads (PROCQUEUE_CONCURENCY), naming the closest setting."""
+    environ = {**dotenv_values(".env"), **os.environ}
+    for line in unknown_variables(Settings, environ):
+        logger.warning("%s", line)

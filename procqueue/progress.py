@@ -1,49 +1,40 @@
-"""A one-line progress bar on stderr: done/total, rows/s and ETA."""
+"""A progress bar on stderr for the long commands (reindex, verify): done/total, rows/s
+and ETA, drawn by tqdm. Only on a terminal: when stderr is a file or a pipe (cron, CI,
+`2>log`), or with `--quiet`, nothing is drawn, so redirected output holds no bar."""
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import TextIO
+from typing import Any, TextIO
+
+from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
-        self.label = label
-        self.total = max(total, 0)
-        self.done = 0
-        self.stream = stream if stream is not None else sys.stderr
-        self.started = time.monotonic()
-        self._shown = 0.0
+    def __init__(
+        self, label: str, total: int = 0, *, quiet: bool = False, stream: TextIO | None = None
+    ) -> None:
+        stream = stream if stream is not None else sys.stderr
+        self._bar: Any = tqdm(
+            desc=label,
+            total=total or None,
+            unit=" rows",
+            file=stream,
+            # tqdm's `None`: disabled unless the stream is a terminal.
+            disable=True if quiet else None,
+            dynamic_ncols=True,
+            leave=True,
+        )
 
     def start(self, total: int, done: int = 0) -> None:
         """Known at last: the total, and what an earlier run already did."""
-        self.total, self.done = total, done
-        self.started = time.monotonic()
+        self._bar.reset(total=max(total, done) or None)
+        self._bar.update(done)
 
     def advance(self, count: int) -> None:
-        self.done += count
-        now = time.monotonic()
-        if now - self._shown >= 0.2:
-            self._shown = now
-            self._draw(end="\r")
+        if self._bar.total is not None and self._bar.n + count > self._bar.total:
+            self._bar.total = self._bar.n + count  # the estimate was low
+        self._bar.update(count)
 
     def finish(self) -> None:
-        self._draw(end="\n")
-
-    @property
-    def rate(self) -> float:
-        elapsed = time.monotonic() - self.started
-        return self.done / elapsed if elapsed > 0 else 0.0
-
-    def _draw(self, end: str) -> None:
-        total = max(self.total, self.done)
-        fraction = self.done / total if total else 1.0
-        bar = "#" * int(fraction * 30)
-        rate = self.rate
-        eta = (total - self.done) / rate if rate > 0 else 0.0
-        self.stream.write(
-            f"{self.label} [{bar:<30}] {self.done}/{total} rows, {rate:,.0f} rows/s, "
-            f"ETA {eta:,.0f} s{end}"
-        )
-        self.stream.flush()
+        self._bar.close()

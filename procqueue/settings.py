@@ -17,6 +17,8 @@ no cycle). No config's `repr` shows a secret: secrets stay `SecretStr`.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -38,10 +40,14 @@ from sentry_sdk.utils import BadDsn, Dsn
 
 from procqueue.entities import DEFAULT_ENTITIES, Entity, load_entities
 from procqueue.errors import ConfigError
-from procqueue.queue.health import HealthConfig
+from procqueue.queue.health import MAX_WINDOW, HealthConfig
 from procqueue.redaction import redact
 
 SUPABASE_TRANSACTION_POOLER_PORT = 6543
+
+
+#: What every setting's environment variable starts with.
+PREFIX = "PROCQUEUE_"
 
 
 def bare_env(name: str) -> Any:
@@ -50,7 +56,7 @@ def bare_env(name: str) -> Any:
 
 
 _ENVIRONMENT = SettingsConfigDict(
-    env_file=".env", env_prefix="PROCQUEUE_", extra="ignore", populate_by_name=True
+    env_file=".env", env_prefix=PREFIX, extra="ignore", populate_by_name=True
 )
 
 
@@ -143,7 +149,9 @@ class CoreSettings(SchemaSettings):
     health_failure_rate_unhealthy: float = Field(default=0.5, ge=0, le=1)
     health_min_failures: int = Field(default=3, ge=1)
     health_min_workers: int = Field(default=1, ge=0)
-    health_window: timedelta = timedelta(hours=1)
+    health_window: timedelta = Field(
+        default=HealthConfig.window, gt=timedelta(0), le=MAX_WINDOW
+    )
 
     # The worker's preflight checks its role can reach it (procqueue/engine/app.py);
     # the push channel reads tokens from it (docs/notifications.md).
@@ -279,6 +287,39 @@ def _describe(error: ValidationError, model: type[BaseSettings]) -> str:
     # Any other value may still carry credentials (a URL's user:password@): redacted.
     received = "" if secret else f" (got {redact(repr(first.get('input')))})"
     return f"setting {name} is invalid: {first['msg']}{received}"
+
+
+#: PROCQUEUE_* variables that are not settings: read by procqueue's own test suite.
+NOT_SETTINGS = frozenset({"PROCQUEUE_TEST_DATABASE_URL", "PROCQUEUE_SCREENSHOTS_DIR"})
+
+
+def setting_variables(model: type[BaseSettings]) -> set[str]:
+    """Every environment variable name `model` reads, upper case."""
+    names: set[str] = set()
+    for field_name, field in model.model_fields.items():
+        names.add(f"{PREFIX}{field_name.upper()}")
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(choice.upper() for choice in alias.choices if isinstance(choice, str))
+    return names
+
+
+def unknown_variables(model: type[BaseSettings], environ: Mapping[str, object]) -> list[str]:
+    """One line per PROCQUEUE_* variable in `environ` that `model` does not read (a typo
+    pydantic would ignore in silence), with the closest name it reads. Names only: a
+    value is never shown, it may be a secret."""
+    known = setting_variables(model)
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(PREFIX) or upper in known or upper in NOT_SETTINGS:
+            continue
+        # Compared without the prefix every name shares, so that it alone matches nothing.
+        suffixes = {name.removeprefix(PREFIX): name for name in known if name.startswith(PREFIX)}
+        close = difflib.get_close_matches(upper.removeprefix(PREFIX), sorted(suffixes), n=1)
+        hint = f": did you mean {suffixes[close[0]]}?" if close else ""
+        lines.append(f"{name} is not a procqueue setting and is ignored{hint}")
+    return lines
 
 
 def load_section(model: type[SectionT], **overrides: Any) -> SectionT:

@@ -132,15 +132,16 @@ async def test_retry_all_failed_succeeds_once_the_cause_is_gone(
 
 async def test_retry_and_cancel_one_job(app: ProcqueueApp, database: str) -> None:
     waiting = await app.configure_task("test:flaky").defer_async(failures=0)
-    code, out, _ = await run_cli(database, "retry", str(waiting))
-    assert code == 1 and f"job {waiting} is todo, not failed" in out
+    code, out, err = await run_cli(database, "retry", str(waiting))
+    assert code == 1 and err == f"procqueue: job {waiting} is todo, not failed: not retried\n"
+    assert out == ""
     code, out, _ = await run_cli(database, "cancel", str(waiting))
     assert code == 0 and "cancelled" in out
     assert (await job_row(database, waiting))["status"] == "cancelled"
-    code, out, _ = await run_cli(database, "cancel", str(waiting))
-    assert code == 1 and "only waiting or running jobs can be cancelled" in out
-    code, out, _ = await run_cli(database, "cancel", "999999999")
-    assert code == 1 and "does not exist" in out
+    code, out, err = await run_cli(database, "cancel", str(waiting))
+    assert code == 1 and "only waiting or running jobs can be cancelled" in err and out == ""
+    code, out, err = await run_cli(database, "cancel", "999999999")
+    assert code == 1 and err == "procqueue: job 999999999 does not exist\n" and out == ""
 
 
 async def audit_rows(dsn: str) -> list[dict[str, Any]]:
@@ -164,8 +165,8 @@ async def test_the_cli_acts_through_the_audited_operations(
             " worker_id = (SELECT id FROM w) WHERE id = %s",
             [running],
         )
-    code, out, _ = await run_cli(database, "cancel", str(running))
-    assert code == 1 and "only waiting jobs are cancelled (--abort stops it)" in out
+    code, _, err = await run_cli(database, "cancel", str(running))
+    assert code == 1 and "only waiting jobs are cancelled (--abort stops it)" in err
     assert (await job_row(database, running))["status"] == "doing"
     code, out, _ = await run_cli(database, "cancel", "--abort", str(running))
     assert code == 0 and "its worker was asked to abort it" in out
@@ -174,8 +175,8 @@ async def test_the_cli_acts_through_the_audited_operations(
             "SELECT abort_requested FROM procrastinate.procrastinate_jobs WHERE id = %s", [running]
         )
         assert await cursor.fetchone() == (True,)
-    code, out, _ = await run_cli(database, "retry", str(running))
-    assert code == 1 and f"job {running} is doing, not failed" in out
+    code, _, err = await run_cli(database, "retry", str(running))
+    assert code == 1 and f"job {running} is doing, not failed" in err
 
     actor = f"cli:{getpass.getuser()}"
     assert [(r["actor"], r["action"], r["job_ids"]) for r in (await audit_rows(database))[-3:]] == [

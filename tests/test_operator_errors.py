@@ -9,54 +9,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from procqueue.local import database_dsn, free_port
+from tests.support.cli import PROCRASTINATE, run, the_error_line
 from tests.support.cluster import throwaway_cluster
 from tests.support.supabase import supabase_database
 from tests.support.worker import SELLER_ID
 
-TIMEOUT = 60
 RUN_MIGRATE = "run `procqueue migrate`"
-PROCRASTINATE = str(Path(sys.executable).with_name("procrastinate"))
-#: A log line of the CLI's text format ("2026-01-01 10:00:00,000 INFO name: ...").
-INFO_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (INFO|DEBUG) ")
-
-
-def run(
-    tmp_path: Path, *command: str, env: dict[str, str], **options: Any
-) -> subprocess.CompletedProcess[str]:
-    """`procqueue COMMAND...` (or `procrastinate ...` when it starts with that path),
-    with only `env` and PATH in the environment."""
-    argv = list(command) if command[0] == PROCRASTINATE else [sys.executable, "-m", "procqueue.cli"]
-    if command[0] != PROCRASTINATE:
-        argv += command
-    output = {"stderr": subprocess.PIPE, "stdout": subprocess.PIPE, **options}
-    return subprocess.run(
-        argv, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}, cwd=tmp_path,
-        text=True, timeout=TIMEOUT, **output,
-    )  # fmt: skip
-
-
-def the_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The one line the command printed on stderr besides INFO start-up logs."""
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [
-        line for line in result.stderr.splitlines() if line.strip() and not INFO_LINE.match(line)
-    ]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +186,12 @@ def test_refused_and_missing_databases_are_one_line(
         (["health", "--window", "0"], "--window"),
         (["verify", "--batch-size", "0"], "--batch-size"),
         (["nonsense"], "nonsense"),
+        # Past what Postgres can hold: a job id beyond bigint, a window before year 1.
+        (["retry", "99999999999999999999"], "job_id"),
+        (["cancel", "99999999999999999999"], "job_id"),
+        (["health", "--window", "1e308"], "--window"),
+        (["health", "--window", "1e12"], "--window"),
+        (["health", "--json", "--window", "nan"], "--window"),
     ],
 )
 def test_bad_arguments_are_one_usage_line_and_exit_2(
@@ -228,6 +202,7 @@ def test_bad_arguments_are_one_usage_line_and_exit_2(
     line = the_error_line(result)
     assert "error: argument" in line or "invalid choice" in line, line
     assert wrong in line and "--help" in line, line
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("command", [["health", "--json"], ["failed", "--traceback"]])

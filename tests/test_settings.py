@@ -61,6 +61,9 @@ def test_missing_database_url_is_one_clear_line() -> None:
         ("PROCQUEUE_CONCURRENCY", "lots", "setting PROCQUEUE_CONCURRENCY is invalid"),
         ("PROCQUEUE_CONCURRENCY", "0", "PROCQUEUE_CONCURRENCY is invalid.*greater than or equal"),
         ("ELASTICSEARCH_URL", "localhost:9200", "http:// or https://"),
+        # Past what Postgres timestamps can reach back to (MAX_WINDOW: ten years).
+        ("PROCQUEUE_HEALTH_WINDOW", "P3651D", "PROCQUEUE_HEALTH_WINDOW is invalid.*less than"),
+        ("PROCQUEUE_HEALTH_WINDOW", "PT0S", "PROCQUEUE_HEALTH_WINDOW is invalid.*greater than"),
     ],
 )
 def test_malformed_setting_names_the_setting_and_the_problem(

@@ -23,16 +23,26 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def positive_seconds(text: str) -> float:
-    """A number of seconds greater than 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
-    return value
+def positive_seconds(high: float) -> Callable[[str], float]:
+    """A number of seconds greater than 0, at most `high`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a number of seconds, got {text!r}"
+            ) from None
+        if not 0 < value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be more than 0 and at most {high:.0f} seconds, got {text}"
+            )
+        return value
+
+    return parse
 
 
 POSITIVE = whole_number(1)
 PORT = whole_number(1, 65535)
+#: Procrastinate's job ids are Postgres bigints.
+JOB_ID = whole_number(1, 2**63 - 1)

@@ -7,17 +7,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from procqueue.commands.arguments import positive_seconds
-from procqueue.commands.output import table
+from procqueue.commands.output import print_json, table
 from procqueue.engine.connections import connect_async
 from procqueue.features import Settings, get_settings
 from procqueue.queue.health import (
+    MAX_WINDOW,
     HealthConfig,
     Snapshot,
     Status,
@@ -149,11 +149,14 @@ def check(settings: Settings, *, as_json_output: bool, window: float | None = No
     except psycopg.OperationalError as error:
         reason = f"cannot reach the database: {str(error).strip().splitlines()[0]}"
         verdict: dict[str, Any] = {"status": "unhealthy", "reasons": [reason]}
-        print(json.dumps(verdict) if as_json_output else f"status: unhealthy\n  - {reason}")
+        if as_json_output:
+            print_json(verdict)
+        else:
+            print(f"status: unhealthy\n  - {reason}")
         return int(Status.UNHEALTHY)
     result = evaluate(snapshot, config)
     if as_json_output:
-        print(json.dumps(as_json(snapshot, result), default=str, indent=2))
+        print_json(as_json(snapshot, result))
     else:
         print(render(snapshot, result))
     return int(result.status)
@@ -172,7 +175,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
         "--window",
-        type=positive_seconds,
+        type=positive_seconds(MAX_WINDOW.total_seconds()),
         default=None,
         help="seconds of task history (default: setting)",
     )

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from typing import Any
 
-from procqueue.commands.output import table
+from procqueue.commands.output import print_json, table
 from procqueue.entities import load_entities
 from procqueue.features import get_settings
 from procqueue.images.orphans import find_orphans
@@ -47,7 +46,7 @@ def show_orphans(args: argparse.Namespace) -> int:
     ]
     if args.json:
         keys = (*cloud, "resource_type", "type", "public_id", "job_id", "job_status")
-        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))
+        print_json([dict(zip(keys, row, strict=True)) for row in rows])
     elif rows:
         print(table((*cloud, "resource", "type", "public id", "job", "job status"), rows))
     else:

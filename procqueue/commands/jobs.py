@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 
-from procqueue.commands.arguments import POSITIVE
-from procqueue.commands.output import table
+from procqueue.commands.arguments import JOB_ID, POSITIVE
+from procqueue.commands.output import print_json, refuse, table
 from procqueue.engine.connections import connect_async
 from procqueue.features import Settings, get_settings
 from procqueue.queue import operations
@@ -36,7 +35,7 @@ async def _failed_jobs(settings: Settings, task: str | None, limit: int) -> list
 def show_failed(args: argparse.Namespace) -> int:
     rows = asyncio.run(_failed_jobs(get_settings(), args.task, args.limit))
     if args.json:
-        print(json.dumps(rows, default=str, indent=2))
+        print_json(rows)
         return 0
     if not rows:
         print("no failed jobs")
@@ -84,9 +83,11 @@ async def _retry(settings: Settings, args: argparse.Namespace) -> operations.Out
 def retry(args: argparse.Namespace) -> int:
     outcome = asyncio.run(_retry(get_settings(), args))
     for problem in outcome.problems:
-        print(problem)
+        refuse(problem)
+    if args.job_id is not None and not outcome.done:
+        return 1
     print(f"retried {len(outcome.done)} job(s){': ' + _ids(outcome.done) if outcome.done else ''}")
-    return 1 if args.job_id is not None and not outcome.done else 0
+    return 0
 
 
 def _ids(job_ids: list[int]) -> str:
@@ -101,8 +102,11 @@ async def _cancel(settings: Settings, job_id: int, abort: bool) -> operations.Ou
 
 def cancel(args: argparse.Namespace) -> int:
     outcome = asyncio.run(_cancel(get_settings(), args.job_id, args.abort))
+    if not outcome.done:
+        refuse(outcome.message)
+        return 1
     print(outcome.message)
-    return 0 if outcome.done else 1
+    return 0
 
 
 #: `procqueue discard ID...` and `procqueue delete ID...`: the facade's action and help.
@@ -141,7 +145,7 @@ def register(commands: Any) -> None:
 
     retry_parser = commands.add_parser("retry", help="put failed jobs back in the queue")
     which = retry_parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("job_id", nargs="?", type=POSITIVE, default=None, help="one failed job")
+    which.add_argument("job_id", nargs="?", type=JOB_ID, default=None, help="one failed job")
     which.add_argument("--task", default=None, help="every failed job of this task")
     which.add_argument("--all-failed", action="store_true", help="every failed job")
     retry_parser.set_defaults(handler=retry)
@@ -149,7 +153,7 @@ def register(commands: Any) -> None:
     cancel_parser = commands.add_parser(
         "cancel", help="cancel a waiting job (with --abort: also stop a running one)"
     )
-    cancel_parser.add_argument("job_id", type=POSITIVE)
+    cancel_parser.add_argument("job_id", type=JOB_ID, help="the job's id")
     cancel_parser.add_argument(
         "--abort", action="store_true", help="a running job: ask its worker to abort it"
     )

@@ -15,7 +15,7 @@ DEFAULT_PORT = 9464
 
 def run(args: argparse.Namespace) -> int:
     server = make_server(get_settings(), args.host, args.port)
-    print(f"serving http://{args.host}:{args.port}/metrics and /healthz")
+    print(f"serving http://{args.host}:{args.port}/metrics and /healthz", flush=True)
     asyncio.run(server.serve())
     return 0
 

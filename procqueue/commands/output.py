@@ -1,9 +1,22 @@
-"""Plain-text tables for the CLI."""
+"""What the CLI prints: plain-text tables for people, JSON for scripts (`--json`),
+and refusals on stderr."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
 from typing import Any
+
+
+def print_json(value: Any) -> None:
+    """`value` as the command's whole stdout: one JSON document (`--json`)."""
+    print(json.dumps(value, default=str, indent=2))
+
+
+def refuse(message: str) -> None:
+    """A request the command could not do, as one line on stderr (the caller exits 1)."""
+    print(f"procqueue: {message}", file=sys.stderr)
 
 
 def cell(value: Any) -> str:

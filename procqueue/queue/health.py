@@ -23,6 +23,11 @@ from procqueue.engine.refusals import UnknownTask
 from procqueue.queue.queries import query
 from procqueue.queue.queues import PausedQueue
 
+#: The longest history health reads (PROCQUEUE_HEALTH_WINDOW, `health --window`): ten
+#: years, far past any prune setting; a longer one reaches before the timestamps
+#: Postgres can hold.
+MAX_WINDOW = timedelta(days=3650)
+
 #: The queue's own periodic tasks (procqueue/queue/maintenance.py) are named so.
 MAINTENANCE_PREFIX = "procqueue:"
 

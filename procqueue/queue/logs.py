@@ -114,12 +114,14 @@ class RoutineFilter(logging.Filter):
         return not (routine and record.__dict__.get("outcome") == "succeeded")
 
 
-def configure_logging(settings_of: Callable[[], CoreSettings], *, verbose: bool = False) -> None:
+def configure_logging(
+    settings_of: Callable[[], CoreSettings], *, verbose: bool = False, quiet: bool = False
+) -> None:
     """Root logging for the CLI: text by default, JSON when the settings say so (read
     with `settings_of`: procqueue.features.get_settings, whose secret values every
     line is redacted with); `verbose` shows debug lines and everything RoutineFilter
-    and CLIENT_LOGGERS hide."""
-    level = logging.DEBUG if verbose else logging.INFO
+    and CLIENT_LOGGERS hide; `quiet` (and not `verbose`) only warnings and errors."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     try:
         settings = settings_of()
         log_format, secrets = settings.log_format, settings.secret_values()
@@ -131,6 +133,6 @@ def configure_logging(settings_of: Callable[[], CoreSettings], *, verbose: bool 
     )
     if not verbose:
         handler.addFilter(RoutineFilter())
-    for name, quiet in CLIENT_LOGGERS.items():
-        logging.getLogger(name).setLevel(logging.NOTSET if verbose else quiet)
+    for name, client_level in CLIENT_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else client_level)
     logging.basicConfig(level=level, handlers=[handler], force=True)

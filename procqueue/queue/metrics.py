@@ -214,13 +214,26 @@ class SnapshotCollector(Collector):
         yield from (size, dead)
 
 
+class _WithSamples(Collector):
+    """The families of a process registry that have samples: `procqueue metrics` and the
+    dashboard run no job, so the worker families (job counters and durations, circuit
+    gauges) would be HELP/TYPE pairs with no series; they are left out. A worker
+    process's own port serves them once it has run a job."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        return (family for family in self.registry.collect() if family.samples)
+
+
 def render_metrics(
     snapshot: Snapshot | None, verdict: Verdict | None, registry: CollectorRegistry = REGISTRY
 ) -> bytes:
-    """The Prometheus text exposition: this process's metrics, then the snapshot's."""
-    output = generate_latest(registry)
+    """The Prometheus text exposition: this process's metrics that have samples, then the
+    snapshot's gauges (each declared, with a series per queue, task, worker... it has)."""
+    output = CollectorRegistry(auto_describe=False)
+    output.register(_WithSamples(registry))
     if snapshot is not None and verdict is not None:
-        queue_registry = CollectorRegistry(auto_describe=False)
-        queue_registry.register(SnapshotCollector(snapshot, verdict))
-        output += generate_latest(queue_registry)
-    return output
+        output.register(SnapshotCollector(snapshot, verdict))
+    return generate_latest(output)

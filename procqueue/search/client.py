@@ -181,16 +181,18 @@ class SearchIndex:
     def versioned_name(self, entity: Entity, version: int) -> str:
         return f"{self.alias(entity)}_v{version}"
 
-    async def ensure_index(self, entity: Entity) -> None:
-        """Create the first versioned index behind the alias, unless the alias exists."""
+    async def ensure_index(self, entity: Entity) -> bool:
+        """Create the first versioned index behind the alias, unless the alias exists;
+        True if this call created it."""
         alias = self.alias(entity)
         if alias in self._ready:
-            return
+            return False
         with translate_errors(f"checking alias {alias}"):
             exists = await self.client.indices.exists_alias(name=alias)
         if not exists:
             await self.create_index(entity, INITIAL_VERSION, alias=True)
         self._ready.add(alias)
+        return not exists
 
     async def create_index(self, entity: Entity, version: int, *, alias: bool) -> str:
         name = self.versioned_name(entity, version)

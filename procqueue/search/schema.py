@@ -1,14 +1,19 @@
-"""The search slice's triggers: the statement-level sync triggers
-(sql/triggers/entity_sync.sql) on each entity's table."""
+"""The search slice's schema: the statement-level sync triggers
+(sql/triggers/entity_sync.sql) on each entity's table, and the first index behind
+each entity's alias (`create_missing_indexes`, run by `procqueue migrate`)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import psycopg
 from psycopg import sql
 
 from procqueue.entities import Entity
 from procqueue.feature import Step
+from procqueue.search.client import SearchIndex
 from procqueue.search.jobs import ROW_OPERATIONS, bulk_job, drain_job, row_job, truncate_job
+from procqueue.search.settings import SearchConfig
 from procqueue.settings import SchemaConfig
 
 DEFAULT_BULK_THRESHOLD = SchemaConfig.bulk_threshold
@@ -85,3 +90,15 @@ def schema_steps(schema: SchemaConfig, conn: psycopg.Connection | None = None) -
         )
         for entity in schema.entities
     ]
+
+
+async def create_missing_indexes(config: SearchConfig, entities: Iterable[Entity]) -> list[str]:
+    """Each entity's first index behind its alias, where the alias does not exist yet,
+    as the first sync or `procqueue reindex` would make it: so a table that is still
+    empty is searchable (no hits, not an error) right after `procqueue migrate`.
+    Returns the aliases it created."""
+    search = SearchIndex.from_config(config)
+    try:
+        return [search.alias(entity) for entity in entities if await search.ensure_index(entity)]
+    finally:
+        await search.aclose()

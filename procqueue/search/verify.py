@@ -53,7 +53,8 @@ class Drift:
     extra: list[str] = field(default_factory=list)
     #: Rows that cannot have a document (Unindexable), expected absent: not drift.
     unindexable: list[str] = field(default_factory=list)
-    #: The entity's alias does not exist: every row is missing.
+    #: The entity's alias does not exist: every row is missing (none, for an empty
+    #: table: nothing to fix, its first sync creates the index).
     index_missing: bool = False
 
     @property
@@ -62,7 +63,7 @@ class Drift:
 
     @property
     def drifted(self) -> bool:
-        return bool(self.ids) or self.index_missing
+        return bool(self.ids)
 
 
 async def _check_rows(
