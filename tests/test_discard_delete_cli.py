@@ -44,24 +44,25 @@ async def test_discard_then_delete_from_the_command_line(app: ProcqueueApp, data
     assert code == 0 and "discarded 2 job(s)" in out, out
     code, out, _ = await run_cli(database, "failed")
     assert all(f" {job_id} " not in f" {out} " for job_id in failed), out
-    code, out, _ = await run_cli(database, "retry", str(failed[0]))
-    assert code == 1 and f"job {failed[0]} was discarded: not retried" in out
-    code, out, _ = await run_cli(database, "discard", str(failed[0]))
-    assert code == 1 and out.strip() == f"job {failed[0]} was discarded already"
+    code, out, err = await run_cli(database, "retry", str(failed[0]))
+    assert (code, out) == (1, "") and f"job {failed[0]} was discarded: not retried" in err
+    code, out, err = await run_cli(database, "discard", str(failed[0]))
+    assert (code, out) == (1, "")
+    assert err.strip() == f"procqueue: job {failed[0]} was discarded already"
 
     running = await app.configure_task("test:flaky").defer_async(failures=0)
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
         await conn.execute(
             "UPDATE procrastinate.procrastinate_jobs SET status = 'doing' WHERE id = %s", [running]
         )
-    code, out, _ = await run_cli(database, "delete", str(failed[0]), str(running), "999999999")
+    code, out, err = await run_cli(database, "delete", str(failed[0]), str(running), "999999999")
     assert code == 1
-    assert out.splitlines() == [
-        f"job {running} is running: running jobs are not deleted "
+    assert err.splitlines() == [
+        f"procqueue: job {running} is running: running jobs are not deleted "
         f"(abort it first: procqueue cancel --abort {running})",
-        "job 999999999 does not exist: not deleted",
-        "deleted 1 job(s), 2 left alone",
-    ], out
+        "procqueue: job 999999999 does not exist: not deleted",
+    ], err
+    assert out.splitlines() == ["deleted 1 job(s), 2 left alone"], out
     assert await status_of(database, failed[0]) is None
     assert await status_of(database, running) == "doing"
     actions = [(row["actor"], row["action"], row["job_ids"]) for row in await audit_rows(database)]

@@ -238,6 +238,8 @@ SQL_NAMES: frozenset[str] = frozenset(
         "procrastinate_cancel_job_v1",
         "procrastinate_finish_job_v1",
         "procrastinate_update_heartbeat_v1",
+        # Its job_id has no ON DELETE: `procqueue delete` unlinks a job there first.
+        "procrastinate_periodic_defers",
         # Named in comments of queries that mirror or avoid them.
         "procrastinate_fetch_job_v2",
         "procrastinate_retry_job_v2",

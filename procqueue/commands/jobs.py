@@ -128,8 +128,13 @@ def many(args: argparse.Namespace) -> int:
     outcome = asyncio.run(_many(get_settings(), args.verb, args.job_ids))
     for problem in outcome.problems:
         if problem != outcome.message:
-            print(problem)
-    print(outcome.message)
+            refuse(problem)
+    if outcome.done:
+        print(outcome.message)
+    elif outcome.problems:
+        refuse(outcome.message)
+    else:
+        print(outcome.message)
     return 0 if not outcome.problems else 1
 
 
@@ -161,5 +166,5 @@ def register(commands: Any) -> None:
 
     for verb, (_, summary) in MANY.items():
         parser = commands.add_parser(verb, help=summary)
-        parser.add_argument("job_ids", nargs="+", type=POSITIVE, metavar="ID")
+        parser.add_argument("job_ids", nargs="+", type=JOB_ID, metavar="ID")
         parser.set_defaults(handler=many, verb=verb)
