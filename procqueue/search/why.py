@@ -326,7 +326,9 @@ def _hidden_from_worker(row: Row, jobs: Sequence[Job], attempts: Sequence[Attemp
 def _in_sync(row: Row, document: Document) -> bool:
     if row.state == "hidden" and row.document is None:
         return False  # this connection cannot read it: nothing to compare
-    if row.state == "deleted" or row.unindexable is not None:
+    if row.unindexable is not None:
+        return False  # a row with no possible document is not in its index: its own verdict
+    if row.state == "deleted":
         return not document.present
     return document.present and not document.differs
 

@@ -4,6 +4,7 @@ server; the command runs as a process, as support would run it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 
 from procqueue.engine.app import ProcqueueApp
-from procqueue.entities import LISTING
+from procqueue.entities import DEFAULT_MAX_DOCUMENT_BYTES, LISTING
 from procqueue.features import Settings
 from procqueue.search.client import search_index
 from tests.conftest import make_settings
@@ -21,6 +22,7 @@ from tests.search.test_rls_mid_run import hidden_from_the_worker, worker_role
 from tests.support.history import run_cli
 from tests.support.supabase import as_role
 from tests.support.worker import (
+    QUIET,
     SELLER_ID,
     app_with,
     drain,
@@ -32,6 +34,8 @@ from tests.support.worker import (
 __all__ = ["worker_role"]  # a fixture of this module too: the role RLS hides a row from
 
 IMAGE = "https://res.cloudinary.com/demo/image/upload/v1/listings/{}.jpg"
+#: A description that takes a listing over the default max_document_bytes.
+HUGE = DEFAULT_MAX_DOCUMENT_BYTES + 1024
 
 
 async def why(settings: Settings, entity_id: str, *options: str) -> tuple[int, Any, str]:
@@ -41,6 +45,15 @@ async def why(settings: Settings, entity_id: str, *options: str) -> tuple[int, A
         elasticsearch_url=settings.elasticsearch_url, index_prefix=settings.index_prefix,
     )  # fmt: skip
     return code, json.loads(out) if out.strip() else None, err
+
+
+async def why_text(settings: Settings, entity_id: str) -> tuple[int, str]:
+    """`procqueue why listing <id>` as a process, its text: (exit status, stdout)."""
+    code, out, _ = await run_cli(
+        settings.dsn, "why", "listing", entity_id,
+        elasticsearch_url=settings.elasticsearch_url, index_prefix=settings.index_prefix,
+    )  # fmt: skip
+    return code, out
 
 
 async def fix(settings: Settings, story: dict[str, Any]) -> tuple[int, str, str]:
@@ -74,10 +87,7 @@ async def test_in_sync_exits_0_and_says_nothing_to_do(
     assert story["document"]["present"] and story["document"]["differs"] == []
     assert story["document"]["version"] >= 10**9  # an external version (docs/bulk.md)
     assert story["verdict"]["kind"] == "in_sync" and story["verdict"]["fix"] is None
-    code, text, _ = await run_cli(
-        settings.dsn, "why", "listing", listing_id,
-        elasticsearch_url=settings.elasticsearch_url, index_prefix=settings.index_prefix,
-    )  # fmt: skip
+    code, text = await why_text(settings, listing_id)
     assert code == 0
     assert f"listing {listing_id}" in text and "in sync, nothing to do" in text
 
@@ -175,6 +185,38 @@ async def test_deleted_row_whose_document_remains_with_its_images_waiting(
     assert story["row"]["state"] == "deleted" and not story["document"]["present"]
 
 
+async def test_a_row_over_max_document_bytes_is_unindexable_before_and_after_its_sync(
+    app: ProcqueueApp, settings: Settings, db: psycopg.AsyncConnection[Any]
+) -> None:
+    listing_id = await insert_listing(db, "grows too large")
+    await drain(app)
+    await db.execute(
+        "UPDATE listings SET description = repeat('x', %s) WHERE id = %s", [HUGE, listing_id]
+    )
+    limit = f"is over the limit of {DEFAULT_MAX_DOCUMENT_BYTES} bytes (max_document_bytes)"
+    code, story, err = await why(settings, listing_id)
+    assert code == 1, err
+    assert story["document"]["present"]  # its older copy, until its sync deletes it
+    assert limit in story["row"]["unindexable"] and story["change"] is not None
+    assert story["verdict"]["kind"] == "unindexable" and story["verdict"]["fix"] is None
+    await drain(app)  # its sync deletes the stale copy and fails with the reason
+    code, story, err = await why(settings, listing_id)
+    code_text, text = await why_text(settings, listing_id)
+    assert code == code_text == 1, err
+    assert not story["document"]["present"]
+    assert [job["status"] for job in story["jobs"] if job["task_name"] == "listing:update"] == [
+        "failed"
+    ]  # a retry would fail again: the verdict is the row's size, not `procqueue retry`
+    verdict = story["verdict"]
+    assert verdict["kind"] == "unindexable" and verdict["fix"] is None
+    assert verdict["summary"].startswith(f"listing {listing_id} can have no document: ")
+    assert limit in verdict["summary"] and "shorten the row" in verdict["summary"]
+    assert "row:       present (no document possible: " in text and "fix:" not in text
+    await db.execute("UPDATE listings SET description = 'short again' WHERE id = %s", [listing_id])
+    await drain(app)
+    assert (await why(settings, listing_id))[0] == 0
+
+
 @pytest.fixture
 async def own_db(fresh_database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """A database of this test's own (its circuit state or its index stays its own)."""
@@ -206,10 +248,7 @@ async def test_a_failed_job_shows_its_error_and_the_retry_that_fixes_it(
     assert story["attempts"][0]["job_id"] == failed[0]["id"]
     assert "location" in story["attempts"][0]["message"]
     assert "location" in verdict["summary"]
-    code, text, _ = await run_cli(
-        settings.dsn, "why", "listing", listing_id,
-        elasticsearch_url=settings.elasticsearch_url, index_prefix=settings.index_prefix,
-    )  # fmt: skip
+    code, text = await why_text(settings, listing_id)
     assert code == 1 and "failed attempts:" in text
     assert f"fix:       procqueue retry {failed[0]['id']}" in text
     code, out, err = await fix(settings, story)
@@ -235,6 +274,102 @@ async def test_postponed_behind_an_open_circuit(
     assert story["change"] is not None
     assert story["verdict"]["kind"] == "circuit" and story["verdict"]["fix"] is None
     assert "elasticsearch is unavailable since" in story["verdict"]["summary"]
+
+
+@contextlib.asynccontextmanager
+async def a_row_job_behind_a_writer(
+    database: str,
+) -> AsyncIterator[tuple[str, int, psycopg.AsyncConnection[Any]]]:
+    """A listing a REPEATABLE READ writer inserted (its sync is a row job, not a waiting
+    change: docs/bulk.md), not in its index yet, and a second REPEATABLE READ write of
+    the row in its transaction for the block: it holds the row's sync key, so the job
+    cannot read the row until it ends. Yields (id, row job, writer); commits after."""
+    async with await psycopg.AsyncConnection.connect(database) as writer:
+        await writer.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        listing_id = await insert_listing(writer, "behind a writer")
+        await writer.commit()
+        cursor = await writer.execute(
+            "SELECT id FROM procrastinate.procrastinate_jobs WHERE lock = %s",
+            [f"listing:{listing_id}"],
+        )
+        [(job_id,)] = await cursor.fetchall()
+        await writer.commit()
+        await writer.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        await writer.execute(
+            "UPDATE listings SET title = 'written, not committed' WHERE id = %s", [listing_id]
+        )
+        yield listing_id, int(job_id), writer
+        await writer.commit()
+
+
+async def test_a_writer_still_in_its_transaction_postpones_its_row_job(
+    fresh_database: str, es_url: str, own_db: psycopg.AsyncConnection[Any]
+) -> None:
+    # A third of the job timeout is how long a row job waits for a writer.
+    settings = make_settings(fresh_database, es_url, job_timeout=1.5)
+    async with a_row_job_behind_a_writer(fresh_database) as (listing_id, job_id, _):
+        async with app_with(settings) as app:  # it waits, then postpones its job
+            await app.run_worker_async(wait=False, listen_notify=False, **QUIET)
+        assert await job_status(fresh_database, job_id) == "todo"
+        code, story, err = await why(settings, listing_id)
+        code_text, text = await why_text(settings, listing_id)
+    assert code == code_text == 1, err
+    assert story["row"]["state"] == "present" and not story["document"]["present"]
+    [job] = [job for job in story["jobs"] if job["id"] == job_id]
+    assert (job["task_name"], job["status"], job["attempts"]) == ("listing:create", "todo", 0)
+    assert job["postponed_reason"] == (
+        f"a writer of listing {listing_id}'s key is still in its transaction"
+    )
+    verdict = story["verdict"]
+    assert verdict["kind"] == "writer" and verdict["fix"] is None
+    assert f"job {job_id} (listing:create) is postponed until " in verdict["summary"]
+    assert "is still in its transaction; no retry spent, nothing to run" in verdict["summary"]
+    assert f"verdict:   {verdict['summary']}" in text and "fix:" not in text
+    async with app_with(settings) as app, running_worker(app):
+
+        async def synced() -> bool:  # the writer committed: the job runs when due
+            return await job_status(fresh_database, job_id) == "succeeded"
+
+        await eventually(synced)
+    code, story, err = await why(settings, listing_id)
+    assert code == 0 and story["verdict"]["kind"] == "in_sync", story or err
+    assert story["document"]["source"]["title"] == "written, not committed"
+
+
+async def test_a_row_job_a_worker_is_running_now(
+    fresh_database: str, es_url: str, own_db: psycopg.AsyncConnection[Any]
+) -> None:
+    # The row job waits for the writer up to a third of the job timeout: ample.
+    settings = make_settings(fresh_database, es_url, job_timeout=180)
+    async with (
+        a_row_job_behind_a_writer(fresh_database) as (listing_id, job_id, writer),
+        app_with(settings) as app,
+        running_worker(app),
+    ):
+
+        async def taken() -> bool:
+            return await job_status(fresh_database, job_id) == "doing"
+
+        await eventually(taken)
+        code, story, err = await why(settings, listing_id)
+        code_text, text = await why_text(settings, listing_id)
+        assert await job_status(fresh_database, job_id) == "doing"  # all along
+        await writer.commit()
+
+        async def synced() -> bool:
+            return await job_status(fresh_database, job_id) == "succeeded"
+
+        await eventually(synced)
+    assert code == code_text == 1, err
+    assert story["row"]["state"] == "present" and not story["document"]["present"]
+    assert [(job["id"], job["status"]) for job in story["jobs"]] == [(job_id, "doing")]
+    verdict = story["verdict"]
+    assert verdict["kind"] == "running" and verdict["fix"] is None
+    assert verdict["summary"] == f"listing {listing_id} is being synced now by job {job_id}"
+    assert f"verdict:   {verdict['summary']}" in text and "fix:" not in text
+    code, story, err = await why(settings, listing_id)
+    assert code == 0 and story["verdict"]["kind"] == "in_sync", story or err
+    assert story["document"]["source"]["title"] == "written, not committed"
 
 
 async def test_hidden_by_row_level_security_from_the_workers_role(
