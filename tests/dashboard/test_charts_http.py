@@ -23,7 +23,7 @@ from procqueue.queue.chart_history import record_chart_history
 from tests.conftest import make_settings
 from tests.support import tasks
 from tests.support.chart_history import exact_percentile, selected, write_history
-from tests.support.dashboard import dashboard_client, sign_in
+from tests.support.dashboard import dashboard_client, signed_in_admin
 from tests.support.worker import drain
 
 SECRET = "charts-secret-" + uuid.uuid4().hex
@@ -59,9 +59,7 @@ async def history(settings: Settings, database: str) -> AsyncIterator[dict[float
 
 @pytest.fixture
 async def admin(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with dashboard_client(settings, access_for(settings, "0.0.0.0", False)) as client:
-        response = await sign_in(client, "alice", SECRET)
-        assert response.status_code == 303, response.text
+    async with signed_in_admin(settings, SECRET) as client:
         yield client
 
 

@@ -15,7 +15,6 @@ import httpx
 import psycopg
 import pytest
 
-from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
 from procqueue.engine.app import ProcqueueApp
 from procqueue.errors import ConfigError
@@ -42,9 +41,7 @@ def settings(database: str, es_url: str) -> Settings:
 
 @pytest.fixture(scope="module")
 async def app(settings: Settings) -> AsyncIterator[ProcqueueApp]:
-    application = build_app(settings)
-    tasks.register(application)
-    async with application.open_async():
+    async with tasks.opened_app(settings) as application:
         yield application
 
 
@@ -388,9 +385,10 @@ async def test_the_entity_filter_shows_a_change_waiting_for_its_drain_job(
         claimed = (await admin.get(f"/jobs?entity={listing_id}")).text
         assert '<a href="/jobs/4242">#4242</a> is syncing it' in claimed
         await conn.execute("DELETE FROM procqueue.sync_changes WHERE entity_id = %s", [listing_id])
-        assert 'data-testid="waiting-change"' not in (
-            await admin.get(f"/jobs?entity={listing_id}")
-        ).text
+        assert (
+            'data-testid="waiting-change"'
+            not in (await admin.get(f"/jobs?entity={listing_id}")).text
+        )
 
 
 async def test_local_only_needs_no_sign_in_but_still_csrf(

@@ -16,13 +16,18 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
 from procqueue.engine.app import ProcqueueApp
 from procqueue.features import Settings
 from tests.conftest import make_settings
 from tests.support import tasks
-from tests.support.dashboard import audit_rows, csrf_from, dashboard_client, job_status, sign_in
+from tests.support.dashboard import (
+    audit_rows,
+    csrf_from,
+    dashboard_client,
+    job_status,
+    signed_in_admin,
+)
 from tests.support.worker import eventually, running_worker
 
 SECRET = "queues-secret-" + uuid.uuid4().hex
@@ -35,17 +40,13 @@ def settings(database: str, es_url: str) -> Settings:
 
 @pytest.fixture(scope="module")
 async def app(settings: Settings) -> AsyncIterator[ProcqueueApp]:
-    application = build_app(settings)
-    tasks.register(application)
-    async with application.open_async():
+    async with tasks.opened_app(settings) as application:
         yield application
 
 
 @pytest.fixture
 async def admin(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with dashboard_client(settings, access_for(settings, "0.0.0.0", False)) as client:
-        response = await sign_in(client, "alice", SECRET)
-        assert response.status_code == 303, response.text
+    async with signed_in_admin(settings, SECRET) as client:
         yield client
 
 

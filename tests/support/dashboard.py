@@ -54,6 +54,15 @@ async def sign_in(client: httpx.AsyncClient, name: str, secret: str) -> httpx.Re
     return await post_login(client, name=name, secret=secret)
 
 
+@contextlib.asynccontextmanager
+async def signed_in_admin(settings: Any, secret: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An exposed dashboard's client, signed in as the admin alice with the shared secret."""
+    async with exposed_client(settings) as client:
+        response = await sign_in(client, "alice", secret)
+        assert response.status_code == 303, response.text
+        yield client
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
