@@ -106,7 +106,7 @@ WITH last_error AS (
     FROM procqueue.job_errors AS x
     ORDER BY x.job_id DESC, x.id DESC
 ),
-failed AS MATERIALIZED (
+failed AS (
     SELECT j.id, j.task_name::text AS task_name, last.error_type,
            -- when no error was recorded, the time of the failed event (looked up only then)
            coalesce(last.occurred_at, (SELECT max(e.at) FROM procrastinate.procrastinate_events AS e
