@@ -20,6 +20,7 @@ from procqueue.dashboard import store
 from procqueue.queue.health import HealthConfig, Snapshot, read_snapshot
 from procqueue.queue.server import HealthSource
 from tests.support.history import finished_job
+from tests.support.pgbouncer import Pgbouncer
 
 #: The failure groups as the failures page computed them before migration 0025: one
 #: probe per failed job for its last error row (the reference the new query must match).
@@ -140,3 +141,20 @@ async def test_a_snapshot_on_two_connections_reads_what_one_reads(
         async with AsyncConnectionPool(fresh_database, min_size=1, max_size=size) as pool:
             pooled = await HealthSource(config, pool).snapshot()
         assert timeless(pooled) == timeless(alone), size
+
+
+async def test_a_split_snapshot_works_through_the_transaction_pooler(
+    failures: psycopg.AsyncConnection[Any], fresh_database: str, pgbouncer: Pgbouncer
+) -> None:
+    config = HealthConfig(window=timedelta(days=1))
+    async with await psycopg.AsyncConnection.connect(fresh_database) as direct:
+        alone = await read_snapshot(direct, config)
+    pooled = pgbouncer.via(fresh_database)
+    # As the dashboard's pool through a pooler: nothing prepared (no session state).
+    async with AsyncConnectionPool(
+        pooled, min_size=2, max_size=2, kwargs={"prepare_threshold": None}
+    ) as pool:
+        await pool.wait()
+        async with pool.connection() as one, pool.connection() as two:
+            split = await read_snapshot(one, config, two)
+    assert timeless(split) == timeless(alone)
