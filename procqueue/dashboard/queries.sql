@@ -100,29 +100,34 @@ WHERE j.status = 'failed'
   AND NOT EXISTS (SELECT FROM procqueue.discarded_jobs AS d WHERE d.job_id = j.id)
 GROUP BY 1;
 
--- dashboard_failure_groups: failed jobs (not discarded) grouped by task and the type of their last error
-SELECT j.task_name::text AS task_name,
-       coalesce(err.error_type, '') AS error_type,
-       count(*) AS jobs,
-       min(err.seen) AS first_seen,
-       max(err.seen) AS last_seen,
-       (array_agg(err.message ORDER BY j.id DESC))[1] AS last_message,
-       max(j.id) AS last_job_id
-FROM procrastinate.procrastinate_jobs AS j
-LEFT JOIN LATERAL (
-    SELECT x.error_type, x.message, x.occurred_at FROM procqueue.job_errors AS x
-    WHERE x.job_id = j.id ORDER BY x.id DESC LIMIT 1
-) AS last ON true
-CROSS JOIN LATERAL (
-    -- when no error was recorded, the time of the failed event (looked up only then)
-    SELECT last.error_type, last.message,
+-- dashboard_failure_groups: failed jobs (not discarded) grouped by task and the type of their last error; every failed job counts (exact), read from two indexes alone (migration 0025): the failed jobs' (id, task) and the error rows' (job, id, type, time), whose last row per job is taken in one ordered pass and joined; messages are read only for each group's newest job
+WITH last_error AS (
+    SELECT DISTINCT ON (x.job_id) x.job_id, x.error_type, x.occurred_at
+    FROM procqueue.job_errors AS x
+    ORDER BY x.job_id DESC, x.id DESC
+),
+failed AS (
+    SELECT j.id, j.task_name::text AS task_name, last.error_type,
+           -- when no error was recorded, the time of the failed event (looked up only then)
            coalesce(last.occurred_at, (SELECT max(e.at) FROM procrastinate.procrastinate_events AS e
                                        WHERE e.job_id = j.id AND e.type = 'failed')) AS seen
-) AS err
-WHERE j.status = 'failed'
-  AND NOT EXISTS (SELECT FROM procqueue.discarded_jobs AS d WHERE d.job_id = j.id)
-GROUP BY 1, 2
-ORDER BY last_seen DESC NULLS LAST, 1, 2;
+    FROM procrastinate.procrastinate_jobs AS j
+    LEFT JOIN last_error AS last ON last.job_id = j.id
+    WHERE j.status = 'failed'
+      AND NOT EXISTS (SELECT FROM procqueue.discarded_jobs AS d WHERE d.job_id = j.id)
+),
+groups AS (
+    SELECT f.task_name, coalesce(f.error_type, '') AS error_type, count(*) AS jobs,
+           min(f.seen) AS first_seen, max(f.seen) AS last_seen, max(f.id) AS last_job_id
+    FROM failed AS f
+    GROUP BY 1, 2
+)
+SELECT g.task_name, g.error_type, g.jobs, g.first_seen, g.last_seen,
+       (SELECT x.message FROM procqueue.job_errors AS x
+        WHERE x.job_id = g.last_job_id ORDER BY x.id DESC LIMIT 1) AS last_message,
+       g.last_job_id
+FROM groups AS g
+ORDER BY g.last_seen DESC NULLS LAST, 1, 2;
 
 -- dashboard_audit: the newest audit rows, keyset-paged by id
 SELECT a.id, a.at, a.actor, a.remote_addr, a.action, a.target, a.job_ids, a.outcome

@@ -8,6 +8,7 @@ role (a viewer is answered 403 and the refusal audited). Every template gets
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
@@ -47,9 +48,10 @@ from procqueue.entities import Entity, load_entities
 from procqueue.errors import ConfigError, JobError, ProcqueueError
 from procqueue.features import Settings
 from procqueue.images.jobs import CLEANUP
+from procqueue.queue.health import evaluate
 from procqueue.queue.jobs import JobSpec
 from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_failed
-from procqueue.queue.server import HealthSource
+from procqueue.queue.server import UNANSWERED, HealthSource
 from procqueue.search.why import NotFound, story_of
 
 CSRF_REFUSED = "Missing or wrong CSRF token: reload the page and try again."
@@ -368,16 +370,32 @@ class Dashboard:
 
     # Pages -----------------------------------------------------------------
 
-    async def overview_context(self) -> dict[str, Any]:
+    async def _overview_reads(self) -> tuple[dict[str, int], list[Any], list[Any]]:
         async with self.pool.connection() as conn:
             failed = await store.failed_per_queue(conn)
             # The Charts page's rollups (migration 0023): constant cost, however many jobs
             hour = await chart_store.attempts(conn, Selection("", "", RANGES["hour"]))
             day = await chart_store.attempts(conn, Selection("", "", RANGES["day"]))
-        # After the dashboard's own reads: an unmigrated database fails those with
-        # one line (app.py), before the health SQL would log its own warning.
-        read = await self.health.read()
-        snapshot, verdict = read if read else (None, None)
+        return failed, hour, day
+
+    async def overview_context(self) -> dict[str, Any]:
+        # The dashboard's own reads and the health snapshot side by side, on two of
+        # the pool's connections (the page waits for the longer, not for both).
+        own, health = await asyncio.gather(
+            self._overview_reads(), self.health.snapshot(), return_exceptions=True
+        )
+        # The dashboard's own reads first: an unmigrated database fails those with one
+        # line (app.py), and the health SQL's failure then logs nothing more.
+        if isinstance(own, BaseException):
+            raise own
+        failed, hour, day = own
+        snapshot, verdict = None, None
+        if isinstance(health, UNANSWERED):
+            self.health.unanswered(health)
+        elif isinstance(health, BaseException):
+            raise health
+        else:
+            snapshot, verdict = health, evaluate(health, self.health.config)
         queues = [
             {**vars(queue), "failed": failed.get(queue.queue_name, 0)}
             for queue in (snapshot.queues if snapshot else [])

@@ -9,6 +9,7 @@ keeps the hourly rollups of long task_stats windows current (maintenance).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -172,28 +174,67 @@ async def _rows(
     return await cursor.fetchall()
 
 
-async def read_snapshot(conn: psycopg.AsyncConnection[Any], config: HealthConfig) -> Snapshot:
-    """Every health view, read in one repeatable-read snapshot of the database."""
+#: The snapshot's queries, by the name of their rows; the first (per-queue counts) is
+#: read on the second connection of a split read (`read_snapshot`).
+SNAPSHOT_QUERIES: tuple[tuple[str, str], ...] = (
+    ("queues", "health_queues"),
+    ("tasks", "health_tasks"),
+    ("workers", "health_workers"),
+    ("tables", "health_storage"),
+    ("circuits", "open_circuits"),
+    ("unknown", "health_unknown_tasks"),
+    ("changes", "health_changes"),
+    ("paused", "health_paused"),
+)
+
+
+async def _read_all(
+    conn: psycopg.AsyncConnection[Any], names: tuple[tuple[str, str], ...], config: HealthConfig
+) -> dict[str, list[dict[str, Any]]]:
+    params = {
+        "since": config.window,
+        "stalled_after": config.stalled_after,
+        "reason": UnknownTask.REASON,
+    }
+    return {key: await _rows(conn, name, params) for key, name in names}
+
+
+async def read_snapshot(
+    conn: psycopg.AsyncConnection[Any],
+    config: HealthConfig,
+    second: psycopg.AsyncConnection[Any] | None = None,
+) -> Snapshot:
+    """Every health view, read in one repeatable-read snapshot of the database. With a
+    `second` connection, the per-queue counts are read there, side by side with the
+    rest, in the same snapshot (exported from `conn`'s transaction and imported)."""
     async with conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        queues = await _rows(conn, "health_queues")
-        tasks = await _rows(conn, "health_tasks", {"since": config.window})
-        workers = await _rows(conn, "health_workers", {"stalled_after": config.stalled_after})
-        tables = await _rows(conn, "health_storage")
-        circuits = await _rows(conn, "open_circuits")
-        unknown = await _rows(conn, "health_unknown_tasks", {"reason": UnknownTask.REASON})
-        changes = await _rows(conn, "health_changes")
-        paused = await _rows(conn, "health_paused")
+        if second is None:
+            found = await _read_all(conn, SNAPSHOT_QUERIES, config)
+        else:
+            cursor = await conn.execute("SELECT pg_export_snapshot()")
+            exported = await cursor.fetchone()
+            assert exported is not None
+            async with second.transaction():
+                await second.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                await second.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported[0]))
+                )
+                split, rest = await asyncio.gather(
+                    _read_all(second, SNAPSHOT_QUERIES[:1], config),
+                    _read_all(conn, SNAPSHOT_QUERIES[1:], config),
+                )
+            found = {**split, **rest}
     return Snapshot(
-        queues=[QueueHealth(**row) for row in queues],
-        tasks=[TaskHealth(**row) for row in tasks],
-        workers=[WorkerHealth(**row) for row in workers],
-        tables=[TableHealth(**row) for row in tables],
+        queues=[QueueHealth(**row) for row in found["queues"]],
+        tasks=[TaskHealth(**row) for row in found["tasks"]],
+        workers=[WorkerHealth(**row) for row in found["workers"]],
+        tables=[TableHealth(**row) for row in found["tables"]],
         window=config.window,
-        open_circuits=[CircuitHealth(**row) for row in circuits],
-        unknown_tasks=[UnknownTaskHealth(**row) for row in unknown],
-        changes=[ChangeBacklog(**row) for row in changes],
-        paused=[PausedQueue(**row) for row in paused],
+        open_circuits=[CircuitHealth(**row) for row in found["circuits"]],
+        unknown_tasks=[UnknownTaskHealth(**row) for row in found["unknown"]],
+        changes=[ChangeBacklog(**row) for row in found["changes"]],
+        paused=[PausedQueue(**row) for row in found["paused"]],
     )
 
 

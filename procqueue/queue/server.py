@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -46,6 +46,13 @@ UP_METRIC = (
 )
 
 
+#: How long a snapshot waits for a second connection before reading on one (seconds).
+SECOND_CONNECTION_WAIT = 0.05
+
+#: What `HealthSource.read` answers None for: Postgres did not answer.
+UNANSWERED = (psycopg.Error, TimeoutError)
+
+
 class HealthSource:
     """Reads health snapshots through a connection pool its owner opens and closes."""
 
@@ -53,15 +60,30 @@ class HealthSource:
         self.config = config
         self.pool = pool
 
+    async def snapshot(self) -> Snapshot:
+        """A snapshot; raises psycopg.Error or TimeoutError when Postgres does not answer.
+        Read on two of the pool's connections side by side when a second one is free at
+        once (never waiting for it: pages reading at the same time could each hold one
+        and wait for another), else on one."""
+        async with self.pool.connection(timeout=5) as conn:
+            try:
+                async with self.pool.connection(timeout=SECOND_CONNECTION_WAIT) as second:
+                    return await read_snapshot(conn, self.config, second)
+            except PoolTimeout:
+                return await read_snapshot(conn, self.config)
+
     async def read(self) -> tuple[Snapshot, Verdict] | None:
         """A snapshot and its verdict; None (logged) when Postgres does not answer."""
         try:
-            async with self.pool.connection(timeout=5) as conn:
-                snapshot = await read_snapshot(conn, self.config)
-        except (psycopg.Error, TimeoutError) as error:
-            logger.warning("health SQL failed: %s: %s", type(error).__name__, error)
+            snapshot = await self.snapshot()
+        except UNANSWERED as error:
+            self.unanswered(error)
             return None
         return snapshot, evaluate(snapshot, self.config)
+
+    def unanswered(self, error: BaseException) -> None:
+        """Log why a snapshot could not be read (`read` answers None then)."""
+        logger.warning("health SQL failed: %s: %s", type(error).__name__, error)
 
 
 def health_routes(source: HealthSource) -> list[Route]:
