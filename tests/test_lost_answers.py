@@ -94,7 +94,8 @@ async def test_a_claim_whose_answer_was_lost_is_released_and_every_row_converges
         settings = make_settings(proxy.proxied_dsn, es_url, **FAST_STALL)
         async with app_with(settings) as app:
             proxy.lose_answers_to(b"jsonb_typeof(jobs.args -> ", with_rows=True)
-            async with running_worker(app):
+            # One slot: the fetch takes one job, whose claim takes the other 20.
+            async with running_worker(app, concurrency=1):
 
                 async def drained() -> bool:
                     statuses = {status for status, _, _ in await listing_jobs(db)}

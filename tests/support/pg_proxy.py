@@ -18,6 +18,8 @@ FETCH_MARKER = b"jobs.queue_name = ANY("
 #: ReadyForQuery ('Z', length 5) with transaction status 'I': the statement's
 #: transaction is over (committed), the server waits for the next one.
 READY_AND_IDLE = b"Z\x00\x00\x00\x05I"
+#: Any ReadyForQuery: the server answered a statement (or a pipeline's sync) whole.
+READY = b"Z\x00\x00\x00\x05"
 
 
 class AnswerLosingProxy:
@@ -47,8 +49,8 @@ class AnswerLosingProxy:
     def lose_answers_to(self, marker: bytes, times: int = 1, *, with_rows: bool = False) -> None:
         """The next `times` statements whose text contains `marker` run on the server,
         and the connection that sent each is cut before its answer comes back. With
-        `with_rows`, only answers that carry a row count (an empty fetch or claim, which
-        a polling worker may send at any moment, is let through)."""
+        `with_rows`, only answers of statements that changed rows count (an empty fetch
+        or claim, which a polling worker may send at any moment, is let through)."""
         self._marker, self._to_lose, self._only_with_rows = marker, times, with_rows
 
     async def start(self) -> None:
@@ -77,18 +79,29 @@ class AnswerLosingProxy:
                 await up_writer.drain()
 
         async def to_client() -> None:
-            rows = False  # whether the armed statement's transaction answered a row
+            # The armed statement's answer is held until a ReadyForQuery: the client
+            # gets none of it (no row can reach a worker that then starts its job) when
+            # its transaction is committed and lost; inside an open transaction it is
+            # passed on whole, and the commit's answer is the one lost.
+            held, rows = b"", False
             while data := await up_reader.read(65536):
-                if armed.is_set():
-                    rows = rows or _carries_a_row(data)
-                    if READY_AND_IDLE in data:
-                        if rows or not self._only_with_rows:
-                            self.lost += 1
-                            return  # the answer goes nowhere: both sides are closed below
-                        armed.clear()  # an empty answer: let it through, lose the next one
-                        self._to_lose += 1
-                        rows = False
-                writer.write(data)
+                if not armed.is_set():
+                    writer.write(data)
+                    await writer.drain()
+                    continue
+                held += data
+                rows = rows or _changed_rows(held)
+                if READY_AND_IDLE in held:
+                    if rows or not self._only_with_rows:
+                        self.lost += 1
+                        return  # the answer goes nowhere: both sides are closed below
+                    armed.clear()  # an empty answer: let it through, lose the next one
+                    self._to_lose += 1
+                    rows = False
+                elif READY not in held:
+                    continue
+                writer.write(held)
+                held = b""
                 await writer.drain()
 
         pumps = [asyncio.create_task(to_server()), asyncio.create_task(to_client())]
@@ -100,16 +113,20 @@ class AnswerLosingProxy:
             side.close()
 
 
-def _carries_a_row(answer: bytes) -> bool:
-    """Whether the server's messages in `answer` include a DataRow ('D'): each message
-    is its type byte, then its length (4 bytes, itself included), then the rest. A
-    chunk read while a statement is armed starts at a message: the server had answered
-    everything before that statement."""
+def _changed_rows(answer: bytes) -> bool:
+    """Whether a statement answered in `answer` changed rows: a CommandComplete ('C')
+    tagged UPDATE, INSERT or DELETE with a count above 0 (a fetch or claim that took
+    jobs; the SELECT before it in the same pipeline answers a row too, and does not
+    count). Each message is its type byte, its length (4 bytes, itself included), then
+    the rest; `answer` starts at a message: the server had answered all before it."""
     at = 0
     while at + 5 <= len(answer):
-        if answer[at : at + 1] == b"D":
-            return True
-        at += 1 + int.from_bytes(answer[at + 1 : at + 5], "big")
+        length = int.from_bytes(answer[at + 1 : at + 5], "big")
+        if answer[at : at + 1] == b"C":
+            tag = answer[at + 5 : at + 1 + length].rstrip(b"\x00").split()
+            if tag and tag[0] in (b"UPDATE", b"INSERT", b"DELETE") and int(tag[-1]) > 0:
+                return True
+        at += 1 + length
     return False
 
 
