@@ -396,6 +396,7 @@ class Dashboard:
             raise own
         if isinstance(reading, BaseException):
             raise reading
+        self.overview_snapshots.log_failure()
         failed, hour, day = own
         snapshot, verdict = reading.snapshot, reading.verdict
         queues = [

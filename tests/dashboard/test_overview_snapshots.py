@@ -6,6 +6,7 @@ says so in one line, and shutdown cancels the refresher."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -100,7 +101,9 @@ async def test_an_idle_dashboard_reads_nothing(
 
 
 async def test_a_failed_read_keeps_the_last_snapshot_and_says_so(
-    watched: tuple[httpx.AsyncClient, OverviewSnapshots, Clock], database: str
+    watched: tuple[httpx.AsyncClient, OverviewSnapshots, Clock],
+    database: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     http, snapshots, clock = watched
     queue = await add_waiting_job(database)
@@ -116,6 +119,8 @@ async def test_a_failed_read_keeps_the_last_snapshot_and_says_so(
         finally:
             await conn.execute("ALTER TABLE procqueue.sink_circuits_away RENAME TO sink_circuits")
     assert queue in panel  # the last snapshot
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(logged) == 1 and "UndefinedTable" in logged[0], logged  # once a streak
     [notice] = [line for line in panel.splitlines() if 'data-testid="snapshot-failed"' in line]
     latest = snapshots.latest
     assert latest is not None and latest.failed_at is not None
