@@ -2,8 +2,8 @@
 
 The snapshot's cost grows with the jobs finished per hour (procqueue.queue.health),
 so the overview does not read it per request: `OverviewSnapshots.run` reads it every
-`refresh` seconds (a tenth ahead of time), but only while the overview was requested in the last
-`idle_after` seconds (an idle dashboard puts no load on Postgres). The first request
+`refresh` seconds (a tenth ahead of time), but only while the overview was requested
+in the last `idle_after` seconds (an idle dashboard puts no load on Postgres). The first request
 after idle, or any request finding the reading older than `refresh`, reads at once
 (sharing one read with the refresher), so the page is never older than `refresh` and
 never empty. A background read that fails keeps the last snapshot and says so
