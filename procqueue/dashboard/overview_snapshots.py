@@ -132,9 +132,10 @@ class OverviewSnapshots:
         try:
             yield
         finally:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            tasks = [task for task in (self.task, self._reading) if task is not None]
+            for task in tasks:  # the refresher, and a page's read under way
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # Reading ---------------------------------------------------------------
 
