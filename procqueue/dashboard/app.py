@@ -5,10 +5,11 @@ small connection pool."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from procqueue.dashboard import jobs_views
 from procqueue.dashboard.errors import error_handlers
+from procqueue.dashboard.overview_snapshots import OverviewSnapshots
 from procqueue.dashboard.security import SECURITY_HEADERS, Access, current_admin
 from procqueue.dashboard.signin_limits import SignInLimiter
 from procqueue.dashboard.supabase_auth import SupabaseAuth
-from procqueue.dashboard.views import Dashboard
+from procqueue.dashboard.views import REFRESH_SECONDS, Dashboard
 from procqueue.engine.connections import async_pool, pool_lifespan
 from procqueue.engine.preflight import RUN_MIGRATE
 from procqueue.features import FEATURES, Settings
@@ -189,9 +191,13 @@ def _health_routes(health: HealthSource, dashboard: Dashboard) -> list[Route]:
 
 
 def create_app(
-    settings: Settings, access: Access, clock: Callable[[], float] = time.monotonic
+    settings: Settings,
+    access: Access,
+    clock: Callable[[], float] = time.monotonic,
+    overview_clock: Callable[[], float] = time.monotonic,
 ) -> Starlette:
-    """The dashboard app; `clock` (monotonic seconds) times sign-in lock-outs."""
+    """The dashboard app; `clock` (monotonic seconds) times sign-in lock-outs,
+    `overview_clock` the overview's snapshot refreshes (`app.state.overview_snapshots`)."""
     # Through a transaction pooler a session SET would reach other clients of the
     # pooled server connection: the dashboard then leaves jit as the server has it.
     pooled = settings.uses_transaction_pooler
@@ -207,6 +213,7 @@ def create_app(
         configure=None if pooled else _configure,
     )
     health = HealthSource(settings.health, pool)
+    snapshots = OverviewSnapshots(health, REFRESH_SECONDS, clock=overview_clock)
     specs = tuple(
         spec for feature in FEATURES for spec in feature.job_specs(settings.schema_config())
     )
@@ -219,9 +226,16 @@ def create_app(
         specs,
         limiter=SignInLimiter(clock),
         supabase=SupabaseAuth(access.supabase, clock) if access.supabase else None,
+        overview_snapshots=snapshots,
     )
+    open_pool = pool_lifespan(pool)
 
-    return Starlette(
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async with open_pool(app), snapshots.running():
+            yield
+
+    starlette = Starlette(
         routes=[
             *_health_routes(health, dashboard),
             *jobs_views.routes(dashboard),  # the job list, job page, actions on jobs
@@ -244,8 +258,10 @@ def create_app(
             **error_handlers(dashboard),
             **dict.fromkeys(NOT_MIGRATED, _not_migrated),
         },
-        lifespan=pool_lifespan(pool),
+        lifespan=lifespan,
     )
+    starlette.state.overview_snapshots = snapshots
+    return starlette
 
 
 def make_server(settings: Settings, access: Access, host: str, port: int) -> uvicorn.Server:

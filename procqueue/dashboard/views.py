@@ -13,7 +13,6 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +26,7 @@ from starlette.templating import Jinja2Templates
 from procqueue.dashboard import chart_store, charts, store
 from procqueue.dashboard.chart_store import RANGES, Selection
 from procqueue.dashboard.chart_views import charts_page
+from procqueue.dashboard.overview_snapshots import OverviewSnapshots
 from procqueue.dashboard.queue_views import queue_routes
 from procqueue.dashboard.roles import READ_ONLY
 from procqueue.dashboard.security import (
@@ -48,10 +48,9 @@ from procqueue.entities import Entity, load_entities
 from procqueue.errors import ConfigError, JobError, ProcqueueError
 from procqueue.features import Settings
 from procqueue.images.jobs import CLEANUP
-from procqueue.queue.health import evaluate
 from procqueue.queue.jobs import JobSpec
 from procqueue.queue.operations import Actor, Outcome, cancel, record, retry_failed
-from procqueue.queue.server import UNANSWERED, HealthSource
+from procqueue.queue.server import HealthSource
 from procqueue.search.why import NotFound, story_of
 
 CSRF_REFUSED = "Missing or wrong CSRF token: reload the page and try again."
@@ -179,6 +178,12 @@ class Dashboard:
     job_specs: tuple[JobSpec, ...] = ()
     limiter: SignInLimiter = field(default_factory=SignInLimiter)
     supabase: SupabaseAuth | None = None  # admins sign in with Supabase Auth accounts
+    #: The overview's health snapshot, kept fresh in the background (app.py's lifespan).
+    overview_snapshots: OverviewSnapshots | None = None
+
+    def __post_init__(self) -> None:
+        if self.overview_snapshots is None:
+            self.overview_snapshots = OverviewSnapshots(self.health, REFRESH_SECONDS)
 
     def render(
         self,
@@ -379,23 +384,21 @@ class Dashboard:
         return failed, hour, day
 
     async def overview_context(self) -> dict[str, Any]:
-        # The dashboard's own reads and the health snapshot side by side, on two of
-        # the pool's connections (the page waits for the longer, not for both).
-        own, health = await asyncio.gather(
-            self._overview_reads(), self.health.snapshot(), return_exceptions=True
+        # The dashboard's own reads now, beside the newest health snapshot (read in
+        # the background while the overview is watched: overview_snapshots.py).
+        assert self.overview_snapshots is not None
+        own, reading = await asyncio.gather(
+            self._overview_reads(), self.overview_snapshots.current(), return_exceptions=True
         )
         # The dashboard's own reads first: an unmigrated database fails those with one
         # line (app.py), and the health SQL's failure then logs nothing more.
         if isinstance(own, BaseException):
             raise own
+        if isinstance(reading, BaseException):
+            raise reading
+        self.overview_snapshots.log_failure()
         failed, hour, day = own
-        snapshot, verdict = None, None
-        if isinstance(health, UNANSWERED):
-            self.health.unanswered(health)
-        elif isinstance(health, BaseException):
-            raise health
-        else:
-            snapshot, verdict = health, evaluate(health, self.health.config)
+        snapshot, verdict = reading.snapshot, reading.verdict
         queues = [
             {**vars(queue), "failed": failed.get(queue.queue_name, 0)}
             for queue in (snapshot.queues if snapshot else [])
@@ -439,7 +442,9 @@ class Dashboard:
             "storage_total": sum(t.total_bytes for t in snapshot.tables) if snapshot else 0,
             "refresh_seconds": REFRESH_SECONDS,
             "failed_kept": self.settings.prune_failed_after,
-            "now_label": datetime.now(UTC).strftime("%H:%M:%S UTC"),
+            # The time the snapshot was read, not the page drawn: the page reads true.
+            "now_label": reading.read_at.strftime("%H:%M:%S UTC"),
+            "reading": reading,
         }
 
     @page

@@ -27,12 +27,16 @@ def csrf_from(html: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def dashboard_client(settings: Any, access: Access) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to a fresh dashboard app (lifespan run, pool open)."""
-    app = create_app(settings, access)
+async def dashboard_client(
+    settings: Any, access: Access, **options: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to a fresh dashboard app (lifespan run, pool open);
+    `options` go to create_app, and the app is the client's `app` attribute."""
+    app = create_app(settings, access, **options)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            client.app = app  # type: ignore[attr-defined]
             yield client
 
 
