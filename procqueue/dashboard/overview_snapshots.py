@@ -63,6 +63,7 @@ class OverviewSnapshots:
         self._done = asyncio.Event()  # set, and replaced, after every read
         self._reading: asyncio.Task[Reading] | None = None
         self._logged = False  # the current failure streak was logged
+        self._outdated = False  # an action changed what the newest reading shows
         self.task: asyncio.Task[None] | None = None
 
     # For pages -------------------------------------------------------------
@@ -72,9 +73,14 @@ class OverviewSnapshots:
         Raises what a first read raises but UNANSWERED (e.g. a database never migrated)."""
         self._wanted_at = self.clock()
         self._wanted.set()
-        if self.latest is None or self._due_in() <= 0:
+        if self.latest is None or self._outdated or self._due_in() <= 0:
             return await self._shared_read()
         return self.latest
+
+    def outdated(self) -> None:
+        """An operator's action (a pause, a retry) changed what the newest reading
+        shows: the next page reads anew rather than show the state before it."""
+        self._outdated = True
 
     # The refresher ---------------------------------------------------------
 
@@ -160,6 +166,7 @@ class OverviewSnapshots:
 
     async def _read(self) -> Reading:
         self._attempted = self.clock()
+        self._outdated = False
         self.reads += 1
         read_at = datetime.now(UTC)
         try:

@@ -134,7 +134,10 @@ def action(handler: Action) -> Callable[[Dashboard, Request], Awaitable[Response
                 target = {"path": request.url.path, "role": admin.role}
                 await record(conn, actor, "action_refused", target, f"refused: {READ_ONLY}")
             return self.error_page(request, 403, READ_ONLY)
-        return await handler(self, request, actor, form)
+        response = await handler(self, request, actor, form)
+        if self.overview_snapshots is not None:
+            self.overview_snapshots.outdated()
+        return response
 
     return wrapped
 

@@ -19,7 +19,7 @@ from procqueue.dashboard.overview_snapshots import IDLE_AFTER_SECONDS, OverviewS
 from procqueue.dashboard.security import access_for
 from procqueue.dashboard.views import REFRESH_SECONDS
 from tests.conftest import make_settings
-from tests.support.dashboard import dashboard_client
+from tests.support.dashboard import csrf_from, dashboard_client
 
 
 class Clock:
@@ -144,3 +144,26 @@ async def test_the_refresher_runs_in_the_background_and_stops_at_shutdown(
         read = await asyncio.wait_for(snapshots.next_refresh(), timeout=30)
         assert read is not None and read.snapshot is not None and snapshots.reads >= 2
     assert task.cancelled()
+
+
+async def test_after_an_action_the_overview_reads_anew(
+    watched: tuple[httpx.AsyncClient, OverviewSnapshots, Clock], database: str
+) -> None:
+    """An operator who pauses a queue and opens the overview sees the pause at once,
+    not the reading from before it."""
+    http, snapshots, _ = watched
+    queue = await add_waiting_job(database)
+    await http.get("/")
+    reads = snapshots.reads
+    token = csrf_from((await http.get("/queues")).text)
+    paused = await http.post(
+        "/queues/pause", data={"csrf_token": token, "queue": queue, "next": "/"}
+    )
+    assert paused.status_code == 303, paused.text
+    panel = (await http.get("/overview/panel")).text
+    assert snapshots.reads == reads + 1
+    assert 'data-testid="paused-banner"' in panel and queue in panel
+    resumed = await http.post(
+        "/queues/resume", data={"csrf_token": token, "queue": queue, "next": "/"}
+    )
+    assert resumed.status_code == 303, resumed.text
