@@ -52,6 +52,8 @@ def selection_of(request: Request) -> Selection | str:
 
 
 def totals(buckets: list[AttemptBucket]) -> dict[str, Any]:
+    """Attempts that ended in the buckets, by outcome, and their durations; the error
+    rate is failed attempts (retried or not) ÷ attempts ended (the overview's too)."""
     succeeded = sum(b.succeeded for b in buckets)
     retried = sum(b.retried for b in buckets)
     failed = sum(b.failed for b in buckets)

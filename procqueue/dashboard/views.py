@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -25,7 +25,7 @@ from starlette.templating import Jinja2Templates
 
 from procqueue.dashboard import chart_store, charts, store
 from procqueue.dashboard.chart_store import RANGES, Selection
-from procqueue.dashboard.chart_views import charts_page
+from procqueue.dashboard.chart_views import charts_page, totals
 from procqueue.dashboard.overview_snapshots import OverviewSnapshots
 from procqueue.dashboard.queue_views import queue_routes
 from procqueue.dashboard.roles import READ_ONLY
@@ -426,8 +426,8 @@ class Dashboard:
             "snapshot": snapshot,
             "verdict": verdict,
             "queues": queues,
-            "hour_totals": _totals(hour),
-            "day_totals": _totals(day),
+            "hour_totals": totals(hour),
+            "day_totals": totals(day),
             "charts": {
                 "hour_throughput": charts.throughput_chart(
                     hour, "Attempts ended per minute, last hour"
@@ -530,21 +530,6 @@ class Dashboard:
             Route("/login", self.login, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
         ]
-
-
-def _totals(buckets: Sequence[store.Bucket]) -> dict[str, Any]:
-    """Attempts that ended in the buckets, by outcome; the error rate is failed
-    attempts (retried or not) ÷ attempts ended."""
-    succeeded = sum(b.succeeded for b in buckets)
-    retried = sum(b.retried for b in buckets)
-    failed = sum(b.failed for b in buckets)
-    attempts = succeeded + retried + failed
-    return {
-        "succeeded": succeeded,
-        "retried": retried,
-        "failed": failed,
-        "error_rate": (retried + failed) / attempts if attempts else None,
-    }
 
 
 __all__ = ["CSRF_HEADER", "Dashboard"]
