@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from procqueue.app import build_app
 from procqueue.engine.app import ProcqueueApp
 from tests.conftest import make_settings
 from tests.support import tasks
@@ -20,9 +19,7 @@ from tests.support.worker import drain
 
 @pytest.fixture(scope="module")
 async def app(database: str, es_url: str) -> AsyncIterator[ProcqueueApp]:
-    application = build_app(make_settings(database, es_url))
-    tasks.register(application)
-    async with application.open_async():
+    async with tasks.opened_app(make_settings(database, es_url)) as application:
         yield application
 
 

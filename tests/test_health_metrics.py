@@ -16,7 +16,6 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from procqueue.app import build_app
 from procqueue.engine.app import ProcqueueApp
 from procqueue.local import free_port
 from procqueue.queue.server import make_server
@@ -28,9 +27,7 @@ from tests.support.worker import drain, eventually
 
 @pytest.fixture(scope="module")
 async def app(database: str, es_url: str) -> AsyncIterator[ProcqueueApp]:
-    application = build_app(make_settings(database, es_url))
-    tasks.register(application)
-    async with application.open_async():
+    async with tasks.opened_app(make_settings(database, es_url)) as application:
         yield application
 
 

@@ -13,7 +13,6 @@ import pytest
 from playwright.async_api import Dialog, expect
 from psycopg.types.json import Jsonb
 
-from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
 from procqueue.engine.app import ProcqueueApp
 from tests.conftest import make_settings
@@ -32,9 +31,7 @@ REFRESHED_WITHIN_MS = 20_000
 
 @pytest.fixture(scope="module")
 async def app(database: str, es_url: str) -> AsyncIterator[ProcqueueApp]:
-    application = build_app(make_settings(database, es_url))
-    tasks.register(application)
-    async with application.open_async():
+    async with tasks.opened_app(make_settings(database, es_url)) as application:
         yield application
 
 
