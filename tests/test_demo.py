@@ -6,12 +6,15 @@ and stops every server it started on SIGTERM and SIGHUP as on Ctrl-C."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -232,7 +235,7 @@ async def test_a_signal_stops_the_demo_and_every_server_it_started(
             lines.append(line.decode().rstrip())
         assert READY in lines
         # The story was delivered before the demo said it runs, and its page says so.
-        assert {STORY_EMAIL, STORY_PUSH, STORY_DELETION} <= set(lines[: lines.index(READY)])
+        assert {STORY_EMAIL, STORY_PUSH, STORY_DELETION} <= set(lines[: lines.index(READY)]), lines
         [outbox] = [line.split("curl -s ")[1].split()[0] for line in lines if "Received:" in line]
         page = await asyncio.to_thread(received, outbox)
         assert [len(page[kind]) for kind in ("emails", "pushes", "cloudinary_deletions")] == [
@@ -254,3 +257,21 @@ async def test_a_signal_stops_the_demo_and_every_server_it_started(
             await process.wait()
     assert not alive(servers)
     assert not answers(port)
+
+
+def test_deliveries_arriving_together_print_whole_lines() -> None:
+    """The stand-ins report from their own threads; print() writes a line and its newline
+    apart, so two deliveries at once once printed as one mixed line (a flaky demo test)."""
+
+    class Terminal(io.StringIO):
+        def write(self, text: str) -> int:
+            time.sleep(0)  # a terminal's write lets other threads run, as a pipe's does
+            return super().write(text)
+
+    lines = [f"  delivery {n:03}" for n in range(200)]
+    terminal = Terminal()
+    with loopback_sinks() as sinks:
+        sinks.report = lambda line: print(line, file=terminal, flush=True)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda line: sinks._arrive(EMAIL, line), lines))
+    assert sorted(terminal.getvalue().splitlines()) == lines

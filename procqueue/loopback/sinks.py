@@ -64,12 +64,14 @@ class LoopbackSinks:
     fcm: FcmState
     cloud: CloudinaryServer
     account: dict[str, Any]
-    #: Where each delivery is told, as one line (the demo prints it).
+    #: Where each delivery is told, as one line (the demo prints it). Called from the
+    #: stand-ins' threads, one call at a time.
     report: Callable[[str], None] = lambda line: None
     outbox_url: str = ""
     arrived: set[str] = field(default_factory=set)
     _watchers: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _report_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.smtp.listeners.append(self._on_email)
@@ -139,7 +141,9 @@ class LoopbackSinks:
         with self._lock:
             self.arrived.add(kind)
             watchers = list(self._watchers)
-        self.report(line)
+        # print() writes the line and its newline apart: two servers' lines would mix.
+        with self._report_lock:
+            self.report(line)
         for wake in watchers:
             wake()
 
