@@ -189,7 +189,7 @@ async def _verify(args: argparse.Namespace) -> int:
                     async with await _connect(settings, autocommit=True) as conn:
                         jobs = await repair(
                             conn, entity, drift.ids, settings.bulk_threshold,
-                            settings.bulk_chunk_size,
+                            settings.bulk_chunk_size, above_version=drift.stale_version,
                         )  # fmt: skip
                     if not args.json:
                         print(

@@ -22,6 +22,15 @@ SELECT nextval('procqueue.sync_version') AS version,
        ARRAY(SELECT t.index_name FROM procqueue.search_targets AS t
              WHERE t.entity = %(entity)s ORDER BY t.index_name) AS targets;
 
+-- advance_sync_version: every later stamp is above %(floor)s (a document version raised outside procqueue, which writes stamped lower would take for newer): a small gap is drawn with nextval, so no stamp is ever handed out twice; a gap above a million is jumped with setval (a concurrent read would need a million stamps between the two calls to be passed)
+SELECT CASE
+    WHEN n.v >= %(floor)s::bigint THEN n.v
+    WHEN %(floor)s::bigint - n.v > 1000000 THEN setval('procqueue.sync_version', %(floor)s::bigint)
+    ELSE (SELECT max(nextval('procqueue.sync_version'))
+          FROM generate_series(1, %(floor)s::bigint - n.v))
+END AS version
+FROM (SELECT nextval('procqueue.sync_version') AS v) AS n;
+
 -- read_entity_chunk: the current rows of a chunk of ids: key and search document (entity_document_columns)
 SELECT {columns} FROM {schema}.{table} AS t WHERE t.{primary_key} = ANY(%(ids)s);
 

@@ -72,7 +72,9 @@ async def reconcile_entity(
     if result.pass_ended:
         await check_documents(conn, search, entity, drift, batch_size)
     result.repaired = await without_pending_sync(conn, entity, drift.ids, overrun_after)
-    await repair(conn, entity, result.repaired, threshold, chunk_size)
+    await repair(
+        conn, entity, result.repaired, threshold, chunk_size, above_version=drift.stale_version
+    )
     last = None if result.pass_ended else str(rows[-1][entity.primary_key])
     await conn.execute(query("reconcile_advance"), {"entity": entity.name, "after_key": last})
     if result.repaired:

@@ -35,6 +35,7 @@ from procqueue.search.bulk import enqueue_bulk
 from procqueue.search.client import SearchIndex, translate_errors
 from procqueue.search.document import Unindexable, document_from_row
 from procqueue.search.jobs import row_args, row_job
+from procqueue.search.queries import query
 from procqueue.search.sync import entity_query, unfiltered_read
 
 
@@ -56,6 +57,9 @@ class Drift:
     #: The entity's alias does not exist: every row is missing (none, for an empty
     #: table: nothing to fix, its first sync creates the index).
     index_missing: bool = False
+    #: The highest version of a stale document: one changed outside procqueue can hold
+    #: a version above procqueue's next stamps, which `repair` moves past.
+    stale_version: int = 0
 
     @property
     def ids(self) -> list[str]:
@@ -107,10 +111,12 @@ async def compare_rows(
     alias = search.alias(entity)
     ids = [str(row[entity.primary_key]) for row in rows]
     sources: dict[str, Any] = {}
+    versions: dict[str, int] = {}
     if not drift.index_missing:
         with translate_errors(f"mget of {len(ids)} documents from {alias}"):
             found = await search.client.mget(index=alias, ids=ids)
         sources = {doc["_id"]: doc["_source"] for doc in found["docs"] if doc.get("found")}
+        versions = {doc["_id"]: int(doc.get("_version", 0)) for doc in found["docs"]}
     for entity_id, row in zip(ids, rows, strict=True):
         source = sources.get(entity_id)
         try:
@@ -124,6 +130,7 @@ async def compare_rows(
             drift.missing.append(entity_id)
         elif content_hash(source) != content_hash(document):
             drift.stale.append(entity_id)
+            drift.stale_version = max(drift.stale_version, versions.get(entity_id, 0))
     drift.checked_rows += len(rows)
 
 
@@ -218,12 +225,16 @@ async def verify_entity(
 
 async def repair(
     conn: psycopg.AsyncConnection[Any], entity: Entity, ids: list[str], threshold: int,
-    chunk_size: int,
+    chunk_size: int, *, above_version: int = 0,
 ) -> int:  # fmt: skip
-    """Enqueue sync jobs for exactly these ids, in one transaction; returns how many."""
+    """Enqueue sync jobs for exactly these ids, in one transaction; returns how many.
+    `above_version` (Drift.stale_version): their writes are stamped higher, so a
+    document whose version was raised outside procqueue is replaced, not kept as newer."""
     if not ids:
         return 0
     async with conn.transaction():
+        if above_version:
+            await conn.execute(query("advance_sync_version"), {"floor": above_version})
         if len(ids) > threshold:
             return await enqueue_bulk(conn, entity, ids, chunk_size)
         spec = row_job(entity, "update")

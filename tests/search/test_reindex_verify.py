@@ -258,3 +258,35 @@ async def test_drop_old_drops_every_older_index_not_behind_the_alias(
     assert result.deleted == (f"{alias}_v1", f"{alias}_v2")
     assert await versioned(search, LISTING) == [f"{alias}_v3"]
     assert await live_indexes(search, LISTING) == [f"{alias}_v3"]
+
+
+@pytest.mark.parametrize("raised_by", [3, 50_000_000])
+async def test_repair_replaces_a_document_whose_version_was_raised_outside_procqueue(
+    app: ProcqueueApp, settings: Settings, database: str, db: psycopg.AsyncConnection[Any],
+    raised_by: int,
+) -> None:
+    """A document changed by hand (an `_update` adds one to its version; an external
+    write can set any) holds a version procqueue's next stamps may not pass: a write at
+    a lower one reads as "newer already there" (409), and the repair changed nothing
+    (a flaky CI run). The repair stamps its writes above the highest stale version:
+    a small gap stamp by stamp, a large one in one jump."""
+    await insert_listings(db, 3, "raised")
+    await drain(app, concurrency=2)
+    (entity_id,) = await (
+        await db.execute("SELECT id::text FROM listings WHERE category = 'raised' LIMIT 1")
+    ).fetchone() or ("",)
+    search = search_index(app.services)
+    alias = search.alias(LISTING)
+    current = (await search.client.get(index=alias, id=entity_id))["_version"]
+    await search.client.index(
+        index=alias, id=entity_id, document={"id": entity_id, "title": "edited by hand"},
+        version=current + raised_by, version_type="external",
+    )  # fmt: skip
+
+    drift = await verify(database, search, LISTING)
+    assert drift.stale == [entity_id] and drift.stale_version == current + raised_by
+    repaired = cli(settings, "verify", "listings", "--repair")
+    assert "enqueued 1 sync job(s) for 1 ids" in repaired.stdout, repaired.stderr
+    await drain(app, concurrency=2)
+    assert not (await verify(database, search, LISTING)).drifted
+    assert (await search.client.get(index=alias, id=entity_id))["_version"] > current + raised_by
