@@ -7,19 +7,25 @@ this machine is shared and noisy and the ES-API emulator is not Elasticsearch.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import random
 import statistics
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from procqueue.features import Settings, load_settings
 from procqueue.local import env, local_postgres, local_search, scratch_database
 from procqueue.migrate import migrate
 from tests.support.cluster import ThrowawayCluster, throwaway_cluster
+
+T = TypeVar("T")
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 USER_ID = "00000000-0000-4000-8000-00000000be01"
@@ -158,3 +164,19 @@ def summary_ms(values: Sequence[float]) -> str:
     parts = [f"p{int(q * 100)} {percentile(values, q) * 1000:.1f} ms" for q in (0.5, 0.95, 0.99)]
     parts.append(f"mean {statistics.fmean(values) * 1000:.1f} ms (n={len(values)})")
     return ", ".join(parts)
+
+
+async def arrive_at_rate(
+    arrivals: asyncio.Queue[T | None], make: Callable[[], T], rng: random.Random,
+    rate: float, seconds: float, consumers: int,
+) -> None:  # fmt: skip
+    """Put `make()` into `arrivals` at `rate` per second on average (exponential gaps)
+    for `seconds`, then one None per consumer."""
+    deadline = time.monotonic() + seconds
+    next_at = time.monotonic()
+    while next_at < deadline:
+        next_at += rng.expovariate(rate)
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        arrivals.put_nowait(make())
+    for _ in range(consumers):
+        arrivals.put_nowait(None)

@@ -48,7 +48,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from benchmarks.common import USER_ID, environment, percentile
+from benchmarks.common import USER_ID, arrive_at_rate, environment, percentile
 from benchmarks.noop_throughput import install_plain_procrastinate
 from benchmarks.sync_latency import until_worker_registered
 from procqueue.local import env, local_postgres, scratch_database
@@ -87,6 +87,19 @@ $$;
 CREATE TRIGGER listing_sync AFTER INSERT OR UPDATE ON public.plain_listings
     FOR EACH ROW EXECUTE FUNCTION public.defer_listing_sync();
 """
+# What the hot tables hold at the end, by table and state.
+HOLDINGS = {
+    "procqueue": """
+        SELECT 'jobs ' || status, count(*) FROM procrastinate.procrastinate_jobs GROUP BY status
+        UNION ALL SELECT 'events', count(*) FROM procrastinate.procrastinate_events
+        UNION ALL SELECT 'change rows', count(*) FROM procqueue.sync_changes
+        UNION ALL SELECT 'error records', count(*) FROM procqueue.job_errors
+    """,
+    "plain": """
+        SELECT 'jobs ' || status, count(*) FROM public.procrastinate_jobs GROUP BY status
+        UNION ALL SELECT 'events', count(*) FROM public.procrastinate_events
+    """,
+}
 PLAIN_CLAIMS = """
 SELECT s.at, extract(epoch FROM s.at - d.at)
 FROM public.procrastinate_events AS d
@@ -104,6 +117,7 @@ class Side:
     claims: list[tuple[float, float]] = field(default_factory=list)  # (at, seconds)
     sizes: list[int] = field(default_factory=list)
     writes: int = 0
+    holds: dict[str, int] = field(default_factory=dict)  # what the hot tables hold at the end
 
 
 async def table_bytes(conn: psycopg.AsyncConnection[Any], system: str) -> int:
@@ -136,14 +150,7 @@ async def write_load(
                     wrote(listing_id, time.monotonic())
 
     tasks = [asyncio.create_task(writer()) for _ in range(WRITERS)]
-    deadline = time.monotonic() + seconds
-    next_at = time.monotonic()
-    while next_at < deadline:
-        next_at += rng.expovariate(rate)
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        arrivals.put_nowait(rng.choice(side.ids))
-    for _ in tasks:
-        arrivals.put_nowait(None)
+    await arrive_at_rate(arrivals, lambda: rng.choice(side.ids), rng, rate, seconds, len(tasks))
     await asyncio.gather(*tasks)
 
 
@@ -248,6 +255,10 @@ async def measure(
         await asyncio.wait_for(watching, timeout=300)
         await sampling
         await plain_claims(plain_side, started_wall, started_mono)
+        for side in sides:
+            async with await psycopg.AsyncConnection.connect(side.dsn) as conn:
+                cursor = await conn.execute(HOLDINGS[side.name])
+                side.holds = {str(what): int(count) for what, count in await cursor.fetchall()}
         return window
     finally:
         for worker in workers:
@@ -264,7 +275,8 @@ def report(side: Side, window: tuple[float, float]) -> str:
         f"{side.name:9}: {side.writes} writes; claim latency {latency_line(values)}; "
         f"while pinned {latency_line(pinned)}; hot tables {side.sizes[0] / 2**20:.1f} -> "
         f"{side.sizes[-1] / 2**20:.1f} MiB (peak {max(side.sizes) / 2**20:.1f}), growth "
-        f"{growth / 2**20:.1f} MiB"
+        f"{growth / 2**20:.1f} MiB; they hold "
+        + ", ".join(f"{what} {count}" for what, count in sorted(side.holds.items()))
     )
 
 

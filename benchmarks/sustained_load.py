@@ -43,6 +43,7 @@ from psycopg.rows import dict_row
 from benchmarks.common import (
     USER_ID,
     Environment,
+    arrive_at_rate,
     environment,
     es_server_marker,
     machine_cpu,
@@ -120,14 +121,9 @@ async def load(
                 made += 1
 
     tasks = [asyncio.create_task(writer()) for _ in range(writers)]
-    deadline = time.monotonic() + seconds
-    next_at = time.monotonic()
-    while next_at < deadline:
-        next_at += rng.expovariate(rate)
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        arrivals.put_nowait(f"t{uuid.uuid4().hex[:12]}")
-    for _ in tasks:
-        arrivals.put_nowait(None)
+    await arrive_at_rate(
+        arrivals, lambda: f"t{uuid.uuid4().hex[:12]}", rng, rate, seconds, len(tasks)
+    )
     await asyncio.gather(*tasks)
     return made
 
