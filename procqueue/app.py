@@ -20,7 +20,7 @@ from procqueue.engine.services import Services
 from procqueue.engine.worker import WORKER_APPLICATION
 from procqueue.entities import EntityRegistry, load_entities
 from procqueue.errors import ProcqueueError
-from procqueue.features import FEATURES, Settings, get_settings, warn_unknown_variables
+from procqueue.features import Settings, features, get_settings, warn_unknown_variables
 from procqueue.queue import maintenance
 from procqueue.queue.middleware import worker_middleware
 from procqueue.queue.retry import BackoffRetry
@@ -50,7 +50,7 @@ def job_sinks(settings: Settings) -> dict[str, str]:
     schema = settings.schema_config()
     return {
         spec.task_name: spec.sink
-        for feature in FEATURES
+        for feature in features()
         for spec in feature.job_specs(schema)
         if spec.sink is not None
     }
@@ -84,7 +84,7 @@ def build_app(settings: Settings) -> ProcqueueApp:
     app.retry = BackoffRetry(
         settings.max_retries, settings.retry_backoff, settings.retry_backoff_max
     )
-    for feature in FEATURES:
+    for feature in features():
         feature.register(app)
     maintenance.register(app)
     return app

@@ -1,8 +1,12 @@
 """The feature slices, in the order their triggers are attached and their tasks
-registered: `app.py` and `migrate.py` loop over FEATURES. And the one settings
+registered: `app.py` and `migrate.py` loop over `features()`. And the one settings
 object they make up: `Settings`, the core's section with every feature's (and the
-dashboard's), read by `load_settings`. Add a slice here: to FEATURES, and its
-section (`feature.settings`) to Settings' bases."""
+dashboard's), read by `load_settings`. Add a slice here: to `features()`, and its
+section (`feature.settings`) to Settings' bases.
+
+The slices' code (tasks, triggers, clients) is imported on the first `features()`,
+not with this module: a command that only needs the settings (`procqueue reindex`,
+`health`) starts without it."""
 
 from __future__ import annotations
 
@@ -15,17 +19,22 @@ from dotenv import dotenv_values
 
 from procqueue.dashboard.settings import DashboardSettings
 from procqueue.feature import Feature
-from procqueue.images.feature import FEATURE as IMAGES
 from procqueue.images.settings import ImageSettings
-from procqueue.notifications.feature import FEATURE as NOTIFICATIONS
 from procqueue.notifications.settings import NotificationSettings
-from procqueue.search.feature import FEATURE as SEARCH
 from procqueue.search.settings import SearchSettings
 from procqueue.settings import CoreSettings, load_section, unknown_variables
 
 logger = logging.getLogger(__name__)
 
-FEATURES: tuple[Feature, ...] = (SEARCH, IMAGES, NOTIFICATIONS)
+
+@lru_cache(maxsize=1)
+def features() -> tuple[Feature, ...]:
+    """Every feature slice, in order: search, images, notifications."""
+    from procqueue.images.feature import FEATURE as IMAGES
+    from procqueue.notifications.feature import FEATURE as NOTIFICATIONS
+    from procqueue.search.feature import FEATURE as SEARCH
+
+    return (SEARCH, IMAGES, NOTIFICATIONS)
 
 
 class Settings(

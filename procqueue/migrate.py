@@ -29,7 +29,7 @@ from procqueue.engine.schema import (
 from procqueue.entities import Entity
 from procqueue.errors import MigrationError
 from procqueue.feature import Step
-from procqueue.features import FEATURES
+from procqueue.features import features
 from procqueue.settings import SchemaConfig
 
 MIGRATE_LOCK_KEY = 0x70726F63  # "proc"
@@ -139,7 +139,7 @@ def check_tables(conn: psycopg.Connection, entities: Sequence[Entity]) -> None:
 def schema_steps(schema: SchemaConfig, conn: psycopg.Connection | None = None) -> list[Step]:
     """The triggers each feature attaches for `schema`; with a connection, checked
     against the tables."""
-    return [step for feature in FEATURES for step in feature.schema_steps(schema, conn)]
+    return [step for feature in features() for step in feature.schema_steps(schema, conn)]
 
 
 def plan(conn: psycopg.Connection, schema: SchemaConfig) -> list[Step]:

@@ -8,7 +8,7 @@ is a `Section`: the same `_ENVIRONMENT` (PROCQUEUE_<FIELD>, a few bare names thr
 `bare_env`), its fields, their checks, and the small frozen configs it hands out
 (`search`, `smtp`, `cloudinary`...: the sinks take their own config, never the
 settings). The one settings object is the class that combines the core's section
-with every feature's (`procqueue.features.Settings`, next to FEATURES: the core
+with every feature's (`procqueue.features.Settings`, next to `features()`: the core
 imports no feature), read by the one loader, `load_section`, which turns pydantic's
 validation report into a ConfigError whose single line names the environment
 variable and the problem. `HealthConfig` lives in procqueue/queue/health.py (core,

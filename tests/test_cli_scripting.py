@@ -323,3 +323,19 @@ def scrape(url: str) -> str:
                 raise
             assert time.monotonic() < deadline, f"{url} never answered"
             time.sleep(0.02)
+
+
+def test_the_cli_starts_without_the_feature_slices_or_the_web_stack() -> None:
+    """A command that needs only the settings (`reindex`, `health`, `verify`) does not
+    pay for importing every slice's tasks and clients, nor the dashboard's web stack:
+    those are imported by the commands that run them. (A third of a 20,000-row
+    `procqueue reindex` was the CLI's start.)"""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, procqueue.cli; print('\\n'.join(sys.modules))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for module in (
+        "procqueue.notifications.feature", "procqueue.images.feature", "procqueue.dashboard.app",
+        "uvicorn", "jinja2", "cloudinary",
+    ):  # fmt: skip
+        assert module not in loaded

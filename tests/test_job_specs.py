@@ -14,7 +14,7 @@ import pytest
 
 from procqueue.dashboard.store import JobFilter
 from procqueue.entities import INVENTORY, LISTING
-from procqueue.features import FEATURES, load_settings
+from procqueue.features import features, load_settings
 from procqueue.migrate import migrate
 from procqueue.notifications.jobs import CHANNELS
 from procqueue.queue.jobs import JobSpec
@@ -30,7 +30,7 @@ MARKET = dataclasses.replace(LISTING, name="market", queue="market_sync")
 
 def all_specs() -> list[JobSpec]:
     schema = SchemaConfig(entities=(INVENTORY, LISTING, MARKET))
-    return [spec for feature in FEATURES for spec in feature.job_specs(schema)]
+    return [spec for feature in features() for spec in feature.job_specs(schema)]
 
 
 def spelled_names(sql_text: str) -> set[str]:
@@ -109,8 +109,8 @@ def market_database(fresh_database: str) -> str:
 
 
 def test_triggers_enqueue_what_the_specs_say(market_database: str) -> None:
-    [search] = [feature for feature in FEATURES if feature.name == "search"]
-    [images] = [feature for feature in FEATURES if feature.name == "images"]
+    [search] = [feature for feature in features() if feature.name == "search"]
+    [images] = [feature for feature in features() if feature.name == "images"]
     specs = {spec.task_name: spec for spec in search.job_specs(SchemaConfig(entities=(MARKET,)))}
     [cleanup] = images.job_specs(SchemaConfig())
     with psycopg.connect(market_database, autocommit=True) as conn:
@@ -140,7 +140,7 @@ def test_triggers_enqueue_what_the_specs_say(market_database: str) -> None:
 
 
 def test_notifications_enqueue_what_the_specs_say(database: str) -> None:
-    [feature] = [feature for feature in FEATURES if feature.name == "notifications"]
+    [feature] = [feature for feature in features() if feature.name == "notifications"]
     specs = {spec.task_name: spec for spec in feature.job_specs(SchemaConfig())}
     warnings: list[str] = []
     with psycopg.connect(database, autocommit=True) as conn:
@@ -162,7 +162,7 @@ def test_notifications_enqueue_what_the_specs_say(database: str) -> None:
 def test_one_registry_gives_each_channel_its_job_its_sink_and_its_sender() -> None:
     """CHANNELS (procqueue/notifications/jobs.py) is the only list of channels: the
     job specs, the SQL's procqueue.notification_jobs rows and the tasks read it."""
-    [feature] = [feature for feature in FEATURES if feature.name == "notifications"]
+    [feature] = [feature for feature in features() if feature.name == "notifications"]
     assert feature.job_specs(SchemaConfig()) == [spec.job for spec in CHANNELS.values()]
     settings = load_settings(database_url="postgresql://db/app")
     for name, spec in CHANNELS.items():

@@ -16,7 +16,7 @@ from procqueue.dashboard.settings import DashboardSettings
 from procqueue.engine.services import ServiceKey, Services
 from procqueue.entities import DEFAULT_ENTITIES, EntityRegistry, load_entities
 from procqueue.errors import ConfigError
-from procqueue.features import FEATURES, Settings, load_settings
+from procqueue.features import Settings, features, load_settings
 from procqueue.search.settings import SearchSettings
 from procqueue.settings import CoreSettings, Section, load_section
 
@@ -142,7 +142,7 @@ def test_secret_values_cover_every_sections_secrets() -> None:
 
 def test_each_features_section_is_part_of_the_loaded_settings() -> None:
     settings = load_settings(database_url=DSN)
-    sections: list[type[Section]] = [feature.settings for feature in FEATURES]
+    sections: list[type[Section]] = [feature.settings for feature in features()]
     sections.append(DashboardSettings)
     # The one settings class is the core's section and every feature's, nothing else.
     assert set(Settings.__bases__) == {CoreSettings, *sections}

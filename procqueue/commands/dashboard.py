@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 from procqueue.commands.arguments import PORT
-from procqueue.dashboard.app import make_server
 from procqueue.dashboard.security import LOCAL_HOST, access_for
 from procqueue.features import get_settings
 
@@ -15,6 +14,9 @@ DEFAULT_PORT = 8484
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the web stack (Starlette, Jinja2, uvicorn) is for this command only.
+    from procqueue.dashboard.app import make_server
+
     settings = get_settings()
     host = args.host or LOCAL_HOST
     access = access_for(settings, host, args.local_only)

@@ -8,12 +8,14 @@ from typing import Any
 
 from procqueue.commands.arguments import PORT
 from procqueue.features import get_settings
-from procqueue.queue.server import make_server
 
 DEFAULT_PORT = 9464
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the web stack (Starlette, uvicorn) is for this command only.
+    from procqueue.queue.server import make_server
+
     server = make_server(get_settings(), args.host, args.port)
     print(f"serving http://{args.host}:{args.port}/metrics and /healthz", flush=True)
     asyncio.run(server.serve())

@@ -21,7 +21,7 @@ import psycopg
 
 from procqueue.commands.output import table
 from procqueue.engine.connections import connect_async
-from procqueue.features import FEATURES, Settings, get_settings
+from procqueue.features import Settings, features, get_settings
 from procqueue.queue import operations, queues
 from procqueue.queue.maintenance import MAINTENANCE_QUEUE
 
@@ -30,7 +30,7 @@ Run = Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]
 
 def feature_queues(settings: Settings) -> set[str]:
     """The queues procqueue's own tasks use, whether or not they have jobs yet."""
-    specs = (spec for feature in FEATURES for spec in feature.job_specs(settings.schema_config()))
+    specs = (spec for feature in features() for spec in feature.job_specs(settings.schema_config()))
     return queues.known_queues(specs, MAINTENANCE_QUEUE)
 
 

@@ -37,7 +37,7 @@ from procqueue.dashboard.supabase_auth import SupabaseAuth
 from procqueue.dashboard.views import REFRESH_SECONDS, Dashboard
 from procqueue.engine.connections import async_pool, pool_lifespan
 from procqueue.engine.preflight import RUN_MIGRATE
-from procqueue.features import FEATURES, Settings
+from procqueue.features import Settings, features
 from procqueue.queue.health import human_bytes
 from procqueue.queue.server import HealthSource, health_routes
 from procqueue.redaction import redact
@@ -215,7 +215,7 @@ def create_app(
     health = HealthSource(settings.health, pool)
     snapshots = OverviewSnapshots(health, REFRESH_SECONDS, clock=overview_clock)
     specs = tuple(
-        spec for feature in FEATURES for spec in feature.job_specs(settings.schema_config())
+        spec for feature in features() for spec in feature.job_specs(settings.schema_config())
     )
     dashboard = Dashboard(
         settings,
