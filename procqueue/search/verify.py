@@ -110,15 +110,13 @@ async def compare_rows(
         return
     alias = search.alias(entity)
     ids = [str(row[entity.primary_key]) for row in rows]
-    sources: dict[str, Any] = {}
-    versions: dict[str, int] = {}
+    indexed: dict[str, Any] = {}  # id -> its document as mget found it
     if not drift.index_missing:
         with translate_errors(f"mget of {len(ids)} documents from {alias}"):
             found = await search.client.mget(index=alias, ids=ids)
-        sources = {doc["_id"]: doc["_source"] for doc in found["docs"] if doc.get("found")}
-        versions = {doc["_id"]: int(doc.get("_version", 0)) for doc in found["docs"]}
+        indexed = {doc["_id"]: doc for doc in found["docs"] if doc.get("found")}
     for entity_id, row in zip(ids, rows, strict=True):
-        source = sources.get(entity_id)
+        source = indexed[entity_id]["_source"] if entity_id in indexed else None
         try:
             document = document_from_row(entity, row)
         except Unindexable:
@@ -130,7 +128,8 @@ async def compare_rows(
             drift.missing.append(entity_id)
         elif content_hash(source) != content_hash(document):
             drift.stale.append(entity_id)
-            drift.stale_version = max(drift.stale_version, versions.get(entity_id, 0))
+            version = int(indexed[entity_id].get("_version", 0))
+            drift.stale_version = max(drift.stale_version, version)
     drift.checked_rows += len(rows)
 
 
