@@ -40,6 +40,7 @@ from procqueue.search.queries import query
 from procqueue.search.sync import (
     READ_ERRORS,
     ROW_READ_ERRORS,
+    Stamp,
     _stamp,
     backpressure_error,
     entity_query,
@@ -114,19 +115,52 @@ async def sync_chunk(
         await search.ensure_index(entity)
     await search.wait_for_room([only_index or search.alias(entity)])  # before locking
     async with conn.transaction():
-        await conn.execute(query("row_security_off"))
-        await conn.execute(query("lock_publish_exclusive"), {"entity": entity.name})
-        stamp = await _stamp(conn, entity)
-        rows, unread = await _read_chunk(conn, entity, ids, only_index or search.alias(entity))
-        unread_ids = {failure.write.entity_id for failure in unread}
-        readable = [entity_id for entity_id in ids if entity_id not in unread_ids]
-        writes, refused = writes_for(search, entity, stamp, readable, rows, only_index)
-        failures = await write_all(search, writes, stamp.version, rows)
+        stamp = await hold_publish_key(conn, entity)
+        chunk = await read_chunk(conn, search, entity, stamp, ids, only_index)
+        failures = await write_all(search, chunk.writes, stamp.version, chunk.rows)
     return ChunkResult(
-        indexed=len(rows) - len(refused),
-        deleted=len(readable) - len(rows),
-        failures=[*unread, *refused, *failures],
+        indexed=len(chunk.rows) - chunk.refused,
+        deleted=chunk.readable - len(chunk.rows),
+        failures=[*chunk.failures, *failures],
     )
+
+
+async def hold_publish_key(conn: psycopg.AsyncConnection[Any], entity: Entity) -> Stamp:
+    """In the caller's transaction: row security off (a hidden row raises, never
+    reads as missing), the entity's publish key held exclusively until that
+    transaction ends, and the stamp of the chunks read under it."""
+    await conn.execute(query("row_security_off"))
+    await conn.execute(query("lock_publish_exclusive"), {"entity": entity.name})
+    return await _stamp(conn, entity)
+
+
+@dataclass
+class ChunkRead:
+    """A chunk read under the publish key: its rows, the writes that bring the
+    index in line with them, and the ids that failed before any write."""
+
+    rows: dict[str, dict[str, Any]]
+    writes: list[Write]
+    failures: list[ItemFailure]  # unreadable rows, then rows with no document
+    readable: int
+    refused: int  # of the failures, rows read that can have no document
+
+
+async def read_chunk(
+    conn: psycopg.AsyncConnection[Any],
+    search: SearchIndex,
+    entity: Entity,
+    stamp: Stamp,
+    ids: Sequence[str],
+    only_index: str | None = None,
+) -> ChunkRead:
+    """Read `ids` (while the publish key is held: hold_publish_key) and make their
+    writes, stamped `stamp`; `only_index` as for sync_chunk."""
+    rows, unread = await _read_chunk(conn, entity, ids, only_index or search.alias(entity))
+    unread_ids = {failure.write.entity_id for failure in unread}
+    readable = [entity_id for entity_id in ids if entity_id not in unread_ids]
+    writes, refused = writes_for(search, entity, stamp, readable, rows, only_index)
+    return ChunkRead(rows, writes, [*unread, *refused], len(readable), len(refused))
 
 
 async def enqueue_bulk(

@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import elasticsearch
 from elasticsearch import AsyncElasticsearch
@@ -52,11 +52,12 @@ PAUSE_MAX = 5.0
 
 @dataclass(frozen=True)
 class Write:
-    """One document to put (document) or remove (document None) in one index."""
+    """One document to put (document: its JSON text, sent as it is) or remove
+    (document None) in one index."""
 
     index: str
     entity_id: str
-    document: Mapping[str, Any] | None
+    document: str | None
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,7 @@ class SearchIndex:
         if not writes:
             return []
         await self.wait_for_room({write.index for write in writes})
-        operations: list[Mapping[str, Any]] = []
+        operations: list[Mapping[str, Any] | str] = []
         for write in writes:
             meta = {
                 "_index": write.index, "_id": write.entity_id,
@@ -307,7 +308,10 @@ class SearchIndex:
         action = f"a bulk write of {len(writes)} documents"
         async with self._bulk_slot(action):
             with translate_errors(action):
-                response = await self.client.bulk(operations=operations)
+                # A str line goes out as it is (the client's NDJSON serializer; its own
+                # bulk helpers send serialized lines the same way), typed or not.
+                lines = cast(Sequence[Mapping[str, Any]], operations)
+                response = await self.client.bulk(operations=lines)
         failures = []
         for write, entry in zip(writes, response["items"], strict=True):
             failure = _failure(write, next(iter(entry.values())))

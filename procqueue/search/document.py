@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -165,14 +166,21 @@ def _log_trimmed(entity: Entity, row: Mapping[str, Any]) -> None:
         )  # fmt: skip
 
 
-def document_from_row(entity: Entity, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The row's search document; DocumentTooLarge when it is over the limit."""
+def _checked_text(entity: Entity, row: Mapping[str, Any]) -> str:
+    """The row's document text, once it is known to be within the limit
+    (DocumentTooLarge otherwise) and its cut arrays are logged."""
     text: str | None = row[DOCUMENT_COLUMN]
     if _too_large(entity, text, row):
         entity_id = str(row[entity.primary_key])
         raise DocumentTooLarge(entity, entity_id, document_size(row), built=text is not None)
     assert text is not None
     _log_trimmed(entity, row)
+    return text
+
+
+def document_from_row(entity: Entity, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's search document; DocumentTooLarge when it is over the limit."""
+    text = _checked_text(entity, row)
     try:
         document: dict[str, Any] = json.loads(text, parse_float=_float)
     except RecursionError:  # a json column nested thousands deep
@@ -181,3 +189,30 @@ def document_from_row(entity: Entity, row: Mapping[str, Any]) -> dict[str, Any]:
             "search document"
         ) from None
     return document
+
+
+#: Text Python must read before it is sent (document_json): a line break (a `json`
+#: column keeps its own; a `_bulk` body is one line per document), or a number that
+#: may not fit a double (1e400: parse_float keeps its digits; 1e-400 reads as 0; a
+#: JSON number follows ":", ",", "[" or a space, never a quote as a key's text
+#: does: a uuid's "123e456" is no number). A nested
+#: object (more than one "{": a `json` column may repeat a key, which Elasticsearch
+#: refuses and Python resolves to the last) and deep arrays (many "[": Python's
+#: parser stops at about a thousand levels) are read too.
+_READ_FIRST = re.compile(r"[\n\r]|(?<=[:,\[\s])-?[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]{3}|[0-9]{309}")
+_ARRAYS_READ_FIRST = 100
+
+
+def document_json(entity: Entity, row: Mapping[str, Any]) -> str:
+    """The row's search document as the JSON text a `_bulk` sends: the text
+    Postgres made, as it is, when nothing in it needs reading (a row of plain
+    columns: no parse and no dump per row), otherwise document_from_row's document
+    written out again. The same errors as document_from_row."""
+    text = _checked_text(entity, row)
+    if (
+        text.count("{") == 1
+        and text.count("[") < _ARRAYS_READ_FIRST
+        and _READ_FIRST.search(text) is None
+    ):
+        return text
+    return json.dumps(document_from_row(entity, row), ensure_ascii=False)

@@ -24,6 +24,8 @@ it is never left out of the new index (and so out of the alias once it moves).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -36,10 +38,10 @@ from psycopg import sql
 from procqueue.entities import Entity
 from procqueue.errors import PermanentError, TransientError, is_row_security_refusal
 from procqueue.queue.failures import is_transient
-from procqueue.search.bulk import record_item_errors, sync_chunk
+from procqueue.search.bulk import hold_publish_key, read_chunk, record_item_errors, sync_chunk
 from procqueue.search.client import INITIAL_VERSION, ItemFailure, SearchIndex, translate_errors
 from procqueue.search.queries import query
-from procqueue.search.sync import entity_query, rows_hidden
+from procqueue.search.sync import entity_query, rows_hidden, write_all
 
 logger = logging.getLogger(__name__)
 
@@ -214,28 +216,70 @@ async def _copy(
         if not is_row_security_refusal(error):
             raise
         raise rows_hidden(reader, entity, f"the reindex of {entity.table}", error) from error
-    while chunk := [str(row[0]) for row in await keys.fetchmany(batch_size)]:
-        failures = await _copy_chunk(conn, search, entity, chunk, index)
-        retry = [failure for failure in failures if failure.transient]
-        if retry:
-            first = retry[0]
-            raise TransientError(
-                f"{index} refused {len(retry)} documents of {entity.name} for now, first "
-                f"{first.write.entity_id} ({first.status}): {first.reason}; re-run "
-                "`procqueue reindex` later (it resumes)"
-            )
-        await record_item_errors(conn, entity, failures, job_id=None)
-        failed += len(failures)
-        copied += len(chunk)
-        await conn.execute(
-            query("reindex_checkpoint"),
-            {"entity": entity.name, "index_name": index, "resume_after": chunk[-1],
-             "copied": copied},
-        )  # fmt: skip
-        if on_chunk:
-            on_chunk(len(chunk))
+    while held := await _copy_under_one_hold(conn, keys, search, entity, index, batch_size):
+        for chunk, first_failures in held:
+            failures = await _send_pressed_again(conn, search, entity, first_failures, index)
+            retry = [failure for failure in failures if failure.transient]
+            if retry:
+                first = retry[0]
+                raise TransientError(
+                    f"{index} refused {len(retry)} documents of {entity.name} for now, first "
+                    f"{first.write.entity_id} ({first.status}): {first.reason}; re-run "
+                    "`procqueue reindex` later (it resumes)"
+                )
+            await record_item_errors(conn, entity, failures, job_id=None)
+            failed += len(failures)
+            copied += len(chunk)
+            await conn.execute(
+                query("reindex_checkpoint"),
+                {"entity": entity.name, "index_name": index, "resume_after": chunk[-1],
+                 "copied": copied},
+            )  # fmt: skip
+            if on_chunk:
+                on_chunk(len(chunk))
     await reader.rollback()
     return copied, failed
+
+
+#: Chunks copied under one exclusive hold of the publish key: each chunk is read
+#: while the one before is written. Syncs of the entity wait up to this many chunks'
+#: writes (a hold is one transaction; the next waits behind the syncs queued).
+CHUNKS_PER_HOLD = 4
+
+
+async def _copy_under_one_hold(
+    conn: psycopg.AsyncConnection[Any], keys: psycopg.AsyncServerCursor[Any],
+    search: SearchIndex, entity: Entity, index: str, batch_size: int,
+) -> list[tuple[list[str], list[ItemFailure]]]:  # fmt: skip
+    """Copy the next CHUNKS_PER_HOLD chunks of `keys` into `index` under one hold of
+    the publish key, reading each while the previous `_bulk` is in flight; each chunk
+    with its refused items. The key is held until the last write is answered: a sync
+    that reads after the hold writes after it (a delete it writes is never undone by
+    an older read of the copy: docs/bulk.md, "Why bulk and per-row jobs cannot race")."""
+    await search.wait_for_room([index])  # before locking
+    held: list[tuple[list[str], list[ItemFailure]]] = []
+    writing: asyncio.Task[list[ItemFailure]] | None = None
+    try:
+        async with conn.transaction():
+            stamp = await hold_publish_key(conn, entity)
+            while len(held) < CHUNKS_PER_HOLD:
+                chunk = [str(row[0]) for row in await keys.fetchmany(batch_size)]
+                if not chunk:
+                    break
+                read = await read_chunk(conn, search, entity, stamp, chunk, index)
+                if writing is not None:
+                    held[-1][1].extend(await writing)
+                write = write_all(search, read.writes, stamp.version, read.rows)
+                writing = asyncio.ensure_future(write)
+                held.append((chunk, read.failures))
+            if writing is not None:
+                held[-1][1].extend(await writing)
+    finally:
+        if writing is not None and not writing.done():  # a read failed: stop its write
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+    return held
 
 
 #: Times a reindex sends the items of a chunk refused under backpressure again (each
@@ -243,14 +287,12 @@ async def _copy(
 PRESSURE_ROUNDS = 10
 
 
-async def _copy_chunk(
+async def _send_pressed_again(
     conn: psycopg.AsyncConnection[Any], search: SearchIndex, entity: Entity,
-    chunk: list[str], index: str,
+    failures: list[ItemFailure], index: str,
 ) -> list[ItemFailure]:  # fmt: skip
-    """Copy one chunk into `index`; the items refused under backpressure (429/503) are
-    sent again once the index's pause is over, PRESSURE_ROUNDS times at most. Returns
-    the items still refused."""
-    failures = (await sync_chunk(conn, search, entity, chunk, only_index=index)).failures
+    """Send the items refused under backpressure (429/503) again once the index's
+    pause is over, PRESSURE_ROUNDS times at most. Returns the items still refused."""
     for _ in range(PRESSURE_ROUNDS):
         pressed = [failure.write.entity_id for failure in failures if failure.backpressure]
         if not pressed:

@@ -53,7 +53,7 @@ from procqueue.search.document import (
     DOCUMENT_COLUMN,
     Unindexable,
     document_columns,
-    document_from_row,
+    document_json,
 )
 from procqueue.search.jobs import SINK
 from procqueue.search.queries import query, query_with
@@ -196,7 +196,7 @@ def writes_for(
     for entity_id in ids:
         row = rows.get(entity_id)
         try:
-            document = None if row is None else document_from_row(entity, row)
+            document = None if row is None else document_json(entity, row)
         except Unindexable as error:
             document = None
             failure = ItemFailure(Write(indexes[0], entity_id, None), error.status, str(error))

@@ -159,7 +159,7 @@ async def test_writes_to_an_index_under_pressure_wait_and_go_at_full_speed_once_
     try:
         await search.ensure_index(LISTING)
         alias = search.alias(LISTING)
-        write = [Write(alias, str(uuid.uuid4()), {"title": "pressed"})]
+        write = [Write(alias, str(uuid.uuid4()), '{"title": "pressed"}')]
         assert search.pause_left([alias]) == 0
         rejecting.reject()
         failures = await search.write_versioned(write, 1)

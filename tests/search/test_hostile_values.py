@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import DEFAULT_MAX_DOCUMENT_BYTES, LISTING, Entity, load_entities
@@ -23,7 +24,12 @@ from procqueue.errors import ConfigError, PermanentError
 from procqueue.features import Settings
 from procqueue.search.bulk import sync_chunk
 from procqueue.search.client import search_index
-from procqueue.search.document import Unindexable, document_from_row
+from procqueue.search.document import (
+    DOCUMENT_COLUMN,
+    Unindexable,
+    document_from_row,
+    document_json,
+)
 from procqueue.search.reindex import live_indexes, reindex_entity
 from procqueue.search.sync import entity_query, sync_entity
 from tests.conftest import make_settings
@@ -486,3 +492,43 @@ def test_the_bounds_are_set_per_entity_in_the_entities_file(
     else:
         [entity] = load_entities(config)
         assert (entity.max_array_length, entity.max_document_bytes) == expected
+
+
+RAW = Entity(
+    name="raw", table="public.hostile_raw", index="hostile_raw",
+    fields={"id": "keyword", "raw": "keyword"},
+)  # fmt: skip
+
+
+async def test_a_document_goes_out_as_postgres_wrote_it_unless_python_must_read_it(
+    app: ProcqueueApp, db: psycopg.AsyncConnection[Any], database: str
+) -> None:
+    """A plain row's document is sent as the text Postgres made (no parse and no dump
+    per row); a `json` column's own line breaks and a number too large for a double
+    are read by Python first: every document indexed is document_from_row's."""
+    await db.execute(
+        "CREATE TABLE public.hostile_raw (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), raw json)"
+    )
+    cursor = await db.execute(
+        "INSERT INTO hostile_raw (raw) VALUES ('\"plain\"'), (E'[\\n  \"a\",\\n  \"b\"\\n]'), "
+        "('[1e400, 2]') RETURNING id::text"
+    )
+    ids = [row[0] for row in await cursor.fetchall()]
+    search = search_index(app.services)
+    try:
+        reading = await db.cursor(row_factory=dict_row).execute(
+            entity_query("read_entity_chunk", RAW), {"ids": ids}
+        )
+        rows = {row["id"]: row for row in await reading.fetchall()}
+        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+            result = await sync_chunk(conn, search, RAW, ids)
+        assert (result.indexed, result.failures) == (3, [])
+        documents = await indexed_documents(app, RAW)
+    finally:
+        await db.execute("DROP TABLE public.hostile_raw")
+    plain, *read_first = ids
+    assert document_json(RAW, rows[plain]) is rows[plain][DOCUMENT_COLUMN]
+    for entity_id in read_first:
+        assert document_json(RAW, rows[entity_id]) != rows[entity_id][DOCUMENT_COLUMN]
+    assert documents == {entity_id: document_from_row(RAW, row) for entity_id, row in rows.items()}
+    assert documents[read_first[1]]["raw"] == ["1e400", 2]

@@ -17,6 +17,7 @@ import pytest
 
 from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import INVENTORY, LISTING, Entity
+from procqueue.errors import PermanentError
 from procqueue.features import Settings
 from procqueue.search.client import SearchIndex, search_index
 from procqueue.search.reindex import live_indexes, reindex_entity
@@ -144,6 +145,48 @@ async def test_interrupted_reindex_resumes_and_completes(
     assert await indexed_documents(app, INVENTORY) == await table_documents(database, INVENTORY)
     rows = await (await db.execute("SELECT count(*) FROM procqueue.search_targets")).fetchone()
     assert rows == (0,)
+
+
+LATE = Entity(
+    name="late", table="public.late_rows_view", index="late_rows",
+    fields={"id": "keyword", "title": "keyword"},
+)  # fmt: skip
+
+
+async def test_a_chunk_that_cannot_be_read_while_the_one_before_is_written_abandons_the_copy(
+    app: ProcqueueApp, db: psycopg.AsyncConnection[Any], database: str
+) -> None:
+    """The copy reads each chunk while the chunk before is written: a read that
+    fails for good there abandons the copy as any other (no target left, the new
+    index deleted), and no write of it is left to make that index again."""
+    await db.execute(
+        "CREATE FUNCTION public.late_title(n int, title text) RETURNS text STABLE "
+        "LANGUAGE plpgsql AS $$ BEGIN IF n > 100 THEN RAISE EXCEPTION 'late rows are "
+        "unreadable' USING ERRCODE = 'undefined_column'; END IF; RETURN title; END $$; "
+        "CREATE TABLE public.late_rows (id int PRIMARY KEY, title text); "
+        "INSERT INTO public.late_rows SELECT g, 'row ' || g FROM generate_series(1, 300) AS g; "
+        "CREATE VIEW public.late_rows_view AS "
+        "SELECT id, public.late_title(id, title) AS title FROM public.late_rows"
+    )
+    search = search_index(app.services)
+    try:
+        await search.ensure_index(LATE)  # an alias in use: the copy goes to a new index
+        made_before = sorted(await search.client.indices.get(index=f"{search.alias(LATE)}_v*"))
+        with pytest.raises(PermanentError, match=r"abandoned and .*_v2 deleted.*late rows"):
+            await reindex(database, search, LATE, batch_size=100)
+        writing = [task for task in asyncio.all_tasks() if "write_all" in repr(task.get_coro())]
+        assert writing == []
+        await search.client.indices.refresh(index=search.alias(LATE))
+        assert sorted(await search.client.indices.get(index=f"{search.alias(LATE)}_v*")) == (
+            made_before
+        )
+        targets = await db.execute("SELECT count(*) FROM procqueue.search_targets")
+        assert await targets.fetchone() == (0,)
+    finally:
+        await db.execute(
+            "DROP VIEW public.late_rows_view; DROP TABLE public.late_rows; "
+            "DROP FUNCTION public.late_title"
+        )
 
 
 def cli(
