@@ -191,15 +191,22 @@ def document_from_row(entity: Entity, row: Mapping[str, Any]) -> dict[str, Any]:
     return document
 
 
-#: Text Python must read before it is sent (document_json): a line break (a `json`
-#: column keeps its own; a `_bulk` body is one line per document), or a number that
-#: may not fit a double (1e400: parse_float keeps its digits; 1e-400 reads as 0; a
-#: JSON number follows ":", ",", "[" or a space, never a quote as a key's text
-#: does: a uuid's "123e456" is no number). A nested
+#: Text Python must read before it is sent (document_json), as Python's reading
+#: changes what goes out: a line break (a `json` column keeps its own; a `_bulk` body
+#: is one line per document); a number with an exponent or 309 digits in a row, which
+#: may not fit a double (1e400, 1000...0e60: parse_float keeps its digits; 1e-400
+#: reads as 0; a JSON number follows ":", ",", "[" or a space, never a quote as a
+#: key's text does, so a uuid's "123e456" is none); a number Python writes
+#: otherwise (12.50 as 12.5, seventeen digits or more rounded to a double: the text
+#: a `keyword` field indexes); a surrogate escape ("\ud800", which a `json` column
+#: takes). A nested
 #: object (more than one "{": a `json` column may repeat a key, which Elasticsearch
 #: refuses and Python resolves to the last) and deep arrays (many "[": Python's
 #: parser stops at about a thousand levels) are read too.
-_READ_FIRST = re.compile(r"[\n\r]|(?<=[:,\[\s])-?[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]{3}|[0-9]{309}")
+_READ_FIRST = re.compile(
+    r"[\n\r]|(?<=[:,\[\s])-?(?:[0-9]+(?:\.[0-9]*)?[eE]|[0-9.]{17}|[0-9]+\.[0-9]*0(?![0-9]))"
+    r"|[0-9]{309}|\\u[dD][89a-fA-F]"
+)
 _ARRAYS_READ_FIRST = 100
 
 

@@ -43,8 +43,8 @@ SELECT {primary_key}::text AS id FROM {schema}.{table} WHERE {primary_key} = ANY
 -- existing_entity_ids_as_text: the same, for ids the key's type cannot hold
 SELECT {primary_key}::text AS id FROM {schema}.{table} WHERE {primary_key}::text = ANY(%(ids)s);
 
--- entity_ids_after: every key after a resume point, in key order (a reindex's server-side cursor)
-SELECT {primary_key}::text AS id FROM {schema}.{table} {after} ORDER BY {primary_key};
+-- entity_ids_after: every key after a resume point, in the key's own order (a reindex's server-side cursor; t.{primary_key}, not the text alias: an integer key resumes by integer order)
+SELECT t.{primary_key}::text AS id FROM {schema}.{table} AS t {after} ORDER BY t.{primary_key};
 
 -- estimate_rows: the planner's row count of a table (cheap, for progress bars)
 SELECT greatest(reltuples, 0)::bigint AS estimate FROM pg_class WHERE oid = to_regclass(%(table)s);

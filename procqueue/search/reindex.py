@@ -25,7 +25,6 @@ it is never left out of the new index (and so out of the alias once it moves).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -259,27 +258,42 @@ async def _copy_under_one_hold(
     await search.wait_for_room([index])  # before locking
     held: list[tuple[list[str], list[ItemFailure]]] = []
     writing: asyncio.Task[list[ItemFailure]] | None = None
-    try:
-        async with conn.transaction():
-            stamp = await hold_publish_key(conn, entity)
+    async with conn.transaction():
+        stamp = await hold_publish_key(conn, entity)
+        try:
             while len(held) < CHUNKS_PER_HOLD:
+                if held and search.pause_left([index]) > 0:
+                    break  # under backpressure: no more waits out the pause holding the key
                 chunk = [str(row[0]) for row in await keys.fetchmany(batch_size)]
                 if not chunk:
                     break
                 read = await read_chunk(conn, search, entity, stamp, chunk, index)
                 if writing is not None:
-                    held[-1][1].extend(await writing)
+                    held[-1][1].extend(await asyncio.shield(writing))
                 write = write_all(search, read.writes, stamp.version, read.rows)
                 writing = asyncio.ensure_future(write)
                 held.append((chunk, read.failures))
             if writing is not None:
-                held[-1][1].extend(await writing)
-    finally:
-        if writing is not None and not writing.done():  # a read failed: stop its write
-            writing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writing
+                held[-1][1].extend(await asyncio.shield(writing))
+        except BaseException as stop:  # a read or a write failed, or the copy was cancelled
+            if writing is not None:
+                await _answered(writing, entity, stop)
+            raise
     return held
+
+
+async def _answered(
+    writing: asyncio.Task[list[ItemFailure]], entity: Entity, stop: BaseException
+) -> None:
+    """Wait, the publish key still held, until a write in flight is answered: a
+    `_bulk` once sent is applied whether or not anyone waits for it, and a sync that
+    reads after the hold must write after it. (Awaited through `shield`, the write
+    is never cancelled with the copy.) Its own error is logged unless it is `stop`,
+    the error that ends the copy."""
+    await asyncio.wait([writing])
+    error = None if writing.cancelled() else writing.exception()
+    if error is not None and error is not stop:
+        logger.warning("reindex of %s: a chunk's write failed too: %s", entity.table, error)
 
 
 #: Times a reindex sends the items of a chunk refused under backpressure again (each

@@ -504,14 +504,16 @@ async def test_a_document_goes_out_as_postgres_wrote_it_unless_python_must_read_
     app: ProcqueueApp, db: psycopg.AsyncConnection[Any], database: str
 ) -> None:
     """A plain row's document is sent as the text Postgres made (no parse and no dump
-    per row); a `json` column's own line breaks and a number too large for a double
-    are read by Python first: every document indexed is document_from_row's."""
+    per row); a `json` column's own line breaks, numbers too large for a double or
+    that Python writes otherwise, and surrogate escapes are read by Python first:
+    every document indexed is document_from_row's."""
     await db.execute(
         "CREATE TABLE public.hostile_raw (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), raw json)"
     )
     cursor = await db.execute(
         "INSERT INTO hostile_raw (raw) VALUES ('\"plain\"'), (E'[\\n  \"a\",\\n  \"b\"\\n]'), "
-        "('[1e400, 2]') RETURNING id::text"
+        "('[1e400, 2]'), (('[1' || repeat('0', 250) || 'e60, 2]')::json), "
+        "('[12.50, 0.1000000000000000055]'), ('[\"\\ud800\"]') RETURNING id::text"
     )
     ids = [row[0] for row in await cursor.fetchall()]
     search = search_index(app.services)
@@ -522,7 +524,7 @@ async def test_a_document_goes_out_as_postgres_wrote_it_unless_python_must_read_
         rows = {row["id"]: row for row in await reading.fetchall()}
         async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
             result = await sync_chunk(conn, search, RAW, ids)
-        assert (result.indexed, result.failures) == (3, [])
+        assert (result.indexed, result.failures) == (6, [])
         documents = await indexed_documents(app, RAW)
     finally:
         await db.execute("DROP TABLE public.hostile_raw")
@@ -530,5 +532,12 @@ async def test_a_document_goes_out_as_postgres_wrote_it_unless_python_must_read_
     assert document_json(RAW, rows[plain]) is rows[plain][DOCUMENT_COLUMN]
     for entity_id in read_first:
         assert document_json(RAW, rows[entity_id]) != rows[entity_id][DOCUMENT_COLUMN]
-    assert documents == {entity_id: document_from_row(RAW, row) for entity_id, row in rows.items()}
+    lone_surrogate = read_first[4]  # indexed, as before; as what the server makes of it
+    assert documents.pop(lone_surrogate)["id"] == lone_surrogate
+    assert documents == {
+        entity_id: document_from_row(RAW, row)
+        for entity_id, row in rows.items() if entity_id != lone_surrogate
+    }  # fmt: skip
     assert documents[read_first[1]]["raw"] == ["1e400", 2]
+    assert documents[read_first[2]]["raw"] == ["1" + "0" * 250 + "e60", 2]
+    assert documents[read_first[3]]["raw"] == [12.5, 0.1]

@@ -19,9 +19,11 @@ from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import INVENTORY, LISTING, Entity
 from procqueue.errors import PermanentError
 from procqueue.features import Settings
-from procqueue.search.client import SearchIndex, search_index
+from procqueue.search.client import SearchIndex, make_client, search_index
 from procqueue.search.reindex import live_indexes, reindex_entity
+from procqueue.search.settings import SearchConfig
 from procqueue.search.verify import Drift, verify_entity
+from tests.support.bulk_rejecting_proxy import bulk_rejecting_proxy
 from tests.support.worker import drain, indexed_documents, running_worker, table_documents
 
 USER_ID = "00000000-0000-4000-8000-0000000000b2"
@@ -154,39 +156,77 @@ LATE = Entity(
 
 
 async def test_a_chunk_that_cannot_be_read_while_the_one_before_is_written_abandons_the_copy(
-    app: ProcqueueApp, db: psycopg.AsyncConnection[Any], database: str
+    app: ProcqueueApp, db: psycopg.AsyncConnection[Any], database: str, es_url: str
 ) -> None:
     """The copy reads each chunk while the chunk before is written: a read that
-    fails for good there abandons the copy as any other (no target left, the new
-    index deleted), and no write of it is left to make that index again."""
+    fails for good there abandons the copy only once that write was answered. A
+    `_bulk` sent is applied whether or not anyone waits for it, so letting go of the
+    publish key earlier would let a sync's delete come before it (here the server
+    takes half a second over the first chunk: the copy still waits for it, and its
+    100 documents are whole in the index the first copy fills)."""
     await db.execute(
-        "CREATE FUNCTION public.late_title(n int, title text) RETURNS text STABLE "
-        "LANGUAGE plpgsql AS $$ BEGIN IF n > 100 THEN RAISE EXCEPTION 'late rows are "
+        "CREATE FUNCTION public.late_title(key text, title text) RETURNS text STABLE "
+        "LANGUAGE plpgsql AS $$ BEGIN IF key > 'r100' THEN RAISE EXCEPTION 'late rows are "
         "unreadable' USING ERRCODE = 'undefined_column'; END IF; RETURN title; END $$; "
-        "CREATE TABLE public.late_rows (id int PRIMARY KEY, title text); "
-        "INSERT INTO public.late_rows SELECT g, 'row ' || g FROM generate_series(1, 300) AS g; "
+        "CREATE TABLE public.late_rows (id text PRIMARY KEY, title text); "
+        "INSERT INTO public.late_rows SELECT 'r' || lpad(g::text, 3, '0'), 'row ' || g "
+        "FROM generate_series(1, 300) AS g; "
         "CREATE VIEW public.late_rows_view AS "
         "SELECT id, public.late_title(id, title) AS title FROM public.late_rows"
     )
+    prefix = search_index(app.services).prefix
+    async with bulk_rejecting_proxy(es_url) as proxy:
+        search = SearchIndex(make_client(SearchConfig(url=proxy.url)), prefix)
+        proxy.slow_down(b'"r001"', 0.5)
+        try:
+            with pytest.raises(PermanentError, match=r"late_rows_view abandoned: .*late rows"):
+                await reindex(database, search, LATE, batch_size=100)  # fills _v1 in place
+            writing = [t for t in asyncio.all_tasks() if "write_all" in repr(t.get_coro())]
+            assert writing == [] and proxy.forwarded_bulks == 1
+            documents = await indexed_documents(app, LATE)
+            assert sorted(documents) == [f"r{n:03}" for n in range(1, 101)]
+            targets = await db.execute("SELECT count(*) FROM procqueue.search_targets")
+            assert await targets.fetchone() == (0,)
+        finally:
+            await search.aclose()
+            await db.execute(
+                "DROP VIEW public.late_rows_view; DROP TABLE public.late_rows; "
+                "DROP FUNCTION public.late_title"
+            )
+
+
+NUMBERED = Entity(
+    name="numbered", table="public.numbered_rows", index="numbered_rows",
+    fields={"id": "long", "title": "keyword"},
+)  # fmt: skip
+
+
+async def test_an_interrupted_reindex_of_an_integer_key_resumes_in_integer_order(
+    app: ProcqueueApp, db: psycopg.AsyncConnection[Any], database: str
+) -> None:
+    """The copy walks the key in its own order, not its text's ('1', '10', '100', '2'
+    ...), so resuming after the last copied key leaves no row out."""
+    await db.execute(
+        "CREATE TABLE public.numbered_rows (id integer PRIMARY KEY, title text); "
+        "INSERT INTO public.numbered_rows SELECT g, 'row ' || g FROM generate_series(1, 300) AS g"
+    )
     search = search_index(app.services)
+    interrupted = asyncio.Event()
     try:
-        await search.ensure_index(LATE)  # an alias in use: the copy goes to a new index
-        made_before = sorted(await search.client.indices.get(index=f"{search.alias(LATE)}_v*"))
-        with pytest.raises(PermanentError, match=r"abandoned and .*_v2 deleted.*late rows"):
-            await reindex(database, search, LATE, batch_size=100)
-        writing = [task for task in asyncio.all_tasks() if "write_all" in repr(task.get_coro())]
-        assert writing == []
-        await search.client.indices.refresh(index=search.alias(LATE))
-        assert sorted(await search.client.indices.get(index=f"{search.alias(LATE)}_v*")) == (
-            made_before
-        )
-        targets = await db.execute("SELECT count(*) FROM procqueue.search_targets")
-        assert await targets.fetchone() == (0,)
+        task = asyncio.create_task(
+            reindex(database, search, NUMBERED, batch_size=10,
+                    on_chunk=lambda rows: interrupted.set())
+        )  # fmt: skip
+        await asyncio.wait_for(interrupted.wait(), timeout=30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        copied = await db.execute("SELECT copied FROM procqueue.search_targets")
+        assert 10 <= (await copied.fetchone() or (0,))[0] < 300
+        await reindex(database, search, NUMBERED, batch_size=10)
+        assert await indexed_documents(app, NUMBERED) == await table_documents(database, NUMBERED)
     finally:
-        await db.execute(
-            "DROP VIEW public.late_rows_view; DROP TABLE public.late_rows; "
-            "DROP FUNCTION public.late_title"
-        )
+        await db.execute("DROP TABLE public.numbered_rows")
 
 
 def cli(
