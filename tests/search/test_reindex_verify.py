@@ -229,6 +229,33 @@ async def test_an_interrupted_reindex_of_an_integer_key_resumes_in_integer_order
         await db.execute("DROP TABLE public.numbered_rows")
 
 
+async def test_a_reindex_under_backpressure_sends_the_refused_documents_again_and_completes(
+    app: ProcqueueApp, db: psycopg.AsyncConnection[Any], database: str, es_url: str
+) -> None:
+    """Documents refused with 429 wait out the index's pause and go again (no more
+    chunks are read under the publish key while the index is paused); once the
+    pressure ends the copy completes with every row."""
+    await db.execute(
+        "CREATE TABLE public.numbered_rows (id integer PRIMARY KEY, title text); "
+        "INSERT INTO public.numbered_rows SELECT g, 'row ' || g FROM generate_series(1, 300) AS g"
+    )
+    prefix = search_index(app.services).prefix
+    async with bulk_rejecting_proxy(es_url) as proxy:
+        search = SearchIndex(make_client(SearchConfig(url=proxy.url)), prefix)
+        try:
+            proxy.reject()
+            copy = asyncio.create_task(reindex(database, search, NUMBERED, batch_size=50))
+            await asyncio.wait_for(proxy.until_rejected(3), timeout=30)
+            proxy.stop_rejecting()
+            result = await asyncio.wait_for(copy, timeout=60)
+            assert (result.copied, result.failed) == (300, 0)
+            indexed = await indexed_documents(app, NUMBERED)
+            assert indexed == await table_documents(database, NUMBERED)
+        finally:
+            await search.aclose()
+            await db.execute("DROP TABLE public.numbered_rows")
+
+
 def cli(
     settings: Settings, *args: str, prefix: str | None = None
 ) -> subprocess.CompletedProcess[str]:
