@@ -73,8 +73,8 @@ class AnswerLosingProxy:
         async def to_server() -> None:
             while data := await reader.read(65536):
                 if self._to_lose and self._marker and self._marker in data:
-                    self._to_lose -= 1
-                    armed.set()
+                    armed.set()  # counted when its answer is lost: another connection's
+                    # empty fetch (a poll) must not use up the loss meant for this one
                 up_writer.write(data)
                 await up_writer.drain()
 
@@ -92,11 +92,11 @@ class AnswerLosingProxy:
                 held += data
                 rows = rows or _changed_rows(held)
                 if READY_AND_IDLE in held:
-                    if rows or not self._only_with_rows:
+                    if (rows or not self._only_with_rows) and self._to_lose:
+                        self._to_lose -= 1
                         self.lost += 1
                         return  # the answer goes nowhere: both sides are closed below
-                    armed.clear()  # an empty answer: let it through, lose the next one
-                    self._to_lose += 1
+                    armed.clear()  # an empty answer, or none left to lose: let it through
                     rows = False
                 elif READY not in held:
                     continue
