@@ -31,6 +31,7 @@ from tests.support.history import run_cli
 from tests.support.supabase import supabase_database
 from tests.support.worker import (
     SELLER_ID,
+    clear_queue,
     eventually,
     indexed_documents,
     job_counts,
@@ -163,6 +164,7 @@ async def kill_worker_connections(dsn: str) -> int:
 async def test_workers_outlive_the_killing_of_their_connections(
     database: str, db: psycopg.AsyncConnection[Any], es_url: str, tmp_path: Path
 ) -> None:
+    await clear_queue(database)  # the module's other tests may leave failed jobs here
     env = worker_env(database, es_url)
     async with app_with(database, es_url) as app, worker_processes(env, tmp_path, 2) as workers:
         await eventually(lambda: _at_least(registered_workers(database), 2), timeout=30)
@@ -209,6 +211,7 @@ async def test_workers_outlive_a_postgres_restart(
     cluster: ThrowawayCluster, cluster_database: str, es_url: str, tmp_path: Path
 ) -> None:
     database = cluster_database
+    await clear_queue(database)  # the module's other tests leave failed jobs here
     env = worker_env(database, es_url)
     async with worker_processes(env, tmp_path, 2) as workers:
         await eventually(lambda: _at_least(registered_workers(database), 2), timeout=30)
