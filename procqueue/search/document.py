@@ -180,7 +180,10 @@ def _checked_text(entity: Entity, row: Mapping[str, Any]) -> str:
 
 def document_from_row(entity: Entity, row: Mapping[str, Any]) -> dict[str, Any]:
     """The row's search document; DocumentTooLarge when it is over the limit."""
-    text = _checked_text(entity, row)
+    return _parsed(entity, row, _checked_text(entity, row))
+
+
+def _parsed(entity: Entity, row: Mapping[str, Any], text: str) -> dict[str, Any]:
     try:
         document: dict[str, Any] = json.loads(text, parse_float=_float)
     except RecursionError:  # a json column nested thousands deep
@@ -222,4 +225,4 @@ def document_json(entity: Entity, row: Mapping[str, Any]) -> str:
         and _READ_FIRST.search(text) is None
     ):
         return text
-    return json.dumps(document_from_row(entity, row), ensure_ascii=False)
+    return json.dumps(_parsed(entity, row, text), ensure_ascii=False)

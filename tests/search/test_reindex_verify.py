@@ -201,44 +201,46 @@ NUMBERED = Entity(
 )  # fmt: skip
 
 
+@pytest.fixture
+async def numbered_rows(db: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """NUMBERED's table: 300 rows keyed 1 to 300 (integers), dropped afterwards."""
+    await db.execute(
+        "CREATE TABLE public.numbered_rows (id integer PRIMARY KEY, title text); "
+        "INSERT INTO public.numbered_rows SELECT g, 'row ' || g FROM generate_series(1, 300) AS g"
+    )
+    yield
+    await db.execute("DROP TABLE public.numbered_rows")
+
+
+@pytest.mark.usefixtures("numbered_rows")
 async def test_an_interrupted_reindex_of_an_integer_key_resumes_in_integer_order(
     app: ProcqueueApp, db: psycopg.AsyncConnection[Any], database: str
 ) -> None:
     """The copy walks the key in its own order, not its text's ('1', '10', '100', '2'
     ...), so resuming after the last copied key leaves no row out."""
-    await db.execute(
-        "CREATE TABLE public.numbered_rows (id integer PRIMARY KEY, title text); "
-        "INSERT INTO public.numbered_rows SELECT g, 'row ' || g FROM generate_series(1, 300) AS g"
-    )
     search = search_index(app.services)
     interrupted = asyncio.Event()
-    try:
-        task = asyncio.create_task(
-            reindex(database, search, NUMBERED, batch_size=10,
-                    on_chunk=lambda rows: interrupted.set())
-        )  # fmt: skip
-        await asyncio.wait_for(interrupted.wait(), timeout=30)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        copied = await db.execute("SELECT copied FROM procqueue.search_targets")
-        assert 10 <= (await copied.fetchone() or (0,))[0] < 300
-        await reindex(database, search, NUMBERED, batch_size=10)
-        assert await indexed_documents(app, NUMBERED) == await table_documents(database, NUMBERED)
-    finally:
-        await db.execute("DROP TABLE public.numbered_rows")
+    task = asyncio.create_task(
+        reindex(database, search, NUMBERED, batch_size=10,
+                on_chunk=lambda rows: interrupted.set())
+    )  # fmt: skip
+    await asyncio.wait_for(interrupted.wait(), timeout=30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    copied = await db.execute("SELECT copied FROM procqueue.search_targets")
+    assert 10 <= (await copied.fetchone() or (0,))[0] < 300
+    await reindex(database, search, NUMBERED, batch_size=10)
+    assert await indexed_documents(app, NUMBERED) == await table_documents(database, NUMBERED)
 
 
+@pytest.mark.usefixtures("numbered_rows")
 async def test_a_reindex_under_backpressure_sends_the_refused_documents_again_and_completes(
-    app: ProcqueueApp, db: psycopg.AsyncConnection[Any], database: str, es_url: str
+    app: ProcqueueApp, database: str, es_url: str
 ) -> None:
     """Documents refused with 429 wait out the index's pause and go again (no more
     chunks are read under the publish key while the index is paused); once the
     pressure ends the copy completes with every row."""
-    await db.execute(
-        "CREATE TABLE public.numbered_rows (id integer PRIMARY KEY, title text); "
-        "INSERT INTO public.numbered_rows SELECT g, 'row ' || g FROM generate_series(1, 300) AS g"
-    )
     prefix = search_index(app.services).prefix
     async with bulk_rejecting_proxy(es_url) as proxy:
         search = SearchIndex(make_client(SearchConfig(url=proxy.url)), prefix)
@@ -253,7 +255,6 @@ async def test_a_reindex_under_backpressure_sends_the_refused_documents_again_an
             assert indexed == await table_documents(database, NUMBERED)
         finally:
             await search.aclose()
-            await db.execute("DROP TABLE public.numbered_rows")
 
 
 def cli(
