@@ -234,11 +234,22 @@ PGMQ_BESIDE = (
 )
 
 
-def pgbench_tps(dsn: str, script: str, seconds: int, clients: int = 1) -> float:
+def pgbench_tps(
+    dsn: str,
+    script: str,
+    seconds: int,
+    clients: int = 1,
+    transactions: int | None = None,
+    rate: float | None = None,
+) -> float:
+    """pgbench's tps for `script`, run for `seconds` or `transactions` per client, at
+    most `rate` transactions per second in all if given."""
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as file:
         file.write(script)
     try:
-        command = ["pgbench", "-n", "-c", str(clients), "-j", str(clients), "-T", str(seconds)]
+        length = ["-T", str(seconds)] if transactions is None else ["-t", str(transactions)]
+        paced = [] if rate is None else ["-R", str(rate)]
+        command = ["pgbench", "-n", "-c", str(clients), "-j", str(clients), *length, *paced]
         run = subprocess.run([*command, "-f", file.name, dsn], capture_output=True, text=True)
     finally:
         Path(file.name).unlink()

@@ -30,6 +30,7 @@ from procqueue.entities import Entity
 from procqueue.errors import MigrationError
 from procqueue.feature import Step
 from procqueue.features import features
+from procqueue.queue import finished_attempts
 from procqueue.settings import SchemaConfig
 
 MIGRATE_LOCK_KEY = 0x70726F63  # "proc"
@@ -138,8 +139,13 @@ def check_tables(conn: psycopg.Connection, entities: Sequence[Entity]) -> None:
 
 def schema_steps(schema: SchemaConfig, conn: psycopg.Connection | None = None) -> list[Step]:
     """The triggers each feature attaches for `schema`; with a connection, checked
-    against the tables."""
-    return [step for feature in features() for step in feature.schema_steps(schema, conn)]
+    against the tables. Then the trigger that moves the succeeded jobs of every
+    feature's specs that leave at once into the log of finished attempts."""
+    specs = [spec for feature in features() for spec in feature.job_specs(schema)]
+    return [
+        *(step for feature in features() for step in feature.schema_steps(schema, conn)),
+        Step("finished-attempt log trigger", finished_attempts.attach_trigger_sql(specs)),
+    ]
 
 
 def plan(conn: psycopg.Connection, schema: SchemaConfig) -> list[Step]:

@@ -32,11 +32,16 @@ def worker_env(database: str, es_url: str, **overrides: str) -> dict[str, str]:
 
 
 async def finished_jobs(database: str, task: str, listing_id: str | None = None) -> int:
+    """The task's finished jobs (of this listing): in the jobs table, and, for any
+    listing, those that left for the log of first-attempt successes (migration 0026)."""
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cursor = await conn.execute(
-            "SELECT count(*) FROM procrastinate.procrastinate_jobs WHERE task_name = %s "
-            "AND status IN ('succeeded', 'failed') AND (%s::text IS NULL OR args->>'id' = %s)",
-            [task, listing_id, listing_id],
+            "SELECT (SELECT count(*) FROM procrastinate.procrastinate_jobs"
+            "        WHERE task_name = %(task)s AND status IN ('succeeded', 'failed')"
+            "          AND (%(id)s::text IS NULL OR args->>'id' = %(id)s))"
+            "     + (SELECT count(*) FROM procqueue.finished_attempts"
+            "        WHERE task_name = %(task)s AND %(id)s::text IS NULL)",
+            {"task": task, "id": listing_id},
         )
         row = await cursor.fetchone()
     return int(row[0]) if row else 0

@@ -23,12 +23,13 @@ from tests.test_operator_logs import worker_env
 
 
 async def synced(database: str, listing_id: str) -> bool:
-    """The listing's change was taken by a drain job that succeeded."""
+    """The listing's change was taken by a drain job that succeeded (and left for the
+    log of first-attempt successes, migration 0026)."""
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cursor = await conn.execute(
             "SELECT NOT EXISTS (SELECT FROM procqueue.sync_changes WHERE entity_id = %s)"
-            " AND EXISTS (SELECT FROM procrastinate.procrastinate_jobs"
-            "             WHERE task_name = 'listing:drain' AND status = 'succeeded')",
+            " AND EXISTS (SELECT FROM procqueue.finished_attempts"
+            "             WHERE task_name = 'listing:drain')",
             [listing_id],
         )
         row = await cursor.fetchone()

@@ -193,6 +193,22 @@ async def job(self: Dashboard, request: Request, user: str) -> Response:
         detail = await store.job_detail(conn, job_id)
         worker = await job_worker(conn, job_id)  # host and pid, for job.html
     if detail is None:
+        async with self.pool.connection() as conn:
+            left = await store.finished_attempt(conn, job_id)
+        if left is not None:
+            ended = left["finished_at"].astimezone(UTC)
+            return self.render(
+                request,
+                "missing.html",
+                user,
+                heading=f"Job {job_id} succeeded",
+                message=(
+                    f"Job {job_id} ({left['task_name']} on queue {left['queue_name']}) "
+                    f"succeeded on its first attempt at {ended:%Y-%m-%d %H:%M:%S} UTC and left "
+                    "the jobs table at once, as drain and maintenance jobs do; its attempt "
+                    "counts in Charts and the task stats."
+                ),
+            )
         return self.render(
             request,
             "missing.html",

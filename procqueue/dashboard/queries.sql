@@ -68,6 +68,11 @@ WITH RECURSIVE names AS (
 )
 SELECT name FROM names WHERE name IS NOT NULL;
 
+-- dashboard_finished_attempt: a job that succeeded on its first attempt and left the jobs table at once (drain and maintenance jobs, migration 0026), from the log of those attempts
+SELECT f.job_id, f.queue_name, f.task_name, f.finished_at, f.seconds
+FROM procqueue.finished_attempts AS f
+WHERE f.job_id = %(job_id)s;
+
 -- dashboard_job: one job with every column the job page shows, its postponement (migration 0018) and discard (migration 0024)
 SELECT j.id, j.queue_name::text AS queue_name, j.task_name::text AS task_name,
        j.status::text AS status, j.attempts, j.priority, j.lock, j.queueing_lock,

@@ -315,6 +315,12 @@ async def job_detail(conn: Connection, job_id: int) -> JobDetail | None:
     return JobDetail(found[0], events, errors)
 
 
+async def finished_attempt(conn: Connection, job_id: int) -> dict[str, Any] | None:
+    """The logged first-attempt success of a job that left the jobs table, if any."""
+    found = await rows(conn, query("dashboard_finished_attempt"), {"job_id": job_id})
+    return found[0] if found else None
+
+
 @dataclass(frozen=True)
 class Bucket:
     start: datetime

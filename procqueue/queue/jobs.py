@@ -34,6 +34,10 @@ class JobSpec:
     #: The family's own retry policy; None: the app's (PROCQUEUE_MAX_RETRIES,
     #: PROCQUEUE_RETRY_BACKOFF, PROCQUEUE_RETRY_BACKOFF_MAX).
     retry: BackoffRetry | None = None
+    #: A first-attempt success leaves the jobs table at once for the log of finished
+    #: attempts (procqueue/queue/finished_attempts.py): for jobs made by the thousand
+    #: that nobody looks up one by one.
+    leaves_when_succeeded: bool = False
 
     def lock(self, key: str) -> str | None:
         return None if self.lock_prefix is None else f"{self.lock_prefix}{key}"

@@ -15,7 +15,8 @@ that a busy queue never piles them up.
   long (the timeout cancels it), so its worker lost it — a claim whose answer was lost
   after the commit, a worker that stopped while the database was down.
 - Prune (PROCQUEUE_PRUNE_CRON): succeeded jobs older than
-  PROCQUEUE_PRUNE_SUCCEEDED_AFTER, failed/cancelled/aborted ones older than
+  PROCQUEUE_PRUNE_SUCCEEDED_AFTER (and the log of succeeded attempts whose job left
+  at once, migration 0026), failed/cancelled/aborted ones older than
   PROCQUEUE_PRUNE_FAILED_AFTER, with their events and error rows, in batches
   of PROCQUEUE_PRUNE_BATCH_SIZE, each its own short transaction, for at most
   half the job timeout per run (the rest waits for the next run). Each run
@@ -76,6 +77,7 @@ class PruneReport:
     succeeded: int = 0
     unsuccessful: int = 0
     orphan_errors: int = 0
+    logged_attempts: int = 0
     complete: bool = True
 
 
@@ -175,16 +177,16 @@ async def _prune_status(
         params["after_at"] = last_at
 
 
-async def _prune_orphan_errors(
-    app: ProcqueueApp, cutoff: datetime, deadline: float
+async def _prune_in_batches(
+    app: ProcqueueApp, name: str, cutoff: datetime, deadline: float
 ) -> tuple[int, bool]:
+    """Run the named one-batch delete until a batch comes back short; (deleted,
+    finished before the deadline)."""
     batch_size = app.services.settings.prune_batch_size
     total = 0
     while True:
         async with app.pool.connection() as conn:
-            cursor = await conn.execute(
-                query("prune_orphan_errors"), {"cutoff": cutoff, "batch_size": batch_size}
-            )
+            cursor = await conn.execute(query(name), {"cutoff": cutoff, "batch_size": batch_size})
         total += cursor.rowcount
         if cursor.rowcount < batch_size:
             return total, True
@@ -210,15 +212,27 @@ async def prune(app: ProcqueueApp, now: datetime | None = None) -> PruneReport:
         else:
             report.unsuccessful += count
         report.complete = report.complete and complete
-    report.orphan_errors, complete = await _prune_orphan_errors(
-        app, now - settings.prune_failed_after, deadline
+    report.logged_attempts, complete = await _prune_in_batches(
+        app, "prune_finished_attempts", now - settings.prune_succeeded_after, deadline
     )
     report.complete = report.complete and complete
-    if report.succeeded or report.unsuccessful or report.orphan_errors or not report.complete:
+    report.orphan_errors, complete = await _prune_in_batches(
+        app, "prune_orphan_errors", now - settings.prune_failed_after, deadline
+    )
+    report.complete = report.complete and complete
+    if (
+        report.succeeded
+        or report.unsuccessful
+        or report.logged_attempts
+        or report.orphan_errors
+        or not report.complete
+    ):
         logger.info(
-            "pruned %d succeeded and %d failed/cancelled/aborted jobs, %d orphan error rows%s",
+            "pruned %d succeeded and %d failed/cancelled/aborted jobs, %d logged succeeded "
+            "attempts, %d orphan error rows%s",
             report.succeeded,
             report.unsuccessful,
+            report.logged_attempts,
             report.orphan_errors,
             "" if report.complete else " (time budget used up; the next run goes on)",
         )

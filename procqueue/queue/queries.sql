@@ -88,6 +88,15 @@ SELECT (SELECT count(*) FROM deleted) AS deleted,
        (SELECT count(*) FROM candidates) AS scanned,
        (SELECT max(c.at) FROM candidates AS c) AS last_at;
 
+-- prune_finished_attempts: delete one batch of the log's succeeded attempts (migration 0026) that ended before the cutoff, oldest first
+DELETE FROM procqueue.finished_attempts
+WHERE job_id IN (
+    SELECT f.job_id FROM procqueue.finished_attempts AS f
+    WHERE f.finished_at < %(cutoff)s
+    ORDER BY f.finished_at
+    LIMIT %(batch_size)s
+);
+
 -- prune_orphan_errors: delete one batch of old error rows whose job is gone
 DELETE FROM procqueue.job_errors
 WHERE id IN (

@@ -21,7 +21,7 @@ ROW_OPERATIONS = {"INSERT": "create", "UPDATE": "update", "DELETE": "delete"}
 
 
 #: The periodic reconciliation of every entity (procqueue/search/reconcile.py).
-RECONCILE = JobSpec("search:reconcile", MAINTENANCE_QUEUE, sink=SINK)
+RECONCILE = JobSpec("search:reconcile", MAINTENANCE_QUEUE, sink=SINK, leaves_when_succeeded=True)
 
 
 def row_job(entity: Entity, operation: str) -> JobSpec:
@@ -32,8 +32,9 @@ def row_job(entity: Entity, operation: str) -> JobSpec:
 
 
 def drain_job(entity: Entity) -> JobSpec:
-    """The entity's drain: args {}; its task name is its lock."""
-    return JobSpec(f"{entity.name}:drain", entity.queue, sink=SINK)
+    """The entity's drain: args {}; its task name is its lock. One per batch of synced
+    changes: a success leaves for the log at once."""
+    return JobSpec(f"{entity.name}:drain", entity.queue, sink=SINK, leaves_when_succeeded=True)
 
 
 def bulk_job(entity: Entity) -> JobSpec:

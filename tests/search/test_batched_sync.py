@@ -29,8 +29,8 @@ from procqueue.search.client import search_index
 from procqueue.search.jobs import drain_job
 from tests.conftest import make_settings
 from tests.support.proxy import TcpProxy
-from tests.support.worker import app_with as app_on
 from tests.support.worker import (
+    SELLER_ID,
     clear_queue,
     drain,
     eventually,
@@ -43,6 +43,7 @@ from tests.support.worker import (
     table_documents,
     waiting_changes,
 )
+from tests.support.worker import app_with as app_on
 
 BURST = 120
 BATCH = 25
@@ -243,8 +244,8 @@ async def test_hot_rows_under_concurrent_writers_end_at_their_newest_state(
         await asyncio.gather(*(writer(seed) for seed in range(3)))
     await drain(app, concurrency=6)
     assert await indexed_documents(app, LISTING) == await table_documents(database, LISTING)
-    counts = await job_counts(database)
-    assert set(counts) == {"succeeded"}, counts
+    counts = await job_counts(database)  # no job waits or failed; drains left for the log
+    assert set(counts) <= {"succeeded"}, counts
 
 
 async def test_a_refused_item_fails_only_its_own_job_with_its_error_recorded(
@@ -317,13 +318,19 @@ async def test_idle_queue_runs_a_single_job_at_once(
     async with running_worker(app, concurrency=10):
         await eventually(lambda: _worker_listening(database), timeout=10)
         for number in range(5):
-            await insert_listings(db, 1, f"idle {number}")
+            written = await (
+                await db.execute(
+                    "INSERT INTO listings (user_id, title) VALUES (%s, %s) RETURNING now()",
+                    [SELLER_ID, f"idle {number}"],
+                )
+            ).fetchone()
+            assert written is not None
 
             async def done() -> bool:
                 return not await waiting_changes(db, LISTING) and await _drains_todo(db) == 0
 
             await eventually(done, timeout=10, interval=0.01)
-            latencies.append(await _commit_to_success(database, drain_job(LISTING).task_name))
+            latencies.append(await _write_to_success(database, written[0]))
     assert statistics.median(latencies) < 0.3, latencies
 
 
@@ -347,17 +354,14 @@ async def _worker_listening(database: str) -> bool:
     return bool(row and row[0])
 
 
-async def _commit_to_success(database: str, lock: str) -> float:
-    """Seconds from the newest job of `lock`'s `deferred` event (in the writer's
-    transaction) to its `succeeded` event, both stamped by Postgres."""
+async def _write_to_success(database: str, written_at: Any) -> float:
+    """Seconds from a write's transaction to the end of the newest drain job that
+    succeeded (it left for the log of first-attempt successes), both stamped by Postgres."""
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cursor = await conn.execute(
-            "SELECT extract(epoch FROM max(e.at) FILTER (WHERE e.type = 'succeeded')"
-            " - min(e.at) FILTER (WHERE e.type = 'deferred'))"
-            " FROM procrastinate.procrastinate_events AS e"
-            " WHERE e.job_id = (SELECT max(j.id) FROM procrastinate.procrastinate_jobs AS j"
-            "                   WHERE j.lock = %s)",
-            [lock],
+            "SELECT extract(epoch FROM max(f.finished_at) - %s)"
+            " FROM procqueue.finished_attempts AS f WHERE f.task_name = %s",
+            [written_at, drain_job(LISTING).task_name],
         )
         row = await cursor.fetchone()
     assert row is not None and row[0] is not None

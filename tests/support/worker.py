@@ -67,6 +67,7 @@ async def clear_queue(database: str) -> None:
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
         await conn.execute("DELETE FROM procrastinate.procrastinate_jobs")
         await conn.execute("DELETE FROM procqueue.sync_changes")
+        await conn.execute("DELETE FROM procqueue.finished_attempts")
 
 
 async def row_jobs_instead(database: str, ids: list[str], task: str = "listing:update") -> None:
