@@ -208,6 +208,26 @@ async def pin_xmin(dsns: list[str], after: float, seconds: float) -> tuple[float
     return pinned_from, time.monotonic()
 
 
+async def synced_seed(dsn: str, es_url: str, index_prefix: str) -> dict[str, str]:
+    """The environment of a procqueue process on this bench database, once its seeded
+    rows are indexed by `procqueue reindex` and the seed's changes and jobs are gone:
+    the clock starts on an empty queue."""
+    worker_env = {
+        **os.environ, "DATABASE_URL": dsn, "ELASTICSEARCH_URL": es_url,
+        "PROCQUEUE_INDEX_PREFIX": index_prefix,
+    }  # fmt: skip
+    reindex = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "procqueue.cli", "reindex", "listings", "-q", env=worker_env
+    )
+    if await reindex.wait():
+        raise RuntimeError("procqueue reindex of the seed failed")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM procqueue.sync_changes")
+        conn.execute("DELETE FROM procrastinate.procrastinate_jobs")
+        conn.execute("VACUUM ANALYZE procrastinate.procrastinate_jobs")
+    return worker_env
+
+
 def latency_line(values: list[float]) -> str:
     if not values:
         return "no samples"
@@ -294,20 +314,7 @@ async def run(args: argparse.Namespace) -> None:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 seeded = conn.execute(SEED.format(table=table) + " RETURNING id", [SEED_ROWS])
                 ids = [str(row[0]) for row in seeded.fetchall()]
-        settings = bench.settings()
-        worker_env = {
-            **os.environ, "DATABASE_URL": bench.dsn, "ELASTICSEARCH_URL": bench.es_url,
-            "PROCQUEUE_INDEX_PREFIX": settings.index_prefix,
-        }  # fmt: skip
-        # The seed's changes and jobs, synced and run before the clock starts.
-        reindex = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "procqueue.cli", "reindex", "listings", "-q", env=worker_env
-        )
-        if await reindex.wait():
-            raise RuntimeError("procqueue reindex of the seed failed")
-        with psycopg.connect(bench.dsn, autocommit=True) as conn:
-            conn.execute("DELETE FROM procqueue.sync_changes")
-            conn.execute("DELETE FROM procrastinate.procrastinate_jobs")
+        worker_env = await synced_seed(bench.dsn, bench.es_url, bench.settings().index_prefix)
         with psycopg.connect(plain_dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM public.procrastinate_jobs")
 
