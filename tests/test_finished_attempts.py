@@ -12,7 +12,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from procqueue.app import build_app
 from procqueue.dashboard.security import access_for
 from procqueue.engine.app import ProcqueueApp
 from procqueue.entities import LISTING
@@ -20,7 +19,7 @@ from procqueue.queue.maintenance import MAINTENANCE_QUEUE, prune
 from procqueue.search.jobs import drain_job
 from tests.conftest import make_settings
 from tests.support.dashboard import dashboard_client
-from tests.support.worker import clear_queue, drain, insert_listings, waiting_changes
+from tests.support.worker import app_with, clear_queue, drain, insert_listings, waiting_changes
 
 DRAIN = drain_job(LISTING).task_name
 
@@ -28,8 +27,7 @@ DRAIN = drain_job(LISTING).task_name
 @pytest.fixture(scope="module")
 async def app(database: str, es_url: str) -> AsyncIterator[ProcqueueApp]:
     settings = make_settings(database, es_url, prune_succeeded_after=timedelta(days=7))
-    application = build_app(settings)
-    async with application.open_async():
+    async with app_with(settings) as application:
         yield application
 
 

@@ -196,7 +196,7 @@ def _parsed(entity: Entity, row: Mapping[str, Any], text: str) -> dict[str, Any]
 
 #: Text Python must read before it is sent (document_json), as Python's reading
 #: changes what goes out: a line break (a `json` column keeps its own; a `_bulk` body
-#: is one line per document); a number with an exponent or 309 digits in a row, which
+#: is one line per document); a number with an exponent or many digits, which
 #: may not fit a double (1e400, 1000...0e60: parse_float keeps its digits; 1e-400
 #: reads as 0; a JSON number follows ":", ",", "[" or a space, never a quote as a
 #: key's text does, so a uuid's "123e456" is none); a number Python writes
@@ -206,11 +206,28 @@ def _parsed(entity: Entity, row: Mapping[str, Any], text: str) -> dict[str, Any]
 #: object (more than one "{": a `json` column may repeat a key, which Elasticsearch
 #: refuses and Python resolves to the last) and deep arrays (many "[": Python's
 #: parser stops at about a thousand levels) are read too.
-_READ_FIRST = re.compile(
-    r"[\n\r]|(?<=[:,\[\s])-?(?:[0-9]+(?:\.[0-9]*)?[eE]|[0-9.]{17}|[0-9]+\.[0-9]*0(?![0-9]))"
-    r"|[0-9]{309}|\\u[dD][89a-fA-F]"
-)
+#: One regular expression with all of it took 19 µs for a 400-character document (a
+#: tenth of a reindex's time): the numbers are found with one plain pattern and their
+#: text checked in Python, the rest with `in` (6 µs). A digit run outside a number is
+#: inside a string, which goes out as it is, so only numbers are looked at.
+_NUMBER = re.compile(r"[:,\[\s]-?[0-9][0-9.eE]*")
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 _ARRAYS_READ_FIRST = 100
+
+
+def _must_read(text: str) -> bool:
+    """Whether Python must read `text` before it is sent (the cases above)."""
+    if text.count("{") != 1 or text.count("[") >= _ARRAYS_READ_FIRST:
+        return True
+    if "\n" in text or "\r" in text or ("\\u" in text and _SURROGATE.search(text)):
+        return True
+    for found in _NUMBER.findall(text):
+        number = found[1:].lstrip("-")  # after its ":", ",", "[" or space
+        if "e" in number or "E" in number or len(number) >= 17:
+            return True
+        if "." in number and number.endswith("0"):
+            return True
+    return False
 
 
 def document_json(entity: Entity, row: Mapping[str, Any]) -> str:
@@ -219,10 +236,6 @@ def document_json(entity: Entity, row: Mapping[str, Any]) -> str:
     columns: no parse and no dump per row), otherwise document_from_row's document
     written out again. The same errors as document_from_row."""
     text = _checked_text(entity, row)
-    if (
-        text.count("{") == 1
-        and text.count("[") < _ARRAYS_READ_FIRST
-        and _READ_FIRST.search(text) is None
-    ):
+    if not _must_read(text):
         return text
     return json.dumps(_parsed(entity, row, text), ensure_ascii=False)

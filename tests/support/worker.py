@@ -163,9 +163,11 @@ async def job_status(dsn: str, job_id: int) -> str | None:
 async def app_with(settings: Settings) -> AsyncIterator[ProcqueueApp]:
     """An app of its own on `settings`, open for the block, its clients closed after."""
     app = build_app(settings)
-    async with app.open_async():
-        yield app
-    await app.services.aclose()
+    try:
+        async with app.open_async():
+            yield app
+    finally:
+        await app.services.aclose()
 
 
 async def insert_listings(db: psycopg.AsyncConnection[Any], count: int, title: str) -> list[str]:
