@@ -226,7 +226,25 @@ AS $$
     ORDER BY q.queue_name;
 $$;
 
--- As in 0017, starting from the log's oldest attempt too.
+-- When the oldest finished attempt ended, in the events or in the log; NULL if none
+-- did. The roll-ups below start there: one index probe per end type.
+CREATE FUNCTION procqueue.oldest_attempt_end()
+    RETURNS timestamptz
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT least(
+        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'succeeded'),
+        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'failed'),
+        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e
+         WHERE e.type = 'deferred_for_retry'),
+        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'aborted'),
+        (SELECT min(f.finished_at) FROM procqueue.finished_attempts AS f));
+$$;
+REVOKE ALL ON FUNCTION procqueue.oldest_attempt_end() FROM PUBLIC;
+
+-- As in 0017, starting from the oldest attempt in the events or the log.
 CREATE OR REPLACE FUNCTION procqueue.roll_up_task_stats(
     max_hours integer DEFAULT 24,
     grace interval DEFAULT interval '1 minute',
@@ -247,13 +265,7 @@ BEGIN
         RETURN 0;
     END IF;
     DELETE FROM procqueue.task_stats_hours AS d WHERE d.hour + interval '1 hour' <= now() - keep;
-    oldest := least(
-        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'succeeded'),
-        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'failed'),
-        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e
-         WHERE e.type = 'deferred_for_retry'),
-        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'aborted'),
-        (SELECT min(f.finished_at) FROM procqueue.finished_attempts AS f));
+    oldest := procqueue.oldest_attempt_end();
     IF oldest IS NULL THEN
         RETURN 0;
     END IF;
@@ -296,7 +308,7 @@ BEGIN
 END;
 $function$;
 
--- As in 0023, starting from the log's oldest attempt too.
+-- As in 0023, starting from the oldest attempt in the events or the log.
 CREATE OR REPLACE FUNCTION procqueue.roll_up_chart_minutes(
     max_minutes integer DEFAULT 720,
     grace interval DEFAULT interval '1 minute',
@@ -316,13 +328,7 @@ BEGIN
         RETURN 0;
     END IF;
     DELETE FROM procqueue.chart_periods AS d WHERE d.start + d.width <= now() - keep;
-    oldest := least(
-        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'succeeded'),
-        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'failed'),
-        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e
-         WHERE e.type = 'deferred_for_retry'),
-        (SELECT min(e.at) FROM procrastinate.procrastinate_events AS e WHERE e.type = 'aborted'),
-        (SELECT min(f.finished_at) FROM procqueue.finished_attempts AS f));
+    oldest := procqueue.oldest_attempt_end();
     IF oldest IS NULL THEN
         RETURN 0;
     END IF;

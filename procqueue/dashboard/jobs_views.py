@@ -192,9 +192,8 @@ async def job(self: Dashboard, request: Request, user: str) -> Response:
     async with self.pool.connection() as conn:
         detail = await store.job_detail(conn, job_id)
         worker = await job_worker(conn, job_id)  # host and pid, for job.html
+        left = await store.finished_attempt(conn, job_id) if detail is None else None
     if detail is None:
-        async with self.pool.connection() as conn:
-            left = await store.finished_attempt(conn, job_id)
         if left is not None:
             ended = left["finished_at"].astimezone(UTC)
             return self.render(
